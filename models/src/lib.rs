@@ -1,0 +1,1 @@
+//! Cloister sealed models.

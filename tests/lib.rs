@@ -1,0 +1,1 @@
+//! Workspace test crate (tests live in `it/`).
