@@ -3,6 +3,21 @@
 //!
 //! Pure: no I/O, no clock, no randomness. The caller passes the instant at which certificates must be
 //! valid, and the bytes of reports, certificates, CRLs and policies.
+//!
+//! Entry point: [`snp::verify::verify`], which returns a [`snp::verify::VerifiedReport`] that nothing
+//! else can construct.
 #![forbid(unsafe_code)]
 
+pub mod evidence;
+pub mod policy;
 pub mod snp;
+
+pub use policy::{Policy, PolicyViolation};
+pub use snp::verify::{verify, CertChain, VerifiedReport, VerifyError, VerifyOptions};
+
+/// Compares two byte strings in constant time (for the lengths given). Used wherever attacker-influenced
+/// bytes are compared with expected values (REPORT_DATA, nonces, exporters, chip ids).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}

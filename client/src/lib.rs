@@ -1,1 +1,5 @@
-//! Cloister client library.
+//! Cloister client library: what the model owner and the data owner run. It verifies attestation
+//! evidence before anything (keys, inputs) is released.
+#![forbid(unsafe_code)]
+
+pub mod chain_files;

@@ -1,2 +1,29 @@
-//! The `cloister` command.
-fn main() {}
+//! `cloister`: the one command a person types. One module per subcommand under `cmd/`; `main` parses the
+//! command line, runs the subcommand, prints the error chain and maps outcomes to exit codes.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Cloister: confidential ML inference on AMD SEV-SNP.
+#[derive(Parser)]
+#[command(name = "cloister", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Verify an SEV-SNP attestation report against AMD's roots and a policy.
+    Verify(cmd::verify::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Verify(args) => cmd::verify::run(args),
+    }
+}

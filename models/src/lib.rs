@@ -1,1 +1,37 @@
-//! Cloister sealed models.
+//! Cloister sealed models: the sealed-model format and the model owner's keystore.
+//!
+//! A model owner seals an ONNX model under a fresh [`ModelKey`] ([`seal`], [`seal_file`]) and
+//! files the key under the model's [`ModelDigest`] in a [`Keystore`]. The sealed blob may be
+//! stored anywhere, including on the untrusted host. An attested enclave that was released the
+//! key opens it with [`open_expecting`], which authenticates every byte and checks the model is
+//! the one the key was released for. The byte-level format is specified in
+//! `docs/sealed-format.md`.
+//!
+//! Trust assumptions:
+//! - Sealed bytes (header included) come from the untrusted host: every parser is strict, every
+//!   size is bounded by the caller before allocation, every byte is authenticated before the
+//!   plaintext is released, and no error carries plaintext.
+//! - Keys are secrets: [`ModelKey`] is zeroized on drop, has no `Clone`/`Serialize`, and its
+//!   `Debug` prints nothing. Its public [`KeyId`] is a one-way function of it.
+//! - Not covered: ring does not zeroize its internal state (AES key schedule, hash buffers), and
+//!   safe Rust cannot scrub stack residue; micro-architectural side channels are out of scope
+//!   (see the design's threat model).
+#![forbid(unsafe_code)]
+
+mod digest;
+mod error;
+mod header;
+mod key;
+mod keystore;
+mod stream;
+
+pub use crate::digest::{ModelDigest, DIGEST_LEN};
+pub use crate::error::{Error, KeyFileProblem, KeystoreError, Part};
+pub use crate::header::{
+    read_header, Cipher, SealedHeader, DEFAULT_CHUNK_SIZE, FIXED_HEADER_LEN, FORMAT_VERSION,
+    HEADER_HASH_LEN, MAGIC, MAX_CHUNK_SIZE, MAX_HEADER_LEN, MAX_NAME_LEN, MAX_PLAINTEXT_LEN,
+    MIN_CHUNK_SIZE, NONCE_PREFIX_LEN, TAG_LEN,
+};
+pub use crate::key::{KeyId, ModelKey, KEY_ID_LEN, KEY_LEN};
+pub use crate::keystore::Keystore;
+pub use crate::stream::{open, open_expecting, seal, seal_file, Phase, Plaintext, Progress};

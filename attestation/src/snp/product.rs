@@ -6,7 +6,9 @@ use core::fmt;
 ///
 /// Bergamo and Siena are Genoa derivatives and are signed by Genoa's key hierarchy, so they map to
 /// [`Product::Genoa`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Product {
     /// 3rd generation EPYC (Zen 3), family 19h model 0xh.
     Milan,

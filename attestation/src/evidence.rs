@@ -1,0 +1,406 @@
+//! Cloister evidence: an SNP report, its certificate chain, and the claims its REPORT_DATA commits to.
+//!
+//! ```text
+//! Claims      { version, nonce[32], tls_exporter[32], enclave_key (optional), model_digests[sha384; n],
+//!               config_digest[sha384] }
+//! REPORT_DATA = SHA-512("cloister-evidence-v1" || postcard(Claims))       // all 64 bytes
+//! Evidence    { platform: snp | snp-simulated, report[1184], cert_chain { ark, intermediate, leaf } (DER),
+//!               claims }
+//! ```
+//!
+//! Why: the report proves *which code* runs; the claims say *which session and which model* it speaks
+//! for. A verifier recomputes REPORT_DATA from the claims it was handed (so the host cannot change a
+//! claim without breaking the signature), then checks that the nonce is the one it just drew (freshness),
+//! that the exporter is the one of its own TLS session (no relay: a man in the middle terminating TLS
+//! sees a different exporter), and that every model digest is one its policy allows.
+//!
+//! The encoding is documented byte for byte in `docs/evidence.md`.
+
+use ring::digest::{digest, SHA512};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::policy::{Policy, PolicyViolation};
+use crate::snp::certs::{AmdCertificate, CertError};
+use crate::snp::verify::{verify, CertChain, VerifiedReport, VerifyError, VerifyOptions};
+
+/// Domain separator hashed before the claims.
+pub const EVIDENCE_DOMAIN: &[u8] = b"cloister-evidence-v1";
+/// The claims format version this code writes and accepts.
+pub const CLAIMS_VERSION: u16 = 1;
+/// Label of the TLS exporter (RFC 8446 §7.5) that binds evidence to a session.
+pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-cloister-attestation";
+/// Upper bound on model digests in one set of claims (bounds decoding work on untrusted input).
+pub const MAX_MODEL_DIGESTS: usize = 64;
+/// Upper bound on an encoded [`Evidence`] (report + three certificates + claims), in bytes.
+pub const MAX_EVIDENCE_LEN: usize = 64 * 1024;
+
+/// A SHA-384 digest carried in claims.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha384(pub [u8; 48]);
+
+impl core::fmt::Debug for Sha384 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "sha384:{}", hex::encode(self.0))
+    }
+}
+
+impl Serialize for Sha384 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha384 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Sha384;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("48 bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Sha384, E> {
+                v.try_into()
+                    .map(Sha384)
+                    .map_err(|_| E::invalid_length(v.len(), &self))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// A public key of the enclave, bound into the claims.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnclaveKey {
+    /// An ephemeral X25519 key the key broker wraps the model key to.
+    X25519([u8; 32]),
+}
+
+/// What the enclave asserts, committed to by REPORT_DATA.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// [`CLAIMS_VERSION`].
+    pub version: u16,
+    /// The verifier's fresh nonce.
+    pub nonce: [u8; 32],
+    /// The TLS exporter of the session the evidence is sent on ([`TLS_EXPORTER_LABEL`], no context).
+    pub tls_exporter: [u8; 32],
+    /// An enclave key for key release, when the evidence asks for one.
+    pub enclave_key: Option<EnclaveKey>,
+    /// SHA-384 of each plaintext ONNX model the enclave serves (or asks the key for).
+    pub model_digests: Vec<Sha384>,
+    /// SHA-384 of the enclave's measured configuration.
+    pub config_digest: Sha384,
+}
+
+impl Claims {
+    /// The 64 bytes of REPORT_DATA these claims require:
+    /// `SHA-512("cloister-evidence-v1" || postcard(claims))`.
+    pub fn report_data(&self) -> Result<[u8; 64], EvidenceError> {
+        let encoded = postcard::to_stdvec(self).map_err(|_| EvidenceError::Encoding)?;
+        let mut input = Vec::with_capacity(EVIDENCE_DOMAIN.len() + encoded.len());
+        input.extend_from_slice(EVIDENCE_DOMAIN);
+        input.extend_from_slice(&encoded);
+        let mut out = [0u8; 64];
+        out.copy_from_slice(digest(&SHA512, &input).as_ref());
+        Ok(out)
+    }
+}
+
+/// Which platform produced the report. Part of the evidence so that a verifier can say clearly why it
+/// rejects simulated evidence, never to decide trust: trust comes from the root the chain ends in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Platform {
+    /// AMD SEV-SNP hardware.
+    Snp,
+    /// The simulated AMD-SP of `cloister sim`.
+    SnpSimulated,
+}
+
+impl Platform {
+    /// "snp" or "snp-simulated".
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::Snp => "snp",
+            Platform::SnpSimulated => "snp-simulated",
+        }
+    }
+}
+
+/// The certificates that sign a report, as DER.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertChainDer {
+    /// ARK (DER); empty: use the embedded AMD root of the report's product.
+    pub ark: Vec<u8>,
+    /// ASK or ASVK (DER); empty: use the embedded one.
+    pub intermediate: Vec<u8>,
+    /// VCEK or VLEK (DER).
+    pub leaf: Vec<u8>,
+}
+
+/// Evidence as it travels (postcard-encoded) from the enclave to a verifier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The platform that made the report.
+    pub platform: Platform,
+    /// The raw 1184-byte report.
+    pub report: Vec<u8>,
+    /// Its certificate chain.
+    pub cert_chain: CertChainDer,
+    /// The claims REPORT_DATA commits to.
+    pub claims: Claims,
+}
+
+/// Why evidence was rejected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvidenceError {
+    /// The evidence bytes do not decode.
+    #[error("evidence: malformed encoding")]
+    Encoding,
+    /// The evidence is larger than [`MAX_EVIDENCE_LEN`], or carries too many model digests.
+    #[error("evidence: too large ({what})")]
+    TooLarge {
+        /// What is too large.
+        what: &'static str,
+    },
+    /// A certificate in the evidence does not parse.
+    #[error("evidence: {0}")]
+    Certificate(#[from] CertError),
+    /// The report or its chain failed verification, or the policy rejected it.
+    #[error("{0}")]
+    Verify(#[from] VerifyError),
+    /// Claims of an unsupported version.
+    #[error("claims.version: expected {CLAIMS_VERSION}, found {found}")]
+    ClaimsVersion {
+        /// Version found.
+        found: u16,
+    },
+    /// REPORT_DATA is not the hash of the claims: the claims were changed after the report was made.
+    #[error("report_data: does not commit to the claims (expected {expected}, found {found})")]
+    ReportDataMismatch {
+        /// SHA-512 of the claims, hex.
+        expected: String,
+        /// REPORT_DATA, hex.
+        found: String,
+    },
+    /// The nonce is not the one the verifier drew: stale or replayed evidence.
+    #[error("claims.nonce: expected {expected}, found {found} (stale or replayed evidence)")]
+    NonceMismatch {
+        /// Expected, hex.
+        expected: String,
+        /// Found, hex.
+        found: String,
+    },
+    /// The exporter is not the one of the verifier's TLS session: the evidence was relayed.
+    #[error("claims.tls_exporter: expected {expected}, found {found} (evidence made for another TLS session: relay or man in the middle)")]
+    ExporterMismatch {
+        /// Expected, hex.
+        expected: String,
+        /// Found, hex.
+        found: String,
+    },
+    /// The platform label disagrees with the root the chain ends in.
+    #[error("platform: evidence says {claimed} but its chain ends in {actual}")]
+    PlatformMismatch {
+        /// Platform in the evidence.
+        claimed: &'static str,
+        /// Platform of the trusted root.
+        actual: &'static str,
+    },
+    /// A model digest, or the absence of a required one, violates the policy.
+    #[error("policy: {0}")]
+    Policy(#[from] PolicyViolation),
+}
+
+impl Evidence {
+    /// Encodes for the wire (postcard).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EvidenceError> {
+        postcard::to_stdvec(self).map_err(|_| EvidenceError::Encoding)
+    }
+
+    /// Decodes untrusted bytes; bounded in size, never panics.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EvidenceError> {
+        if bytes.len() > MAX_EVIDENCE_LEN {
+            return Err(EvidenceError::TooLarge { what: "evidence" });
+        }
+        let (ev, rest): (Evidence, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(|_| EvidenceError::Encoding)?;
+        if !rest.is_empty() {
+            return Err(EvidenceError::Encoding);
+        }
+        if ev.claims.model_digests.len() > MAX_MODEL_DIGESTS {
+            return Err(EvidenceError::TooLarge {
+                what: "model_digests",
+            });
+        }
+        Ok(ev)
+    }
+
+    fn chain(&self) -> Result<CertChain, CertError> {
+        let opt = |der: &[u8]| {
+            if der.is_empty() {
+                Ok(None)
+            } else {
+                AmdCertificate::from_der(der).map(Some)
+            }
+        };
+        Ok(CertChain {
+            ark: opt(&self.cert_chain.ark)?,
+            intermediate: opt(&self.cert_chain.intermediate)?,
+            leaf: opt(&self.cert_chain.leaf)?,
+        })
+    }
+}
+
+/// What the verifier expects the claims to say about this session.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpectedSession<'a> {
+    /// The nonce the verifier drew for this exchange.
+    pub nonce: &'a [u8; 32],
+    /// The verifier's own TLS exporter for this connection.
+    pub tls_exporter: &'a [u8; 32],
+}
+
+/// Evidence whose report, chain, policy and claims binding have all been verified. Only
+/// [`verify_evidence`] constructs it.
+#[derive(Clone, Debug)]
+pub struct VerifiedEvidence {
+    report: VerifiedReport,
+    claims: Claims,
+}
+
+impl VerifiedEvidence {
+    /// The verified report.
+    pub fn report(&self) -> &VerifiedReport {
+        &self.report
+    }
+    /// The claims, now known to be the enclave's.
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+}
+
+/// Verifies evidence for one session: the report and chain under `policy`, REPORT_DATA = hash of the
+/// claims, the nonce and TLS exporter those of this session, every model digest allowed by the policy.
+pub fn verify_evidence(
+    evidence: &Evidence,
+    policy: &Policy,
+    options: &VerifyOptions<'_>,
+    expected: &ExpectedSession<'_>,
+) -> Result<VerifiedEvidence, EvidenceError> {
+    let claims = &evidence.claims;
+    if claims.version != CLAIMS_VERSION {
+        return Err(EvidenceError::ClaimsVersion {
+            found: claims.version,
+        });
+    }
+    if claims.model_digests.len() > MAX_MODEL_DIGESTS {
+        return Err(EvidenceError::TooLarge {
+            what: "model_digests",
+        });
+    }
+    let chain = evidence.chain()?;
+    let report = verify(&evidence.report, &chain, policy, options)?;
+
+    let actual = if report.is_simulated() {
+        Platform::SnpSimulated
+    } else {
+        Platform::Snp
+    };
+    if actual != evidence.platform {
+        return Err(EvidenceError::PlatformMismatch {
+            claimed: evidence.platform.name(),
+            actual: actual.name(),
+        });
+    }
+
+    // REPORT_DATA must be exactly the hash of the claims we were given (constant time: it is compared
+    // against attacker-influenced bytes).
+    let want = claims.report_data()?;
+    let got = &report.report().report_data;
+    if !crate::ct_eq(&want, got) {
+        return Err(EvidenceError::ReportDataMismatch {
+            expected: hex::encode(want),
+            found: hex::encode(got),
+        });
+    }
+    if !crate::ct_eq(expected.nonce, &claims.nonce) {
+        return Err(EvidenceError::NonceMismatch {
+            expected: hex::encode(expected.nonce),
+            found: hex::encode(claims.nonce),
+        });
+    }
+    if !crate::ct_eq(expected.tls_exporter, &claims.tls_exporter) {
+        return Err(EvidenceError::ExporterMismatch {
+            expected: hex::encode(expected.tls_exporter),
+            found: hex::encode(claims.tls_exporter),
+        });
+    }
+    for d in &claims.model_digests {
+        policy.check_model_digest(&d.0)?;
+    }
+    Ok(VerifiedEvidence {
+        report,
+        claims: claims.clone(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn claims() -> Claims {
+        Claims {
+            version: CLAIMS_VERSION,
+            nonce: [1; 32],
+            tls_exporter: [2; 32],
+            enclave_key: Some(EnclaveKey::X25519([3; 32])),
+            model_digests: vec![Sha384([4; 48])],
+            config_digest: Sha384([5; 48]),
+        }
+    }
+
+    #[test]
+    fn report_data_changes_with_every_claim() {
+        let base = claims().report_data().unwrap();
+        let mut c = claims();
+        c.nonce[0] ^= 1;
+        assert_ne!(c.report_data().unwrap(), base);
+        let mut c = claims();
+        c.tls_exporter[31] ^= 1;
+        assert_ne!(c.report_data().unwrap(), base);
+        let mut c = claims();
+        c.enclave_key = None;
+        assert_ne!(c.report_data().unwrap(), base);
+        let mut c = claims();
+        c.model_digests.push(Sha384([4; 48]));
+        assert_ne!(c.report_data().unwrap(), base);
+        let mut c = claims();
+        c.config_digest.0[47] ^= 1;
+        assert_ne!(c.report_data().unwrap(), base);
+    }
+
+    #[test]
+    fn evidence_round_trips_and_rejects_garbage() {
+        let ev = Evidence {
+            platform: Platform::SnpSimulated,
+            report: vec![0; 1184],
+            cert_chain: CertChainDer {
+                ark: vec![1, 2],
+                intermediate: vec![],
+                leaf: vec![3],
+            },
+            claims: claims(),
+        };
+        let bytes = ev.to_bytes().unwrap();
+        assert_eq!(Evidence::from_bytes(&bytes).unwrap(), ev);
+        for cut in 0..bytes.len() {
+            assert!(Evidence::from_bytes(&bytes[..cut]).is_err());
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Evidence::from_bytes(&longer).is_err());
+        assert!(Evidence::from_bytes(&vec![0xff; MAX_EVIDENCE_LEN + 1]).is_err());
+    }
+}

@@ -1,0 +1,465 @@
+//! Verification of an SEV-SNP attestation report and its AMD certificate chain.
+//!
+//! Trust assumptions:
+//! - AMD's ARKs embedded in [`super::roots`] are the only roots trusted by default. A simulated root is
+//!   trusted only when the caller passes it explicitly ([`VerifyOptions::simulated_root`]); a report
+//!   verified that way is marked [`VerifiedReport::is_simulated`].
+//! - Everything else — report bytes, certificates (including a caller-supplied ARK/ASK), CRLs — is
+//!   untrusted input, typically relayed by the untrusted host.
+//! - Time is injected ([`VerifyOptions::at_unix`]): certificate validity is checked at that instant.
+//!
+//! The order follows DESIGN §5: parse, build the chain to a pinned root, validity, chain signatures
+//! (RSASSA-PSS), optional CRL, the report's ECDSA P-384 signature, then the binding of the leaf
+//! certificate to the report (hwID = CHIP_ID and TCB SPLs = REPORTED_TCB for a VCEK; the VLEK key type for
+//! a VLEK), then the policy. Every step fails with a precise [`VerifyError`].
+
+use ring::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED};
+
+use super::certs::{AmdCertificate, AmdExtensions, CertError, CertRole};
+use super::crl::AmdCrl;
+use super::report::{signed_bytes, AttestationReport, ReportError, SigningKey, TcbVersion};
+use super::{roots, Product};
+use crate::policy::{Policy, PolicyViolation};
+
+/// Why a report and its chain were rejected (before the policy).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The report bytes are malformed.
+    #[error("report_parse: {0}")]
+    Report(#[from] ReportError),
+    /// A certificate is malformed, expired, or its signature does not verify.
+    #[error("certificate: {0}")]
+    Certificate(#[from] CertError),
+    /// The product could not be determined, or sources disagree.
+    #[error("product: {0}")]
+    Product(String),
+    /// The ARK is not one of AMD's embedded roots (nor an explicitly trusted simulated root).
+    #[error("root: the ARK {subject:?} (SHA-256 {fingerprint}) is not a trusted AMD root{hint}")]
+    UntrustedRoot {
+        /// Subject CN of the offered ARK.
+        subject: String,
+        /// SHA-256 of the offered ARK, lower-case hex.
+        fingerprint: String,
+        /// Extra explanation (e.g. that a simulated root must be passed explicitly).
+        hint: &'static str,
+    },
+    /// The certificate roles do not match the report's SIGNING_KEY.
+    #[error("signing_key: report says {report:?} but {detail}")]
+    KeyTypeMismatch {
+        /// SIGNING_KEY of the report.
+        report: SigningKey,
+        /// What the chain says instead.
+        detail: String,
+    },
+    /// The report is not signed (SIGNING_KEY = none) or uses an unknown signature algorithm.
+    #[error("signature_algo: expected 1 (ECDSA P-384 SHA-384) with a VCEK or VLEK, found algo {algo} with {key:?}")]
+    UnsupportedSignature {
+        /// SIGNATURE_ALGO.
+        algo: u32,
+        /// SIGNING_KEY.
+        key: SigningKey,
+    },
+    /// The report's ECDSA P-384 signature does not verify under the leaf's key.
+    #[error("report_signature: the ECDSA P-384 signature over report bytes 0x000..0x2A0 does not verify with the {role:?} key")]
+    ReportSignature {
+        /// The leaf's role.
+        role: CertRole,
+    },
+    /// hwID of the VCEK differs from CHIP_ID.
+    #[error("hwid: VCEK hwID {hw_id} does not equal report CHIP_ID {chip_id}")]
+    HwIdMismatch {
+        /// hwID (hex).
+        hw_id: String,
+        /// CHIP_ID (hex).
+        chip_id: String,
+    },
+    /// A TCB SPL in the leaf certificate differs from REPORTED_TCB.
+    #[error("reported_tcb.{component}: certificate SPL {cert} does not equal REPORTED_TCB {report}")]
+    TcbMismatch {
+        /// Which component.
+        component: &'static str,
+        /// SPL from the certificate extension.
+        cert: u8,
+        /// Value in REPORTED_TCB.
+        report: u8,
+    },
+    /// A certificate in the chain is revoked by the CRL.
+    #[error("crl: the {role:?} certificate (serial {serial}) is revoked")]
+    Revoked {
+        /// Which certificate.
+        role: CertRole,
+        /// Serial, hex.
+        serial: String,
+    },
+    /// The CRL is not current at the verification instant.
+    #[error("crl: not valid at {at}: this_update {this_update}, next_update {next_update:?}")]
+    CrlNotCurrent {
+        /// Verification instant (Unix seconds).
+        at: i64,
+        /// CRL thisUpdate.
+        this_update: i64,
+        /// CRL nextUpdate.
+        next_update: Option<i64>,
+    },
+    /// A certificate the report needs was not supplied (and none is embedded for it).
+    #[error("certificate: the {role:?} certificate is missing")]
+    MissingCertificate {
+        /// Which certificate.
+        role: CertRole,
+    },
+    /// The leaf certificate lacks an AMD extension this product requires.
+    #[error("certificate: the leaf lacks AMD extension {name}")]
+    MissingExtension {
+        /// Extension name as in AMD's VCEK specification.
+        name: &'static str,
+    },
+    /// A policy check failed.
+    #[error("policy: {0}")]
+    Policy(#[from] PolicyViolation),
+}
+
+/// The certificates that accompany a report, as offered (untrusted).
+#[derive(Clone, Default)]
+pub struct CertChain {
+    /// The AMD Root Key certificate; when absent, the embedded ARK of the product is used.
+    pub ark: Option<AmdCertificate>,
+    /// The ASK (VCEK chains) or ASVK (VLEK chains); when absent, the embedded one of the product is used.
+    pub intermediate: Option<AmdCertificate>,
+    /// The VCEK or VLEK that signed the report.
+    pub leaf: Option<AmdCertificate>,
+}
+
+/// Parameters of one verification that are not policy.
+#[derive(Clone, Copy)]
+pub struct VerifyOptions<'a> {
+    /// Instant (Unix seconds, UTC) at which every certificate must be valid.
+    pub at_unix: i64,
+    /// An ARK-signed CRL to check the ASK/ASVK and leaf serials against.
+    pub crl: Option<&'a AmdCrl>,
+    /// A simulated ARK to trust in addition to AMD's. Only for the simulated platform: reports that
+    /// chain to it are marked simulated. Never set this from data the host supplied.
+    pub simulated_root: Option<&'a AmdCertificate>,
+}
+
+/// Private proof that [`verify`] ran to completion: only this module can construct it, so a
+/// [`VerifiedReport`] cannot be forged by other code.
+#[derive(Clone, Debug)]
+struct ReportVerified(());
+
+/// A report whose chain, signature, certificate binding and policy have all been checked.
+///
+/// Only [`verify`] constructs this type. Key release and session code take `&VerifiedReport`, so that
+/// skipping verification is a compile error, not a forgotten `if`.
+#[derive(Clone, Debug)]
+pub struct VerifiedReport {
+    report: AttestationReport,
+    product: Product,
+    signing_key: SigningKey,
+    simulated: bool,
+    leaf_extensions: AmdExtensions,
+    _proof: ReportVerified,
+}
+
+impl VerifiedReport {
+    /// The decoded report.
+    pub fn report(&self) -> &AttestationReport {
+        &self.report
+    }
+    /// The product whose root signed the chain.
+    pub fn product(&self) -> Product {
+        self.product
+    }
+    /// Whether a VCEK or a VLEK signed the report.
+    pub fn signing_key(&self) -> SigningKey {
+        self.signing_key
+    }
+    /// True if the chain ends in an explicitly trusted simulated root rather than AMD's.
+    pub fn is_simulated(&self) -> bool {
+        self.simulated
+    }
+    /// AMD extensions of the leaf certificate.
+    pub fn leaf_extensions(&self) -> &AmdExtensions {
+        &self.leaf_extensions
+    }
+}
+
+/// Facts established about the report before the policy is applied; handed to [`Policy::check`].
+pub struct ChainFacts<'a> {
+    /// The decoded report.
+    pub report: &'a AttestationReport,
+    /// Product of the trusted root.
+    pub product: Product,
+    /// VCEK or VLEK.
+    pub signing_key: SigningKey,
+    /// Whether the root is a simulated one.
+    pub simulated: bool,
+}
+
+/// Verifies `raw_report` with its `chain` and applies `policy`.
+///
+/// This is the one way to obtain a [`VerifiedReport`]. It fails closed: any parse problem, missing
+/// certificate, unknown product, or failed check is an error naming the check, the expected and the found
+/// value.
+pub fn verify(
+    raw_report: &[u8],
+    chain: &CertChain,
+    policy: &Policy,
+    options: &VerifyOptions<'_>,
+) -> Result<VerifiedReport, VerifyError> {
+    let (report, product, simulated, leaf_extensions) =
+        verify_without_policy(raw_report, chain, options)?;
+    let facts = ChainFacts {
+        report: &report,
+        product,
+        signing_key: report.signing_key,
+        simulated,
+    };
+    policy.check(&facts)?;
+    Ok(VerifiedReport {
+        signing_key: report.signing_key,
+        report,
+        product,
+        simulated,
+        leaf_extensions,
+        _proof: ReportVerified(()),
+    })
+}
+
+/// Everything but the policy. Private so that nothing outside can skip the policy step.
+fn verify_without_policy(
+    raw_report: &[u8],
+    chain: &CertChain,
+    options: &VerifyOptions<'_>,
+) -> Result<(AttestationReport, Product, bool, AmdExtensions), VerifyError> {
+    // 1. Parse. SNP ABI: exactly 0x4A0 bytes, known version, reserved fields zero.
+    let report = AttestationReport::from_bytes(raw_report)?;
+
+    // 2. Signing key and algorithm: only ECDSA P-384 by a VCEK or VLEK can be verified.
+    let (intermediate_role, leaf_role) = match report.signing_key {
+        SigningKey::Vcek => (CertRole::Ask, CertRole::Vcek),
+        SigningKey::Vlek => (CertRole::Asvk, CertRole::Vlek),
+        SigningKey::None => {
+            return Err(VerifyError::UnsupportedSignature {
+                algo: report.signature_algo,
+                key: report.signing_key,
+            })
+        }
+    };
+    if report.signature_algo != super::report::SIGNATURE_ALGO_ECDSA_P384_SHA384 {
+        return Err(VerifyError::UnsupportedSignature {
+            algo: report.signature_algo,
+            key: report.signing_key,
+        });
+    }
+
+    let leaf = chain.leaf.as_ref().ok_or(VerifyError::MissingCertificate { role: leaf_role })?;
+    let leaf_extensions = leaf.amd_extensions()?;
+    check_leaf_role(&report, leaf, leaf_role)?;
+
+    // 3. Product: from the leaf's productName, cross-checked with the report's CPUID (v3+) and, below, with
+    //    the root that signs the chain.
+    let product = Product::from_name(&leaf_extensions.product_name).ok_or_else(|| {
+        VerifyError::Product(format!(
+            "leaf productName {:?} is not Milan, Genoa or Turin",
+            leaf_extensions.product_name
+        ))
+    })?;
+    if let Some(cpuid_product) = report.cpuid_product() {
+        if cpuid_product != product {
+            return Err(VerifyError::Product(format!(
+                "report CPUID says {cpuid_product}, certificate productName says {product}"
+            )));
+        }
+    }
+
+    // 4. Root: the ARK must be AMD's for this product, byte for byte, or the explicitly trusted simulated
+    //    root. A missing ARK means "use the embedded one".
+    let embedded = roots::embedded(product);
+    let (ark, simulated) = match &chain.ark {
+        None => (&embedded.ark, false),
+        Some(offered) if offered.der() == embedded.ark.der() => (&embedded.ark, false),
+        Some(offered) => match options.simulated_root {
+            Some(sim) if offered.der() == sim.der() => (sim, true),
+            _ => {
+                let hint = if offered.subject_common_name().contains("SIMULATED") {
+                    " (it is a simulated root: pass it explicitly to trust simulated evidence)"
+                } else if roots::find_embedded_ark(offered.der()).is_some() {
+                    " for this product (the ARK of another product was offered)"
+                } else {
+                    ""
+                };
+                return Err(VerifyError::UntrustedRoot {
+                    subject: offered.subject_common_name().to_string(),
+                    fingerprint: hex::encode(offered.sha256_fingerprint()),
+                    hint,
+                });
+            }
+        },
+    };
+    let intermediate = match (&chain.intermediate, simulated, intermediate_role) {
+        (Some(c), _, _) => c,
+        (None, false, CertRole::Ask) => &embedded.ask,
+        (None, false, _) => embedded
+            .asvk
+            .as_ref()
+            .ok_or(VerifyError::MissingCertificate {
+                role: CertRole::Asvk,
+            })?,
+        (None, true, role) => return Err(VerifyError::MissingCertificate { role }),
+    };
+
+    // 5. Chain signatures (RSASSA-PSS SHA-384): ARK self-signed, ARK → ASK/ASVK → VCEK/VLEK. The
+    //    intermediate is accepted when the pinned ARK signed it, so that AMD can re-issue ASKs.
+    ark.verify_issued_by(ark)?;
+    intermediate.verify_issued_by(ark)?;
+    leaf.verify_issued_by(intermediate)?;
+    check_intermediate_role(&report, intermediate, intermediate_role, product)?;
+
+    // 6. Validity at the given instant, for every certificate of the chain.
+    for cert in [ark, intermediate, leaf] {
+        cert.check_valid_at(options.at_unix)?;
+    }
+
+    // 7. Optional CRL: must be signed by this ARK, current, and must not list the intermediate or leaf.
+    if let Some(crl) = options.crl {
+        crl.verify_issued_by(ark)?;
+        let at = options.at_unix;
+        let stale = crl.next_update_unix().is_some_and(|n| at > n);
+        if at < crl.this_update_unix() || stale {
+            return Err(VerifyError::CrlNotCurrent {
+                at,
+                this_update: crl.this_update_unix(),
+                next_update: crl.next_update_unix(),
+            });
+        }
+        for (role, cert) in [(intermediate_role, intermediate), (leaf_role, leaf)] {
+            if crl.is_revoked(cert.serial_number()) {
+                return Err(VerifyError::Revoked {
+                    role,
+                    serial: hex::encode(cert.serial_number()),
+                });
+            }
+        }
+    }
+
+    // 8. The report's signature: ECDSA P-384 / SHA-384 over the raw bytes 0x000..0x2A0, with R and S
+    //    converted from 72-byte little-endian to 48-byte big-endian.
+    let signature = report
+        .signature_p384_fixed()
+        .ok_or(VerifyError::ReportSignature { role: leaf_role })?;
+    let message = signed_bytes(raw_report).ok_or(ReportError::Length {
+        expected: super::report::REPORT_LEN,
+        found: raw_report.len(),
+    })?;
+    UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, leaf.p384_public_key()?)
+        .verify(message, &signature)
+        .map_err(|_| VerifyError::ReportSignature { role: leaf_role })?;
+
+    // 9. Bind the leaf to the report: the certificate's TCB SPLs are those the key was derived for, so they
+    //    must equal REPORTED_TCB; a VCEK is per chip, so hwID must equal CHIP_ID.
+    check_tcb_binding(&leaf_extensions, &report.reported_tcb, product)?;
+    if report.signing_key == SigningKey::Vcek {
+        check_hw_id(&leaf_extensions, &report, product)?;
+    }
+
+    Ok((report, product, simulated, leaf_extensions))
+}
+
+fn check_leaf_role(
+    report: &AttestationReport,
+    leaf: &AmdCertificate,
+    role: CertRole,
+) -> Result<(), VerifyError> {
+    let expected_cn = match role {
+        CertRole::Vlek => "SEV-VLEK",
+        _ => "SEV-VCEK",
+    };
+    let cn = leaf.subject_common_name();
+    if cn != expected_cn {
+        return Err(VerifyError::KeyTypeMismatch {
+            report: report.signing_key,
+            detail: format!("the leaf certificate's subject CN is {cn:?}, expected {expected_cn:?}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_intermediate_role(
+    report: &AttestationReport,
+    intermediate: &AmdCertificate,
+    role: CertRole,
+    product: Product,
+) -> Result<(), VerifyError> {
+    let expected = match role {
+        CertRole::Asvk => format!("SEV-VLEK-{product}"),
+        _ => format!("SEV-{product}"),
+    };
+    let cn = intermediate.subject_common_name();
+    if cn != expected {
+        return Err(VerifyError::KeyTypeMismatch {
+            report: report.signing_key,
+            detail: format!("the intermediate certificate's subject CN is {cn:?}, expected {expected:?}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_tcb_binding(
+    ext: &AmdExtensions,
+    reported: &TcbVersion,
+    product: Product,
+) -> Result<(), VerifyError> {
+    let pairs = [
+        ("bootloader", ext.bl_spl, reported.bootloader),
+        ("tee", ext.tee_spl, reported.tee),
+        ("snp", ext.snp_spl, reported.snp),
+        ("microcode", ext.ucode_spl, reported.microcode),
+    ];
+    for (component, cert, report) in pairs {
+        if cert != report {
+            return Err(VerifyError::TcbMismatch {
+                component,
+                cert,
+                report,
+            });
+        }
+    }
+    if product.has_fmc_tcb_layout() {
+        // Turin: the FMC SPL is part of the TCB; a certificate without it cannot vouch for the report.
+        let cert = ext.fmc_spl.ok_or(VerifyError::MissingExtension { name: "fmcSPL" })?;
+        let report = reported.fmc.unwrap_or(0);
+        if cert != report {
+            return Err(VerifyError::TcbMismatch {
+                component: "fmc",
+                cert,
+                report,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_hw_id(
+    ext: &AmdExtensions,
+    report: &AttestationReport,
+    product: Product,
+) -> Result<(), VerifyError> {
+    let hw_id = ext
+        .hw_id
+        .as_deref()
+        .ok_or(VerifyError::MissingExtension { name: "hwID" })?;
+    // Turin's hwID is 8 bytes: CHIP_ID holds those 8 bytes followed by zeros. Milan/Genoa: 64 bytes.
+    let expected_len = if product == Product::Turin { 8 } else { 64 };
+    let (head, tail) = report.chip_id.split_at(hw_id.len().min(64));
+    let matches = hw_id.len() == expected_len
+        && crate::ct_eq(head, hw_id)
+        && tail.iter().all(|&b| b == 0);
+    if !matches {
+        return Err(VerifyError::HwIdMismatch {
+            hw_id: hex::encode(hw_id),
+            chip_id: hex::encode(report.chip_id),
+        });
+    }
+    Ok(())
+}

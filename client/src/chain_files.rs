@@ -1,0 +1,127 @@
+//! Loading certificate chains, CRLs and policies from files (the snpguest directory layout).
+
+use std::path::{Path, PathBuf};
+
+use cloister_attestation::snp::certs::AmdCertificate;
+use cloister_attestation::snp::crl::AmdCrl;
+use cloister_attestation::{CertChain, Policy};
+
+/// Errors reading or parsing verification inputs from disk. These are usage/I-O errors (exit 2), not
+/// verification failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A certificate or CRL file could not be parsed.
+    #[error("{path}: {source}")]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: cloister_attestation::snp::certs::CertError,
+    },
+    /// The certificate directory is ambiguous (e.g. both ask.pem and asvk.pem, or vcek.pem and vcek.der).
+    #[error("{dir}: {detail}")]
+    Layout {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The policy file is invalid.
+    #[error("{path}: {source}")]
+    Policy {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: cloister_attestation::policy::PolicyError,
+    },
+}
+
+/// Reads a whole file, mapping errors to [`InputError::Read`].
+pub fn read(path: &Path) -> Result<Vec<u8>, InputError> {
+    std::fs::read(path).map_err(|source| InputError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a PEM or DER certificate.
+pub fn read_certificate(path: &Path) -> Result<AmdCertificate, InputError> {
+    AmdCertificate::from_pem_or_der(&read(path)?).map_err(|source| InputError::Certificate {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a PEM or DER CRL.
+pub fn read_crl(path: &Path) -> Result<AmdCrl, InputError> {
+    AmdCrl::from_pem_or_der(&read(path)?).map_err(|source| InputError::Certificate {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a TOML policy. A relative `simulated_root` is resolved against the policy file's directory, so
+/// that a policy and its root can be moved together.
+pub fn read_policy(path: &Path) -> Result<Policy, InputError> {
+    let text = String::from_utf8_lossy(&read(path)?).into_owned();
+    let mut policy = Policy::from_toml(&text).map_err(|source| InputError::Policy {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if let Some(root) = &policy.simulated_root {
+        if root.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            policy.simulated_root = Some(base.join(root));
+        }
+    }
+    Ok(policy)
+}
+
+/// Loads the one certificate among `names` in `dir`. Several present is accepted only if they hold the
+/// same certificate (a PEM and a DER copy); otherwise which one would be verified would be a guess.
+fn one_of(dir: &Path, names: &[&str]) -> Result<Option<AmdCertificate>, InputError> {
+    let mut found: Option<(PathBuf, AmdCertificate)> = None;
+    for path in names.iter().map(|n| dir.join(n)).filter(|p| p.exists()) {
+        let cert = read_certificate(&path)?;
+        match &found {
+            None => found = Some((path, cert)),
+            Some((first, c)) if c.der() != cert.der() => {
+                return Err(InputError::Layout {
+                    dir: dir.to_path_buf(),
+                    detail: format!(
+                        "{} and {} are different certificates: keep exactly one",
+                        first.display(),
+                        path.display()
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(found.map(|(_, c)| c))
+}
+
+/// Loads a chain from a directory in the snpguest layout: `ark.pem`, `ask.pem` or `asvk.pem`, and
+/// `vcek.pem|vcek.der` or `vlek.pem|vlek.der`. Absent ARK/ASK mean "use the embedded AMD ones".
+pub fn read_cert_dir(dir: &Path) -> Result<CertChain, InputError> {
+    if !dir.is_dir() {
+        return Err(InputError::Read {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+        });
+    }
+    Ok(CertChain {
+        ark: one_of(dir, &["ark.pem", "ark.der"])?,
+        intermediate: one_of(dir, &["ask.pem", "ask.der", "asvk.pem", "asvk.der"])?,
+        leaf: one_of(dir, &["vcek.pem", "vcek.der", "vlek.pem", "vlek.der"])?,
+    })
+}

@@ -1,0 +1,22 @@
+//! One module per subcommand.
+
+pub(crate) mod verify;
+
+/// Exit code: success.
+pub(crate) const EXIT_OK: u8 = 0;
+/// Exit code: the evidence was rejected (verification or policy failure).
+pub(crate) const EXIT_REJECTED: u8 = 1;
+/// Exit code: usage or I/O error.
+pub(crate) const EXIT_USAGE: u8 = 2;
+
+/// Parses an RFC 3339 instant into Unix seconds.
+pub(crate) fn parse_rfc3339(s: &str) -> Result<i64, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| format!("invalid RFC 3339 time {s:?}: {e}"))
+}
+
+/// The current time in Unix seconds.
+pub(crate) fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}

@@ -1,0 +1,179 @@
+//! `cloister verify`: is this report genuine AMD SEV-SNP evidence, and does it satisfy the policy?
+//!
+//! Exit codes: 0 genuine and the policy holds; 1 rejected (reason on stderr); 2 usage or I/O error.
+//! With `--json`, exactly one JSON object is printed on stdout whatever the outcome.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cloister_attestation::snp::certs::AmdCertificate;
+use cloister_attestation::snp::report::AttestationReport;
+use cloister_attestation::snp::view::ReportView;
+use cloister_attestation::snp::Product;
+use cloister_attestation::{verify, CertChain, Policy, VerifyOptions};
+use cloister_client::chain_files::{self, InputError};
+use serde::Serialize;
+
+use super::{EXIT_OK, EXIT_REJECTED, EXIT_USAGE};
+
+/// Arguments of `cloister verify`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The 1184-byte attestation report (raw binary).
+    #[arg(long, value_name = "FILE")]
+    report: PathBuf,
+    /// Directory with the chain in the snpguest layout: ark.pem, ask.pem or asvk.pem, vcek.pem|vcek.der or
+    /// vlek.pem|vlek.der. ARK and ASK/ASVK may be omitted (AMD's embedded ones are used); an ARK given must
+    /// be AMD's, byte for byte.
+    #[arg(long, value_name = "DIR")]
+    certs: Option<PathBuf>,
+    /// TOML policy. Without one, the baseline applies: genuine, and not a debug guest.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Instant at which certificates must be valid, RFC 3339 (e.g. 2025-01-01T00:00:00Z). Default: now.
+    #[arg(long, value_name = "RFC3339")]
+    at: Option<String>,
+    /// An ARK-signed CRL (DER or PEM); the ASK/ASVK and leaf must not be revoked.
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
+    /// Trust this simulated ARK (from `cloister sim init`) in addition to AMD's roots. For development only.
+    #[arg(long, value_name = "FILE")]
+    sim_root: Option<PathBuf>,
+    /// Print one JSON object on stdout, whatever the outcome.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct JsonOutcome {
+    verified: bool,
+    reason: Option<String>,
+    product: Option<&'static str>,
+    signing_key: Option<&'static str>,
+    simulated: bool,
+    report: Option<ReportView>,
+}
+
+enum Failure {
+    Usage(String),
+    Rejected(String),
+}
+
+impl From<InputError> for Failure {
+    fn from(e: InputError) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+struct Inputs {
+    raw_report: Vec<u8>,
+    chain: CertChain,
+    policy: Policy,
+    at_unix: i64,
+    crl: Option<cloister_attestation::snp::crl::AmdCrl>,
+    sim_root: Option<AmdCertificate>,
+}
+
+fn load(args: &Args) -> Result<Inputs, Failure> {
+    let raw_report = chain_files::read(&args.report)?;
+    let chain = match &args.certs {
+        Some(dir) => chain_files::read_cert_dir(dir)?,
+        None => CertChain::default(),
+    };
+    let policy = match &args.policy {
+        Some(p) => chain_files::read_policy(p)?,
+        None => Policy::baseline(),
+    };
+    let at_unix = match &args.at {
+        Some(s) => super::parse_rfc3339(s).map_err(Failure::Usage)?,
+        None => super::now_unix(),
+    };
+    let crl = args.crl.as_deref().map(chain_files::read_crl).transpose()?;
+    // The simulated root comes from the command line or from the policy; both are the relying party's own
+    // choice, never the evidence's.
+    let sim_root_path = args.sim_root.clone().or(policy.simulated_root.clone());
+    let sim_root = sim_root_path
+        .as_deref()
+        .map(chain_files::read_certificate)
+        .transpose()?;
+    Ok(Inputs {
+        raw_report,
+        chain,
+        policy,
+        at_unix,
+        crl,
+        sim_root,
+    })
+}
+
+/// Runs `cloister verify`.
+pub(crate) fn run(args: Args) -> ExitCode {
+    let mut out = JsonOutcome {
+        verified: false,
+        reason: None,
+        product: None,
+        signing_key: None,
+        simulated: false,
+        report: None,
+    };
+    let result = load(&args).and_then(|inputs| {
+        // Fill in what can be shown even if verification fails: the decoded report is display-only.
+        if let Ok(r) = AttestationReport::from_bytes(&inputs.raw_report) {
+            out.report = Some(ReportView::from(&r));
+            out.signing_key = Some(r.signing_key.name());
+            out.product = r.cpuid_product().map(Product::name);
+        }
+        let options = VerifyOptions {
+            at_unix: inputs.at_unix,
+            crl: inputs.crl.as_ref(),
+            simulated_root: inputs.sim_root.as_ref(),
+        };
+        verify(&inputs.raw_report, &inputs.chain, &inputs.policy, &options)
+            .map_err(|e| Failure::Rejected(e.to_string()))
+    });
+    let code = match result {
+        Ok(verified) => {
+            out.verified = true;
+            out.product = Some(verified.product().name());
+            out.signing_key = Some(verified.signing_key().name());
+            out.simulated = verified.is_simulated();
+            if !args.json {
+                let r = verified.report();
+                println!(
+                    "verified: {} {} report v{} signed by {}{}",
+                    verified.product(),
+                    if verified.is_simulated() { "SIMULATED" } else { "SEV-SNP" },
+                    r.version,
+                    verified.signing_key().name().to_uppercase(),
+                    if verified.is_simulated() { " (simulated root, trusted on request)" } else { " chaining to AMD's root" },
+                );
+                println!("  measurement:  {}", hex::encode(r.measurement));
+                println!("  report_data:  {}", hex::encode(r.report_data));
+                println!("  reported_tcb: {}", r.reported_tcb);
+                println!("  vmpl: {}  debug: {}", r.vmpl, r.policy.debug());
+                println!("  policy: holds");
+            }
+            EXIT_OK
+        }
+        Err(Failure::Rejected(reason)) => {
+            eprintln!("rejected: {reason}");
+            out.reason = Some(reason);
+            EXIT_REJECTED
+        }
+        Err(Failure::Usage(reason)) => {
+            eprintln!("error: {reason}");
+            out.reason = Some(reason);
+            EXIT_USAGE
+        }
+    };
+    if args.json {
+        match serde_json::to_string(&out) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: cannot encode JSON: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    ExitCode::from(code)
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the `cloister` command, run as a user runs it.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+mod verify_vectors;

@@ -1,0 +1,1252 @@
+//! The enclave's inference engine: ONNX models run with tract, loaded from bytes only.
+//!
+//! Trust assumptions (DESIGN §1, STYLE conventions 12–13):
+//! - The ONNX bytes given to [`LoadedModel::load`] are the plaintext of a sealed model whose digest the caller
+//!   has already checked against policy. They are still **untrusted input**: a model owner is not trusted by
+//!   the clients nor by the operator, and tract is a large parser. So the bytes are parsed here and nowhere else,
+//!   external data is refused (nothing outside the buffer is ever read, nothing is mmapped), and a tract panic
+//!   while loading or running becomes an error instead of taking the enclave down.
+//! - The tensors given to [`LoadedModel::run`] come from an attested client through the HTTP layer: untrusted
+//!   input. Names, datatypes, ranks, fixed dimensions, symbolic dimensions shared between inputs and element
+//!   counts are checked before tract sees them.
+//! - Inputs and outputs are confidential: [`TensorData`]'s `Debug` prints the datatype and the length, never
+//!   the values.
+//!
+//! Symbolic dimensions (batch, sequence, height, width…) stay symbolic: the model is optimized **once**, with
+//! its symbols, at load time, and tract binds each symbol per request from the shapes of that request's
+//! inputs (`SimpleState::set_input` resolves them). Input dimensions that the ONNX file leaves unnamed
+//! (`dim_param` "?", a negative `dim_value`, or no value at all) get a fresh symbol of their own, so that a
+//! model such as PaddleOCR's classifier (`x: [-1, 3, ?, ?]`) still optimizes without a fixed input shape.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use prost::Message;
+use serde::Serialize;
+use tract_onnx::data_resolver::ModelDataResolver;
+use tract_onnx::pb;
+use tract_onnx::prelude::{
+    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable,
+    IntoTValue, OutletId, Symbol, SymbolValues, TDim, TValue, TVec, Tensor, TractError, TractResult,
+    TypedModel, TypedRunnableModel,
+};
+use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
+use zeroize::Zeroize;
+
+/// The `platform` string of the Open Inference Protocol v2 model metadata.
+pub const PLATFORM: &str = "onnx";
+
+/// A tensor element type, named as in the KServe Open Inference Protocol v2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DataType {
+    /// `BOOL`
+    Bool,
+    /// `UINT8`
+    Uint8,
+    /// `UINT16`
+    Uint16,
+    /// `UINT32`
+    Uint32,
+    /// `UINT64`
+    Uint64,
+    /// `INT8`
+    Int8,
+    /// `INT16`
+    Int16,
+    /// `INT32`
+    Int32,
+    /// `INT64`
+    Int64,
+    /// `FP32`
+    Fp32,
+    /// `FP64`
+    Fp64,
+}
+
+impl DataType {
+    /// Every supported datatype.
+    pub const ALL: [DataType; 11] = [
+        Self::Bool,
+        Self::Uint8,
+        Self::Uint16,
+        Self::Uint32,
+        Self::Uint64,
+        Self::Int8,
+        Self::Int16,
+        Self::Int32,
+        Self::Int64,
+        Self::Fp32,
+        Self::Fp64,
+    ];
+
+    /// The Open Inference Protocol v2 name (`"FP32"`, `"INT64"`, …).
+    pub const fn v2_name(self) -> &'static str {
+        match self {
+            Self::Bool => "BOOL",
+            Self::Uint8 => "UINT8",
+            Self::Uint16 => "UINT16",
+            Self::Uint32 => "UINT32",
+            Self::Uint64 => "UINT64",
+            Self::Int8 => "INT8",
+            Self::Int16 => "INT16",
+            Self::Int32 => "INT32",
+            Self::Int64 => "INT64",
+            Self::Fp32 => "FP32",
+            Self::Fp64 => "FP64",
+        }
+    }
+
+    /// Parses an Open Inference Protocol v2 name; `None` for names this engine does not support
+    /// (`FP16`, `BF16`, `BYTES`) or does not know.
+    pub fn from_v2_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|dt| dt.v2_name() == name)
+    }
+
+    /// The tract datum type of this datatype.
+    fn datum_type(self) -> DatumType {
+        match self {
+            Self::Bool => DatumType::Bool,
+            Self::Uint8 => DatumType::U8,
+            Self::Uint16 => DatumType::U16,
+            Self::Uint32 => DatumType::U32,
+            Self::Uint64 => DatumType::U64,
+            Self::Int8 => DatumType::I8,
+            Self::Int16 => DatumType::I16,
+            Self::Int32 => DatumType::I32,
+            Self::Int64 => DatumType::I64,
+            Self::Fp32 => DatumType::F32,
+            Self::Fp64 => DatumType::F64,
+        }
+    }
+
+    /// Maps tract's datum type. `TDim` (tract's symbolic integers, which ONNX declares as int64) is `INT64`.
+    fn from_datum_type(dt: DatumType) -> Option<Self> {
+        Some(match dt {
+            DatumType::Bool => Self::Bool,
+            DatumType::U8 => Self::Uint8,
+            DatumType::U16 => Self::Uint16,
+            DatumType::U32 => Self::Uint32,
+            DatumType::U64 => Self::Uint64,
+            DatumType::I8 => Self::Int8,
+            DatumType::I16 => Self::Int16,
+            DatumType::I32 => Self::Int32,
+            DatumType::I64 | DatumType::TDim => Self::Int64,
+            DatumType::F32 => Self::Fp32,
+            DatumType::F64 => Self::Fp64,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for DataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.v2_name())
+    }
+}
+
+impl Serialize for DataType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.v2_name())
+    }
+}
+
+/// The elements of a tensor, row-major, one variant per [`DataType`].
+///
+/// `Debug` shows the datatype and the length only: tensor values are confidential.
+#[derive(Clone, PartialEq)]
+#[non_exhaustive]
+pub enum TensorData {
+    /// `BOOL`
+    Bool(Vec<bool>),
+    /// `UINT8`
+    Uint8(Vec<u8>),
+    /// `UINT16`
+    Uint16(Vec<u16>),
+    /// `UINT32`
+    Uint32(Vec<u32>),
+    /// `UINT64`
+    Uint64(Vec<u64>),
+    /// `INT8`
+    Int8(Vec<i8>),
+    /// `INT16`
+    Int16(Vec<i16>),
+    /// `INT32`
+    Int32(Vec<i32>),
+    /// `INT64`
+    Int64(Vec<i64>),
+    /// `FP32`
+    Fp32(Vec<f32>),
+    /// `FP64`
+    Fp64(Vec<f64>),
+}
+
+/// Applies `$body` to the vector inside any [`TensorData`] variant.
+macro_rules! with_data {
+    ($data:expr, $v:ident => $body:expr) => {
+        match $data {
+            TensorData::Bool($v) => $body,
+            TensorData::Uint8($v) => $body,
+            TensorData::Uint16($v) => $body,
+            TensorData::Uint32($v) => $body,
+            TensorData::Uint64($v) => $body,
+            TensorData::Int8($v) => $body,
+            TensorData::Int16($v) => $body,
+            TensorData::Int32($v) => $body,
+            TensorData::Int64($v) => $body,
+            TensorData::Fp32($v) => $body,
+            TensorData::Fp64($v) => $body,
+        }
+    };
+}
+
+impl TensorData {
+    /// The datatype of the elements.
+    pub fn datatype(&self) -> DataType {
+        match self {
+            Self::Bool(_) => DataType::Bool,
+            Self::Uint8(_) => DataType::Uint8,
+            Self::Uint16(_) => DataType::Uint16,
+            Self::Uint32(_) => DataType::Uint32,
+            Self::Uint64(_) => DataType::Uint64,
+            Self::Int8(_) => DataType::Int8,
+            Self::Int16(_) => DataType::Int16,
+            Self::Int32(_) => DataType::Int32,
+            Self::Int64(_) => DataType::Int64,
+            Self::Fp32(_) => DataType::Fp32,
+            Self::Fp64(_) => DataType::Fp64,
+        }
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        with_data!(self, v => v.len())
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Builds a tract tensor of `shape`; the caller has checked that the element count matches.
+    fn to_tensor(&self, shape: &[usize]) -> TractResult<Tensor> {
+        with_data!(self, v => Tensor::from_shape(shape, v))
+    }
+
+    /// Copies the elements out of a tract tensor, as `datatype`.
+    fn from_tensor(tensor: &Tensor, datatype: DataType) -> TractResult<Self> {
+        // tract represents some int64 values (shapes) as TDim; they leave the enclave as INT64.
+        let tensor = if tensor.datum_type() == DatumType::TDim {
+            std::borrow::Cow::Owned(tensor.cast_to::<i64>()?.into_owned())
+        } else {
+            std::borrow::Cow::Borrowed(tensor)
+        };
+        let plain = tensor.try_as_plain_ram()?;
+        Ok(match datatype {
+            DataType::Bool => Self::Bool(plain.as_slice::<bool>()?.to_vec()),
+            DataType::Uint8 => Self::Uint8(plain.as_slice::<u8>()?.to_vec()),
+            DataType::Uint16 => Self::Uint16(plain.as_slice::<u16>()?.to_vec()),
+            DataType::Uint32 => Self::Uint32(plain.as_slice::<u32>()?.to_vec()),
+            DataType::Uint64 => Self::Uint64(plain.as_slice::<u64>()?.to_vec()),
+            DataType::Int8 => Self::Int8(plain.as_slice::<i8>()?.to_vec()),
+            DataType::Int16 => Self::Int16(plain.as_slice::<i16>()?.to_vec()),
+            DataType::Int32 => Self::Int32(plain.as_slice::<i32>()?.to_vec()),
+            DataType::Int64 => Self::Int64(plain.as_slice::<i64>()?.to_vec()),
+            DataType::Fp32 => Self::Fp32(plain.as_slice::<f32>()?.to_vec()),
+            DataType::Fp64 => Self::Fp64(plain.as_slice::<f64>()?.to_vec()),
+        })
+    }
+}
+
+impl fmt::Debug for TensorData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TensorData::{}(len = {})", self.datatype(), self.len())
+    }
+}
+
+/// A named tensor, as the inference API takes and returns it (one per v2 `inputs`/`outputs` entry).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    /// The model input or output name.
+    pub name: String,
+    /// The declared datatype; must be the datatype of `data`.
+    pub datatype: DataType,
+    /// The shape; its product must be the number of elements of `data`.
+    pub shape: Vec<usize>,
+    /// The elements, row-major.
+    pub data: TensorData,
+}
+
+impl NamedTensor {
+    /// A tensor whose declared datatype is that of `data`.
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, data: TensorData) -> Self {
+        Self { name: name.into(), datatype: data.datatype(), shape, data }
+    }
+}
+
+/// One model input or output as the v2 metadata describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TensorSpec {
+    /// The ONNX name.
+    pub name: String,
+    /// The element type.
+    pub datatype: DataType,
+    /// The shape; `-1` for a dimension bound per request (a symbol such as batch or sequence length).
+    pub shape: Vec<i64>,
+}
+
+/// The model's inputs and outputs, for `GET /v2/models/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelMetadata {
+    /// Always [`PLATFORM`].
+    pub platform: &'static str,
+    /// The inputs, in the model's order.
+    pub inputs: Vec<TensorSpec>,
+    /// The outputs, in the model's order.
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// Whether a tensor of the model is an input or an output (for errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorRole {
+    /// A model input.
+    Input,
+    /// A model output.
+    Output,
+}
+
+impl fmt::Display for TensorRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Input => "input",
+            Self::Output => "output",
+        })
+    }
+}
+
+/// What tract was doing when it failed or panicked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// Translating the ONNX graph into tract's inference model.
+    Loading,
+    /// Type and shape analysis into a typed model.
+    Analysing,
+    /// Decluttering, optimizing and planning.
+    Optimizing,
+    /// Running a request.
+    Running,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Loading => "loading the model",
+            Self::Analysing => "analysing the model",
+            Self::Optimizing => "optimizing the model",
+            Self::Running => "running the model",
+        })
+    }
+}
+
+/// An error of the inference engine. Variants up to [`InferenceError::Panicked`] concern the model; the rest
+/// concern a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InferenceError {
+    /// The bytes are not a protobuf `ModelProto`.
+    #[error("model is not a valid ONNX ModelProto")]
+    ModelDecode(#[source] prost::DecodeError),
+    /// A tensor of the model lives in an external file: models are loaded from bytes only.
+    #[error(
+        "model tensor `{tensor}` references external data; external data is not supported \
+         (models are loaded from one buffer)"
+    )]
+    ExternalData {
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// tract failed on the model.
+    #[error("tract failed while {stage}")]
+    Model {
+        /// What tract was doing.
+        stage: Stage,
+        /// tract's error chain.
+        #[source]
+        source: TractError,
+    },
+    /// tract panicked: the model is malformed or uses a construct tract does not handle.
+    #[error("tract panicked while {stage}")]
+    Panicked {
+        /// What tract was doing.
+        stage: Stage,
+    },
+    /// The model declares no element type for an input.
+    #[error("model input `{name}` has no element type")]
+    UntypedInput {
+        /// The input's name.
+        name: String,
+    },
+    /// The model declares no shape (not even a rank) for an input.
+    #[error("model input `{name}` has unknown rank")]
+    UnknownInputRank {
+        /// The input's name.
+        name: String,
+    },
+    /// An input dimension is an expression that does not evaluate to a size when every symbol is 1.
+    #[error("model input `{name}` has dimension `{dim}`, which cannot be planned")]
+    UnresolvedInputDim {
+        /// The input's name.
+        name: String,
+        /// The dimension expression.
+        dim: String,
+    },
+    /// An input or output of the model has an element type the engine cannot carry (FP16, strings, …).
+    #[error("model {role} `{name}` has element type {datum_type}, which is not supported")]
+    UnsupportedModelType {
+        /// Input or output.
+        role: TensorRole,
+        /// The tensor's name.
+        name: String,
+        /// tract's name of the type.
+        datum_type: String,
+    },
+    /// A request names a tensor that is not an input of the model.
+    #[error("`{name}` is not an input of this model (inputs: {expected})")]
+    UnknownInput {
+        /// The name in the request.
+        name: String,
+        /// The model's input names, comma-separated.
+        expected: String,
+    },
+    /// A request gives an input twice.
+    #[error("input `{name}` is given more than once")]
+    DuplicateInput {
+        /// The input's name.
+        name: String,
+    },
+    /// A request lacks an input.
+    #[error("input `{name}` is missing")]
+    MissingInput {
+        /// The input's name.
+        name: String,
+    },
+    /// A request tensor declares one datatype and carries data of another.
+    #[error("input `{input}` declares datatype {declared} but carries {data} data")]
+    InconsistentDatatype {
+        /// The input's name.
+        input: String,
+        /// The declared datatype.
+        declared: DataType,
+        /// The datatype of the data.
+        data: DataType,
+    },
+    /// A request tensor has the wrong datatype for the model.
+    #[error("input `{input}` must be {expected}, got {got}")]
+    DatatypeMismatch {
+        /// The input's name.
+        input: String,
+        /// The model's datatype.
+        expected: DataType,
+        /// The request's datatype.
+        got: DataType,
+    },
+    /// A request tensor has the wrong rank.
+    #[error("input `{input}` must have rank {expected}, got shape {shape:?}")]
+    RankMismatch {
+        /// The input's name.
+        input: String,
+        /// The model's rank.
+        expected: usize,
+        /// The request's shape.
+        shape: Vec<usize>,
+    },
+    /// A request tensor has the wrong size along a fixed dimension.
+    #[error("input `{input}` must have {expected} elements along axis {axis}, got {got}")]
+    DimMismatch {
+        /// The input's name.
+        input: String,
+        /// The axis.
+        axis: usize,
+        /// The model's size.
+        expected: usize,
+        /// The request's size.
+        got: usize,
+    },
+    /// Two request dimensions bound to the same symbol (e.g. the batch size of two inputs) disagree.
+    #[error(
+        "input `{input}` axis {axis} is `{symbol}` = {got}, but `{symbol}` = {bound} from input `{bound_by}`"
+    )]
+    SymbolMismatch {
+        /// The input's name.
+        input: String,
+        /// The axis.
+        axis: usize,
+        /// The symbol's name in the model.
+        symbol: String,
+        /// The request's size.
+        got: usize,
+        /// The value bound earlier in the same request.
+        bound: usize,
+        /// The input that bound it.
+        bound_by: String,
+    },
+    /// The product of a request shape overflows.
+    #[error("input `{input}` has shape {shape:?}, whose element count overflows")]
+    ShapeOverflow {
+        /// The input's name.
+        input: String,
+        /// The request's shape.
+        shape: Vec<usize>,
+    },
+    /// The element count does not match the shape.
+    #[error("input `{input}` has shape {shape:?} ({expected} elements) but {got} elements")]
+    ElementCount {
+        /// The input's name.
+        input: String,
+        /// The request's shape.
+        shape: Vec<usize>,
+        /// The product of the shape.
+        expected: usize,
+        /// The number of elements given.
+        got: usize,
+    },
+    /// tract failed to run a request (for instance a shape relation between inputs that it checks itself).
+    #[error("tract failed while {stage}")]
+    Run {
+        /// Always [`Stage::Running`].
+        stage: Stage,
+        /// tract's error chain.
+        #[source]
+        source: TractError,
+    },
+    /// tract returned a different number of outputs than the model declares.
+    #[error("tract returned {got} outputs, the model declares {expected}")]
+    OutputCount {
+        /// The declared number.
+        expected: usize,
+        /// The returned number.
+        got: usize,
+    },
+    /// An output of tract could not be converted.
+    #[error("output `{output}` could not be converted to {datatype}")]
+    OutputConversion {
+        /// The output's name.
+        output: String,
+        /// The datatype the metadata announces.
+        datatype: DataType,
+        /// tract's error.
+        #[source]
+        source: TractError,
+    },
+}
+
+/// How one dimension of a model input is constrained.
+#[derive(Debug, Clone)]
+enum DimSpec {
+    /// A fixed size.
+    Fixed(usize),
+    /// Bound per request; the same symbol must take the same value in every input of a request.
+    Symbol(Symbol),
+    /// An expression of symbols (rare in inputs): tract checks it while running.
+    Expr(TDim),
+}
+
+#[derive(Debug, Clone)]
+struct InputSpec {
+    name: String,
+    datatype: DataType,
+    dims: Vec<DimSpec>,
+}
+
+impl InputSpec {
+    fn to_v2(&self) -> TensorSpec {
+        let shape = self
+            .dims
+            .iter()
+            .map(|d| match d {
+                DimSpec::Fixed(n) => i64::try_from(*n).unwrap_or(-1),
+                DimSpec::Symbol(_) | DimSpec::Expr(_) => -1,
+            })
+            .collect();
+        TensorSpec { name: self.name.clone(), datatype: self.datatype, shape }
+    }
+}
+
+/// How many per-shape plans a [`LoadedModel`] in per-shape mode keeps (least recently used goes first).
+///
+/// Each plan holds its own optimized (packed) copy of the weights, so this bounds memory at about this many
+/// times the model; it also bounds what a client can make the enclave keep by varying shapes.
+pub const PLAN_CACHE_CAPACITY: usize = 4;
+
+/// How a [`LoadedModel`] handles the dimensions that vary per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planning {
+    /// One plan, optimized once with symbolic dimensions; tract binds the symbols per request.
+    Symbolic,
+    /// tract could not type or optimize the model with symbolic dimensions (a shape computed from the input
+    /// shape through an op tract does not follow symbolically): one plan per distinct set of input shapes,
+    /// optimized on first use, in a bounded cache ([`PLAN_CACHE_CAPACITY`]).
+    PerShape,
+}
+
+/// A model loaded, optimized and planned once, ready to serve requests concurrently (`run` takes `&self`).
+pub struct LoadedModel {
+    engine: Engine,
+    inputs: Vec<InputSpec>,
+    metadata: ModelMetadata,
+}
+
+enum Engine {
+    Symbolic(Arc<TypedRunnableModel>),
+    PerShape {
+        /// The model with its input facts fixed, not yet typed: each plan starts from a clone of it.
+        template: InferenceModel,
+        cache: Mutex<PlanCache>,
+    },
+}
+
+/// A small LRU of plans keyed by the input shapes, in model input order.
+#[derive(Default)]
+struct PlanCache {
+    entries: Vec<CachedPlan>,
+    clock: u64,
+}
+
+struct CachedPlan {
+    shapes: Vec<Vec<usize>>,
+    plan: Arc<TypedRunnableModel>,
+    last_used: u64,
+}
+
+impl PlanCache {
+    fn get(&mut self, shapes: &[Vec<usize>]) -> Option<Arc<TypedRunnableModel>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries.iter_mut().find(|e| e.shapes == shapes).map(|e| {
+            e.last_used = clock;
+            Arc::clone(&e.plan)
+        })
+    }
+
+    fn insert(&mut self, shapes: Vec<Vec<usize>>, plan: Arc<TypedRunnableModel>) {
+        self.clock += 1;
+        if self.entries.iter().any(|e| e.shapes == shapes) {
+            return; // a concurrent request planned the same shapes first
+        }
+        if self.entries.len() >= PLAN_CACHE_CAPACITY {
+            if let Some(oldest) =
+                self.entries.iter().enumerate().min_by_key(|(_, e)| e.last_used).map(|(ix, _)| ix)
+            {
+                self.entries.swap_remove(oldest);
+            }
+        }
+        self.entries.push(CachedPlan { shapes, plan, last_used: self.clock });
+    }
+}
+
+impl fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("planning", &self.planning())
+            .field("metadata", &self.metadata)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedModel {
+    /// Loads an ONNX model from a buffer: decode, refuse external data, translate, fix the input facts,
+    /// optimize once, plan.
+    ///
+    /// `onnx` comes from the untrusted model owner (via the sealed blob the untrusted host stored); the
+    /// caller has decrypted it and checked its digest, and zeroizes it after this returns. The buffer is
+    /// read once, by the protobuf decoder (tract's own `model_for_read` would first copy it whole into a
+    /// `Vec`); the decoded protobuf, a copy of the weights, is zeroized before this returns; tract keeps its
+    /// own copy of the weights in the optimized model.
+    pub fn load(onnx: &[u8]) -> Result<Self, InferenceError> {
+        let proto = ProtoGuard(pb::ModelProto::decode(onnx).map_err(InferenceError::ModelDecode)?);
+        reject_external_data(&proto.0)?;
+        let framework =
+            tract_onnx::Onnx { provider: Arc::new(RefuseExternalData), ..tract_onnx::onnx() };
+        let model = guarded(Stage::Loading, || framework.model_for_proto_model(&proto.0))?;
+        drop(proto);
+        Self::from_inference_model(model)
+    }
+
+    fn from_inference_model(mut model: InferenceModel) -> Result<Self, InferenceError> {
+        let inputs = fix_input_facts(&mut model)?;
+        let input_meta = inputs.iter().map(InputSpec::to_v2).collect();
+        let template = model.clone();
+        // First choice: type and optimize once with symbolic dimensions.
+        let symbolic = guarded(Stage::Analysing, || model.into_typed()).and_then(|typed| {
+            let outputs = describe_outputs(&typed)?;
+            let plan = guarded(Stage::Optimizing, || typed.into_optimized()?.into_runnable())?;
+            Ok((plan, outputs))
+        });
+        if let Ok((plan, outputs)) = symbolic {
+            drop(template);
+            let metadata = ModelMetadata { platform: PLATFORM, inputs: input_meta, outputs };
+            return Ok(Self { engine: Engine::Symbolic(plan), inputs, metadata });
+        }
+        // Fallback: plan per input shapes. Plan once now with every symbol at 1, so that a model tract cannot
+        // run at all fails here rather than on the first request, and to learn the output datatypes.
+        let probe_shapes = symbol_shapes(&template, &inputs, 1)?;
+        let probe = plan_for_shapes(&template, &inputs, &probe_shapes)?;
+        let outputs = describe_outputs_per_shape(&template, &inputs, &probe)?;
+        let mut cache = PlanCache::default();
+        cache.insert(probe_shapes, probe);
+        let metadata = ModelMetadata { platform: PLATFORM, inputs: input_meta, outputs };
+        Ok(Self {
+            engine: Engine::PerShape { template, cache: Mutex::new(cache) },
+            inputs,
+            metadata,
+        })
+    }
+
+    /// The inputs and outputs, for the v2 metadata endpoint.
+    pub fn metadata(&self) -> &ModelMetadata {
+        &self.metadata
+    }
+
+    /// The inputs, in the model's order.
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.metadata.inputs
+    }
+
+    /// The outputs, in the model's order.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.metadata.outputs
+    }
+
+    /// Whether the model runs from one symbolic plan or from per-shape plans.
+    pub fn planning(&self) -> Planning {
+        match self.engine {
+            Engine::Symbolic(_) => Planning::Symbolic,
+            Engine::PerShape { .. } => Planning::PerShape,
+        }
+    }
+
+    /// Runs one request. `inputs` come from the attested (but untrusted) client: each model input exactly once,
+    /// in any order, with the model's datatype and rank, the model's size on fixed dimensions, one value per
+    /// symbol across inputs, and as many elements as the shape says. Returns every model output, in the
+    /// model's order.
+    pub fn run(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, InferenceError> {
+        let tensors = self.validate(inputs)?;
+        let plan = match &self.engine {
+            Engine::Symbolic(plan) => Arc::clone(plan),
+            Engine::PerShape { template, cache } => {
+                let shapes: Vec<Vec<usize>> = tensors.iter().map(|t| t.shape().to_vec()).collect();
+                let cached = lock(cache).get(&shapes);
+                match cached {
+                    Some(plan) => plan,
+                    None => {
+                        // Planned outside the lock: other shapes keep being served meanwhile.
+                        let plan = plan_for_shapes(template, &self.inputs, &shapes)?;
+                        lock(cache).insert(shapes, Arc::clone(&plan));
+                        plan
+                    }
+                }
+            }
+        };
+        let outputs = match catch_unwind(AssertUnwindSafe(|| plan.run(tensors))) {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err(source)) => return Err(InferenceError::Run { stage: Stage::Running, source }),
+            Err(_) => return Err(InferenceError::Panicked { stage: Stage::Running }),
+        };
+        if outputs.len() != self.metadata.outputs.len() {
+            return Err(InferenceError::OutputCount {
+                expected: self.metadata.outputs.len(),
+                got: outputs.len(),
+            });
+        }
+        self.metadata
+            .outputs
+            .iter()
+            .zip(outputs)
+            .map(|(spec, value)| {
+                let data = TensorData::from_tensor(&value, spec.datatype).map_err(|source| {
+                    InferenceError::OutputConversion {
+                        output: spec.name.clone(),
+                        datatype: spec.datatype,
+                        source,
+                    }
+                })?;
+                Ok(NamedTensor {
+                    name: spec.name.clone(),
+                    datatype: spec.datatype,
+                    shape: value.shape().to_vec(),
+                    data,
+                })
+            })
+            .collect()
+    }
+
+    /// Checks a request against the model and orders its tensors as the model's inputs.
+    fn validate(&self, inputs: Vec<NamedTensor>) -> Result<TVec<TValue>, InferenceError> {
+        let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
+        // symbol -> (value, index of the input that bound it)
+        let mut bound: HashMap<Symbol, (usize, usize)> = HashMap::new();
+        for tensor in inputs {
+            let Some(ix) = self.inputs.iter().position(|spec| spec.name == tensor.name) else {
+                return Err(InferenceError::UnknownInput {
+                    name: tensor.name,
+                    expected: self.input_names(),
+                });
+            };
+            let spec = &self.inputs[ix];
+            if slots[ix].is_some() {
+                return Err(InferenceError::DuplicateInput { name: tensor.name });
+            }
+            if tensor.datatype != tensor.data.datatype() {
+                return Err(InferenceError::InconsistentDatatype {
+                    input: tensor.name,
+                    declared: tensor.datatype,
+                    data: tensor.data.datatype(),
+                });
+            }
+            if tensor.datatype != spec.datatype {
+                return Err(InferenceError::DatatypeMismatch {
+                    input: tensor.name,
+                    expected: spec.datatype,
+                    got: tensor.datatype,
+                });
+            }
+            if tensor.shape.len() != spec.dims.len() {
+                return Err(InferenceError::RankMismatch {
+                    input: tensor.name,
+                    expected: spec.dims.len(),
+                    shape: tensor.shape,
+                });
+            }
+            let Some(count) = tensor.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) else {
+                return Err(InferenceError::ShapeOverflow { input: tensor.name, shape: tensor.shape });
+            };
+            if count != tensor.data.len() {
+                return Err(InferenceError::ElementCount {
+                    input: tensor.name,
+                    shape: tensor.shape,
+                    expected: count,
+                    got: tensor.data.len(),
+                });
+            }
+            for (axis, (dim, &got)) in spec.dims.iter().zip(&tensor.shape).enumerate() {
+                match dim {
+                    DimSpec::Fixed(expected) if *expected != got => {
+                        return Err(InferenceError::DimMismatch {
+                            input: tensor.name,
+                            axis,
+                            expected: *expected,
+                            got,
+                        });
+                    }
+                    DimSpec::Symbol(symbol) => match bound.get(symbol) {
+                        Some(&(value, by)) if value != got => {
+                            return Err(InferenceError::SymbolMismatch {
+                                input: tensor.name,
+                                axis,
+                                symbol: symbol.to_string(),
+                                got,
+                                bound: value,
+                                bound_by: self.inputs[by].name.clone(),
+                            });
+                        }
+                        Some(_) => {}
+                        None => {
+                            bound.insert(symbol.clone(), (got, ix));
+                        }
+                    },
+                    DimSpec::Fixed(_) | DimSpec::Expr(_) => {}
+                }
+            }
+            let built = tensor.data.to_tensor(&tensor.shape).map_err(|source| InferenceError::Run {
+                stage: Stage::Running,
+                source,
+            })?;
+            slots[ix] = Some(built);
+        }
+        slots
+            .into_iter()
+            .zip(&self.inputs)
+            .map(|(slot, spec)| {
+                slot.map(IntoTValue::into_tvalue)
+                    .ok_or_else(|| InferenceError::MissingInput { name: spec.name.clone() })
+            })
+            .collect()
+    }
+
+    fn input_names(&self) -> String {
+        self.inputs.iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Locks the plan cache. A panic while the lock was held cannot leave it inconsistent (entries are pushed
+/// whole), so a poisoned lock is used as is.
+fn lock(cache: &Mutex<PlanCache>) -> MutexGuard<'_, PlanCache> {
+    cache.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Input shapes with every symbol at `value` (expressions evaluated accordingly).
+fn symbol_shapes(
+    template: &InferenceModel,
+    inputs: &[InputSpec],
+    value: u8,
+) -> Result<Vec<Vec<usize>>, InferenceError> {
+    let mut values = SymbolValues::default();
+    for symbol in template.symbols.all_symbols() {
+        values.set(&symbol, i64::from(value));
+    }
+    inputs
+        .iter()
+        .map(|spec| {
+            spec.dims
+                .iter()
+                .map(|dim| match dim {
+                    DimSpec::Fixed(n) => Ok(*n),
+                    DimSpec::Symbol(_) => Ok(usize::from(value)),
+                    DimSpec::Expr(e) => e
+                        .eval(&values)
+                        .as_i64()
+                        .and_then(|v| usize::try_from(v).ok())
+                        .ok_or_else(|| InferenceError::UnresolvedInputDim {
+                            name: spec.name.clone(),
+                            dim: e.to_string(),
+                        }),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Optimizes and plans the template for concrete input shapes.
+fn plan_for_shapes(
+    template: &InferenceModel,
+    inputs: &[InputSpec],
+    shapes: &[Vec<usize>],
+) -> Result<Arc<TypedRunnableModel>, InferenceError> {
+    guarded(Stage::Optimizing, || {
+        let mut model = template.clone();
+        for (ix, (spec, shape)) in inputs.iter().zip(shapes).enumerate() {
+            model.set_input_fact(ix, InferenceFact::dt_shape(spec.datatype.datum_type(), shape))?;
+        }
+        model.into_optimized()?.into_runnable()
+    })
+}
+
+/// Runs a tract step, turning a panic into [`InferenceError::Panicked`].
+///
+/// tract is written for trusted models: a malformed graph can reach an `unwrap`, an index out of range or an
+/// `unimplemented!`. The model comes from the untrusted model owner, so a panic must not take the enclave down.
+/// The values touched by a panicking step are dropped with it; nothing shared is left half-updated.
+fn guarded<T>(stage: Stage, step: impl FnOnce() -> TractResult<T>) -> Result<T, InferenceError> {
+    match catch_unwind(AssertUnwindSafe(step)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(InferenceError::Model { stage, source }),
+        Err(_) => Err(InferenceError::Panicked { stage }),
+    }
+}
+
+/// Gives every input a concrete datum type and a closed shape, inventing a symbol for each dimension the
+/// ONNX file leaves unnamed (tract cannot type a graph whose input dimensions are unknown).
+fn fix_input_facts(model: &mut InferenceModel) -> Result<Vec<InputSpec>, InferenceError> {
+    let outlets = model.input_outlets().map_err(model_err(Stage::Loading))?.to_vec();
+    let mut specs = vec![];
+    for (ix, outlet) in outlets.iter().enumerate() {
+        let name = model.node(outlet.node).name.clone();
+        let fact = model.input_fact(ix).map_err(model_err(Stage::Loading))?;
+        let Some(dt) = fact.datum_type.concretize() else {
+            return Err(InferenceError::UntypedInput { name });
+        };
+        let datatype = match DataType::from_datum_type(dt) {
+            Some(datatype) if dt != DatumType::TDim => datatype,
+            _ => {
+                return Err(InferenceError::UnsupportedModelType {
+                    role: TensorRole::Input,
+                    name,
+                    datum_type: format!("{dt:?}"),
+                })
+            }
+        };
+        if fact.shape.is_open() {
+            return Err(InferenceError::UnknownInputRank { name });
+        }
+        let dims: Vec<TDim> = fact
+            .shape
+            .dims()
+            .enumerate()
+            .map(|(axis, dim)| match dim.concretize() {
+                Some(d) => d,
+                None => TDim::Sym(model.symbols.new_with_prefix(&unnamed_dim(&name, axis))),
+            })
+            .collect();
+        let fact = InferenceFact::dt_shape(
+            dt,
+            ShapeFactoid::closed(dims.iter().cloned().map(DimFact::from).collect()),
+        );
+        model.set_input_fact(ix, fact).map_err(model_err(Stage::Loading))?;
+        let dims = dims
+            .into_iter()
+            .map(|d| match d {
+                TDim::Val(v) => match usize::try_from(v) {
+                    Ok(n) => DimSpec::Fixed(n),
+                    Err(_) => DimSpec::Expr(TDim::Val(v)),
+                },
+                TDim::Sym(s) => DimSpec::Symbol(s),
+                other => DimSpec::Expr(other),
+            })
+            .collect();
+        specs.push(InputSpec { name, datatype, dims });
+    }
+    Ok(specs)
+}
+
+/// The symbol name for an unnamed input dimension: alphanumeric and `_` only, as tract's symbols.
+fn unnamed_dim(input: &str, axis: usize) -> String {
+    let clean: String =
+        input.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).take(48).collect();
+    format!("unnamed_{clean}_{axis}")
+}
+
+fn model_err(stage: Stage) -> impl Fn(TractError) -> InferenceError {
+    move |source| InferenceError::Model { stage, source }
+}
+
+/// The output specs, read off the typed (not yet optimized) model, whose outlets carry the ONNX names.
+fn describe_outputs(typed: &TypedModel) -> Result<Vec<TensorSpec>, InferenceError> {
+    let mut outputs = vec![];
+    for (ix, outlet) in typed.output_outlets().map_err(model_err(Stage::Analysing))?.iter().enumerate() {
+        let name = output_name(typed, *outlet);
+        let fact = typed.output_fact(ix).map_err(model_err(Stage::Analysing))?;
+        let datatype = output_datatype(&name, fact.datum_type)?;
+        outputs.push(TensorSpec { name, datatype, shape: v2_shape(fact.shape.iter()) });
+    }
+    Ok(outputs)
+}
+
+/// The output specs of a per-shape model: datatypes and ranks from the probe plan (every symbol at 1); a size is
+/// fixed if typing the model with every symbol at 2 gives the same size, `-1` otherwise (or if that fails).
+fn describe_outputs_per_shape(
+    template: &InferenceModel,
+    inputs: &[InputSpec],
+    probe: &TypedRunnableModel,
+) -> Result<Vec<TensorSpec>, InferenceError> {
+    let twos = symbol_shapes(template, inputs, 2).ok().and_then(|shapes| {
+        guarded(Stage::Analysing, || {
+            let mut model = template.clone();
+            for (ix, (spec, shape)) in inputs.iter().zip(&shapes).enumerate() {
+                model.set_input_fact(ix, InferenceFact::dt_shape(spec.datatype.datum_type(), shape))?;
+            }
+            model.into_typed()
+        })
+        .ok()
+    });
+    let probe_model = probe.model();
+    let mut outputs = vec![];
+    for (ix, outlet) in template.output_outlets().map_err(model_err(Stage::Analysing))?.iter().enumerate() {
+        let name = output_name(template, *outlet);
+        let fact = probe_model.output_fact(ix).map_err(model_err(Stage::Optimizing))?;
+        let datatype = output_datatype(&name, fact.datum_type)?;
+        let other = twos.as_ref().and_then(|m| m.output_fact(ix).ok());
+        let shape = match other {
+            Some(other) if other.rank() == fact.rank() => fact
+                .shape
+                .iter()
+                .zip(other.shape.iter())
+                .map(|(a, b)| match (a.as_i64(), b.as_i64()) {
+                    (Some(a), Some(b)) if a == b && a >= 0 => a,
+                    _ => -1,
+                })
+                .collect(),
+            _ => vec![-1; fact.rank()],
+        };
+        outputs.push(TensorSpec { name, datatype, shape });
+    }
+    Ok(outputs)
+}
+
+fn output_name<F, O>(model: &tract_onnx::prelude::Graph<F, O>, outlet: OutletId) -> String
+where
+    F: tract_onnx::prelude::Fact + Clone + 'static,
+    O: fmt::Debug + fmt::Display + AsRef<dyn tract_onnx::prelude::Op> + AsMut<dyn tract_onnx::prelude::Op> + Clone + 'static,
+{
+    model.outlet_label(outlet).map(str::to_owned).unwrap_or_else(|| model.node(outlet.node).name.clone())
+}
+
+fn output_datatype(name: &str, dt: DatumType) -> Result<DataType, InferenceError> {
+    DataType::from_datum_type(dt).ok_or_else(|| InferenceError::UnsupportedModelType {
+        role: TensorRole::Output,
+        name: name.to_owned(),
+        datum_type: format!("{dt:?}"),
+    })
+}
+
+/// v2 shapes: a known size, or -1.
+fn v2_shape<'a>(dims: impl Iterator<Item = &'a TDim>) -> Vec<i64> {
+    dims.map(|d| d.as_i64().filter(|v| *v >= 0).unwrap_or(-1)).collect()
+}
+
+/// Refuses a model whose tensors point at external files (ONNX `data_location = EXTERNAL` or any
+/// `external_data` entry), wherever a tensor can sit: initializers, sparse initializers, node attributes,
+/// subgraphs (If/Loop/Scan bodies), functions and training info.
+///
+/// The model comes from the untrusted model owner; an external reference would make tract read a host file
+/// (by default through mmap), outside the sealed and attested bytes.
+fn reject_external_data(model: &pb::ModelProto) -> Result<(), InferenceError> {
+    let mut found = None;
+    visit_tensors(model, &mut |t| {
+        let external = t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)
+            || !t.external_data.is_empty();
+        if external && found.is_none() {
+            found = Some(t.name.clone());
+        }
+    });
+    match found {
+        Some(tensor) => Err(InferenceError::ExternalData { tensor }),
+        None => Ok(()),
+    }
+}
+
+/// Calls `f` on every tensor of the model. Recursion follows subgraphs, whose depth prost bounds while
+/// decoding (its recursion limit), so a hostile nesting cannot overflow the stack here.
+fn visit_tensors<'a>(model: &'a pb::ModelProto, f: &mut impl FnMut(&'a pb::TensorProto)) {
+    fn graph<'a>(g: &'a pb::GraphProto, f: &mut impl FnMut(&'a pb::TensorProto)) {
+        g.initializer.iter().for_each(&mut *f);
+        for s in &g.sparse_initializer {
+            sparse(s, f);
+        }
+        for n in &g.node {
+            node(n, f);
+        }
+    }
+    fn sparse<'a>(s: &'a pb::SparseTensorProto, f: &mut impl FnMut(&'a pb::TensorProto)) {
+        s.values.iter().for_each(&mut *f);
+        s.indices.iter().for_each(&mut *f);
+    }
+    fn node<'a>(n: &'a pb::NodeProto, f: &mut impl FnMut(&'a pb::TensorProto)) {
+        for a in &n.attribute {
+            a.t.iter().for_each(&mut *f);
+            a.tensors.iter().for_each(&mut *f);
+            for s in a.sparse_tensor.iter().chain(&a.sparse_tensors) {
+                sparse(s, f);
+            }
+            for g in a.g.iter().chain(&a.graphs) {
+                graph(g, f);
+            }
+        }
+    }
+    model.graph.iter().for_each(|g| graph(g, f));
+    for func in &model.functions {
+        for n in &func.node {
+            node(n, f);
+        }
+    }
+    for info in &model.training_info {
+        for g in info.initialization.iter().chain(&info.algorithm) {
+            graph(g, f);
+        }
+    }
+}
+
+/// Mutable twin of [`visit_tensors`], used to wipe the decoded weights.
+fn visit_tensors_mut(model: &mut pb::ModelProto, f: &mut impl FnMut(&mut pb::TensorProto)) {
+    fn graph(g: &mut pb::GraphProto, f: &mut impl FnMut(&mut pb::TensorProto)) {
+        g.initializer.iter_mut().for_each(&mut *f);
+        for s in &mut g.sparse_initializer {
+            sparse(s, f);
+        }
+        for n in &mut g.node {
+            node(n, f);
+        }
+    }
+    fn sparse(s: &mut pb::SparseTensorProto, f: &mut impl FnMut(&mut pb::TensorProto)) {
+        s.values.iter_mut().for_each(&mut *f);
+        s.indices.iter_mut().for_each(&mut *f);
+    }
+    fn node(n: &mut pb::NodeProto, f: &mut impl FnMut(&mut pb::TensorProto)) {
+        for a in &mut n.attribute {
+            a.t.iter_mut().for_each(&mut *f);
+            a.tensors.iter_mut().for_each(&mut *f);
+            for s in a.sparse_tensor.iter_mut().chain(&mut a.sparse_tensors) {
+                sparse(s, f);
+            }
+            for g in a.g.iter_mut().chain(&mut a.graphs) {
+                graph(g, f);
+            }
+        }
+    }
+    model.graph.iter_mut().for_each(|g| graph(g, f));
+    for func in &mut model.functions {
+        for n in &mut func.node {
+            node(n, f);
+        }
+    }
+    for info in &mut model.training_info {
+        for g in info.initialization.iter_mut().chain(&mut info.algorithm) {
+            graph(g, f);
+        }
+    }
+}
+
+/// The decoded protobuf holds a plaintext copy of every weight: wipe it when it goes, on every path.
+struct ProtoGuard(pb::ModelProto);
+
+impl Drop for ProtoGuard {
+    fn drop(&mut self) {
+        visit_tensors_mut(&mut self.0, &mut |t| {
+            t.raw_data.zeroize();
+            t.float_data.zeroize();
+            t.int32_data.zeroize();
+            t.int64_data.zeroize();
+            t.double_data.zeroize();
+            t.uint64_data.zeroize();
+            t.string_data.zeroize();
+        });
+    }
+}
+
+/// The data resolver tract would use for external data: it refuses. [`reject_external_data`] already refused
+/// such models before tract saw them; this is the second lock (STYLE convention 13), so that no code path in
+/// tract can open or mmap a host file on the model's behalf.
+struct RefuseExternalData;
+
+impl ModelDataResolver for RefuseExternalData {
+    fn read_bytes_from_path(
+        &self,
+        _buf: &mut Vec<u8>,
+        p: &Path,
+        _offset: usize,
+        _length: Option<usize>,
+    ) -> TractResult<()> {
+        Err(TractError::msg(format!("external data is not supported (model asked for {p:?})")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn sample(rel: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/sample").join(rel);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn magika_loads_with_symbolic_batch() {
+        let model = LoadedModel::load(&sample("magika/model.onnx")).unwrap();
+        let meta = model.metadata();
+        assert_eq!(meta.inputs, vec![TensorSpec { name: "bytes".into(), datatype: DataType::Int32, shape: vec![-1, 2048] }]);
+        assert_eq!(meta.outputs.len(), 1);
+        assert_eq!(meta.outputs[0].datatype, DataType::Fp32);
+        assert_eq!(meta.outputs[0].shape, vec![-1, 214]);
+        for batch in [1usize, 3, 1, 2] {
+            let data = (0..batch * 2048).map(|i| (i % 257) as i32).collect();
+            let out = model.run(vec![NamedTensor::new("bytes", vec![batch, 2048], TensorData::Int32(data))]).unwrap();
+            assert_eq!(out[0].shape, vec![batch, 214]);
+            assert_eq!(out[0].data.len(), batch * 214);
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! `cloister-enclave`.
+fn main() {}
