@@ -398,7 +398,7 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(Evidence::from_bytes(&bytes[..cut]).is_err());
         }
-        let mut longer = bytes.clone();
+        let mut longer = bytes;
         longer.push(0);
         assert!(Evidence::from_bytes(&longer).is_err());
         assert!(Evidence::from_bytes(&vec![0xff; MAX_EVIDENCE_LEN + 1]).is_err());

@@ -196,7 +196,10 @@ impl<'de> Deserialize<'de> for VersionPin {
 }
 impl serde::Serialize for VersionPin {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}.{}.{}", self.major, self.minor, self.build))
+        s.collect_str(&format_args!(
+            "{}.{}.{}",
+            self.major, self.minor, self.build
+        ))
     }
 }
 
@@ -380,7 +383,11 @@ impl Policy {
 
         // Baseline: a debuggable guest proves nothing about confidentiality.
         if gp.debug() && !self.allow_debug {
-            return Err(violation("allow_debug", "policy.debug = false", "policy.debug = true"));
+            return Err(violation(
+                "allow_debug",
+                "policy.debug = false",
+                "policy.debug = true",
+            ));
         }
         if let Some(products) = &self.products {
             if !products.contains(&ProductName(facts.product)) {
@@ -393,7 +400,11 @@ impl Policy {
             | (Some(KeyRequirement::Vlek), SigningKey::Vlek)
             | (Some(KeyRequirement::Either) | None, _) => {}
             (Some(want), got) => {
-                return Err(violation("signing_key", format!("{want:?}").to_lowercase(), got.name()))
+                return Err(violation(
+                    "signing_key",
+                    format!("{want:?}").to_lowercase(),
+                    got.name(),
+                ))
             }
         }
         expect_in("measurements", &self.measurements, &r.measurement)?;
@@ -424,13 +435,21 @@ impl Policy {
             )?;
         }
         if self.allow_migration_agent == Some(false) && gp.migrate_ma() {
-            return Err(violation("allow_migration_agent", "policy.migrate_ma = false", "true"));
+            return Err(violation(
+                "allow_migration_agent",
+                "policy.migrate_ma = false",
+                "true",
+            ));
         }
         if self.allow_smt == Some(false) && gp.smt() {
             return Err(violation("allow_smt", "policy.smt = false", "true"));
         }
         if self.require_single_socket == Some(true) && !gp.single_socket() {
-            return Err(violation("require_single_socket", "policy.single_socket = true", "false"));
+            return Err(violation(
+                "require_single_socket",
+                "policy.single_socket = true",
+                "false",
+            ));
         }
         if let Some(min) = self.minimum_abi {
             let got = (gp.abi_major(), gp.abi_minor());
@@ -474,7 +493,11 @@ impl Policy {
         }
         if let Some(min) = self.minimum_guest_svn {
             if r.guest_svn < min {
-                return Err(violation("minimum_guest_svn", format!(">= {min}"), r.guest_svn));
+                return Err(violation(
+                    "minimum_guest_svn",
+                    format!(">= {min}"),
+                    r.guest_svn,
+                ));
             }
         }
         if let Some(vmpls) = &self.vmpls {
@@ -490,18 +513,27 @@ impl Policy {
         expect_eq("report_id_ma", &self.report_id_ma, &r.report_id_ma)?;
         expect_in("id_key_digests", &self.id_key_digests, &r.id_key_digest)?;
         expect_in("chip_ids", &self.chip_ids, &r.chip_id)?;
-        let need_author = self.require_author_key == Some(true) || self.author_key_digests.is_some();
+        let need_author =
+            self.require_author_key == Some(true) || self.author_key_digests.is_some();
         if need_author && !r.author_key_en {
             return Err(violation("require_author_key", "AUTHOR_KEY_EN = 1", "0"));
         }
-        expect_in("author_key_digests", &self.author_key_digests, &r.author_key_digest)?;
+        expect_in(
+            "author_key_digests",
+            &self.author_key_digests,
+            &r.author_key_digest,
+        )?;
         if let Some(p) = &self.platform {
             let pi = r.platform_info;
             let bits = [
                 ("platform.smt_enabled", p.smt_enabled, pi.smt_enabled()),
                 ("platform.tsme_enabled", p.tsme_enabled, pi.tsme_enabled()),
                 ("platform.ecc_enabled", p.ecc_enabled, pi.ecc_enabled()),
-                ("platform.rapl_disabled", p.rapl_disabled, pi.rapl_disabled()),
+                (
+                    "platform.rapl_disabled",
+                    p.rapl_disabled,
+                    pi.rapl_disabled(),
+                ),
                 (
                     "platform.ciphertext_hiding_enabled",
                     p.ciphertext_hiding_enabled,
@@ -618,16 +650,28 @@ mod tests {
             GENOA,
         )
         .unwrap();
-        rejects("[minimum_tcb]\nbootloader = 11", GENOA, "minimum_tcb.bootloader");
+        rejects(
+            "[minimum_tcb]\nbootloader = 11",
+            GENOA,
+            "minimum_tcb.bootloader",
+        );
         rejects("[minimum_tcb]\ntee = 1", GENOA, "minimum_tcb.tee");
         rejects("[minimum_tcb]\nsnp = 26", GENOA, "minimum_tcb.snp");
-        rejects("[minimum_tcb]\nmicrocode = 85", GENOA, "minimum_tcb.microcode");
+        rejects(
+            "[minimum_tcb]\nmicrocode = 85",
+            GENOA,
+            "minimum_tcb.microcode",
+        );
         check("[minimum_tcb]\nfmc = 0", TURIN).unwrap();
         rejects("[minimum_tcb]\nfmc = 1", TURIN, "minimum_tcb.fmc");
         // Genoa has no FMC: a policy that demands one cannot be met.
         rejects("[minimum_tcb]\nfmc = 0", GENOA, "minimum_tcb.fmc");
         check("[minimum_launch_tcb]\nsnp = 25", GENOA).unwrap();
-        rejects("[minimum_launch_tcb]\nsnp = 26", GENOA, "minimum_launch_tcb.snp");
+        rejects(
+            "[minimum_launch_tcb]\nsnp = 26",
+            GENOA,
+            "minimum_launch_tcb.snp",
+        );
         let err = check("[minimum_tcb]\nsnp = 26", GENOA).unwrap_err();
         assert_eq!((err.expected.as_str(), err.found.as_str()), (">= 26", "25"));
     }
@@ -638,7 +682,11 @@ mod tests {
         check("allow_smt = true", GENOA).unwrap();
         rejects("allow_smt = false", GENOA, "allow_smt");
         check("allow_migration_agent = false", GENOA).unwrap();
-        rejects("require_single_socket = true", GENOA, "require_single_socket");
+        rejects(
+            "require_single_socket = true",
+            GENOA,
+            "require_single_socket",
+        );
         check("minimum_abi = \"0.0\"", GENOA).unwrap();
         rejects("minimum_abi = \"1.51\"", GENOA, "minimum_abi");
     }
@@ -660,17 +708,49 @@ mod tests {
     #[test]
     fn exact_fields_and_allow_lists() {
         check(&format!("host_data = \"{}\"", "00".repeat(32)), GENOA).unwrap();
-        rejects(&format!("host_data = \"{}\"", "01".repeat(32)), GENOA, "host_data");
-        rejects(&format!("family_id = \"{}\"", "01".repeat(16)), GENOA, "family_id");
-        rejects(&format!("image_id = \"{}\"", "01".repeat(16)), GENOA, "image_id");
-        rejects(&format!("report_data = \"{}\"", "01".repeat(64)), GENOA, "report_data");
-        rejects(&format!("report_id = \"{}\"", "01".repeat(32)), GENOA, "report_id");
+        rejects(
+            &format!("host_data = \"{}\"", "01".repeat(32)),
+            GENOA,
+            "host_data",
+        );
+        rejects(
+            &format!("family_id = \"{}\"", "01".repeat(16)),
+            GENOA,
+            "family_id",
+        );
+        rejects(
+            &format!("image_id = \"{}\"", "01".repeat(16)),
+            GENOA,
+            "image_id",
+        );
+        rejects(
+            &format!("report_data = \"{}\"", "01".repeat(64)),
+            GENOA,
+            "report_data",
+        );
+        rejects(
+            &format!("report_id = \"{}\"", "01".repeat(32)),
+            GENOA,
+            "report_id",
+        );
         check(&format!("report_id_ma = \"0x{}\"", "ff".repeat(32)), GENOA).unwrap();
-        rejects(&format!("id_key_digests = [\"{}\"]", "01".repeat(48)), GENOA, "id_key_digests");
-        check(&format!("id_key_digests = [\"{}\"]", "00".repeat(48)), GENOA).unwrap();
+        rejects(
+            &format!("id_key_digests = [\"{}\"]", "01".repeat(48)),
+            GENOA,
+            "id_key_digests",
+        );
+        check(
+            &format!("id_key_digests = [\"{}\"]", "00".repeat(48)),
+            GENOA,
+        )
+        .unwrap();
         let chip = hex::encode(report(GENOA).chip_id);
         check(&format!("chip_ids = [\"{chip}\"]"), GENOA).unwrap();
-        rejects(&format!("chip_ids = [\"{}\"]", "01".repeat(64)), GENOA, "chip_ids");
+        rejects(
+            &format!("chip_ids = [\"{}\"]", "01".repeat(64)),
+            GENOA,
+            "chip_ids",
+        );
         rejects("require_author_key = true", GENOA, "require_author_key");
         rejects(
             &format!("author_key_digests = [\"{}\"]", "00".repeat(48)),
@@ -683,7 +763,11 @@ mod tests {
     fn firmware_versions_and_provisional_firmware() {
         // GENOA: current = committed = 1.55.43.
         check("minimum_firmware = \"1.55.43\"", GENOA).unwrap();
-        rejects("minimum_firmware = \"1.55.44\"", GENOA, "minimum_firmware (current)");
+        rejects(
+            "minimum_firmware = \"1.55.44\"",
+            GENOA,
+            "minimum_firmware (current)",
+        );
         check("permit_provisional_firmware = false", GENOA).unwrap();
         // VLEK set: committed TCB (ucode 219) differs from current (ucode 220).
         rejects(
@@ -702,18 +786,33 @@ mod tests {
             GENOA,
         )
         .unwrap();
-        rejects("[platform]\ntsme_enabled = true", GENOA, "platform.tsme_enabled");
-        rejects("[platform]\nciphertext_hiding_enabled = true", GENOA, "platform.ciphertext_hiding_enabled");
-        rejects("[platform]\nrapl_disabled = true", GENOA, "platform.rapl_disabled");
+        rejects(
+            "[platform]\ntsme_enabled = true",
+            GENOA,
+            "platform.tsme_enabled",
+        );
+        rejects(
+            "[platform]\nciphertext_hiding_enabled = true",
+            GENOA,
+            "platform.ciphertext_hiding_enabled",
+        );
+        rejects(
+            "[platform]\nrapl_disabled = true",
+            GENOA,
+            "platform.rapl_disabled",
+        );
     }
 
     #[test]
     fn model_digests() {
         let d = [7u8; 48];
-        let p = Policy::from_toml(&format!("model_digests = [\"sha384:{}\"]", hex::encode(d)))
-            .unwrap();
+        let p =
+            Policy::from_toml(&format!("model_digests = [\"sha384:{}\"]", hex::encode(d))).unwrap();
         p.check_model_digest(&d).unwrap();
-        assert_eq!(p.check_model_digest(&[8; 48]).unwrap_err().field, "model_digests");
+        assert_eq!(
+            p.check_model_digest(&[8; 48]).unwrap_err().field,
+            "model_digests"
+        );
         Policy::baseline().check_model_digest(&[8; 48]).unwrap();
     }
 }

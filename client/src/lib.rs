@@ -3,3 +3,5 @@
 #![forbid(unsafe_code)]
 
 pub mod chain_files;
+/// Magika demo model, client side: feature extraction and output decoding.
+pub mod magika;

@@ -30,8 +30,8 @@ use tract_onnx::data_resolver::ModelDataResolver;
 use tract_onnx::pb;
 use tract_onnx::prelude::{
     DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable,
-    IntoTValue, OutletId, Symbol, SymbolValues, TDim, TValue, TVec, Tensor, TractError, TractResult,
-    TypedModel, TypedRunnableModel,
+    IntoTValue, OutletId, Symbol, SymbolValues, TDim, TValue, TVec, Tensor, TractError,
+    TractResult, TypedFact, TypedModel, TypedRunnableModel,
 };
 use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
 use zeroize::Zeroize;
@@ -283,7 +283,12 @@ pub struct NamedTensor {
 impl NamedTensor {
     /// A tensor whose declared datatype is that of `data`.
     pub fn new(name: impl Into<String>, shape: Vec<usize>, data: TensorData) -> Self {
-        Self { name: name.into(), datatype: data.datatype(), shape, data }
+        Self {
+            name: name.into(),
+            datatype: data.datatype(),
+            shape,
+            data,
+        }
     }
 }
 
@@ -572,7 +577,11 @@ impl InputSpec {
                 DimSpec::Symbol(_) | DimSpec::Expr(_) => -1,
             })
             .collect();
-        TensorSpec { name: self.name.clone(), datatype: self.datatype, shape }
+        TensorSpec {
+            name: self.name.clone(),
+            datatype: self.datatype,
+            shape,
+        }
     }
 }
 
@@ -626,10 +635,13 @@ impl PlanCache {
     fn get(&mut self, shapes: &[Vec<usize>]) -> Option<Arc<TypedRunnableModel>> {
         self.clock += 1;
         let clock = self.clock;
-        self.entries.iter_mut().find(|e| e.shapes == shapes).map(|e| {
-            e.last_used = clock;
-            Arc::clone(&e.plan)
-        })
+        self.entries
+            .iter_mut()
+            .find(|e| e.shapes == shapes)
+            .map(|e| {
+                e.last_used = clock;
+                Arc::clone(&e.plan)
+            })
     }
 
     fn insert(&mut self, shapes: Vec<Vec<usize>>, plan: Arc<TypedRunnableModel>) {
@@ -638,13 +650,21 @@ impl PlanCache {
             return; // a concurrent request planned the same shapes first
         }
         if self.entries.len() >= PLAN_CACHE_CAPACITY {
-            if let Some(oldest) =
-                self.entries.iter().enumerate().min_by_key(|(_, e)| e.last_used).map(|(ix, _)| ix)
+            if let Some(oldest) = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(ix, _)| ix)
             {
                 self.entries.swap_remove(oldest);
             }
         }
-        self.entries.push(CachedPlan { shapes, plan, last_used: self.clock });
+        self.entries.push(CachedPlan {
+            shapes,
+            plan,
+            last_used: self.clock,
+        });
     }
 }
 
@@ -669,8 +689,10 @@ impl LoadedModel {
     pub fn load(onnx: &[u8]) -> Result<Self, InferenceError> {
         let proto = ProtoGuard(pb::ModelProto::decode(onnx).map_err(InferenceError::ModelDecode)?);
         reject_external_data(&proto.0)?;
-        let framework =
-            tract_onnx::Onnx { provider: Arc::new(RefuseExternalData), ..tract_onnx::onnx() };
+        let framework = tract_onnx::Onnx {
+            provider: Arc::new(RefuseExternalData),
+            ..tract_onnx::onnx()
+        };
         let model = guarded(Stage::Loading, || framework.model_for_proto_model(&proto.0))?;
         drop(proto);
         Self::from_inference_model(model)
@@ -683,13 +705,23 @@ impl LoadedModel {
         // First choice: type and optimize once with symbolic dimensions.
         let symbolic = guarded(Stage::Analysing, || model.into_typed()).and_then(|typed| {
             let outputs = describe_outputs(&typed)?;
-            let plan = guarded(Stage::Optimizing, || typed.into_optimized()?.into_runnable())?;
+            let plan = guarded(Stage::Optimizing, || {
+                typed.into_optimized()?.into_runnable()
+            })?;
             Ok((plan, outputs))
         });
         if let Ok((plan, outputs)) = symbolic {
             drop(template);
-            let metadata = ModelMetadata { platform: PLATFORM, inputs: input_meta, outputs };
-            return Ok(Self { engine: Engine::Symbolic(plan), inputs, metadata });
+            let metadata = ModelMetadata {
+                platform: PLATFORM,
+                inputs: input_meta,
+                outputs,
+            };
+            return Ok(Self {
+                engine: Engine::Symbolic(plan),
+                inputs,
+                metadata,
+            });
         }
         // Fallback: plan per input shapes. Plan once now with every symbol at 1, so that a model tract cannot
         // run at all fails here rather than on the first request, and to learn the output datatypes.
@@ -698,9 +730,16 @@ impl LoadedModel {
         let outputs = describe_outputs_per_shape(&template, &inputs, &probe)?;
         let mut cache = PlanCache::default();
         cache.insert(probe_shapes, probe);
-        let metadata = ModelMetadata { platform: PLATFORM, inputs: input_meta, outputs };
+        let metadata = ModelMetadata {
+            platform: PLATFORM,
+            inputs: input_meta,
+            outputs,
+        };
         Ok(Self {
-            engine: Engine::PerShape { template, cache: Mutex::new(cache) },
+            engine: Engine::PerShape {
+                template,
+                cache: Mutex::new(cache),
+            },
             inputs,
             metadata,
         })
@@ -753,8 +792,17 @@ impl LoadedModel {
         };
         let outputs = match catch_unwind(AssertUnwindSafe(|| plan.run(tensors))) {
             Ok(Ok(outputs)) => outputs,
-            Ok(Err(source)) => return Err(InferenceError::Run { stage: Stage::Running, source }),
-            Err(_) => return Err(InferenceError::Panicked { stage: Stage::Running }),
+            Ok(Err(source)) => {
+                return Err(InferenceError::Run {
+                    stage: Stage::Running,
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(InferenceError::Panicked {
+                    stage: Stage::Running,
+                })
+            }
         };
         if outputs.len() != self.metadata.outputs.len() {
             return Err(InferenceError::OutputCount {
@@ -821,8 +869,15 @@ impl LoadedModel {
                     shape: tensor.shape,
                 });
             }
-            let Some(count) = tensor.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) else {
-                return Err(InferenceError::ShapeOverflow { input: tensor.name, shape: tensor.shape });
+            let Some(count) = tensor
+                .shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            else {
+                return Err(InferenceError::ShapeOverflow {
+                    input: tensor.name,
+                    shape: tensor.shape,
+                });
             };
             if count != tensor.data.len() {
                 return Err(InferenceError::ElementCount {
@@ -861,10 +916,14 @@ impl LoadedModel {
                     DimSpec::Fixed(_) | DimSpec::Expr(_) => {}
                 }
             }
-            let built = tensor.data.to_tensor(&tensor.shape).map_err(|source| InferenceError::Run {
-                stage: Stage::Running,
-                source,
-            })?;
+            let built =
+                tensor
+                    .data
+                    .to_tensor(&tensor.shape)
+                    .map_err(|source| InferenceError::Run {
+                        stage: Stage::Running,
+                        source,
+                    })?;
             slots[ix] = Some(built);
         }
         slots
@@ -872,13 +931,19 @@ impl LoadedModel {
             .zip(&self.inputs)
             .map(|(slot, spec)| {
                 slot.map(IntoTValue::into_tvalue)
-                    .ok_or_else(|| InferenceError::MissingInput { name: spec.name.clone() })
+                    .ok_or_else(|| InferenceError::MissingInput {
+                        name: spec.name.clone(),
+                    })
             })
             .collect()
     }
 
     fn input_names(&self) -> String {
-        self.inputs.iter().map(|spec| spec.name.as_str()).collect::<Vec<_>>().join(", ")
+        self.inputs
+            .iter()
+            .map(|spec| spec.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -929,7 +994,10 @@ fn plan_for_shapes(
     guarded(Stage::Optimizing, || {
         let mut model = template.clone();
         for (ix, (spec, shape)) in inputs.iter().zip(shapes).enumerate() {
-            model.set_input_fact(ix, InferenceFact::dt_shape(spec.datatype.datum_type(), shape))?;
+            model.set_input_fact(
+                ix,
+                InferenceFact::dt_shape(spec.datatype.datum_type(), shape),
+            )?;
         }
         model.into_optimized()?.into_runnable()
     })
@@ -951,7 +1019,10 @@ fn guarded<T>(stage: Stage, step: impl FnOnce() -> TractResult<T>) -> Result<T, 
 /// Gives every input a concrete datum type and a closed shape, inventing a symbol for each dimension the
 /// ONNX file leaves unnamed (tract cannot type a graph whose input dimensions are unknown).
 fn fix_input_facts(model: &mut InferenceModel) -> Result<Vec<InputSpec>, InferenceError> {
-    let outlets = model.input_outlets().map_err(model_err(Stage::Loading))?.to_vec();
+    let outlets = model
+        .input_outlets()
+        .map_err(model_err(Stage::Loading))?
+        .to_vec();
     let mut specs = vec![];
     for (ix, outlet) in outlets.iter().enumerate() {
         let name = model.node(outlet.node).name.clone();
@@ -985,7 +1056,9 @@ fn fix_input_facts(model: &mut InferenceModel) -> Result<Vec<InputSpec>, Inferen
             dt,
             ShapeFactoid::closed(dims.iter().cloned().map(DimFact::from).collect()),
         );
-        model.set_input_fact(ix, fact).map_err(model_err(Stage::Loading))?;
+        model
+            .set_input_fact(ix, fact)
+            .map_err(model_err(Stage::Loading))?;
         let dims = dims
             .into_iter()
             .map(|d| match d {
@@ -997,15 +1070,22 @@ fn fix_input_facts(model: &mut InferenceModel) -> Result<Vec<InputSpec>, Inferen
                 other => DimSpec::Expr(other),
             })
             .collect();
-        specs.push(InputSpec { name, datatype, dims });
+        specs.push(InputSpec {
+            name,
+            datatype,
+            dims,
+        });
     }
     Ok(specs)
 }
 
 /// The symbol name for an unnamed input dimension: alphanumeric and `_` only, as tract's symbols.
 fn unnamed_dim(input: &str, axis: usize) -> String {
-    let clean: String =
-        input.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).take(48).collect();
+    let clean: String = input
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(48)
+        .collect();
     format!("unnamed_{clean}_{axis}")
 }
 
@@ -1016,52 +1096,82 @@ fn model_err(stage: Stage) -> impl Fn(TractError) -> InferenceError {
 /// The output specs, read off the typed (not yet optimized) model, whose outlets carry the ONNX names.
 fn describe_outputs(typed: &TypedModel) -> Result<Vec<TensorSpec>, InferenceError> {
     let mut outputs = vec![];
-    for (ix, outlet) in typed.output_outlets().map_err(model_err(Stage::Analysing))?.iter().enumerate() {
+    for (ix, outlet) in typed
+        .output_outlets()
+        .map_err(model_err(Stage::Analysing))?
+        .iter()
+        .enumerate()
+    {
         let name = output_name(typed, *outlet);
         let fact = typed.output_fact(ix).map_err(model_err(Stage::Analysing))?;
         let datatype = output_datatype(&name, fact.datum_type)?;
-        outputs.push(TensorSpec { name, datatype, shape: v2_shape(fact.shape.iter()) });
+        outputs.push(TensorSpec {
+            name,
+            datatype,
+            shape: v2_shape(fact.shape.iter()),
+        });
     }
     Ok(outputs)
 }
 
-/// The output specs of a per-shape model: datatypes and ranks from the probe plan (every symbol at 1); a size is
-/// fixed if typing the model with every symbol at 2 gives the same size, `-1` otherwise (or if that fails).
+/// The output specs of a per-shape model: datatypes and ranks from the probe plan (every symbol at 1). A size is
+/// announced as fixed only if typing the model with every symbol at 13, then at 64, gives that same size again;
+/// otherwise (or if typing fails) it is `-1`. (Two probes far apart, because sizes such as `W / 8` agree on
+/// small values.)
 fn describe_outputs_per_shape(
     template: &InferenceModel,
     inputs: &[InputSpec],
     probe: &TypedRunnableModel,
 ) -> Result<Vec<TensorSpec>, InferenceError> {
-    let twos = symbol_shapes(template, inputs, 2).ok().and_then(|shapes| {
+    let typed_at = |value: u8| {
+        let shapes = symbol_shapes(template, inputs, value).ok()?;
         guarded(Stage::Analysing, || {
             let mut model = template.clone();
             for (ix, (spec, shape)) in inputs.iter().zip(&shapes).enumerate() {
-                model.set_input_fact(ix, InferenceFact::dt_shape(spec.datatype.datum_type(), shape))?;
+                model.set_input_fact(
+                    ix,
+                    InferenceFact::dt_shape(spec.datatype.datum_type(), shape),
+                )?;
             }
             model.into_typed()
         })
         .ok()
-    });
+    };
+    let others: Vec<Option<TypedModel>> = vec![typed_at(13), typed_at(64)];
     let probe_model = probe.model();
     let mut outputs = vec![];
-    for (ix, outlet) in template.output_outlets().map_err(model_err(Stage::Analysing))?.iter().enumerate() {
+    for (ix, outlet) in template
+        .output_outlets()
+        .map_err(model_err(Stage::Analysing))?
+        .iter()
+        .enumerate()
+    {
         let name = output_name(template, *outlet);
-        let fact = probe_model.output_fact(ix).map_err(model_err(Stage::Optimizing))?;
+        let fact = probe_model
+            .output_fact(ix)
+            .map_err(model_err(Stage::Optimizing))?;
         let datatype = output_datatype(&name, fact.datum_type)?;
-        let other = twos.as_ref().and_then(|m| m.output_fact(ix).ok());
-        let shape = match other {
-            Some(other) if other.rank() == fact.rank() => fact
-                .shape
-                .iter()
-                .zip(other.shape.iter())
-                .map(|(a, b)| match (a.as_i64(), b.as_i64()) {
-                    (Some(a), Some(b)) if a == b && a >= 0 => a,
-                    _ => -1,
-                })
-                .collect(),
-            _ => vec![-1; fact.rank()],
-        };
-        outputs.push(TensorSpec { name, datatype, shape });
+        let other_facts: Vec<Option<&TypedFact>> = others
+            .iter()
+            .map(|m| m.as_ref().and_then(|m| m.output_fact(ix).ok()))
+            .collect();
+        let shape = (0..fact.rank())
+            .map(|axis| {
+                let size = fact.shape[axis].as_i64().filter(|v| *v >= 0)?;
+                let stable = other_facts.iter().all(|other| {
+                    other.is_some_and(|o| {
+                        o.rank() == fact.rank() && o.shape[axis].as_i64() == Some(size)
+                    })
+                });
+                stable.then_some(size)
+            })
+            .map(|size| size.unwrap_or(-1))
+            .collect();
+        outputs.push(TensorSpec {
+            name,
+            datatype,
+            shape,
+        });
     }
     Ok(outputs)
 }
@@ -1069,9 +1179,17 @@ fn describe_outputs_per_shape(
 fn output_name<F, O>(model: &tract_onnx::prelude::Graph<F, O>, outlet: OutletId) -> String
 where
     F: tract_onnx::prelude::Fact + Clone + 'static,
-    O: fmt::Debug + fmt::Display + AsRef<dyn tract_onnx::prelude::Op> + AsMut<dyn tract_onnx::prelude::Op> + Clone + 'static,
+    O: fmt::Debug
+        + fmt::Display
+        + AsRef<dyn tract_onnx::prelude::Op>
+        + AsMut<dyn tract_onnx::prelude::Op>
+        + Clone
+        + 'static,
 {
-    model.outlet_label(outlet).map(str::to_owned).unwrap_or_else(|| model.node(outlet.node).name.clone())
+    model
+        .outlet_label(outlet)
+        .map(str::to_owned)
+        .unwrap_or_else(|| model.node(outlet.node).name.clone())
 }
 
 fn output_datatype(name: &str, dt: DatumType) -> Result<DataType, InferenceError> {
@@ -1084,7 +1202,8 @@ fn output_datatype(name: &str, dt: DatumType) -> Result<DataType, InferenceError
 
 /// v2 shapes: a known size, or -1.
 fn v2_shape<'a>(dims: impl Iterator<Item = &'a TDim>) -> Vec<i64> {
-    dims.map(|d| d.as_i64().filter(|v| *v >= 0).unwrap_or(-1)).collect()
+    dims.map(|d| d.as_i64().filter(|v| *v >= 0).unwrap_or(-1))
+        .collect()
 }
 
 /// Refuses a model whose tensors point at external files (ONNX `data_location = EXTERNAL` or any
@@ -1219,7 +1338,9 @@ impl ModelDataResolver for RefuseExternalData {
         _offset: usize,
         _length: Option<usize>,
     ) -> TractResult<()> {
-        Err(TractError::msg(format!("external data is not supported (model asked for {p:?})")))
+        Err(TractError::msg(format!(
+            "external data is not supported (model asked for {p:?})"
+        )))
     }
 }
 
@@ -1230,7 +1351,9 @@ mod tests {
     use super::*;
 
     fn sample(rel: &str) -> Vec<u8> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/sample").join(rel);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/sample")
+            .join(rel);
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
@@ -1238,13 +1361,26 @@ mod tests {
     fn magika_loads_with_symbolic_batch() {
         let model = LoadedModel::load(&sample("magika/model.onnx")).unwrap();
         let meta = model.metadata();
-        assert_eq!(meta.inputs, vec![TensorSpec { name: "bytes".into(), datatype: DataType::Int32, shape: vec![-1, 2048] }]);
+        assert_eq!(
+            meta.inputs,
+            vec![TensorSpec {
+                name: "bytes".into(),
+                datatype: DataType::Int32,
+                shape: vec![-1, 2048]
+            }]
+        );
         assert_eq!(meta.outputs.len(), 1);
         assert_eq!(meta.outputs[0].datatype, DataType::Fp32);
         assert_eq!(meta.outputs[0].shape, vec![-1, 214]);
         for batch in [1usize, 3, 1, 2] {
             let data = (0..batch * 2048).map(|i| (i % 257) as i32).collect();
-            let out = model.run(vec![NamedTensor::new("bytes", vec![batch, 2048], TensorData::Int32(data))]).unwrap();
+            let out = model
+                .run(vec![NamedTensor::new(
+                    "bytes",
+                    vec![batch, 2048],
+                    TensorData::Int32(data),
+                )])
+                .unwrap();
             assert_eq!(out[0].shape, vec![batch, 214]);
             assert_eq!(out[0].data.len(), batch * 214);
         }

@@ -13,8 +13,9 @@
 //! - Nothing here decides which root is trusted: [`AmdCertificate::verify_issued_by`] only proves that
 //!   one certificate signed another. Pinning the ARK is the job of `roots` and the verifier.
 //! - Signatures are checked over the exact TBS bytes of the input, never over a re-encoding, and the
-//!   algorithm identifiers are parsed rather than compared byte for byte, because AMD writes the PSS
-//!   `trailerField` explicitly while OpenSSL (and the simulated platform) leave it out.
+//!   algorithm identifiers are parsed rather than compared byte for byte: AMD's ARK/ASK/ASVK and
+//!   VCEKs issued until 2023 write the PSS `trailerField` explicitly (a 72-byte identifier), while
+//!   VCEKs and VLEKs issued since 2024, AMD's CRLs and OpenSSL leave the default out (67 bytes).
 
 use core::fmt;
 use core::ops::Range;
@@ -625,8 +626,8 @@ impl AmdCertificate {
     /// Checks that `issuer` issued `self`:
     /// - the issuer is a CA (basicConstraints cA) whose keyUsage, if present, allows keyCertSign;
     /// - the outer and inner signature algorithms are the same, and are RSASSA-PSS with SHA-384,
-    ///   MGF1-SHA-384, salt length 48 and trailerField 1 (written out, as AMD does, or left to its
-    ///   default, as OpenSSL does);
+    ///   MGF1-SHA-384, salt length 48 and trailerField 1 (written out or left to its default: AMD
+    ///   has issued both);
     /// - the issuer's key is RSA, and the signature verifies over the raw TBSCertificate bytes;
     /// - the issuer Name of `self` equals the subject Name of `issuer`, byte for byte.
     ///
@@ -1176,7 +1177,7 @@ fn check_rsassa_pss_sha384(algorithm_der: &[u8], subject: &str) -> Result<(), Ce
         ));
     }
 
-    // trailerField [3] EXPLICIT INTEGER: AMD writes 1 explicitly, OpenSSL omits the default.
+    // trailerField [3] EXPLICIT INTEGER: older AMD certificates write 1, newer ones omit the default.
     if let Some(trailer) = trailer {
         let trailer = UintRef::from_der(trailer.value()).map_err(malformed)?;
         if trailer.as_bytes() != [1] {

@@ -113,7 +113,9 @@ pub enum ReportError {
         found: u8,
     },
     /// The CPUID family of a v3+ report is not an SEV-SNP product family.
-    #[error("report CPUID_FAM_ID {family:#04x} / CPUID_MOD_ID {model:#04x}: not an SEV-SNP product")]
+    #[error(
+        "report CPUID_FAM_ID {family:#04x} / CPUID_MOD_ID {model:#04x}: not an SEV-SNP product"
+    )]
     UnknownCpu {
         /// CPUID_FAM_ID.
         family: u8,
@@ -692,7 +694,10 @@ impl AttestationReport {
             put(OFF_CPUID_FAM_ID, &[c.family, c.model, c.stepping]);
         }
         put(OFF_CHIP_ID, &self.chip_id);
-        put(OFF_COMMITTED_TCB, &self.committed_tcb.encode().to_le_bytes());
+        put(
+            OFF_COMMITTED_TCB,
+            &self.committed_tcb.encode().to_le_bytes(),
+        );
         let v = self.current_version;
         put(OFF_CURRENT_BUILD, &[v.build, v.minor, v.major]);
         let v = self.committed_version;
@@ -721,7 +726,10 @@ impl AttestationReport {
     /// 24 little-endian bytes must be zero for a P-384 scalar).
     pub fn signature_p384_fixed(&self) -> Option<[u8; 96]> {
         let mut out = [0u8; 96];
-        for (i, comp) in [&self.signature_r, &self.signature_s].into_iter().enumerate() {
+        for (i, comp) in [&self.signature_r, &self.signature_s]
+            .into_iter()
+            .enumerate()
+        {
             if comp[48..].iter().any(|&x| x != 0) {
                 return None;
             }
@@ -756,7 +764,11 @@ mod tests {
             .filter(|p| p.is_dir())
             .collect();
         v.sort();
-        assert!(v.len() >= 8, "expected the 8 vector sets, found {}", v.len());
+        assert!(
+            v.len() >= 8,
+            "expected the 8 vector sets, found {}",
+            v.len()
+        );
         v
     }
 
@@ -798,7 +810,10 @@ mod tests {
             assert_eq!(r.policy.debug(), pd["debug"].as_bool().unwrap());
             assert_eq!(r.policy.smt(), pd["smt"].as_bool().unwrap());
             assert_eq!(r.policy.migrate_ma(), pd["migrate_ma"].as_bool().unwrap());
-            assert_eq!(r.policy.single_socket(), pd["single_socket"].as_bool().unwrap());
+            assert_eq!(
+                r.policy.single_socket(),
+                pd["single_socket"].as_bool().unwrap()
+            );
             assert_eq!(u64::from(r.policy.abi_major()), num(&pd["abi_major"]));
             assert_eq!(u64::from(r.policy.abi_minor()), num(&pd["abi_minor"]));
             assert_eq!(hex::encode(r.family_id), hexs(&j["family_id"]));

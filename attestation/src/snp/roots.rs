@@ -3,8 +3,8 @@
 //!
 //! Provenance (every file is AMD's certificate as served by AMD KDS, `/vcek/v1/<Product>/cert_chain`
 //! for ARK+ASK and `/vlek/v1/<Product>/cert_chain` for the ASVK):
-//! - ARK and ASK of Milan, Genoa and Turin: byte-identical to the test vectors' chains (go-sev-guest,
-//!   project-oak, trustee evidence) and to virtee/sev's built-in certificates.
+//! - ARK and ASK of Milan, Genoa and Turin: byte-identical to the chains of the real evidence in the
+//!   test vectors (go-sev-guest, virtee/sev, project-oak, trustee, openpcc).
 //! - ASVK (`SEV-VLEK-<Product>`): confidential-containers/trustee, `deps/verifier/src/snp/
 //!   {milan,genoa,turin}_ask_ark_asvk.pem` (third block of each bundle).
 //!

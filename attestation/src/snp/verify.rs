@@ -75,7 +75,9 @@ pub enum VerifyError {
         chip_id: String,
     },
     /// A TCB SPL in the leaf certificate differs from REPORTED_TCB.
-    #[error("reported_tcb.{component}: certificate SPL {cert} does not equal REPORTED_TCB {report}")]
+    #[error(
+        "reported_tcb.{component}: certificate SPL {cert} does not equal REPORTED_TCB {report}"
+    )]
     TcbMismatch {
         /// Which component.
         component: &'static str,
@@ -92,16 +94,9 @@ pub enum VerifyError {
         /// Serial, hex.
         serial: String,
     },
-    /// The CRL is not current at the verification instant.
-    #[error("crl: not valid at {at}: this_update {this_update}, next_update {next_update:?}")]
-    CrlNotCurrent {
-        /// Verification instant (Unix seconds).
-        at: i64,
-        /// CRL thisUpdate.
-        this_update: i64,
-        /// CRL nextUpdate.
-        next_update: Option<i64>,
-    },
+    /// The CRL is not signed by the chain's ARK, or is not current at the verification instant.
+    #[error("crl: {0}")]
+    Crl(CertError),
     /// A certificate the report needs was not supplied (and none is embedded for it).
     #[error("certificate: the {role:?} certificate is missing")]
     MissingCertificate {
@@ -253,7 +248,10 @@ fn verify_without_policy(
         });
     }
 
-    let leaf = chain.leaf.as_ref().ok_or(VerifyError::MissingCertificate { role: leaf_role })?;
+    let leaf = chain
+        .leaf
+        .as_ref()
+        .ok_or(VerifyError::MissingCertificate { role: leaf_role })?;
     let leaf_extensions = leaf.amd_extensions()?;
     check_leaf_role(&report, leaf, leaf_role)?;
 
@@ -323,18 +321,11 @@ fn verify_without_policy(
 
     // 7. Optional CRL: must be signed by this ARK, current, and must not list the intermediate or leaf.
     if let Some(crl) = options.crl {
-        crl.verify_issued_by(ark)?;
-        let at = options.at_unix;
-        let stale = crl.next_update_unix().is_some_and(|n| at > n);
-        if at < crl.this_update_unix() || stale {
-            return Err(VerifyError::CrlNotCurrent {
-                at,
-                this_update: crl.this_update_unix(),
-                next_update: crl.next_update_unix(),
-            });
-        }
+        crl.verify_issued_by(ark).map_err(VerifyError::Crl)?;
+        crl.check_current_at(options.at_unix)
+            .map_err(VerifyError::Crl)?;
         for (role, cert) in [(intermediate_role, intermediate), (leaf_role, leaf)] {
-            if crl.is_revoked(cert.serial_number()) {
+            if crl.revokes(cert) {
                 return Err(VerifyError::Revoked {
                     role,
                     serial: hex::encode(cert.serial_number()),
@@ -379,7 +370,9 @@ fn check_leaf_role(
     if cn != expected_cn {
         return Err(VerifyError::KeyTypeMismatch {
             report: report.signing_key,
-            detail: format!("the leaf certificate's subject CN is {cn:?}, expected {expected_cn:?}"),
+            detail: format!(
+                "the leaf certificate's subject CN is {cn:?}, expected {expected_cn:?}"
+            ),
         });
     }
     Ok(())
@@ -399,7 +392,9 @@ fn check_intermediate_role(
     if cn != expected {
         return Err(VerifyError::KeyTypeMismatch {
             report: report.signing_key,
-            detail: format!("the intermediate certificate's subject CN is {cn:?}, expected {expected:?}"),
+            detail: format!(
+                "the intermediate certificate's subject CN is {cn:?}, expected {expected:?}"
+            ),
         });
     }
     Ok(())
@@ -427,7 +422,9 @@ fn check_tcb_binding(
     }
     if product.has_fmc_tcb_layout() {
         // Turin: the FMC SPL is part of the TCB; a certificate without it cannot vouch for the report.
-        let cert = ext.fmc_spl.ok_or(VerifyError::MissingExtension { name: "fmcSPL" })?;
+        let cert = ext
+            .fmc_spl
+            .ok_or(VerifyError::MissingExtension { name: "fmcSPL" })?;
         let report = reported.fmc.unwrap_or(0);
         if cert != report {
             return Err(VerifyError::TcbMismatch {
@@ -452,9 +449,8 @@ fn check_hw_id(
     // Turin's hwID is 8 bytes: CHIP_ID holds those 8 bytes followed by zeros. Milan/Genoa: 64 bytes.
     let expected_len = if product == Product::Turin { 8 } else { 64 };
     let (head, tail) = report.chip_id.split_at(hw_id.len().min(64));
-    let matches = hw_id.len() == expected_len
-        && crate::ct_eq(head, hw_id)
-        && tail.iter().all(|&b| b == 0);
+    let matches =
+        hw_id.len() == expected_len && crate::ct_eq(head, hw_id) && tail.iter().all(|&b| b == 0);
     if !matches {
         return Err(VerifyError::HwIdMismatch {
             hw_id: hex::encode(hw_id),

@@ -142,10 +142,18 @@ pub(crate) fn run(args: Args) -> ExitCode {
                 println!(
                     "verified: {} {} report v{} signed by {}{}",
                     verified.product(),
-                    if verified.is_simulated() { "SIMULATED" } else { "SEV-SNP" },
+                    if verified.is_simulated() {
+                        "SIMULATED"
+                    } else {
+                        "SEV-SNP"
+                    },
                     r.version,
                     verified.signing_key().name().to_uppercase(),
-                    if verified.is_simulated() { " (simulated root, trusted on request)" } else { " chaining to AMD's root" },
+                    if verified.is_simulated() {
+                        " (simulated root, trusted on request)"
+                    } else {
+                        " chaining to AMD's root"
+                    },
                 );
                 println!("  measurement:  {}", hex::encode(r.measurement));
                 println!("  report_data:  {}", hex::encode(r.report_data));

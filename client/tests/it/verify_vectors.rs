@@ -171,8 +171,16 @@ fn every_negative_vector_is_rejected_for_its_stated_reason() {
         for case in expected.as_array().unwrap() {
             // A directory with the positive set's chain, one file replaced.
             let dir = tempfile::tempdir().unwrap();
-            let leaf_name = if v["leaf_kind"] == "VLEK" { "vlek" } else { "vcek" };
-            let mid_name = if v["leaf_kind"] == "VLEK" { "asvk" } else { "ask" };
+            let leaf_name = if v["leaf_kind"] == "VLEK" {
+                "vlek"
+            } else {
+                "vcek"
+            };
+            let mid_name = if v["leaf_kind"] == "VLEK" {
+                "asvk"
+            } else {
+                "ask"
+            };
             std::fs::copy(set.join("ark.pem"), dir.path().join("ark.pem")).unwrap();
             let mid = case["ask"].as_str().map_or_else(
                 || set.join(format!("{mid_name}.pem")),
@@ -187,10 +195,9 @@ fn every_negative_vector_is_rejected_for_its_stated_reason() {
             // An instant at which the certificates actually used are all valid, so that the expected
             // failure (not an expiry) is what the verifier reports.
             let at = instant_for_dir(dir.path());
-            let report = case["report"].as_str().map_or_else(
-                || set.join("report.bin"),
-                |f| set.join("negative").join(f),
-            );
+            let report = case["report"]
+                .as_str()
+                .map_or_else(|| set.join("report.bin"), |f| set.join("negative").join(f));
             let (code, out) = run_json(&[
                 "verify",
                 "--report",
@@ -265,7 +272,12 @@ fn crl_signed_by_the_right_ark_is_accepted_and_another_products_is_rejected() {
     let mut args = base.to_vec();
     args.push(genoa.to_str().unwrap());
     let out = cloister(&args);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let milan = set.join("crl_milan.der");
     let mut args = base.to_vec();
     args.push(milan.to_str().unwrap());
@@ -318,7 +330,12 @@ fn embedded_chain_is_used_when_only_the_leaf_is_given() {
         "--at",
         &valid_instant(&v),
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -334,11 +351,23 @@ fn missing_leaf_is_a_rejection_and_bad_inputs_are_usage_errors() {
     let (code, out) = run_json(&["verify", "--report", "/nonexistent/report.bin", "--json"]);
     assert_eq!(code, 2);
     assert_eq!(out["verified"], false);
-    let out = cloister(&["verify", "--report", report.to_str().unwrap(), "--at", "yesterday"]);
+    let out = cloister(&[
+        "verify",
+        "--report",
+        report.to_str().unwrap(),
+        "--at",
+        "yesterday",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let dir = tempfile::tempdir().unwrap();
     let bad = policy_file(dir.path(), "allow_debugg = true\n");
-    let out = cloister(&["verify", "--report", report.to_str().unwrap(), "--policy", &bad]);
+    let out = cloister(&[
+        "verify",
+        "--report",
+        report.to_str().unwrap(),
+        "--policy",
+        &bad,
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("allow_debugg"));
     let out = cloister(&["verify"]);

@@ -1,0 +1,1 @@
+//! Cloister host library: launcher, supervisor, relay and blob service. Untrusted by design.

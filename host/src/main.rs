@@ -1,0 +1,2 @@
+//! `cloister-host`.
+fn main() {}

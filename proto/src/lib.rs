@@ -1,0 +1,47 @@
+//! Cloister wire protocol: length-prefixed postcard frames, the key-release messages between an enclave
+//! and a key broker, and the wrapping of a model key to an enclave's ephemeral X25519 key.
+//!
+//! Everything read here comes from a peer that may be hostile (a compromised enclave talking to the
+//! broker, the network, the host relaying bytes): frames are bounded before any allocation, decoding never
+//! panics, and unknown trailing bytes are errors.
+//!
+//! The contract is written down in `docs/architecture.md` ("Key release").
+#![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod key_release;
+
+/// Errors of the wire layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer announced a frame larger than allowed.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// Announced length.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The connection closed in the middle of a frame, or before one arrived.
+    #[error("connection closed before a complete frame")]
+    UnexpectedEof,
+    /// A frame's payload does not decode as the expected message.
+    #[error("malformed {what} message")]
+    Malformed {
+        /// Which message was expected.
+        what: &'static str,
+    },
+    /// The peer sent a message that is not valid at this step of the protocol.
+    #[error("unexpected message: expected {expected}")]
+    UnexpectedMessage {
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// Key wrapping or unwrapping failed (bad public key, authentication failure of the wrapped key).
+    #[error("key wrap: {0}")]
+    KeyWrap(&'static str),
+    /// Transport error.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
