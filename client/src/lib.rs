@@ -3,5 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chain_files;
+pub mod danger;
+pub mod session;
 /// Magika demo model, client side: feature extraction and output decoding.
 pub mod magika;

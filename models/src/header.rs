@@ -106,6 +106,7 @@ pub struct SealedHeader {
 }
 
 impl SealedHeader {
+    #[cfg_attr(not(feature = "sealing"), allow(dead_code))]
     pub(crate) fn new(
         name: &str,
         digest: ModelDigest,
@@ -255,6 +256,7 @@ impl SealedHeader {
     }
 
     /// Plaintext length of chunk `index` (which must be < `chunk_count()`).
+    #[cfg_attr(not(feature = "sealing"), allow(dead_code))]
     pub(crate) fn chunk_plaintext_len(&self, index: u64) -> usize {
         let start = index * u64::from(self.chunk_size);
         let len = self
@@ -266,6 +268,7 @@ impl SealedHeader {
     }
 
     /// The STREAM nonce of chunk `index`: nonce_prefix (7) || index (u32 BE) || last flag (1).
+    #[cfg_attr(not(feature = "sealing"), allow(dead_code))]
     pub(crate) fn nonce(&self, index: u32, last: bool) -> [u8; 12] {
         let mut nonce = [0u8; 12];
         nonce[..NONCE_PREFIX_LEN].copy_from_slice(&self.nonce_prefix);

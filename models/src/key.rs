@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+#[cfg(feature = "sealing")]
 use ring::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 use ring::digest::{Context, SHA384};
 use ring::rand::SecureRandom;
@@ -67,6 +68,7 @@ impl ModelKey {
     /// The ring AES-256-GCM key.
     ///
     /// ring does not zeroize its expanded key schedule on drop; keep the returned value short-lived.
+    #[cfg(feature = "sealing")]
     pub(crate) fn aead_key(&self) -> Result<LessSafeKey, Error> {
         let unbound = UnboundKey::new(&AES_256_GCM, &self.bytes[..]).map_err(|_| Error::Crypto)?;
         Ok(LessSafeKey::new(unbound))

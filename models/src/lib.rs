@@ -22,7 +22,9 @@ mod digest;
 mod error;
 mod header;
 mod key;
+#[cfg(feature = "sealing")]
 mod keystore;
+#[cfg(feature = "sealing")]
 mod stream;
 
 pub use crate::digest::{ModelDigest, DIGEST_LEN};
@@ -33,5 +35,7 @@ pub use crate::header::{
     MIN_CHUNK_SIZE, NONCE_PREFIX_LEN, TAG_LEN,
 };
 pub use crate::key::{KeyId, ModelKey, KEY_ID_LEN, KEY_LEN};
+#[cfg(feature = "sealing")]
 pub use crate::keystore::Keystore;
+#[cfg(feature = "sealing")]
 pub use crate::stream::{open, open_expecting, seal, seal_file, Phase, Plaintext, Progress};

@@ -1,0 +1,378 @@
+//! An attested session with an enclave: TLS 1.3, then evidence bound to this connection, verified against
+//! the client's policy, and only then inference on the same connection.
+//!
+//! Order of operations (nothing but the nonce leaves the client before step 4):
+//! 1. TCP + TLS 1.3 to the endpoint (usually the untrusted host's relay); the server certificate is not
+//!    checked against a CA (see [`crate::danger`]).
+//! 2. Compute this connection's exporter (RFC 8446 §7.5, label `EXPORTER-cloister-attestation`).
+//! 3. `POST /v2/attestation` with a fresh nonce; verify the evidence: AMD chain, signature, policy
+//!    (measurement, TCB, root, model digests), REPORT_DATA = hash of the claims, our nonce, our exporter.
+//! 4. Before using a model, check that its digest (from the enclave's metadata, on this attested
+//!    connection) is among the attested claims.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cloister_attestation::evidence::{
+    verify_evidence, Evidence, EvidenceError, ExpectedSession, VerifiedEvidence, MAX_EVIDENCE_LEN,
+    TLS_EXPORTER_LABEL,
+};
+use cloister_attestation::snp::certs::AmdCertificate;
+use cloister_attestation::snp::crl::AmdCrl;
+use cloister_attestation::{Policy, VerifyOptions};
+use cloister_proto::v2::{InferRequest, InferResponse, ModelMetadataResponse};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::chain_files::{self, InputError};
+use crate::danger::AttestedTlsVerifier;
+
+/// Largest response body accepted from an enclave (inference outputs included).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// How long connecting and the attestation exchange may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a session could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The endpoint could not be reached.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// An HTTP exchange failed.
+    #[error("HTTP: {0}")]
+    Http(String),
+    /// The exchange took too long.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    /// The enclave answered with an error status.
+    #[error("enclave answered {status}: {message}")]
+    Status {
+        /// HTTP status.
+        status: StatusCode,
+        /// Its error message.
+        message: String,
+    },
+    /// The response does not decode.
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    /// The evidence was rejected: nothing was sent.
+    #[error("attestation rejected: {0}")]
+    Attestation(#[from] EvidenceError),
+    /// The model the client wants to use is not among the attested claims.
+    #[error("model {model:?} has digest {digest}, which the enclave's evidence does not attest (attested: {attested}); refusing to send input")]
+    ModelNotAttested {
+        /// Model name.
+        model: String,
+        /// Digest the enclave reports for it.
+        digest: String,
+        /// Digests in the claims.
+        attested: String,
+    },
+    /// A local input could not be read.
+    #[error(transparent)]
+    Input(#[from] InputError),
+}
+
+/// What the client trusts: its policy and, for development, a simulated root.
+#[derive(Clone)]
+pub struct SessionPolicy {
+    /// The verification policy (measurement, TCB, model digests, ...).
+    pub policy: Policy,
+    /// A simulated ARK to trust (from the policy's `simulated_root`), or none.
+    pub simulated_root: Option<AmdCertificate>,
+    /// An ARK-signed CRL to apply, or none.
+    pub crl: Option<AmdCrl>,
+    /// Verification instant (Unix seconds); `None` means now.
+    pub at_unix: Option<i64>,
+}
+
+impl SessionPolicy {
+    /// Loads a policy file; its `simulated_root` (relative to the file) is loaded too.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, InputError> {
+        let policy = chain_files::read_policy(path)?;
+        let simulated_root = policy
+            .simulated_root
+            .as_deref()
+            .map(chain_files::read_certificate)
+            .transpose()?;
+        Ok(SessionPolicy {
+            policy,
+            simulated_root,
+            crl: None,
+            at_unix: None,
+        })
+    }
+}
+
+/// A TLS session with an enclave whose evidence, bound to this very connection, satisfied the policy.
+pub struct AttestedSession {
+    sender: SendRequest<Full<Bytes>>,
+    evidence: VerifiedEvidence,
+    policy: Policy,
+}
+
+impl std::fmt::Debug for AttestedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttestedSession")
+            .field("evidence", &self.evidence)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_config() -> Result<rustls::ClientConfig, SessionError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| SessionError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AttestedTlsVerifier::new(provider)))
+        .with_no_client_auth();
+    Ok(config)
+}
+
+async fn read_body(
+    response: hyper::Response<hyper::body::Incoming>,
+    limit: usize,
+) -> Result<(StatusCode, Bytes), SessionError> {
+    let status = response.status();
+    let body = Limited::new(response.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| SessionError::Http(format!("reading body: {e}")))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+fn status_error(status: StatusCode, body: &[u8]) -> SessionError {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    SessionError::Status { status, message }
+}
+
+impl AttestedSession {
+    /// Connects to `endpoint` (`HOST:PORT`), attests the enclave and verifies it against `trust`.
+    pub async fn connect(endpoint: &str, trust: &SessionPolicy) -> Result<Self, SessionError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(endpoint, trust))
+            .await
+            .map_err(|_| SessionError::Timeout("connecting and attesting"))?
+    }
+
+    async fn connect_inner(endpoint: &str, trust: &SessionPolicy) -> Result<Self, SessionError> {
+        let tcp = TcpStream::connect(endpoint)
+            .await
+            .map_err(|source| SessionError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
+        // Latency: requests are small and interactive.
+        tcp.set_nodelay(true).ok();
+        let connector = TlsConnector::from(Arc::new(tls_config()?));
+        let server_name = rustls::pki_types::ServerName::try_from("cloister-enclave")
+            .map_err(|e| SessionError::Tls(e.to_string()))?;
+        let tls = connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| SessionError::Tls(e.to_string()))?;
+        let exporter: [u8; 32] = tls
+            .get_ref()
+            .1
+            .export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, None)
+            .map_err(|e| SessionError::Tls(format!("exporter: {e}")))?;
+
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| SessionError::Http(e.to_string()))?;
+        tokio::spawn(async move {
+            // The connection task ends when the session is dropped or the peer closes.
+            let _ = connection.await;
+        });
+
+        let mut nonce = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| SessionError::Tls("system RNG failed".into()))?;
+        let body = serde_json::json!({ "nonce": hex::encode(nonce) }).to_string();
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/v2/attestation")
+            .header("host", "cloister-enclave")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| SessionError::Http(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| SessionError::Http(e.to_string()))?;
+        let (status, body) = read_body(response, MAX_EVIDENCE_LEN).await?;
+        if status != StatusCode::OK {
+            return Err(status_error(status, &body));
+        }
+        let evidence = Evidence::from_bytes(&body)?;
+        let at_unix = trust
+            .at_unix
+            .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
+        let options = VerifyOptions {
+            at_unix,
+            crl: trust.crl.as_ref(),
+            simulated_root: trust.simulated_root.as_ref(),
+        };
+        let verified = verify_evidence(
+            &evidence,
+            &trust.policy,
+            &options,
+            &ExpectedSession {
+                nonce: &nonce,
+                tls_exporter: &exporter,
+            },
+        )?;
+        Ok(AttestedSession {
+            sender,
+            evidence: verified,
+            policy: trust.policy.clone(),
+        })
+    }
+
+    /// The verified evidence of this session.
+    pub fn evidence(&self) -> &VerifiedEvidence {
+        &self.evidence
+    }
+
+    async fn exchange(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), SessionError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "cloister-enclave");
+        if let Some(ct) = content_type {
+            builder = builder.header("content-type", ct);
+        }
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| SessionError::Http(e.to_string()))?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| SessionError::Http(e.to_string()))?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| SessionError::Http(e.to_string()))?;
+        read_body(response, MAX_RESPONSE_BYTES).await
+    }
+
+    /// Fetches a model's metadata and checks that its digest is attested (in the claims and allowed by the
+    /// policy). Call before sending any input for the model; [`AttestedSession::infer`] does.
+    pub async fn attested_model(
+        &mut self,
+        name: &str,
+    ) -> Result<ModelMetadataResponse, SessionError> {
+        let path = model_path(name, "")?;
+        let (status, body) = self
+            .exchange(Method::GET, &path, None, Bytes::new())
+            .await?;
+        if status != StatusCode::OK {
+            return Err(status_error(status, &body));
+        }
+        let meta: ModelMetadataResponse = serde_json::from_slice(&body)
+            .map_err(|e| SessionError::Malformed(format!("model metadata: {e}")))?;
+        let claims = self.evidence.claims();
+        let digest = meta
+            .digest
+            .strip_prefix("sha384:")
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|v| <[u8; 48]>::try_from(v).ok());
+        let attested = claims
+            .model_digests
+            .iter()
+            .map(|d| format!("sha384:{}", hex::encode(d.0)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ok = digest.is_some_and(|d| {
+            claims.model_digests.iter().any(|c| c.0 == d)
+                && self.policy.check_model_digest(&d).is_ok()
+        });
+        if !ok {
+            return Err(SessionError::ModelNotAttested {
+                model: name.to_string(),
+                digest: meta.digest.clone(),
+                attested,
+            });
+        }
+        Ok(meta)
+    }
+
+    /// Runs inference with a KServe v2 JSON request, after checking the model is attested.
+    pub async fn infer(
+        &mut self,
+        model: &str,
+        request: &InferRequest,
+    ) -> Result<InferResponse, SessionError> {
+        self.attested_model(model).await?;
+        let body = serde_json::to_vec(request)
+            .map_err(|e| SessionError::Malformed(format!("request: {e}")))?;
+        let path = model_path(model, "/infer")?;
+        let (status, body) = self
+            .exchange(
+                Method::POST,
+                &path,
+                Some("application/json"),
+                Bytes::from(body),
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(status_error(status, &body));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| SessionError::Malformed(format!("inference response: {e}")))
+    }
+
+    /// Sends a raw request on the attested connection (for the binary tensor extension and benchmarks).
+    /// The model must have been checked with [`AttestedSession::attested_model`] first.
+    pub async fn raw(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), SessionError> {
+        self.exchange(method, path, content_type, body).await
+    }
+}
+
+/// Model names go into a URL path: only unreserved characters are allowed; anything else is refused
+/// rather than silently changed.
+fn model_path(name: &str, suffix: &str) -> Result<String, SessionError> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(SessionError::Malformed(format!(
+            "model name {name:?}: only letters, digits, '-', '_' and '.' are allowed"
+        )));
+    }
+    Ok(format!("/v2/models/{name}{suffix}"))
+}
