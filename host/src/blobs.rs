@@ -97,7 +97,7 @@ pub enum IndexError {
         path: PathBuf,
         /// The cause.
         #[source]
-        source: cloister_models::Error,
+        source: Box<cloister_models::Error>,
     },
     /// The file's length is not the one its header implies (truncated or trailing bytes).
     #[error(
@@ -149,7 +149,7 @@ impl BlobIndex {
                 cloister_models::read_header(io::BufReader::new(&file)).map_err(|source| {
                     IndexError::Header {
                         path: path.to_owned(),
-                        source,
+                        source: Box::new(source),
                     }
                 })?;
             let expected = header.sealed_len();
@@ -459,13 +459,16 @@ impl Body for BlobBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            BodyKind::Text(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+            BodyKind::Text(text) => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
+            }
             BodyKind::File { remaining, .. } => SizeHint::with_exact(*remaining),
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(crate) mod tests {
     use super::*;
     use cloister_models::{SealedHeader, DIGEST_LEN, FIXED_HEADER_LEN, MAGIC};
@@ -516,7 +519,10 @@ pub(crate) mod tests {
                 head: false
             }
         );
-        assert!(matches!(route(&Method::HEAD, &good), Route::Blob { head: true, .. }));
+        assert!(matches!(
+            route(&Method::HEAD, &good),
+            Route::Blob { head: true, .. }
+        ));
         assert_eq!(route(&Method::POST, &good), Route::MethodNotAllowed);
         assert_eq!(route(&Method::GET, "/"), Route::NotFound);
         assert_eq!(route(&Method::GET, "/blobs"), Route::NotFound);
@@ -556,7 +562,10 @@ pub(crate) mod tests {
         let err = BlobIndex::build(&[&a, &b]).unwrap_err();
         assert!(matches!(err, IndexError::Duplicate { .. }), "{err}");
         let msg = err.to_string();
-        assert!(msg.contains("a.sealed") && msg.contains("b.sealed"), "{msg}");
+        assert!(
+            msg.contains("a.sealed") && msg.contains("b.sealed"),
+            "{msg}"
+        );
         assert!(msg.contains(&digest_of(1).to_string()), "{msg}");
     }
 
@@ -611,7 +620,9 @@ pub(crate) mod tests {
             let record = dir.path().join("record");
             let recorder = Recorder::open(&record).unwrap();
             let index = BlobIndex::build(&[&a]).unwrap();
-            let server = BlobServer::bind(index, Some(recorder.clone())).await.unwrap();
+            let server = BlobServer::bind(index, Some(recorder.clone()))
+                .await
+                .unwrap();
             let addr = server.local_addr().unwrap();
             assert!(server.url().unwrap().starts_with("http://127.0.0.1:"));
             tokio::spawn(server.serve());

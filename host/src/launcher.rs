@@ -267,9 +267,7 @@ async fn kill(child: &mut Child) {
 }
 
 /// Reads stdout lines until the announcement; forwards the others.
-async fn read_announcement(
-    stdout: &mut BufReader<ChildStdout>,
-) -> Result<SocketAddr, LaunchError> {
+async fn read_announcement(stdout: &mut BufReader<ChildStdout>) -> Result<SocketAddr, LaunchError> {
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -340,6 +338,7 @@ impl fmt::Display for ShowStatus<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -370,12 +369,16 @@ mod tests {
     }
 
     fn sh(script: &str) -> SimLauncher {
-        SimLauncher::new(Path::new("cloister-enclave"), Path::new("enclave.toml"), "http://b")
-            .with_wrapper(
-                Path::new("/bin/sh"),
-                &["-c".into(), script.into(), "fake-enclave".into()],
-            )
-            .with_start_timeout(Duration::from_secs(5))
+        SimLauncher::new(
+            Path::new("cloister-enclave"),
+            Path::new("enclave.toml"),
+            "http://b",
+        )
+        .with_wrapper(
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into(), "fake-enclave".into()],
+        )
+        .with_start_timeout(Duration::from_secs(5))
     }
 
     #[tokio::test]
@@ -400,7 +403,10 @@ mod tests {
             .await
             .unwrap();
         let stopped = instance.stopped().await;
-        assert!(matches!(stopped, Stopped::Exited(s) if !s.success()), "{stopped:?}");
+        assert!(
+            matches!(stopped, Stopped::Exited(s) if !s.success()),
+            "{stopped:?}"
+        );
     }
 
     #[tokio::test]

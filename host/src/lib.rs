@@ -1,1 +1,226 @@
 //! Cloister host library: launcher, supervisor, relay and blob service. Untrusted by design.
+//!
+//! `cloister-host` runs on the machine that hosts the enclave, and that machine is an adversary
+//! (see `docs/architecture.md` and the design's threat model): it can refuse service, delay,
+//! drop or reorder bytes, but it never holds a key, a plaintext weight, an input or an output.
+//! It therefore links no decryption code: it depends on `cloister-models` without the `sealing`
+//! feature, only to read the public header of a sealed blob.
+//!
+//! The pieces:
+//! - [`blobs`]: the loopback HTTP service the enclave fetches sealed models from, by digest;
+//! - [`launcher`]: how the enclave is started ([`launcher::Launcher`]; the `sim` backend now);
+//! - [`supervisor`]: keeps one enclave up, restarting it with backoff, and publishes its address;
+//! - [`relay`]: the public port, copying client bytes to the current enclave and back;
+//! - [`record`]: `--record`, a raw copy of every byte the host handles, for audits and tests.
+//!
+//! [`run`] wires them together.
+#![forbid(unsafe_code)]
+
+pub mod blobs;
+pub mod config;
+pub mod launcher;
+pub mod record;
+pub mod relay;
+pub mod supervisor;
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
+
+pub use crate::config::{Backend, Config, ConfigError};
+
+use crate::blobs::{BlobIndex, BlobServer, IndexError};
+use crate::launcher::{Launcher, SimLauncher};
+use crate::record::Recorder;
+use crate::relay::Relay;
+use crate::supervisor::{Supervisor, SupervisorError};
+
+/// The line printed on stdout once the relay listens and the first enclave is up.
+pub const ANNOUNCEMENT_PREFIX: &str = "cloister-host: listening on ";
+
+/// How long the enclave gets to stop at shutdown.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the host stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A sealed model could not be indexed.
+    #[error("cannot index the sealed models")]
+    Index(#[from] IndexError),
+    /// The recording file could not be opened or written.
+    #[error("recording to {} failed", path.display())]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The blob service could not listen.
+    #[error("cannot start the blob service")]
+    Blobs(#[source] io::Error),
+    /// The relay could not listen.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers")]
+    Signals(#[source] io::Error),
+    /// The announcement could not be written.
+    #[error("cannot write to stdout")]
+    Stdout(#[source] io::Error),
+    /// The enclave could not be kept running.
+    #[error("enclave supervision failed")]
+    Supervisor(#[from] SupervisorError),
+    /// The supervisor task ended abnormally.
+    #[error("the supervisor task failed: {0}")]
+    Task(String),
+}
+
+/// Runs the host until SIGINT/SIGTERM (then `Ok`) or a failure.
+pub async fn run(config: Config) -> Result<(), Error> {
+    // Handlers first: a signal during startup must still stop the enclave.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+
+    let index = BlobIndex::build(&config.sealed_models)?;
+    for (digest, blob) in index.iter() {
+        tracing::info!(%digest, name = blob.name(), path = %blob.path().display(), bytes = blob.len(), "serving sealed model");
+    }
+    let recorder = match &config.record {
+        Some(path) => {
+            let recorder = Recorder::open(path).map_err(|source| Error::Record {
+                path: path.clone(),
+                source,
+            })?;
+            tracing::info!(path = %path.display(), "recording every byte the host relays or serves");
+            Some(recorder)
+        }
+        None => None,
+    };
+    let blob_server = BlobServer::bind(index, recorder.clone())
+        .await
+        .map_err(Error::Blobs)?;
+    let blobs_url = blob_server.url().map_err(Error::Blobs)?;
+    tracing::info!(url = %blobs_url, "blob service listening");
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let public = listener.local_addr().map_err(|source| Error::Listen {
+        addr: config.listen,
+        source,
+    })?;
+
+    let launcher = match config.backend {
+        Backend::Sim => SimLauncher::new(&config.enclave_bin, &config.enclave_config, &blobs_url),
+    };
+    let _blobs = AbortOnDrop(tokio::spawn(blob_server.serve()));
+    let outcome = supervise(
+        launcher,
+        &config,
+        listener,
+        public,
+        recorder.clone(),
+        async {
+            tokio::select! {
+                _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        },
+    )
+    .await;
+    if let (Some(recorder), Some(path)) = (&recorder, &config.record) {
+        let flushed = recorder.flush().await.map_err(|source| Error::Record {
+            path: path.clone(),
+            source,
+        });
+        // The run's own error comes first; a failed recording turns success into failure.
+        outcome?;
+        flushed?;
+        return Ok(());
+    }
+    outcome
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn supervise<L: Launcher>(
+    launcher: L,
+    config: &Config,
+    listener: TcpListener,
+    public: SocketAddr,
+    recorder: Option<Recorder>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    tokio::pin!(shutdown);
+    let (supervisor, mut enclave) = Supervisor::new(launcher, config.restart);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut task = tokio::spawn(supervisor.run(async {
+        let _ = stopped.await;
+    }));
+    let finished =
+        |joined: Result<Result<(), SupervisorError>, tokio::task::JoinError>| match joined {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Supervisor(e)),
+            Err(e) => Err(Error::Task(e.to_string())),
+        };
+
+    // Phase 1: wait for the first enclave before announcing anything.
+    tokio::select! {
+        () = &mut shutdown => return stop_supervisor(stop, task).await,
+        joined = &mut task => return finished(joined),
+        up = enclave.wait_up() => {
+            if up.is_none() {
+                return finished(task.await);
+            }
+        }
+    }
+    let _relay = AbortOnDrop(tokio::spawn(Relay::new(listener, enclave, recorder).run()));
+    announce(public).map_err(Error::Stdout)?;
+    tracing::info!(%public, "relay listening");
+
+    // Phase 2: serve until a signal or until the supervisor gives up.
+    tokio::select! {
+        () = &mut shutdown => stop_supervisor(stop, task).await,
+        joined = &mut task => finished(joined),
+    }
+}
+
+async fn stop_supervisor(
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<Result<(), SupervisorError>>,
+) -> Result<(), Error> {
+    let _ = stop.send(());
+    match tokio::time::timeout(SHUTDOWN_TIMEOUT, task).await {
+        Ok(Ok(result)) => result.map_err(Error::Supervisor),
+        Ok(Err(e)) => Err(Error::Task(e.to_string())),
+        Err(_) => Err(Error::Task("the enclave did not stop in time".into())),
+    }
+}
+
+fn announce(addr: SocketAddr) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{ANNOUNCEMENT_PREFIX}{addr}")?;
+    out.flush()
+}

@@ -71,7 +71,7 @@ fn write_loop(file: File, rx: &mpsc::Receiver<Msg>) {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
     // io::Error is not Clone: keep what is needed to report it again.
     let mut failed: Option<(io::ErrorKind, String)> = None;
-    let mut fail = |failed: &mut Option<(io::ErrorKind, String)>, e: io::Error| {
+    let fail = |failed: &mut Option<(io::ErrorKind, String)>, e: io::Error| {
         if failed.is_none() {
             tracing::error!(error = %e, "writing the recording failed; it is incomplete from here on");
             *failed = Some((e.kind(), e.to_string()));
@@ -199,6 +199,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
