@@ -10,6 +10,8 @@
 
 pub mod evidence;
 pub mod policy;
+#[cfg(feature = "simulator")]
+pub mod sim;
 pub mod snp;
 
 pub use policy::{Policy, PolicyViolation};

@@ -24,8 +24,8 @@ pub enum InputError {
     Certificate {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: cloister_attestation::snp::certs::CertError,
+        /// Why (boxed: certificate errors carry names and values).
+        source: Box<cloister_attestation::snp::certs::CertError>,
     },
     /// The certificate directory is ambiguous (e.g. both ask.pem and asvk.pem, or vcek.pem and vcek.der).
     #[error("{dir}: {detail}")]
@@ -57,7 +57,7 @@ pub fn read(path: &Path) -> Result<Vec<u8>, InputError> {
 pub fn read_certificate(path: &Path) -> Result<AmdCertificate, InputError> {
     AmdCertificate::from_pem_or_der(&read(path)?).map_err(|source| InputError::Certificate {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -65,7 +65,7 @@ pub fn read_certificate(path: &Path) -> Result<AmdCertificate, InputError> {
 pub fn read_crl(path: &Path) -> Result<AmdCrl, InputError> {
     AmdCrl::from_pem_or_der(&read(path)?).map_err(|source| InputError::Certificate {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 

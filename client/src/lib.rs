@@ -4,6 +4,9 @@
 
 pub mod chain_files;
 pub mod danger;
-pub mod session;
+pub mod deployment;
+pub mod keybroker;
 /// Magika demo model, client side: feature extraction and output decoding.
 pub mod magika;
+pub mod seal_check;
+pub mod session;

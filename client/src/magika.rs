@@ -190,7 +190,7 @@ impl Prediction {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Analysis {
     /// Decided without the model (empty or too few meaningful bytes).
-    Decided(Prediction),
+    Decided(Box<Prediction>),
     /// Run the model on this row (shape [`MagikaConfig::input_shape`]), then [`MagikaConfig::decode`] its output.
     NeedsModel(Vec<i32>),
 }
@@ -351,16 +351,16 @@ impl MagikaConfig {
     /// (`Magika._get_result_or_features_from_seekable`).
     pub fn analyze(&self, file_bytes: &[u8]) -> Analysis {
         if file_bytes.is_empty() {
-            return Analysis::Decided(self.without_model(EMPTY));
+            return Analysis::Decided(Box::new(self.without_model(EMPTY)));
         }
         if file_bytes.len() < self.min_file_size_for_dl {
-            return Analysis::Decided(self.from_few_bytes(file_bytes));
+            return Analysis::Decided(Box::new(self.few_bytes_prediction(file_bytes)));
         }
         let features = self.features(file_bytes);
         if features[self.min_file_size_for_dl - 1] == self.padding_token {
             // Fewer than min_file_size_for_dl meaningful bytes once stripped.
             let n = file_bytes.len().min(self.block_size);
-            return Analysis::Decided(self.from_few_bytes(&file_bytes[..n]));
+            return Analysis::Decided(Box::new(self.few_bytes_prediction(&file_bytes[..n])));
         }
         Analysis::NeedsModel(features)
     }
@@ -445,7 +445,7 @@ impl MagikaConfig {
     }
 
     /// `Magika._get_label_from_few_bytes`: valid UTF-8 is `txt`, anything else `unknown`.
-    fn from_few_bytes(&self, content: &[u8]) -> Prediction {
+    fn few_bytes_prediction(&self, content: &[u8]) -> Prediction {
         self.without_model(if std::str::from_utf8(content).is_ok() {
             TXT
         } else {
@@ -579,7 +579,7 @@ mod tests {
         assert_eq!(vectors.prediction_mode, "high-confidence");
         for v in &vectors.vectors {
             let prediction = match (config.analyze(&file(&v.file)), v.path.as_str()) {
-                (Analysis::Decided(p), "empty" | "few_bytes") => p,
+                (Analysis::Decided(p), "empty" | "few_bytes") => *p,
                 (Analysis::NeedsModel(features), "model") => {
                     assert_eq!(features, v.features, "{}", v.file);
                     config.decode(v.scores.as_deref().unwrap()).unwrap()

@@ -19,11 +19,22 @@ struct Cli {
 enum Command {
     /// Verify an SEV-SNP attestation report against AMD's roots and a policy.
     Verify(cmd::verify::Args),
+    // Help texts (short and long) are on the Args structs: a doc comment here would replace them.
+    Seal(cmd::seal::Args),
+    Keybroker(cmd::keybroker::Args),
+    /// Attest an enclave inside a TLS session, then run inference on it.
+    Infer(cmd::infer::Args),
+    /// Run the whole flow on the simulated platform: seal, key broker, host, enclave, attest, infer.
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Verify(args) => cmd::verify::run(args),
+        Command::Seal(args) => cmd::seal::run(args),
+        Command::Keybroker(args) => cmd::keybroker::run(args),
+        Command::Infer(args) => cmd::infer::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     }
 }

@@ -19,6 +19,7 @@ use std::fmt;
 use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
 
 /// `TensorProto.DataLocation.EXTERNAL` (onnx.proto).
 const DATA_LOCATION_EXTERNAL: i32 = 1;
@@ -83,6 +84,28 @@ pub struct ModelSummary {
     pub inputs: Vec<String>,
     /// Names of the graph outputs.
     pub outputs: Vec<String>,
+    /// How tract can plan the model (as the enclave will).
+    pub planning: Planning,
+}
+
+/// How tract can plan a model, mirroring the enclave's loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Planning {
+    /// One plan, optimised with symbolic input dimensions (batch, sequence, ...).
+    Symbolic,
+    /// tract cannot type the graph with symbolic dimensions (a shape computed from an input shape
+    /// through an op it does not follow): the enclave optimises one plan per set of input shapes.
+    PerShape,
+}
+
+impl fmt::Display for Planning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Planning::Symbolic => "one plan with symbolic input dimensions",
+            Planning::PerShape => "one plan per input shape",
+        })
+    }
 }
 
 /// Runs every check on the bytes of an ONNX model.
@@ -98,25 +121,16 @@ pub fn check_model(bytes: &[u8]) -> Result<ModelSummary, ModelCheckError> {
     }
     find_external_data(graph)?;
 
-    let onnx = tract_onnx::onnx();
+    let framework = onnx();
     let mut unsupported = BTreeSet::new();
-    collect_unknown_ops(graph, &onnx, &mut unsupported);
+    collect_unknown_ops(graph, &framework, &mut unsupported);
     if !unsupported.is_empty() {
         return Err(ModelCheckError::UnsupportedOperators {
             ops: unsupported.into_iter().collect(),
         });
     }
 
-    let model = onnx
-        .model_for_proto_model(&proto)
-        .map_err(|e| ModelCheckError::Load {
-            reason: chain(&e),
-        })?;
-    model
-        .into_optimized()
-        .map_err(|e| ModelCheckError::Optimize {
-            reason: chain(&e),
-        })?;
+    let planning = load_and_optimize(&framework, &proto)?;
 
     let initializers: BTreeSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     Ok(ModelSummary {
@@ -133,7 +147,101 @@ pub fn check_model(bytes: &[u8]) -> Result<ModelSummary, ModelCheckError> {
             .map(|i| i.name.clone())
             .collect(),
         outputs: graph.output.iter().map(|o| o.name.clone()).collect(),
+        planning,
     })
+}
+
+/// Loads and optimises the model the way the enclave does (`enclave/src/inference.rs`): first with
+/// symbolic input dimensions (an unnamed one gets a symbol of its own); if tract cannot type the graph
+/// symbolically, with every symbol set to 1, which is the plan the enclave builds at load time.
+fn load_and_optimize(
+    framework: &tract_onnx::Onnx,
+    proto: &pb::ModelProto,
+) -> Result<Planning, ModelCheckError> {
+    let load_error = |reason| ModelCheckError::Load { reason };
+    let mut model = guarded(|| framework.model_for_proto_model(proto)).map_err(load_error)?;
+    let inputs = close_input_facts(&mut model).map_err(load_error)?;
+    let symbolic = match guarded(|| model.clone().into_optimized()) {
+        Ok(_) => return Ok(Planning::Symbolic),
+        Err(reason) => reason,
+    };
+    let mut values = SymbolValues::default();
+    for symbol in model.symbols.all_symbols() {
+        values.set(&symbol, 1);
+    }
+    for (ix, (dt, dims)) in inputs.iter().enumerate() {
+        let shape: Vec<usize> = dims
+            .iter()
+            .map(|d| {
+                d.eval(&values)
+                    .to_i64()
+                    .ok()
+                    .and_then(|v| usize::try_from(v).ok())
+                    .unwrap_or(1)
+            })
+            .collect();
+        model
+            .set_input_fact(ix, InferenceFact::dt_shape(*dt, shape))
+            .map_err(|e| load_error(chain(&e)))?;
+    }
+    match guarded(|| model.into_optimized()) {
+        Ok(_) => Ok(Planning::PerShape),
+        Err(reason) => Err(ModelCheckError::Optimize {
+            reason: format!("{reason} (with symbolic input dimensions: {symbolic})"),
+        }),
+    }
+}
+
+/// Gives every input a concrete datum type and a closed shape (a fresh symbol for each dimension the
+/// file leaves unnamed); returns them.
+fn close_input_facts(model: &mut InferenceModel) -> Result<Vec<(DatumType, Vec<TDim>)>, String> {
+    let count = model.input_outlets().map_err(|e| chain(&e))?.len();
+    let mut out = Vec::with_capacity(count);
+    for ix in 0..count {
+        let name = model
+            .input_outlets()
+            .ok()
+            .and_then(|o| o.get(ix).map(|o| model.node(o.node).name.clone()))
+            .unwrap_or_default();
+        let fact = model.input_fact(ix).map_err(|e| chain(&e))?.clone();
+        let dt = fact
+            .datum_type
+            .concretize()
+            .ok_or_else(|| format!("input {name:?} has no element type"))?;
+        if fact.shape.is_open() {
+            return Err(format!("input {name:?} has no known rank"));
+        }
+        let dims: Vec<TDim> = fact
+            .shape
+            .dims()
+            .enumerate()
+            .map(|(axis, d)| {
+                d.concretize().unwrap_or_else(|| {
+                    TDim::Sym(
+                        model
+                            .symbols
+                            .new_with_prefix(&format!("unnamed_{ix}_{axis}")),
+                    )
+                })
+            })
+            .collect();
+        let closed = InferenceFact::dt_shape(
+            dt,
+            ShapeFactoid::closed(dims.iter().cloned().map(DimFact::from).collect()),
+        );
+        model.set_input_fact(ix, closed).map_err(|e| chain(&e))?;
+        out.push((dt, dims));
+    }
+    Ok(out)
+}
+
+/// Runs a tract step; an error or a panic (tract is written for trusted models) becomes a message.
+fn guarded<T>(step: impl FnOnce() -> TractResult<T>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(chain(&e)),
+        Err(_) => Err("tract panicked on this model".to_owned()),
+    }
 }
 
 /// The error and its causes, `: `-separated (tract's errors are anyhow chains).
@@ -163,7 +271,10 @@ fn check_tensor(t: &pb::TensorProto) -> Result<(), ModelCheckError> {
 }
 
 fn check_sparse(s: &pb::SparseTensorProto) -> Result<(), ModelCheckError> {
-    s.values.iter().chain(s.indices.iter()).try_for_each(check_tensor)
+    s.values
+        .iter()
+        .chain(s.indices.iter())
+        .try_for_each(check_tensor)
 }
 
 /// Every tensor of the graph and of its subgraphs: initializers and tensor-valued attributes.
@@ -172,7 +283,10 @@ fn find_external_data(graph: &pb::GraphProto) -> Result<(), ModelCheckError> {
     graph.sparse_initializer.iter().try_for_each(check_sparse)?;
     for node in &graph.node {
         for attr in &node.attribute {
-            attr.t.iter().chain(attr.tensors.iter()).try_for_each(check_tensor)?;
+            attr.t
+                .iter()
+                .chain(attr.tensors.iter())
+                .try_for_each(check_tensor)?;
             attr.sparse_tensor
                 .iter()
                 .chain(attr.sparse_tensors.iter())
@@ -188,7 +302,11 @@ fn find_external_data(graph: &pb::GraphProto) -> Result<(), ModelCheckError> {
 
 /// Operators of `graph` and its subgraphs that tract's ONNX front end has no builder for. tract
 /// would otherwise insert a placeholder and fail later with a less direct message.
-fn collect_unknown_ops(graph: &pb::GraphProto, onnx: &tract_onnx::Onnx, out: &mut BTreeSet<String>) {
+fn collect_unknown_ops(
+    graph: &pb::GraphProto,
+    onnx: &tract_onnx::Onnx,
+    out: &mut BTreeSet<String>,
+) {
     for node in &graph.node {
         if !onnx.op_register.0.contains_key(&node.op_type) {
             let name = if node.domain.is_empty() || node.domain == "ai.onnx" {
@@ -270,7 +388,10 @@ mod tests {
     #[test]
     fn names_unsupported_operators() {
         let e = check_model(&model("FrobnicateV9", "").encode_to_vec()).unwrap_err();
-        assert!(e.to_string().contains("unsupported operator FrobnicateV9"), "{e}");
+        assert!(
+            e.to_string().contains("unsupported operator FrobnicateV9"),
+            "{e}"
+        );
         let e = check_model(&model("FusedMatMul", "com.microsoft").encode_to_vec()).unwrap_err();
         assert!(e.to_string().contains("com.microsoft:FusedMatMul"), "{e}");
     }

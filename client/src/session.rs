@@ -21,7 +21,10 @@ use cloister_attestation::evidence::{
 use cloister_attestation::snp::certs::AmdCertificate;
 use cloister_attestation::snp::crl::AmdCrl;
 use cloister_attestation::{Policy, VerifyOptions};
-use cloister_proto::v2::{InferRequest, InferResponse, ModelMetadataResponse};
+use cloister_proto::v2::{
+    AttestationRequest, InferRequest, InferResponse, ModelMetadataResponse, EVIDENCE_CONTENT_TYPE,
+    INFERENCE_HEADER_CONTENT_LENGTH, JSON_CONTENT_TYPE,
+};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
@@ -208,21 +211,32 @@ impl AttestedSession {
         SystemRandom::new()
             .fill(&mut nonce)
             .map_err(|_| SessionError::Tls("system RNG failed".into()))?;
-        let body = serde_json::json!({ "nonce": hex::encode(nonce) }).to_string();
+        let body = serde_json::to_vec(&AttestationRequest { nonce })
+            .map_err(|e| SessionError::Malformed(e.to_string()))?;
         let request = Request::builder()
             .method(Method::POST)
             .uri("/v2/attestation")
             .header("host", "cloister-enclave")
-            .header("content-type", "application/json")
+            .header("content-type", JSON_CONTENT_TYPE)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| SessionError::Http(e.to_string()))?;
         let response = sender
             .send_request(request)
             .await
             .map_err(|e| SessionError::Http(e.to_string()))?;
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let (status, body) = read_body(response, MAX_EVIDENCE_LEN).await?;
         if status != StatusCode::OK {
             return Err(status_error(status, &body));
+        }
+        if content_type.as_deref() != Some(EVIDENCE_CONTENT_TYPE) {
+            return Err(SessionError::Malformed(format!(
+                "attestation response has content type {content_type:?}, expected {EVIDENCE_CONTENT_TYPE}"
+            )));
         }
         let evidence = Evidence::from_bytes(&body)?;
         let at_unix = trust
@@ -258,15 +272,15 @@ impl AttestedSession {
         &mut self,
         method: Method,
         path: &str,
-        content_type: Option<&str>,
+        headers: &[(&str, String)],
         body: Bytes,
-    ) -> Result<(StatusCode, Bytes), SessionError> {
+    ) -> Result<Reply, SessionError> {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "cloister-enclave");
-        if let Some(ct) = content_type {
-            builder = builder.header("content-type", ct);
+        for (name, value) in headers {
+            builder = builder.header(*name, value.as_str());
         }
         let request = builder
             .body(Full::new(body))
@@ -280,7 +294,23 @@ impl AttestedSession {
             .send_request(request)
             .await
             .map_err(|e| SessionError::Http(e.to_string()))?;
-        read_body(response, MAX_RESPONSE_BYTES).await
+        let json_len = match response.headers().get(INFERENCE_HEADER_CONTENT_LENGTH) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        SessionError::Malformed(format!("bad {INFERENCE_HEADER_CONTENT_LENGTH}"))
+                    })?,
+            ),
+        };
+        let (status, body) = read_body(response, MAX_RESPONSE_BYTES).await?;
+        Ok(Reply {
+            status,
+            body,
+            json_len,
+        })
     }
 
     /// Fetches a model's metadata and checks that its digest is attested (in the claims and allowed by the
@@ -290,76 +320,93 @@ impl AttestedSession {
         name: &str,
     ) -> Result<ModelMetadataResponse, SessionError> {
         let path = model_path(name, "")?;
-        let (status, body) = self
-            .exchange(Method::GET, &path, None, Bytes::new())
-            .await?;
-        if status != StatusCode::OK {
-            return Err(status_error(status, &body));
+        let reply = self.exchange(Method::GET, &path, &[], Bytes::new()).await?;
+        if reply.status != StatusCode::OK {
+            return Err(status_error(reply.status, &reply.body));
         }
-        let meta: ModelMetadataResponse = serde_json::from_slice(&body)
+        let meta: ModelMetadataResponse = serde_json::from_slice(&reply.body)
             .map_err(|e| SessionError::Malformed(format!("model metadata: {e}")))?;
         let claims = self.evidence.claims();
-        let digest = meta
-            .digest
-            .strip_prefix("sha384:")
-            .and_then(|h| hex::decode(h).ok())
-            .and_then(|v| <[u8; 48]>::try_from(v).ok());
+        let digest = *meta.digest.as_bytes();
         let attested = claims
             .model_digests
             .iter()
             .map(|d| format!("sha384:{}", hex::encode(d.0)))
             .collect::<Vec<_>>()
             .join(", ");
-        let ok = digest.is_some_and(|d| {
-            claims.model_digests.iter().any(|c| c.0 == d)
-                && self.policy.check_model_digest(&d).is_ok()
-        });
+        let ok = claims.model_digests.iter().any(|c| c.0 == digest)
+            && self.policy.check_model_digest(&digest).is_ok();
         if !ok {
             return Err(SessionError::ModelNotAttested {
                 model: name.to_string(),
-                digest: meta.digest.clone(),
+                digest: meta.digest.to_string(),
                 attested,
             });
         }
         Ok(meta)
     }
 
-    /// Runs inference with a KServe v2 JSON request, after checking the model is attested.
+    /// Runs inference, after checking the model is attested. With `binary`, inputs travel with the
+    /// binary tensor extension (raw little-endian bytes after a JSON header) and outputs are asked for
+    /// the same way; otherwise everything is JSON.
     pub async fn infer(
         &mut self,
         model: &str,
         request: &InferRequest,
+        binary: bool,
     ) -> Result<InferResponse, SessionError> {
         self.attested_model(model).await?;
-        let body = serde_json::to_vec(request)
-            .map_err(|e| SessionError::Malformed(format!("request: {e}")))?;
-        let path = model_path(model, "/infer")?;
-        let (status, body) = self
-            .exchange(
-                Method::POST,
-                &path,
-                Some("application/json"),
-                Bytes::from(body),
-            )
-            .await?;
-        if status != StatusCode::OK {
-            return Err(status_error(status, &body));
+        self.infer_attested(model, request, binary).await
+    }
+
+    /// [`AttestedSession::infer`] without re-fetching the metadata: only for a model this session already
+    /// checked with [`AttestedSession::attested_model`] (benchmarks and repeated requests).
+    pub async fn infer_attested(
+        &mut self,
+        model: &str,
+        request: &InferRequest,
+        binary: bool,
+    ) -> Result<InferResponse, SessionError> {
+        let mut request = request.clone();
+        if binary {
+            let mut params = request.parameters.take().unwrap_or_default();
+            params.insert(
+                cloister_proto::v2::BINARY_DATA_OUTPUT,
+                cloister_proto::v2::Parameter::Bool(true),
+            );
+            request.parameters = Some(params);
         }
-        serde_json::from_slice(&body)
+        let encoded = request
+            .encode(binary)
+            .map_err(|e| SessionError::Malformed(format!("request: {e}")))?;
+        let mut headers = vec![("content-type", encoded.content_type().to_string())];
+        if let Some(len) = encoded.json_len {
+            headers.push((INFERENCE_HEADER_CONTENT_LENGTH, len.to_string()));
+        }
+        let path = model_path(model, "/infer")?;
+        let reply = self
+            .exchange(Method::POST, &path, &headers, Bytes::from(encoded.bytes))
+            .await?;
+        if reply.status != StatusCode::OK {
+            return Err(status_error(reply.status, &reply.body));
+        }
+        InferResponse::decode(&reply.body, reply.json_len)
             .map_err(|e| SessionError::Malformed(format!("inference response: {e}")))
     }
 
-    /// Sends a raw request on the attested connection (for the binary tensor extension and benchmarks).
-    /// The model must have been checked with [`AttestedSession::attested_model`] first.
-    pub async fn raw(
-        &mut self,
-        method: Method,
-        path: &str,
-        content_type: Option<&str>,
-        body: Bytes,
-    ) -> Result<(StatusCode, Bytes), SessionError> {
-        self.exchange(method, path, content_type, body).await
+    /// `GET /v2/health/ready` on this session: whether the enclave has its model loaded.
+    pub async fn ready(&mut self) -> Result<bool, SessionError> {
+        let reply = self
+            .exchange(Method::GET, "/v2/health/ready", &[], Bytes::new())
+            .await?;
+        Ok(reply.status == StatusCode::OK)
     }
+}
+
+struct Reply {
+    status: StatusCode,
+    body: Bytes,
+    json_len: Option<usize>,
 }
 
 /// Model names go into a URL path: only unreserved characters are allowed; anything else is refused

@@ -1,3 +1,23 @@
-//! Cloister enclave library: everything that runs inside the confidential VM.
+//! Cloister enclave library: everything that runs inside the confidential VM (binary `cloister-enclave`).
+//!
+//! Trust assumptions (DESIGN §1, `docs/architecture.md`):
+//! - The measured configuration ([`config`]) is trusted: a verifier that accepts the launch measurement
+//!   accepts it (its digest is in every claim). Launch arguments are not: they only say where bytes flow.
+//! - The host is untrusted: the sealed blobs it serves ([`blobs`]) are checked (header digest before
+//!   decryption, AEAD, plaintext digest), and the client connections it relays are TLS end to end.
+//! - The key broker is authenticated by the certificate pinned in the configuration ([`danger`],
+//!   [`key_release`]); the model key it releases is zeroized after the model is opened.
+//! - Clients are untrusted until they have attested us; they attest inside their own TLS session
+//!   ([`server`]: evidence bound to the connection's exporter), so evidence cannot be relayed.
+//! - Inputs, outputs, keys and plaintext are never logged; errors sent out are narrow.
+#![forbid(unsafe_code)]
+
+pub mod blobs;
+pub mod config;
+pub mod danger;
+pub mod firmware;
 /// The tract inference engine: models loaded from bytes, requests validated.
 pub mod inference;
+pub mod key_release;
+pub mod runtime;
+pub mod server;

@@ -38,6 +38,8 @@ pub const KEY_WRAP_INFO: &[u8] = b"cloister-key-wrap-v1";
 pub const WRAPPED_KEY_LEN: usize = 32 + 16;
 
 /// Messages from the enclave to the key broker.
+// One message lives at a time, briefly; boxing the evidence would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EnclaveToBroker {
     /// Opens the exchange: which model's key is wanted.

@@ -76,7 +76,12 @@ fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> pb::ValueInfoProto {
     }
 }
 
-fn node(op_type: &str, inputs: &[&str], output: &str, attribute: Vec<pb::AttributeProto>) -> pb::NodeProto {
+fn node(
+    op_type: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
     pb::NodeProto {
         op_type: op_type.to_owned(),
         name: output.to_owned(),
@@ -139,10 +144,13 @@ fn weight(num: usize, modulus: usize, denom: f32, offset: f32) -> f32 {
 
 /// x: f32 [N, 16] → Gemm(W1 [16, 32], b1) → Relu → MatMul(W2 [32, 4]) → Add(b2) → y: f32 [N, 4].
 fn mlp_model() -> pb::ModelProto {
-    let w1: Vec<f32> =
-        (0..16 * 32).map(|k| weight(7 * (k / 32) + 13 * (k % 32), 17, 16.0, -0.5)).collect();
+    let w1: Vec<f32> = (0..16 * 32)
+        .map(|k| weight(7 * (k / 32) + 13 * (k % 32), 17, 16.0, -0.5))
+        .collect();
     let b1: Vec<f32> = (0..32).map(|j| weight(5 * j, 11, 32.0, -0.125)).collect();
-    let w2: Vec<f32> = (0..32 * 4).map(|k| weight(3 * (k / 4) + 11 * (k % 4), 19, 32.0, -0.25)).collect();
+    let w2: Vec<f32> = (0..32 * 4)
+        .map(|k| weight(3 * (k / 4) + 11 * (k % 4), 19, 32.0, -0.25))
+        .collect();
     let b2: Vec<f32> = (0..4).map(|j| weight(j, 4, 8.0, -0.1875)).collect();
     model(pb::GraphProto {
         name: "mlp".to_owned(),
@@ -158,8 +166,16 @@ fn mlp_model() -> pb::ModelProto {
             raw_f32("W2", &[32, 4], &w2),
             typed_f32("b2", &[4], &b2),
         ],
-        input: vec![value_info("x", onnx_type::FLOAT, &[Dim::Param("N"), Dim::Fixed(16)])],
-        output: vec![value_info("y", onnx_type::FLOAT, &[Dim::Param("N"), Dim::Fixed(4)])],
+        input: vec![value_info(
+            "x",
+            onnx_type::FLOAT,
+            &[Dim::Param("N"), Dim::Fixed(16)],
+        )],
+        output: vec![value_info(
+            "y",
+            onnx_type::FLOAT,
+            &[Dim::Param("N"), Dim::Fixed(4)],
+        )],
         ..Default::default()
     })
 }
@@ -174,7 +190,12 @@ fn mixed_model() -> pb::ModelProto {
         node: vec![
             node("Cast", &["k"], "k_float", vec![int_attribute("to", float)]),
             node("Mul", &["x", "k_float"], "x_scaled", vec![]),
-            node("Cast", &["offsets"], "offsets_float", vec![int_attribute("to", float)]),
+            node(
+                "Cast",
+                &["offsets"],
+                "offsets_float",
+                vec![int_attribute("to", float)],
+            ),
             node("Add", &["x_scaled", "offsets_float"], "y", vec![]),
             node("Add", &["k", "one"], "k_next", vec![]),
             node("Greater", &["y", "zero"], "positive", vec![]),
@@ -196,7 +217,11 @@ fn mixed_model() -> pb::ModelProto {
         output: vec![
             value_info("y", onnx_type::FLOAT, &[Dim::Param("N"), Dim::Fixed(8)]),
             value_info("k_next", onnx_type::INT64, &[]),
-            value_info("positive", onnx_type::BOOL, &[Dim::Param("N"), Dim::Fixed(8)]),
+            value_info(
+                "positive",
+                onnx_type::BOOL,
+                &[Dim::Param("N"), Dim::Fixed(8)],
+            ),
         ],
         ..Default::default()
     })
@@ -235,15 +260,25 @@ fn mlp_metadata_and_symbolic_batch() {
     assert_eq!(model.planning(), Planning::Symbolic);
     assert_eq!(
         model.inputs(),
-        [TensorSpec { name: "x".into(), datatype: DataType::Fp32, shape: vec![-1, 16] }]
+        [TensorSpec {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 16]
+        }]
     );
     assert_eq!(
         model.outputs(),
-        [TensorSpec { name: "y".into(), datatype: DataType::Fp32, shape: vec![-1, 4] }]
+        [TensorSpec {
+            name: "y".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 4]
+        }]
     );
     for batch in [1, 7, 2] {
         let x = TensorData::Fp32((0..batch * 16).map(|i| i as f32 / 64.0).collect());
-        let out = model.run(vec![NamedTensor::new("x", vec![batch, 16], x)]).unwrap();
+        let out = model
+            .run(vec![NamedTensor::new("x", vec![batch, 16], x)])
+            .unwrap();
         assert_eq!(out[0].shape, vec![batch, 4]);
     }
 }
@@ -252,7 +287,11 @@ fn mlp_metadata_and_symbolic_batch() {
 fn mixed_inputs_metadata_and_validation() {
     let model = LoadedModel::load(&read(MIXED_PATH)).unwrap();
     assert_eq!(model.planning(), Planning::Symbolic);
-    let spec = |name: &str, datatype, shape: &[i64]| TensorSpec { name: name.into(), datatype, shape: shape.to_vec() };
+    let spec = |name: &str, datatype, shape: &[i64]| TensorSpec {
+        name: name.into(),
+        datatype,
+        shape: shape.to_vec(),
+    };
     assert_eq!(
         model.inputs(),
         [
@@ -274,24 +313,46 @@ fn mixed_inputs_metadata_and_validation() {
     let offsets = || NamedTensor::new("offsets", vec![8], TensorData::Int32((-4..4).collect()));
     // Any order.
     let out = model.run(vec![offsets(), k(), x()]).unwrap();
-    assert_eq!(out[0].data, TensorData::Fp32((-4..4).map(|o| 2.0 + o as f32).collect()));
+    assert_eq!(
+        out[0].data,
+        TensorData::Fp32((-4..4).map(|o| 2.0 + o as f32).collect())
+    );
     assert_eq!(out[1].data, TensorData::Int64(vec![5]));
     assert_eq!(out[1].shape, Vec::<usize>::new());
-    assert_eq!(out[2].data, TensorData::Bool((-4..4).map(|o| o > -2).collect()));
+    assert_eq!(
+        out[2].data,
+        TensorData::Bool((-4..4).map(|o| o > -2).collect())
+    );
     // Errors.
     let err = model.run(vec![x(), k()]).unwrap_err();
-    assert!(matches!(err, InferenceError::MissingInput { ref name } if name == "offsets"), "{err}");
+    assert!(
+        matches!(err, InferenceError::MissingInput { ref name } if name == "offsets"),
+        "{err}"
+    );
     let err = model.run(vec![x(), k(), offsets(), k()]).unwrap_err();
-    assert!(matches!(err, InferenceError::DuplicateInput { .. }), "{err}");
+    assert!(
+        matches!(err, InferenceError::DuplicateInput { .. }),
+        "{err}"
+    );
     let bad_k = NamedTensor::new("k", vec![], TensorData::Int32(vec![4]));
     let err = model.run(vec![x(), bad_k, offsets()]).unwrap_err();
     assert!(
-        matches!(err, InferenceError::DatatypeMismatch { expected: DataType::Int64, got: DataType::Int32, .. }),
+        matches!(
+            err,
+            InferenceError::DatatypeMismatch {
+                expected: DataType::Int64,
+                got: DataType::Int32,
+                ..
+            }
+        ),
         "{err}"
     );
     let vector_k = NamedTensor::new("k", vec![1], TensorData::Int64(vec![4]));
     let err = model.run(vec![x(), vector_k, offsets()]).unwrap_err();
-    assert!(matches!(err, InferenceError::RankMismatch { expected: 0, .. }), "{err}");
+    assert!(
+        matches!(err, InferenceError::RankMismatch { expected: 0, .. }),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -356,7 +417,12 @@ impl RefTensor {
             (None, Some(v)) => tensor_data(datatype, v),
             (None, None) => panic!("{}: neither data nor fill", self.name),
         };
-        NamedTensor { name: self.name.clone(), datatype, shape: self.shape.clone(), data }
+        NamedTensor {
+            name: self.name.clone(),
+            datatype,
+            shape: self.shape.clone(),
+            data,
+        }
     }
 }
 
@@ -368,7 +434,9 @@ fn tensor_data(datatype: DataType, v: &serde_json::Value) -> TensorData {
         DataType::Fp32 => TensorData::Fp32(items.iter().map(|x| f(x) as f32).collect()),
         DataType::Fp64 => TensorData::Fp64(items.iter().map(f).collect()),
         DataType::Int64 => TensorData::Int64(items.iter().map(i).collect()),
-        DataType::Int32 => TensorData::Int32(items.iter().map(|x| i32::try_from(i(x)).unwrap()).collect()),
+        DataType::Int32 => {
+            TensorData::Int32(items.iter().map(|x| i32::try_from(i(x)).unwrap()).collect())
+        }
         DataType::Bool => TensorData::Bool(items.iter().map(|x| x.as_bool().unwrap()).collect()),
         other => panic!("no JSON reader for {other}"),
     }
@@ -376,9 +444,17 @@ fn tensor_data(datatype: DataType, v: &serde_json::Value) -> TensorData {
 
 fn assert_close(context: &str, got: &NamedTensor, want: &RefTensor) {
     assert_eq!(got.name, want.name, "{context}");
-    assert_eq!(got.datatype.v2_name(), want.datatype, "{context}: {}", want.name);
+    assert_eq!(
+        got.datatype.v2_name(),
+        want.datatype,
+        "{context}: {}",
+        want.name
+    );
     assert_eq!(got.shape, want.shape, "{context}: {}", want.name);
-    let want_data = tensor_data(got.datatype, want.data.as_ref().expect("outputs carry data"));
+    let want_data = tensor_data(
+        got.datatype,
+        want.data.as_ref().expect("outputs carry data"),
+    );
     let floats = |d: &TensorData| -> Option<Vec<f64>> {
         match d {
             TensorData::Fp32(v) => Some(v.iter().map(|x| f64::from(*x)).collect()),
@@ -400,14 +476,23 @@ fn assert_close(context: &str, got: &NamedTensor, want: &RefTensor) {
                 );
                 worst = worst.max((a - b).abs());
             }
-            eprintln!("  {context}: {} max |tract - ort| = {:.3e}", want.name, worst);
+            eprintln!(
+                "  {context}: {} max |tract - ort| = {:.3e}",
+                want.name, worst
+            );
         }
         _ => assert_eq!(got.data, want_data, "{context}: {}", want.name),
     }
 }
 
 fn skip(what: &str) {
-    eprintln!("\n!!!!!!!! SKIP: {what}: not fetched; run scripts/fetch-models.sh !!!!!!!!\n");
+    // Written to the stderr handle rather than with eprintln!, which the test harness captures: the line shows
+    // even without --nocapture.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIP: {what}: not fetched; run scripts/fetch-models.sh !!!!!!!!\n"
+    );
 }
 
 #[test]
@@ -425,13 +510,18 @@ fn tract_matches_onnxruntime_reference_outputs() {
         let model_path = repo().join(&reference.path);
         if !model_path.exists() {
             assert!(reference.optional, "{} is missing", reference.path);
-            skip(&format!("reference outputs of {} ({})", reference.model, reference.path));
+            skip(&format!(
+                "reference outputs of {} ({})",
+                reference.model, reference.path
+            ));
             continue;
         }
         let model = LoadedModel::load(&std::fs::read(&model_path).unwrap()).unwrap();
         for case in &reference.cases {
             let context = format!("{}/{}", reference.model, case.name);
-            let outputs = model.run(case.inputs.iter().map(RefTensor::to_named).collect()).unwrap();
+            let outputs = model
+                .run(case.inputs.iter().map(RefTensor::to_named).collect())
+                .unwrap();
             assert_eq!(outputs.len(), case.outputs.len(), "{context}");
             for (got, want) in outputs.iter().zip(&case.outputs) {
                 assert_close(&context, got, want);
@@ -485,12 +575,24 @@ fn magika_client_features_enclave_tract_client_decoding() {
     assert!(rows.len() >= 8);
     // One file per request (batch 1), then all of them in one batch.
     let [_, width] = config.input_shape();
-    let first = NamedTensor::new(INPUT_NAME, vec![1, width], TensorData::Int32(rows[0].clone()));
-    let batch = NamedTensor::new(INPUT_NAME, vec![rows.len(), width], TensorData::Int32(rows.concat()));
+    let first = NamedTensor::new(
+        INPUT_NAME,
+        vec![1, width],
+        TensorData::Int32(rows[0].clone()),
+    );
+    let batch = NamedTensor::new(
+        INPUT_NAME,
+        vec![rows.len(), width],
+        TensorData::Int32(rows.concat()),
+    );
     let single = model.run(vec![first]).unwrap();
     let all = model.run(vec![batch]).unwrap();
-    let TensorData::Fp32(single_scores) = &single[0].data else { panic!("FP32 output expected") };
-    let TensorData::Fp32(scores) = &all[0].data else { panic!("FP32 output expected") };
+    let TensorData::Fp32(single_scores) = &single[0].data else {
+        panic!("FP32 output expected")
+    };
+    let TensorData::Fp32(scores) = &all[0].data else {
+        panic!("FP32 output expected")
+    };
     assert_eq!(single[0].shape, vec![1, 214]);
     assert_eq!(all[0].shape, vec![rows.len(), 214]);
     let predictions = config.decode_batch(scores).unwrap();
@@ -498,8 +600,20 @@ fn magika_client_features_enclave_tract_client_decoding() {
     for (p, v) in predictions.iter().zip(&expected) {
         assert_eq!(p.dl.label, v.dl_label, "{}", v.file);
         assert_eq!(p.label(), v.output_label, "{}", v.file);
-        assert!((p.score - v.score).abs() <= 1e-4, "{}: tract {} python {}", v.file, p.score, v.score);
-        eprintln!("  magika {:28} {:12} -> {:8} {:.4}", v.file, p.dl.label, p.label(), p.score);
+        assert!(
+            (p.score - v.score).abs() <= 1e-4,
+            "{}: tract {} python {}",
+            v.file,
+            p.score,
+            v.score
+        );
+        eprintln!(
+            "  magika {:28} {:12} -> {:8} {:.4}",
+            v.file,
+            p.dl.label,
+            p.label(),
+            p.score
+        );
     }
 }
 
@@ -519,7 +633,11 @@ fn cached(name: &str) -> Option<Vec<u8>> {
 }
 
 fn fill_f32(n: usize) -> TensorData {
-    TensorData::Fp32((0..n).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect())
+    TensorData::Fp32(
+        (0..n)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect(),
+    )
 }
 
 fn all_finite(t: &NamedTensor) -> bool {
@@ -531,12 +649,24 @@ fn all_finite(t: &NamedTensor) -> bool {
 
 #[test]
 fn benchmark_ppocr_cls_loads_and_runs() {
-    let Some(bytes) = cached("ch_ppocr_mobile_v2.0_cls_infer.onnx") else { return };
+    let Some(bytes) = cached("ch_ppocr_mobile_v2.0_cls_infer.onnx") else {
+        return;
+    };
     let model = LoadedModel::load(&bytes).unwrap();
-    eprintln!("  ppocr cls: {:?}, {:?}", model.planning(), model.metadata());
-    for shape in [vec![1, 3, 48, 192], vec![2, 3, 48, 192], vec![1, 3, 48, 100]] {
+    eprintln!(
+        "  ppocr cls: {:?}, {:?}",
+        model.planning(),
+        model.metadata()
+    );
+    for shape in [
+        vec![1, 3, 48, 192],
+        vec![2, 3, 48, 192],
+        vec![1, 3, 48, 100],
+    ] {
         let n = shape.iter().product();
-        let out = model.run(vec![NamedTensor::new("x", shape.clone(), fill_f32(n))]).unwrap();
+        let out = model
+            .run(vec![NamedTensor::new("x", shape.clone(), fill_f32(n))])
+            .unwrap();
         assert_eq!(out[0].shape, vec![shape[0], 2]);
         assert!(all_finite(&out[0]));
     }
@@ -544,27 +674,43 @@ fn benchmark_ppocr_cls_loads_and_runs() {
 
 #[test]
 fn benchmark_ppocr_rec_loads_and_runs() {
-    let Some(bytes) = cached("ch_PP-OCRv4_rec_infer.onnx") else { return };
+    let Some(bytes) = cached("ch_PP-OCRv4_rec_infer.onnx") else {
+        return;
+    };
     let model = LoadedModel::load(&bytes).unwrap();
-    eprintln!("  ppocr rec: {:?}, {:?}", model.planning(), model.metadata());
+    eprintln!(
+        "  ppocr rec: {:?}, {:?}",
+        model.planning(),
+        model.metadata()
+    );
     let shape = vec![1, 3, 48, 320];
-    let out = model.run(vec![NamedTensor::new("x", shape, fill_f32(3 * 48 * 320))]).unwrap();
+    let out = model
+        .run(vec![NamedTensor::new("x", shape, fill_f32(3 * 48 * 320))])
+        .unwrap();
     assert_eq!(out[0].shape, vec![1, 40, 6625]);
     assert!(all_finite(&out[0]));
 }
 
 #[test]
 fn benchmark_minilm_loads_and_runs() {
-    let Some(bytes) = cached("paraphrase-MiniLM-L3-v2.onnx") else { return };
+    let Some(bytes) = cached("paraphrase-MiniLM-L3-v2.onnx") else {
+        return;
+    };
     let model = LoadedModel::load(&bytes).unwrap();
     eprintln!("  minilm: {:?}, {:?}", model.planning(), model.metadata());
     assert_eq!(model.planning(), Planning::Symbolic);
     for (batch, seq) in [(1, 8), (2, 16), (1, 5)] {
-        let ids: Vec<i64> = (0..batch * seq).map(|i| if i % seq == 0 { 101 } else { 1000 + i as i64 }).collect();
+        let ids: Vec<i64> = (0..batch * seq)
+            .map(|i| if i % seq == 0 { 101 } else { 1000 + i as i64 })
+            .collect();
         let out = model
             .run(vec![
                 NamedTensor::new("input_ids", vec![batch, seq], TensorData::Int64(ids)),
-                NamedTensor::new("attention_mask", vec![batch, seq], TensorData::Int64(vec![1; batch * seq])),
+                NamedTensor::new(
+                    "attention_mask",
+                    vec![batch, seq],
+                    TensorData::Int64(vec![1; batch * seq]),
+                ),
             ])
             .unwrap();
         let embeddings = out.iter().find(|t| t.name == "onnx::Shape_422").unwrap();
@@ -578,5 +724,8 @@ fn benchmark_minilm_loads_and_runs() {
             NamedTensor::new("attention_mask", vec![2, 4], TensorData::Int64(vec![1; 8])),
         ])
         .unwrap_err();
-    assert!(matches!(err, InferenceError::SymbolMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, InferenceError::SymbolMismatch { .. }),
+        "{err}"
+    );
 }

@@ -1,5 +1,9 @@
 //! One module per subcommand.
 
+pub(crate) mod demo;
+pub(crate) mod infer;
+pub(crate) mod keybroker;
+pub(crate) mod seal;
 pub(crate) mod verify;
 
 /// Exit code: success.

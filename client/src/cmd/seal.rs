@@ -134,13 +134,14 @@ fn seal(args: &Args) -> Result<(), Failure> {
     let plaintext_len = bytes.len() as u64;
     drop(bytes); // sealing streams from the file
     eprintln!(
-        "model: {} ({} bytes, opset {}, {} nodes, inputs [{}], outputs [{}]): tract loads and optimises it",
+        "model: {} ({} bytes, opset {}, {} nodes, inputs [{}], outputs [{}]): tract loads and optimises it ({})",
         model.display(),
         plaintext_len,
         summary.opset,
         summary.nodes,
         summary.inputs.join(", "),
         summary.outputs.join(", "),
+        summary.planning,
     );
 
     // 2. The keystore: open or create, and refuse early if this model already has a key.
@@ -159,6 +160,7 @@ fn seal(args: &Args) -> Result<(), Failure> {
         let msg = match p.phase {
             Phase::Hashing => "hashing",
             Phase::Sealing => "sealing",
+            _ => "working",
         };
         bar.set_message(msg);
         bar.set_length(p.total);

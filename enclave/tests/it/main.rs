@@ -1,1 +1,12 @@
-//! Integration tests of the enclave.
+//! Integration tests of the enclave: one binary (it links tract).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub,
+    dead_code
+)]
+
+mod common;
+mod provisioning;
+mod serving;

@@ -1,0 +1,259 @@
+//! `cloister demo`: the whole flow on the simulated platform, on this machine, in under a minute.
+//!
+//! Creates a temporary simulated AMD-SP, seals the Magika sample model, starts the model owner's key
+//! broker and `cloister-host` (which launches `cloister-enclave`), attests the enclave from a client,
+//! classifies a few files through the attested session, shows that a client pinning another measurement
+//! refuses to send anything, and shuts everything down. Exits non-zero if any step fails.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use cloister_client::deployment::{Deployment, DeploymentOptions};
+use cloister_client::magika::{Analysis, MagikaConfig};
+use cloister_client::session::{AttestedSession, SessionPolicy};
+use cloister_proto::v2::{InferRequest, InferTensor, TensorData};
+
+use super::{EXIT_OK, EXIT_REJECTED};
+
+/// The Magika sample model, embedded so that the demo runs from any directory with nothing but the binary
+/// and its siblings (`cloister-host`, `cloister-enclave`).
+const MAGIKA_ONNX: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../models/sample/magika/model.onnx"
+));
+
+/// Arguments of `cloister demo`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Keep all state (platform, keystore, policies, logs, audit log) in this new directory instead of a
+    /// temporary one that is deleted at the end.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+    /// Files to classify (default: a few built-in samples).
+    #[arg(value_name = "FILE")]
+    files: Vec<PathBuf>,
+}
+
+/// Built-in samples: (name, bytes).
+fn samples() -> Vec<(String, Vec<u8>)> {
+    vec![
+        (
+            "hello.py".into(),
+            b"#!/usr/bin/env python3\n\"\"\"Greet the world.\"\"\"\nimport sys\n\n\ndef main(argv):\n    for name in argv[1:]:\n        print(f\"hello, {name}\")\n    return 0\n\n\nif __name__ == \"__main__\":\n    sys.exit(main(sys.argv))\n"
+                .to_vec(),
+        ),
+        (
+            "report.json".into(),
+            br#"{"enclave": {"measurement": "c577290", "tcb": {"bootloader": 10, "tee": 0, "snp": 25, "microcode": 84}}, "models": [{"name": "magika", "digest": "sha384:..."}], "verified": true, "reasons": []}"#
+                .to_vec(),
+        ),
+        (
+            "index.html".into(),
+            b"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>Cloister</title></head>\n<body>\n<h1>Confidential inference</h1>\n<p>The host never sees your data.</p>\n</body>\n</html>\n"
+                .to_vec(),
+        ),
+        (
+            "main.rs".into(),
+            b"use std::io::{self, Read};\n\nfn main() -> io::Result<()> {\n    let mut input = String::new();\n    io::stdin().read_to_string(&mut input)?;\n    let words = input.split_whitespace().count();\n    println!(\"{words} words\");\n    Ok(())\n}\n"
+                .to_vec(),
+        ),
+    ]
+}
+
+/// Runs `cloister demo`.
+pub(crate) fn run(args: Args) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_REJECTED);
+        }
+    };
+    match runtime.block_on(demo(&args)) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::from(EXIT_REJECTED)
+        }
+    }
+}
+
+fn say(start: Instant, text: &str) {
+    println!("[{:>5.1}s] {text}", start.elapsed().as_secs_f64());
+}
+
+async fn demo(args: &Args) -> Result<(), String> {
+    let start = Instant::now();
+    let temp;
+    let workdir = match &args.keep {
+        Some(dir) => {
+            if dir.exists() {
+                return Err(format!(
+                    "{} already exists: --keep wants a new directory",
+                    dir.display()
+                ));
+            }
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+            temp.path().to_path_buf()
+        }
+    };
+    // The files to classify, read up front: a missing file is an error before anything starts.
+    let inputs: Vec<(String, Vec<u8>)> = if args.files.is_empty() {
+        samples()
+    } else {
+        args.files
+            .iter()
+            .map(|p| {
+                std::fs::read(p)
+                    .map(|b| (p.display().to_string(), b))
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))
+            })
+            .collect::<Result<_, _>>()?
+    };
+
+    std::fs::create_dir_all(&workdir).map_err(|e| e.to_string())?;
+    let model_path = workdir.join("magika.onnx");
+    std::fs::write(&model_path, MAGIKA_ONNX).map_err(|e| e.to_string())?;
+
+    say(
+        start,
+        "Cloister demo on the SIMULATED SEV-SNP platform (nothing here is secure hardware)",
+    );
+    let options =
+        DeploymentOptions::new(&workdir, &model_path, "magika").map_err(|e| e.to_string())?;
+    let deployment = Deployment::start(&options)
+        .await
+        .map_err(|e| e.to_string())?;
+    say(
+        start,
+        &format!(
+            "platform: simulated Genoa AMD-SP in {}",
+            deployment.sim_dir.display()
+        ),
+    );
+    say(
+        start,
+        &format!(
+            "model owner: sealed Magika ({}), key in the keystore",
+            deployment.model_digest
+        ),
+    );
+    say(
+        start,
+        &format!(
+            "model owner: key broker pins measurement {}",
+            hex::encode(deployment.measurement)
+        ),
+    );
+    say(
+        start,
+        &format!(
+            "host: cloister-host relays on {} and launched cloister-enclave",
+            deployment.endpoint
+        ),
+    );
+
+    let result = run_client(&deployment, &inputs, start).await;
+    say(start, "shutting down host, enclave and key broker");
+    let audit = std::fs::read_to_string(&deployment.audit_log).unwrap_or_default();
+    deployment.stop().await;
+    result?;
+    let grants = audit.lines().filter(|l| l.contains("\"granted\"")).count();
+    say(
+        start,
+        &format!("key broker audit log: {grants} key release(s) granted"),
+    );
+    if let Some(dir) = &args.keep {
+        say(start, &format!("state kept in {}", dir.display()));
+    }
+    say(start, "done");
+    Ok(())
+}
+
+async fn run_client(
+    deployment: &Deployment,
+    inputs: &[(String, Vec<u8>)],
+    start: Instant,
+) -> Result<(), String> {
+    let mut session = deployment
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .map_err(|e| e.to_string())?;
+    say(
+        start,
+        "enclave: attested by the key broker, model key released, model loaded",
+    );
+    say(
+        start,
+        "client: attested the enclave inside its own TLS session:",
+    );
+    for line in super::infer::describe_session(&session) {
+        println!("          {line}");
+    }
+    let meta = session
+        .attested_model(&deployment.model_name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let config = MagikaConfig::embedded().map_err(|e| e.to_string())?;
+    let input_name = meta
+        .inputs
+        .first()
+        .map(|i| i.name.clone())
+        .ok_or("the model has no inputs")?;
+    for (name, bytes) in inputs {
+        let prediction = match config.analyze(bytes) {
+            Analysis::Decided(p) => *p,
+            Analysis::NeedsModel(features) => {
+                let [rows, cols] = config.input_shape();
+                let request = InferRequest {
+                    inputs: vec![InferTensor::new(
+                        input_name.clone(),
+                        vec![rows as u64, cols as u64],
+                        TensorData::Int32(features),
+                    )],
+                    ..InferRequest::default()
+                };
+                let response = session
+                    .infer_attested(&deployment.model_name, &request, true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let scores = match response.outputs.first().and_then(|o| o.data.as_ref()) {
+                    Some(TensorData::Fp32(v)) => v.clone(),
+                    _ => return Err("unexpected model output".into()),
+                };
+                config.decode(&scores).map_err(|e| e.to_string())?
+            }
+        };
+        say(
+            start,
+            &format!(
+                "client: {name}: {} ({}) score {:.3}",
+                prediction.label(),
+                prediction.output.description,
+                prediction.score
+            ),
+        );
+    }
+
+    // What a client that expects another build sees: a refusal before any input is sent.
+    let mut trust =
+        SessionPolicy::from_file(&deployment.client_policy).map_err(|e| e.to_string())?;
+    trust.policy.measurements = Some(std::collections::BTreeSet::from([
+        cloister_attestation::policy::HexBytes([0u8; 48]),
+    ]));
+    match AttestedSession::connect(&deployment.endpoint, &trust).await {
+        Ok(_) => return Err("a client pinning another measurement was not refused".into()),
+        Err(e) => say(
+            start,
+            &format!("client pinning another measurement refuses to send anything: {e}"),
+        ),
+    }
+    Ok(())
+}

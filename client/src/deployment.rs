@@ -1,0 +1,433 @@
+//! A complete Cloister deployment on one machine with the simulated platform: what `cloister demo` runs,
+//! and what the end-to-end tests start, step by step as the three parties would do it.
+//!
+//! 1. Platform: a simulated AMD-SP (`cloister sim init`).
+//! 2. Model owner: seals the model (fresh key into the keystore), pins the broker's TLS certificate and the
+//!    enclave's expected measurement, and runs the key broker with a policy that names them.
+//! 3. Host (untrusted): `cloister-host` launches `cloister-enclave` with the measured configuration and
+//!    the sealed blob, and relays client connections.
+//! 4. Client: a policy that pins the same measurement, the model digest and the simulated root.
+//!
+//! The expected measurement is computed here from the enclave binary and its configuration with
+//! [`cloister_attestation::sim::simulated_launch_measurement`], exactly as the simulated firmware
+//! computes it at launch: a changed binary or configuration changes it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cloister_attestation::sim::{simulated_launch_measurement, SimConfig, SimPlatform};
+use cloister_attestation::snp::Product;
+use cloister_models::{Keystore, ModelDigest, ModelKey, DEFAULT_CHUNK_SIZE};
+use ring::rand::SystemRandom;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use crate::keybroker::{generate_tls_identity, BrokerConfig, KeyBroker};
+use crate::session::{AttestedSession, SessionError, SessionPolicy};
+
+/// Why a deployment could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeploymentError {
+    /// A step failed; `step` says which.
+    #[error("{step}: {detail}")]
+    Step {
+        /// The step (e.g. "seal the model").
+        step: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The enclave did not become ready in time.
+    #[error("the enclave did not become ready within {0:?}: {1}")]
+    NotReady(Duration, String),
+}
+
+fn step<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> DeploymentError {
+    move |e| DeploymentError::Step {
+        step,
+        detail: e.to_string(),
+    }
+}
+
+/// What to deploy and how.
+#[derive(Clone, Debug)]
+pub struct DeploymentOptions {
+    /// A fresh directory for all state (platform, keystore, policies, logs).
+    pub workdir: PathBuf,
+    /// Directory holding the `cloister-host` and `cloister-enclave` binaries.
+    pub bin_dir: PathBuf,
+    /// The plaintext ONNX model to seal and serve.
+    pub model_path: PathBuf,
+    /// The name the model is served under.
+    pub model_name: String,
+    /// Simulated product.
+    pub product: Product,
+    /// Measurement the model owner's policy pins; `None` pins the correct one. (Tests set a wrong one.)
+    pub owner_measurement_override: Option<[u8; 48]>,
+    /// Record every byte the host relays and serves into this file.
+    pub record: Option<PathBuf>,
+}
+
+impl DeploymentOptions {
+    /// Options for `model_path` served as `model_name`, binaries next to the current executable.
+    pub fn new(
+        workdir: &Path,
+        model_path: &Path,
+        model_name: &str,
+    ) -> Result<Self, DeploymentError> {
+        Ok(DeploymentOptions {
+            workdir: workdir.to_path_buf(),
+            bin_dir: sibling_bin_dir()?,
+            model_path: model_path.to_path_buf(),
+            model_name: model_name.to_string(),
+            product: Product::Genoa,
+            owner_measurement_override: None,
+            record: None,
+        })
+    }
+}
+
+/// The directory of the running executable (where cargo puts `cloister-host` and `cloister-enclave`).
+pub fn sibling_bin_dir() -> Result<PathBuf, DeploymentError> {
+    let exe = std::env::current_exe().map_err(step("locate the cloister binaries"))?;
+    let dir = exe.parent().ok_or_else(|| DeploymentError::Step {
+        step: "locate the cloister binaries",
+        detail: "the executable has no parent directory".into(),
+    })?;
+    // Test binaries live in target/<profile>/deps; the binaries one level up.
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    Ok(dir.to_path_buf())
+}
+
+fn binary(dir: &Path, name: &str) -> Result<PathBuf, DeploymentError> {
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(DeploymentError::Step {
+            step: "locate the cloister binaries",
+            detail: format!(
+                "{} not found: build the whole workspace first (cargo build --release --workspace)",
+                path.display()
+            ),
+        })
+    }
+}
+
+/// A running deployment. Dropping it kills the host (and with it the enclave) and stops the broker.
+pub struct Deployment {
+    /// The simulated platform.
+    pub sim_dir: PathBuf,
+    /// SHA-384 of the plaintext model.
+    pub model_digest: ModelDigest,
+    /// The model's name.
+    pub model_name: String,
+    /// The measurement the simulated firmware reports for this enclave binary and configuration.
+    pub measurement: [u8; 48],
+    /// The enclave's measured configuration file.
+    pub enclave_config: PathBuf,
+    /// The sealed model (as stored on the host).
+    pub sealed_model: PathBuf,
+    /// The keystore.
+    pub keystore: PathBuf,
+    /// The broker's audit log.
+    pub audit_log: PathBuf,
+    /// The client's policy file (pins measurement, model digest, simulated root).
+    pub client_policy: PathBuf,
+    /// The host's public relay endpoint, `127.0.0.1:PORT`.
+    pub endpoint: String,
+    host: Option<Child>,
+    broker: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("endpoint", &self.endpoint)
+            .field("model_digest", &self.model_digest)
+            .finish_non_exhaustive()
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), DeploymentError> {
+    std::fs::write(path, text).map_err(|e| DeploymentError::Step {
+        step: "write configuration",
+        detail: format!("{}: {e}", path.display()),
+    })
+}
+
+impl Deployment {
+    /// Sets everything up and starts the broker (in this process) and the host (a child process, which
+    /// launches the enclave). Returns once the host relays; the enclave may still be fetching its key.
+    pub async fn start(options: &DeploymentOptions) -> Result<Deployment, DeploymentError> {
+        let dir = &options.workdir;
+        std::fs::create_dir_all(dir).map_err(step("create the work directory"))?;
+        let host_bin = binary(&options.bin_dir, "cloister-host")?;
+        let enclave_bin = binary(&options.bin_dir, "cloister-enclave")?;
+        let rng = SystemRandom::new();
+
+        // 1. The platform.
+        let sim_dir = dir.join("sim");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let sim = SimPlatform::init(&sim_dir, &SimConfig::new(options.product, now - 60), &rng)
+            .map_err(step("create the simulated platform"))?;
+        let sim_root = sim.certs_dir().join("ark.pem");
+
+        // 2. The model owner: seal, keystore, broker identity.
+        let keystore_dir = dir.join("owner/keystore");
+        std::fs::create_dir_all(dir.join("owner")).map_err(step("create the owner directory"))?;
+        let keystore = Keystore::create(&keystore_dir).map_err(step("create the keystore"))?;
+        let key = ModelKey::generate(&rng).map_err(step("draw a model key"))?;
+        let sealed_model = dir
+            .join("host")
+            .join(format!("{}.sealed", options.model_name));
+        std::fs::create_dir_all(dir.join("host")).map_err(step("create the host directory"))?;
+        let header = cloister_models::seal_file(
+            &options.model_path,
+            &sealed_model,
+            &key,
+            &options.model_name,
+            DEFAULT_CHUNK_SIZE,
+            &rng,
+            &mut |_| {},
+        )
+        .map_err(step("seal the model"))?;
+        let model_digest = *header.digest();
+        keystore
+            .put(&model_digest, &key)
+            .map_err(step("store the model key"))?;
+        drop(key);
+
+        let owner = dir.join("owner");
+        let cert = owner.join("broker.crt.pem");
+        let tls_key = owner.join("broker.key.pem");
+        generate_tls_identity(&cert, &tls_key).map_err(step("create the broker's TLS identity"))?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(step("bind the key broker"))?;
+        let broker_addr = listener.local_addr().map_err(step("bind the key broker"))?;
+
+        // 3. The enclave's measured configuration, and the measurement it implies.
+        let enclave_config = dir.join("host/enclave.toml");
+        let cert_der = {
+            use rustls::pki_types::pem::PemObject;
+            rustls::pki_types::CertificateDer::from_pem_file(&cert)
+                .map_err(step("read the broker certificate"))?
+        };
+        let config_text = format!(
+            "# Measured configuration of cloister-enclave (its SHA-384 is in every claim).\n\
+             firmware = \"simulated\"\n\
+             sim_dir = \"{}\"\n\n\
+             [key_broker]\n\
+             address = \"{broker_addr}\"\n\
+             certificate_sha256 = \"{}\"\n\n\
+             [[models]]\n\
+             name = \"{}\"\n\
+             digest = \"{model_digest}\"\n",
+            sim_dir.display(),
+            hex::encode(crate::keybroker::certificate_sha256(&cert_der)),
+            options.model_name,
+        );
+        write(&enclave_config, &config_text)?;
+        let enclave_bytes = std::fs::read(&enclave_bin).map_err(step("read the enclave binary"))?;
+        let measurement = simulated_launch_measurement(&enclave_bytes, config_text.as_bytes());
+        drop(enclave_bytes);
+
+        // The owner's policy: this measurement, this model, the simulated root.
+        let owner_measurement = options.owner_measurement_override.unwrap_or(measurement);
+        let owner_policy = owner.join("owner-policy.toml");
+        write(
+            &owner_policy,
+            &format!(
+                "# Model owner: release the key only to this enclave build and configuration.\n\
+                 measurements = [\"{}\"]\n\
+                 model_digests = [\"{model_digest}\"]\n\
+                 vmpls = [0]\n\
+                 simulated_root = \"{}\"\n",
+                hex::encode(owner_measurement),
+                sim_root.display()
+            ),
+        )?;
+        let audit_log = owner.join("audit.log");
+        let broker_config = owner.join("keybroker.toml");
+        write(
+            &broker_config,
+            &format!(
+                "listen = \"{broker_addr}\"\nkeystore = \"keystore\"\npolicy = \"owner-policy.toml\"\n\
+                 tls_certificate = \"broker.crt.pem\"\ntls_key = \"broker.key.pem\"\naudit_log = \"audit.log\"\n"
+            ),
+        )?;
+        let broker = KeyBroker::new(
+            BrokerConfig::from_file(&broker_config)
+                .map_err(step("load the broker configuration"))?,
+        )
+        .map_err(step("start the key broker"))?;
+        let broker = tokio::spawn(async move {
+            if let Err(e) = broker.serve(listener).await {
+                eprintln!("key broker stopped: {e}");
+            }
+        });
+
+        // 4. The client's policy.
+        let client_policy = dir.join("client-policy.toml");
+        write(
+            &client_policy,
+            &format!(
+                "# Client: send inputs only to this enclave build, serving this model.\n\
+                 measurements = [\"{}\"]\n\
+                 model_digests = [\"{model_digest}\"]\n\
+                 simulated_root = \"{}\"\n",
+                hex::encode(measurement),
+                sim_root.display()
+            ),
+        )?;
+
+        // 5. The host.
+        let mut cmd = Command::new(&host_bin);
+        cmd.arg("--enclave-bin")
+            .arg(&enclave_bin)
+            .arg("--enclave-config")
+            .arg(&enclave_config)
+            .arg("--sealed-model")
+            .arg(&sealed_model)
+            .arg("--listen")
+            .arg("127.0.0.1:0");
+        if let Some(record) = &options.record {
+            cmd.arg("--record").arg(record);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("host.log")).map_err(step("create host.log"))?,
+            ))
+            .kill_on_drop(true);
+        let mut host = cmd.spawn().map_err(step("start cloister-host"))?;
+        let stdout = host.stdout.take().ok_or_else(|| DeploymentError::Step {
+            step: "start cloister-host",
+            detail: "no stdout".into(),
+        })?;
+        let mut lines = BufReader::new(stdout).lines();
+        let announce = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .map_err(|_| DeploymentError::Step {
+                step: "start cloister-host",
+                detail: format!(
+                    "no 'listening on' line within 120 s (see {})",
+                    dir.join("host.log").display()
+                ),
+            })?
+            .map_err(step("start cloister-host"))?
+            .ok_or_else(|| DeploymentError::Step {
+                step: "start cloister-host",
+                detail: format!(
+                    "cloister-host exited before listening (see {})",
+                    dir.join("host.log").display()
+                ),
+            })?;
+        let endpoint = announce
+            .strip_prefix("cloister-host: listening on ")
+            .ok_or_else(|| DeploymentError::Step {
+                step: "start cloister-host",
+                detail: format!("unexpected first line {announce:?}"),
+            })?
+            .trim()
+            .to_string();
+        // Keep draining the host's stdout so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+        Ok(Deployment {
+            sim_dir,
+            model_digest,
+            model_name: options.model_name.clone(),
+            measurement,
+            enclave_config,
+            sealed_model,
+            keystore: keystore_dir,
+            audit_log,
+            client_policy,
+            endpoint,
+            host: Some(host),
+            broker,
+        })
+    }
+
+    /// Opens an attested session with the client's policy.
+    pub async fn session(&self) -> Result<AttestedSession, SessionError> {
+        let trust = SessionPolicy::from_file(&self.client_policy)?;
+        AttestedSession::connect(&self.endpoint, &trust).await
+    }
+
+    /// Waits until the enclave is attested (by the client's policy) and ready to serve its model.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<AttestedSession, DeploymentError> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("not tried");
+        while Instant::now() < deadline {
+            match self.session().await {
+                Ok(mut session) => match session.ready().await {
+                    Ok(true) => return Ok(session),
+                    Ok(false) => last = "attested, but the model is not loaded yet".into(),
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(DeploymentError::NotReady(timeout, last))
+    }
+
+    /// The process id of the host.
+    pub fn host_pid(&self) -> Option<u32> {
+        self.host.as_ref().and_then(Child::id)
+    }
+
+    /// Stops the host with SIGTERM (it stops the enclave, then exits) and the broker.
+    pub async fn stop(mut self) {
+        if let Some(mut host) = self.host.take() {
+            terminate(&mut host).await;
+        }
+        self.broker.abort();
+    }
+}
+
+/// SIGTERM, then SIGKILL after 5 s. tokio's `Child` only sends SIGKILL, which would leave the host no
+/// chance to stop the enclave; `kill(1)` avoids unsafe code for one signal.
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.broker.abort();
+        if let Some(host) = &self.host {
+            if let Some(pid) = host.id() {
+                // Best effort in a destructor: ask the host to stop its enclave; `kill_on_drop` then
+                // reaps the host itself.
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+}

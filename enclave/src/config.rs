@@ -1,0 +1,453 @@
+//! The enclave's **measured configuration** (`docs/architecture.md`, "Enclave launch").
+//!
+//! The file's exact bytes are measured: their SHA-384 is the `config_digest` of every claim the enclave
+//! makes, and (simulated platform) an input of the launch measurement; on SNP hardware it is carried in
+//! HOST_DATA. So everything that decides *what the enclave trusts* lives here: the firmware backend, the
+//! pinned key broker and the model digests. Launch arguments only say where bytes flow.
+//!
+//! Parsing is strict (`deny_unknown_fields`, no default firmware, no fallback): a typo must not silently
+//! change what the enclave trusts.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use cloister_attestation::evidence::Sha384;
+use cloister_models::ModelDigest;
+use ring::digest::{digest, SHA384};
+use serde::Deserialize;
+
+/// Upper bound on the number of models in one configuration (the claims carry at most this many digests).
+pub const MAX_MODELS: usize = cloister_attestation::evidence::MAX_MODEL_DIGESTS;
+
+/// Why a configuration is rejected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The TOML does not parse or does not have the expected fields (toml's message names the key).
+    #[error("configuration: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// The file is not UTF-8.
+    #[error("configuration: not UTF-8")]
+    NotUtf8,
+    /// `sim_dir` is missing with `firmware = "simulated"`.
+    #[error("configuration: `sim_dir` is required with firmware = \"simulated\"")]
+    MissingSimDir,
+    /// `sim_dir` is given with a hardware firmware.
+    #[error("configuration: `sim_dir` is only allowed with firmware = \"simulated\" (firmware is \"{firmware}\")")]
+    UnexpectedSimDir {
+        /// The configured firmware.
+        firmware: &'static str,
+    },
+    /// `key_broker.address` is not `host:port`.
+    #[error("configuration: key_broker.address must be HOST:PORT")]
+    BrokerAddress,
+    /// `key_broker.certificate_sha256` is not 64 hex digits.
+    #[error("configuration: key_broker.certificate_sha256 must be 64 hex digits (SHA-256 of the broker's DER certificate)")]
+    CertificatePin,
+    /// No `[[models]]`.
+    #[error("configuration: at least one [[models]] entry is required")]
+    NoModels,
+    /// Too many `[[models]]`.
+    #[error("configuration: at most {MAX_MODELS} [[models]] entries are allowed")]
+    TooManyModels,
+    /// A model name is empty, too long or has characters outside `[A-Za-z0-9._-]` (it is part of URLs).
+    #[error("configuration: models[{index}].name must be 1 to 64 characters of A-Z a-z 0-9 . _ -")]
+    ModelName {
+        /// Index in `[[models]]`.
+        index: usize,
+    },
+    /// Two models share a name.
+    #[error("configuration: model name `{name}` appears twice")]
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+    /// Two models share a digest.
+    #[error("configuration: model digest {digest} appears twice")]
+    DuplicateDigest {
+        /// The digest.
+        digest: ModelDigest,
+    },
+    /// A digest is not `sha384:` followed by 96 lowercase hex digits.
+    #[error("configuration: models[{index}].digest must be \"sha384:\" followed by 96 lowercase hex digits")]
+    ModelDigest {
+        /// Index in `[[models]]`.
+        index: usize,
+    },
+    /// A limit is zero.
+    #[error("configuration: limits.{field} must be at least 1")]
+    ZeroLimit {
+        /// The field.
+        field: &'static str,
+    },
+}
+
+/// Which firmware interface produces attestation reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FirmwareConfig {
+    /// The simulated AMD-SP of `cloister sim`, whose state lives in `sim_dir`.
+    Simulated {
+        /// The simulated platform's state directory.
+        sim_dir: PathBuf,
+    },
+    /// Linux configfs-tsm (`/sys/kernel/config/tsm/report`).
+    ConfigfsTsm,
+    /// The `/dev/sev-guest` ioctl interface.
+    SevGuest,
+}
+
+impl FirmwareConfig {
+    /// The configuration's name of the backend.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Simulated { .. } => "simulated",
+            Self::ConfigfsTsm => "configfs-tsm",
+            Self::SevGuest => "sev-guest",
+        }
+    }
+}
+
+/// The pinned key broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyBrokerConfig {
+    /// `host:port`.
+    pub address: String,
+    /// The host part of `address` (without brackets for IPv6).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// SHA-256 of the broker's DER certificate.
+    pub certificate_sha256: [u8; 32],
+}
+
+/// One model the enclave serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// The name in URLs (`/v2/models/{name}`).
+    pub name: String,
+    /// SHA-384 of the plaintext ONNX model.
+    pub digest: ModelDigest,
+}
+
+/// Request limits (`[limits]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body, in bytes (413 above).
+    pub max_body_bytes: u64,
+    /// Largest tensor of a request, in elements (413 above).
+    pub max_tensor_elements: u64,
+    /// Most inference requests handled at once (503 above).
+    pub max_concurrent_requests: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_tensor_elements: 16 * 1024 * 1024,
+            max_concurrent_requests: 32,
+        }
+    }
+}
+
+/// A validated configuration, and the digest of the bytes it was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The firmware backend.
+    pub firmware: FirmwareConfig,
+    /// The pinned key broker.
+    pub key_broker: KeyBrokerConfig,
+    /// The models, in configuration order.
+    pub models: Vec<ModelConfig>,
+    /// Request limits.
+    pub limits: Limits,
+    /// SHA-384 of the exact file bytes.
+    pub digest: Sha384,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    firmware: RawFirmware,
+    sim_dir: Option<PathBuf>,
+    key_broker: RawKeyBroker,
+    #[serde(default)]
+    models: Vec<RawModel>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+enum RawFirmware {
+    #[serde(rename = "simulated")]
+    Simulated,
+    #[serde(rename = "configfs-tsm")]
+    ConfigfsTsm,
+    #[serde(rename = "sev-guest")]
+    SevGuest,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyBroker {
+    address: String,
+    certificate_sha256: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    digest: String,
+}
+
+impl Config {
+    /// Parses and validates the configuration file's bytes; `digest` is SHA-384 of exactly these bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let mut d = [0u8; 48];
+        d.copy_from_slice(digest(&SHA384, bytes).as_ref());
+        let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8)?;
+        let raw: RawConfig = toml::from_str(text)?;
+
+        let firmware = match (raw.firmware, raw.sim_dir) {
+            (RawFirmware::Simulated, Some(sim_dir)) => FirmwareConfig::Simulated { sim_dir },
+            (RawFirmware::Simulated, None) => return Err(ConfigError::MissingSimDir),
+            (RawFirmware::ConfigfsTsm, None) => FirmwareConfig::ConfigfsTsm,
+            (RawFirmware::SevGuest, None) => FirmwareConfig::SevGuest,
+            (other, Some(_)) => {
+                return Err(ConfigError::UnexpectedSimDir {
+                    firmware: match other {
+                        RawFirmware::ConfigfsTsm => "configfs-tsm",
+                        _ => "sev-guest",
+                    },
+                })
+            }
+        };
+
+        let (host, port) = split_host_port(&raw.key_broker.address)?;
+        let pin = raw.key_broker.certificate_sha256.as_str();
+        let mut certificate_sha256 = [0u8; 32];
+        if pin.len() != 64 || hex::decode_to_slice(pin, &mut certificate_sha256).is_err() {
+            return Err(ConfigError::CertificatePin);
+        }
+        let key_broker = KeyBrokerConfig {
+            address: raw.key_broker.address.clone(),
+            host,
+            port,
+            certificate_sha256,
+        };
+
+        if raw.models.is_empty() {
+            return Err(ConfigError::NoModels);
+        }
+        if raw.models.len() > MAX_MODELS {
+            return Err(ConfigError::TooManyModels);
+        }
+        let mut names = HashSet::new();
+        let mut digests = HashSet::new();
+        let mut models = Vec::with_capacity(raw.models.len());
+        for (index, m) in raw.models.into_iter().enumerate() {
+            if !valid_model_name(&m.name) {
+                return Err(ConfigError::ModelName { index });
+            }
+            let digest =
+                ModelDigest::from_str(&m.digest).map_err(|_| ConfigError::ModelDigest { index })?;
+            if !names.insert(m.name.clone()) {
+                return Err(ConfigError::DuplicateName { name: m.name });
+            }
+            if !digests.insert(digest) {
+                return Err(ConfigError::DuplicateDigest { digest });
+            }
+            models.push(ModelConfig {
+                name: m.name,
+                digest,
+            });
+        }
+
+        let limits = raw.limits;
+        for (field, zero) in [
+            ("max_body_bytes", limits.max_body_bytes == 0),
+            ("max_tensor_elements", limits.max_tensor_elements == 0),
+            (
+                "max_concurrent_requests",
+                limits.max_concurrent_requests == 0,
+            ),
+        ] {
+            if zero {
+                return Err(ConfigError::ZeroLimit { field });
+            }
+        }
+
+        Ok(Config {
+            firmware,
+            key_broker,
+            models,
+            limits,
+            digest: Sha384(d),
+        })
+    }
+
+    /// The digests of the served models, as claims carry them.
+    pub fn model_digests(&self) -> Vec<Sha384> {
+        self.models
+            .iter()
+            .map(|m| Sha384(*m.digest.as_bytes()))
+            .collect()
+    }
+}
+
+fn valid_model_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name != "."
+        && name != ".."
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6).
+fn split_host_port(address: &str) -> Result<(String, u16), ConfigError> {
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:").ok_or(ConfigError::BrokerAddress)?;
+        (host, port)
+    } else {
+        let (host, port) = address.rsplit_once(':').ok_or(ConfigError::BrokerAddress)?;
+        if host.contains(':') {
+            return Err(ConfigError::BrokerAddress);
+        }
+        (host, port)
+    };
+    let port: u16 = port.parse().map_err(|_| ConfigError::BrokerAddress)?;
+    if host.is_empty() || port == 0 {
+        return Err(ConfigError::BrokerAddress);
+    }
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "sha384:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f";
+
+    fn good() -> String {
+        format!(
+            r#"firmware = "simulated"
+sim_dir = "/tmp/sim"
+
+[key_broker]
+address = "127.0.0.1:7443"
+certificate_sha256 = "{}"
+
+[[models]]
+name = "mlp"
+digest = "{DIGEST}"
+"#,
+            "ab".repeat(32)
+        )
+    }
+
+    #[test]
+    fn parses_with_defaults_and_digest_of_exact_bytes() {
+        let text = good();
+        let c = Config::from_bytes(text.as_bytes()).unwrap();
+        assert_eq!(
+            c.firmware,
+            FirmwareConfig::Simulated {
+                sim_dir: "/tmp/sim".into()
+            }
+        );
+        assert_eq!(c.key_broker.host, "127.0.0.1");
+        assert_eq!(c.key_broker.port, 7443);
+        assert_eq!(c.key_broker.certificate_sha256, [0xab; 32]);
+        assert_eq!(c.models[0].name, "mlp");
+        assert_eq!(c.models[0].digest.to_string(), DIGEST);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.max_concurrent_requests, 32);
+        // One more byte (a trailing newline) changes the digest, not the meaning.
+        let c2 = Config::from_bytes(format!("{text}\n").as_bytes()).unwrap();
+        assert_ne!(c.digest, c2.digest);
+        assert_eq!(c.models, c2.models);
+        let with_limits = format!("{text}\n[limits]\nmax_body_bytes = 100\n");
+        let c3 = Config::from_bytes(with_limits.as_bytes()).unwrap();
+        assert_eq!(c3.limits.max_body_bytes, 100);
+        assert_eq!(c3.limits.max_tensor_elements, 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn rejects_precisely() {
+        let g = good();
+        let cases: Vec<(String, &str)> = vec![
+            (
+                g.replace("firmware = \"simulated\"\n", ""),
+                "missing field `firmware`",
+            ),
+            (
+                g.replace("\"simulated\"", "\"snp\""),
+                "unknown variant `snp`",
+            ),
+            (
+                g.replace("sim_dir = \"/tmp/sim\"\n", ""),
+                "`sim_dir` is required",
+            ),
+            (
+                g.replace("\"simulated\"", "\"sev-guest\""),
+                "`sim_dir` is only allowed",
+            ),
+            (format!("{g}extra = 1\n"), "unknown field `extra`"),
+            (g.replace("address =", "addr ="), "unknown field `addr`"),
+            (g.replace("127.0.0.1:7443", "127.0.0.1"), "HOST:PORT"),
+            (g.replace("127.0.0.1:7443", "127.0.0.1:0"), "HOST:PORT"),
+            (g.replace(&"ab".repeat(32), "abcd"), "64 hex digits"),
+            (
+                g.replace("name = \"mlp\"", "name = \"a/b\""),
+                "models[0].name",
+            ),
+            (g.replace("sha384:00", "sha384:zz"), "models[0].digest"),
+            (g.replace("sha384:", "sha256:"), "models[0].digest"),
+            (
+                g.split("[[models]]").next().unwrap().to_owned(),
+                "at least one [[models]]",
+            ),
+            (
+                format!("{g}\n[[models]]\nname = \"mlp\"\ndigest = \"{DIGEST}\"\n"),
+                "appears twice",
+            ),
+            (
+                format!("{g}\n[limits]\nmax_body_bytes = 0\n"),
+                "limits.max_body_bytes",
+            ),
+            (
+                format!("{g}\n[limits]\nmax_bodies = 1\n"),
+                "unknown field `max_bodies`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = Config::from_bytes(text.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}\nwanted: {want}\n{text}");
+        }
+        let hw = g
+            .replace("\"simulated\"", "\"configfs-tsm\"")
+            .replace("sim_dir = \"/tmp/sim\"\n", "");
+        assert_eq!(
+            Config::from_bytes(hw.as_bytes()).unwrap().firmware,
+            FirmwareConfig::ConfigfsTsm
+        );
+    }
+
+    #[test]
+    fn ipv6_broker() {
+        assert_eq!(
+            split_host_port("[::1]:7443").unwrap(),
+            ("::1".to_owned(), 7443)
+        );
+        assert!(split_host_port("::1:7443").is_err());
+        assert_eq!(
+            split_host_port("broker.example:443").unwrap(),
+            ("broker.example".to_owned(), 443)
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! Key release, enclave side (`docs/architecture.md`, "Key release").
+//!
+//! ```text
+//! TLS 1.3 (ring) to key_broker.address, broker certificate pinned by SHA-256 (see crate::danger)
+//! exporter    = TLS-Exporter("EXPORTER-cloister-attestation", no context, 32)   // this connection's
+//! enclave → broker  KeyRequest { version: 1, model_digest }
+//! broker  → enclave Challenge  { nonce }
+//! enclave → broker  Attest     { evidence(claims { nonce, exporter, X25519(fresh), [model_digest],
+//!                                                  config_digest }) }
+//! broker  → enclave Granted    { broker_public, wrapped_key }  → unwrap → ModelKey
+//!                 | Refused    { code }                        → KeyReleaseError::Refused
+//! ```
+//!
+//! The X25519 private key is ephemeral: generated for one exchange and consumed by the unwrap. The model
+//! key comes back as a [`ModelKey`] (zeroized on drop). What the broker sends is untrusted until the
+//! unwrap authenticates it; every read is bounded in size (frames) and in time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloister_attestation::evidence::{EnclaveKey, Sha384, TLS_EXPORTER_LABEL};
+use cloister_models::{ModelDigest, ModelKey};
+use cloister_proto::frame;
+use cloister_proto::key_release::{
+    BrokerToEnclave, EnclaveKeyPair, EnclaveToBroker, RefusalCode, PROTOCOL_VERSION,
+};
+use ring::rand::SystemRandom;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use crate::config::KeyBrokerConfig;
+use crate::danger::PinnedCertificate;
+use crate::firmware::{self, Firmware, FirmwareError};
+
+/// How long one step (connect, handshake, one message) may take.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a key release failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyReleaseError {
+    /// TCP connection to the broker failed.
+    #[error("cannot connect to the key broker at {address}")]
+    Connect {
+        /// `host:port`.
+        address: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (including a broker certificate that is not the pinned one).
+    #[error("TLS handshake with the key broker failed (is its certificate the pinned one?)")]
+    Handshake(#[source] std::io::Error),
+    /// The TLS configuration could not be built.
+    #[error("TLS configuration")]
+    TlsConfig(#[source] rustls::Error),
+    /// The exporter could not be computed.
+    #[error("cannot compute the TLS exporter of the key-broker connection")]
+    Exporter(#[source] rustls::Error),
+    /// A step took longer than [`STEP_TIMEOUT`].
+    #[error("the key broker did not answer in time ({0})")]
+    Timeout(&'static str),
+    /// The wire protocol failed (I/O, malformed or unexpected message).
+    #[error("key-release protocol")]
+    Protocol(#[source] cloister_proto::Error),
+    /// The broker sent a message that is not valid at this step.
+    #[error("the key broker sent an unexpected message (expected {expected})")]
+    Unexpected {
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// Evidence could not be produced.
+    #[error("cannot produce evidence")]
+    Firmware(#[from] FirmwareError),
+    /// The broker refused to release the key.
+    #[error("the key broker refused to release the key: {}", refusal_text(*.0))]
+    Refused(RefusalCode),
+    /// The wrapped key did not unwrap (wrong binding or tampering).
+    #[error("the released key does not unwrap")]
+    Unwrap(#[source] cloister_proto::Error),
+    /// The host part of the broker address is not a valid TLS server name.
+    #[error("key_broker.address has no valid host name")]
+    ServerName,
+}
+
+impl KeyReleaseError {
+    /// Whether the broker answered with a refusal (as opposed to a failure to talk to it).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Refused(_))
+    }
+}
+
+/// A human description of a refusal code (the broker keeps the detailed reason in its audit log).
+pub fn refusal_text(code: RefusalCode) -> &'static str {
+    match code {
+        RefusalCode::BadRequest => "bad request (malformed or unsupported protocol version)",
+        RefusalCode::UnknownModel => "the broker holds no key for this model digest",
+        RefusalCode::EvidenceRejected => {
+            "evidence rejected (chain, signature or binding did not verify)"
+        }
+        RefusalCode::PolicyRejected => "the model owner's policy does not allow this enclave",
+        RefusalCode::Replay => "nonce replayed or unknown",
+        RefusalCode::Internal => "internal error at the broker",
+    }
+}
+
+/// A key-broker client for one pinned broker.
+#[derive(Clone)]
+pub struct BrokerClient {
+    address: String,
+    server_name: ServerName<'static>,
+    connector: TlsConnector,
+}
+
+impl std::fmt::Debug for BrokerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerClient")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerClient {
+    /// A client for the broker of the measured configuration: TLS 1.3 only, ring provider, the broker's
+    /// certificate pinned.
+    pub fn new(config: &KeyBrokerConfig) -> Result<Self, KeyReleaseError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(KeyReleaseError::TlsConfig)?
+            // See crate::danger: the broker is authenticated by its pinned certificate hash.
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate::new(
+                config.certificate_sha256,
+                provider,
+            )))
+            .with_no_client_auth();
+        let server_name =
+            ServerName::try_from(config.host.clone()).map_err(|_| KeyReleaseError::ServerName)?;
+        Ok(BrokerClient {
+            address: match config.host.contains(':') {
+                true => format!("[{}]:{}", config.host, config.port),
+                false => format!("{}:{}", config.host, config.port),
+            },
+            server_name,
+            connector: TlsConnector::from(Arc::new(tls)),
+        })
+    }
+
+    /// Runs one key release for `model_digest`. `config_digest` goes into the claims.
+    pub async fn request_key(
+        &self,
+        firmware: Arc<dyn Firmware>,
+        model_digest: &ModelDigest,
+        config_digest: Sha384,
+    ) -> Result<ModelKey, KeyReleaseError> {
+        let tcp = timeout(STEP_TIMEOUT, TcpStream::connect(&self.address))
+            .await
+            .map_err(|_| KeyReleaseError::Timeout("connect"))?
+            .map_err(|source| KeyReleaseError::Connect {
+                address: self.address.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let mut tls = timeout(
+            STEP_TIMEOUT,
+            self.connector.connect(self.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| KeyReleaseError::Timeout("TLS handshake"))?
+        .map_err(KeyReleaseError::Handshake)?;
+
+        // RFC 8446 §7.5 exporter of this connection; the broker computes the same on its side and checks
+        // that the evidence carries it (a relay terminating TLS would see another one).
+        let exporter: [u8; 32] = tls
+            .get_ref()
+            .1
+            .export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, None)
+            .map_err(KeyReleaseError::Exporter)?;
+
+        let digest = Sha384(*model_digest.as_bytes());
+        send(
+            &mut tls,
+            &EnclaveToBroker::KeyRequest {
+                version: PROTOCOL_VERSION,
+                model_digest: digest,
+            },
+        )
+        .await?;
+        let nonce = match receive(&mut tls, "Challenge").await? {
+            BrokerToEnclave::Challenge { nonce } => nonce,
+            BrokerToEnclave::Refused { code } => return Err(KeyReleaseError::Refused(code)),
+            BrokerToEnclave::Granted { .. } => {
+                return Err(KeyReleaseError::Unexpected {
+                    expected: "Challenge",
+                })
+            }
+        };
+
+        let pair =
+            EnclaveKeyPair::generate(&SystemRandom::new()).map_err(KeyReleaseError::Unwrap)?;
+        let claims = firmware::claims(
+            nonce,
+            exporter,
+            Some(EnclaveKey::X25519(pair.public())),
+            vec![digest],
+            config_digest,
+        );
+        let evidence = firmware::make_evidence_async(firmware, claims).await?;
+        send(&mut tls, &EnclaveToBroker::Attest { evidence }).await?;
+
+        let answer = receive(&mut tls, "Granted or Refused").await?;
+        // Best effort: the exchange is over whatever the answer.
+        let _ = timeout(
+            Duration::from_secs(1),
+            tokio::io::AsyncWriteExt::shutdown(&mut tls),
+        )
+        .await;
+        match answer {
+            BrokerToEnclave::Granted {
+                broker_public,
+                wrapped_key,
+            } => pair
+                .unwrap(&nonce, &digest, &broker_public, &wrapped_key)
+                .map_err(KeyReleaseError::Unwrap),
+            BrokerToEnclave::Refused { code } => Err(KeyReleaseError::Refused(code)),
+            BrokerToEnclave::Challenge { .. } => Err(KeyReleaseError::Unexpected {
+                expected: "Granted or Refused",
+            }),
+        }
+    }
+}
+
+async fn send<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    msg: &EnclaveToBroker,
+) -> Result<(), KeyReleaseError> {
+    timeout(STEP_TIMEOUT, frame::write(stream, msg))
+        .await
+        .map_err(|_| KeyReleaseError::Timeout("sending"))?
+        .map_err(KeyReleaseError::Protocol)
+}
+
+async fn receive<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    what: &'static str,
+) -> Result<BrokerToEnclave, KeyReleaseError> {
+    timeout(STEP_TIMEOUT, frame::read(stream, what))
+        .await
+        .map_err(|_| KeyReleaseError::Timeout(what))?
+        .map_err(KeyReleaseError::Protocol)
+}

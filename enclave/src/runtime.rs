@@ -1,0 +1,354 @@
+//! The enclave's state (the served models, readiness, limits) and its provisioning: for each model of
+//! the measured configuration, key release → sealed blob → open → load into tract → plaintext zeroized.
+//!
+//! Retries (the enclave never gives up while it lives; the host can restart it anyway):
+//! - the key broker or the blob service cannot be reached, or the exchange breaks: retry with exponential
+//!   backoff ([`RetryPolicy::initial`] doubling up to [`RetryPolicy::max`]);
+//! - the broker **refuses** (policy, evidence, unknown model): the model stays not ready
+//!   (`/v2/health/ready` answers 503) and the enclave asks again every [`RetryPolicy::after_refusal`]
+//!   (30 s by default): a refusal is usually fixed by the model owner changing the policy or keystore, not by
+//!   hammering the broker. Each refusal is logged with its code;
+//! - the blob service serves a wrong, truncated or tampered blob: retry with backoff, keeping the released key
+//!   in memory (zeroized on drop) rather than asking the broker again;
+//! - tract cannot load the authenticated model: permanent for this process (logged; not ready).
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use cloister_attestation::evidence::Sha384;
+use cloister_models::{ModelDigest, ModelKey, Plaintext};
+use cloister_proto::key_release::RefusalCode;
+use tokio::sync::Semaphore;
+
+use crate::blobs::BlobService;
+use crate::config::{Config, Limits};
+use crate::firmware::Firmware;
+use crate::inference::LoadedModel;
+use crate::key_release::{refusal_text, BrokerClient, KeyReleaseError};
+
+/// At most this many `POST /v2/attestation` are signed at once (each is a firmware call).
+pub const MAX_CONCURRENT_ATTESTATIONS: usize = 8;
+
+/// Where a model is in its provisioning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ModelStatus {
+    /// Asking the key broker (or waiting to ask again after a failure to reach it).
+    AwaitingKey,
+    /// The broker refused; the enclave will ask again later.
+    Refused(RefusalCode),
+    /// Key released; fetching and opening the sealed blob.
+    Fetching,
+    /// Loading into tract.
+    Loading,
+    /// Serving.
+    Ready,
+    /// tract could not load the model: this process will not serve it.
+    Failed,
+}
+
+/// One model of the measured configuration.
+pub struct ModelSlot {
+    name: String,
+    digest: ModelDigest,
+    loaded: OnceLock<Arc<LoadedModel>>,
+    status: Mutex<ModelStatus>,
+}
+
+impl std::fmt::Debug for ModelSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelSlot")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelSlot {
+    /// The configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configured digest.
+    pub fn digest(&self) -> &ModelDigest {
+        &self.digest
+    }
+
+    /// The loaded model, once ready.
+    pub fn model(&self) -> Option<&Arc<LoadedModel>> {
+        self.loaded.get()
+    }
+
+    /// Where provisioning is.
+    pub fn status(&self) -> ModelStatus {
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_status(&self, status: ModelStatus) {
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+}
+
+/// The enclave: its firmware, its measured configuration's digest, its models and limits.
+pub struct Enclave {
+    firmware: Arc<dyn Firmware>,
+    config_digest: Sha384,
+    limits: Limits,
+    models: Vec<ModelSlot>,
+    inference_permits: Arc<Semaphore>,
+    attestation_permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Enclave {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enclave")
+            .field("config_digest", &self.config_digest)
+            .field("limits", &self.limits)
+            .field("models", &self.models)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`Enclave::install`] was given a name that is not configured, or a model that is already loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("model `{0}` is not configured or already loaded")]
+pub struct InstallError(pub String);
+
+impl Enclave {
+    /// The enclave of a validated configuration; no model loaded yet.
+    pub fn new(config: &Config, firmware: Arc<dyn Firmware>) -> Self {
+        Enclave {
+            firmware,
+            config_digest: config.digest,
+            limits: config.limits,
+            models: config
+                .models
+                .iter()
+                .map(|m| ModelSlot {
+                    name: m.name.clone(),
+                    digest: m.digest,
+                    loaded: OnceLock::new(),
+                    status: Mutex::new(ModelStatus::AwaitingKey),
+                })
+                .collect(),
+            inference_permits: Arc::new(Semaphore::new(
+                usize::try_from(config.limits.max_concurrent_requests).unwrap_or(usize::MAX),
+            )),
+            attestation_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
+        }
+    }
+
+    /// The firmware.
+    pub fn firmware(&self) -> &Arc<dyn Firmware> {
+        &self.firmware
+    }
+
+    /// SHA-384 of the measured configuration.
+    pub fn config_digest(&self) -> Sha384 {
+        self.config_digest
+    }
+
+    /// The request limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The configured models.
+    pub fn models(&self) -> &[ModelSlot] {
+        &self.models
+    }
+
+    /// The model named `name`.
+    pub fn model(&self, name: &str) -> Option<&ModelSlot> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    /// The digests every claim of this enclave lists: the configured models, in configuration order.
+    pub fn model_digests(&self) -> Vec<Sha384> {
+        self.models
+            .iter()
+            .map(|m| Sha384(*m.digest.as_bytes()))
+            .collect()
+    }
+
+    /// Ready when every configured model is loaded.
+    pub fn is_ready(&self) -> bool {
+        self.models.iter().all(|m| m.loaded.get().is_some())
+    }
+
+    /// Permits for concurrent inferences (`limits.max_concurrent_requests`).
+    pub(crate) fn inference_permits(&self) -> &Arc<Semaphore> {
+        &self.inference_permits
+    }
+
+    /// Permits for concurrent attestations.
+    pub(crate) fn attestation_permits(&self) -> &Arc<Semaphore> {
+        &self.attestation_permits
+    }
+
+    /// Makes a loaded model servable. Provisioning calls this after the digest of the plaintext was
+    /// checked; tests call it to serve a model without a key broker.
+    pub fn install(&self, name: &str, model: LoadedModel) -> Result<(), InstallError> {
+        let slot = self
+            .model(name)
+            .ok_or_else(|| InstallError(name.to_owned()))?;
+        slot.loaded
+            .set(Arc::new(model))
+            .map_err(|_| InstallError(name.to_owned()))?;
+        slot.set_status(ModelStatus::Ready);
+        Ok(())
+    }
+}
+
+/// Retry timing of provisioning (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First delay after a failure to reach the broker or the blob service.
+    pub initial: Duration,
+    /// Longest delay between such attempts.
+    pub max: Duration,
+    /// Delay before asking again after a refusal.
+    pub after_refusal: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            after_refusal: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Provisions every configured model, one after the other; returns when each is ready or failed for good.
+pub async fn provision(
+    enclave: Arc<Enclave>,
+    broker: BrokerClient,
+    blobs: BlobService,
+    retry: RetryPolicy,
+) {
+    for index in 0..enclave.models.len() {
+        provision_one(&enclave, index, &broker, &blobs, retry).await;
+    }
+    if enclave.is_ready() {
+        tracing::info!("ready: every model is loaded");
+    }
+}
+
+async fn provision_one(
+    enclave: &Arc<Enclave>,
+    index: usize,
+    broker: &BrokerClient,
+    blobs: &BlobService,
+    retry: RetryPolicy,
+) {
+    let slot = &enclave.models[index];
+    let name = slot.name.as_str();
+    let digest = slot.digest;
+
+    // 1. Key release.
+    let mut backoff = retry.initial;
+    let key: Arc<ModelKey> = loop {
+        slot.set_status(ModelStatus::AwaitingKey);
+        match broker
+            .request_key(
+                Arc::clone(&enclave.firmware),
+                &digest,
+                enclave.config_digest,
+            )
+            .await
+        {
+            Ok(key) => {
+                tracing::info!(model = name, %digest, "model key released");
+                break Arc::new(key);
+            }
+            Err(KeyReleaseError::Refused(code)) => {
+                slot.set_status(ModelStatus::Refused(code));
+                tracing::warn!(
+                    model = name,
+                    %digest,
+                    code = ?code,
+                    retry_in_s = retry.after_refusal.as_secs_f64(),
+                    "key broker refused: {}; not ready",
+                    refusal_text(code)
+                );
+                backoff = retry.initial;
+                tokio::time::sleep(retry.after_refusal).await;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    model = name,
+                    retry_in_s = backoff.as_secs_f64(),
+                    "key release failed: {}",
+                    error_chain(&e)
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(retry.max);
+            }
+        }
+    };
+
+    // 2. Sealed blob, opened against the digest the key was released for.
+    slot.set_status(ModelStatus::Fetching);
+    let mut backoff = retry.initial;
+    let plaintext: Plaintext = loop {
+        match blobs.fetch_and_open(&digest, Arc::clone(&key)).await {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::warn!(
+                    model = name,
+                    retry_in_s = backoff.as_secs_f64(),
+                    "sealed model: {}",
+                    error_chain(&e)
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(retry.max);
+            }
+        }
+    };
+    // The key has done its job: this was the last reference, so it is zeroized here.
+    drop(key);
+
+    // 3. tract, once, optimised; the plaintext is zeroized as soon as tract has its own copy.
+    slot.set_status(ModelStatus::Loading);
+    let len = plaintext.len();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let model = LoadedModel::load(plaintext.as_bytes());
+        drop(plaintext); // zeroizes the plaintext buffer
+        model
+    })
+    .await;
+    match loaded {
+        Ok(Ok(model)) => {
+            tracing::info!(model = name, %digest, bytes = len, planning = ?model.planning(), "model loaded");
+            if enclave.install(name, model).is_err() {
+                tracing::error!(model = name, "model was already installed");
+            }
+        }
+        Ok(Err(e)) => {
+            slot.set_status(ModelStatus::Failed);
+            // Only the top-level message (stage): tract's own error chain can print constants of the graph,
+            // i.e. weights, and logs leave the enclave.
+            tracing::error!(model = name, "cannot load the model: {e}");
+        }
+        Err(_) => {
+            slot.set_status(ModelStatus::Failed);
+            tracing::error!(model = name, "the model-loading task failed");
+        }
+    }
+}
+
+/// `error: cause: cause…`, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

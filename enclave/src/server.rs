@@ -1,0 +1,706 @@
+//! The attested inference server: TLS 1.3 (ring, an ephemeral self-signed P-384 certificate made at each
+//! start) and HTTP/1.1 with keep-alive, speaking the Open Inference Protocol v2 (`docs/architecture.md`,
+//! "Serving").
+//!
+//! Channel binding: right after each handshake the connection's exporter is computed —
+//! `TLS-Exporter(label = "EXPORTER-cloister-attestation", context = none, length = 32)` (RFC 8446 §7.5) —
+//! and handed to every request of that connection. `POST /v2/attestation` puts it in the claims, so evidence
+//! obtained on one connection is worthless on any other: a relay that terminates TLS has a different
+//! exporter on each leg.
+//!
+//! Everything that arrives here is untrusted: the host relays the bytes and the client is whoever connects.
+//! Sizes are bounded before bytes are buffered (body limit, concurrency permits acquired before the body is
+//! read), tract runs on the blocking pool, and errors sent back are short and precise about the *request*
+//! (never a path, a tract internal, or a value). Bodies, tensors and keys are never logged.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cloister_attestation::evidence::TLS_EXPORTER_LABEL;
+use cloister_proto::v2::{
+    self, AttestationRequest, ErrorResponse, InferRequest, InferResponse, InferTensor,
+    MetadataTensor, ModelMetadataResponse, EVIDENCE_CONTENT_TYPE, INFERENCE_HEADER_CONTENT_LENGTH,
+    JSON_CONTENT_TYPE,
+};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::ServerConfig;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+
+use crate::firmware;
+use crate::inference::{self, InferenceError, LoadedModel, NamedTensor, TensorSpec};
+use crate::runtime::{error_chain, Enclave, ModelSlot};
+
+/// The TLS handshake must complete within this time.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request head must arrive within this time (also bounds idle keep-alive connections).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// A request body must arrive within this time.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
+/// At most this many connections are served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Largest `POST /v2/attestation` body.
+pub const MAX_ATTESTATION_BODY: u64 = 4096;
+/// The version every model is served as.
+pub const MODEL_VERSION: &str = "1";
+
+/// Errors setting up the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The ephemeral certificate could not be made.
+    #[error("cannot make the ephemeral TLS certificate")]
+    Certificate(#[source] rcgen::Error),
+    /// The TLS configuration was refused.
+    #[error("TLS configuration")]
+    Tls(#[source] rustls::Error),
+}
+
+/// The server's TLS configuration: TLS 1.3 only, ring, a fresh self-signed P-384 certificate (the client
+/// authenticates the enclave by attestation inside the session, not by this certificate), no session
+/// tickets, no early data.
+pub fn tls_config() -> Result<Arc<ServerConfig>, ServerError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)
+        .map_err(ServerError::Certificate)?;
+    let params = rcgen::CertificateParams::new(vec!["cloister-enclave".to_owned()])
+        .map_err(ServerError::Certificate)?;
+    let cert = params.self_signed(&key).map_err(ServerError::Certificate)?;
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(ServerError::Tls)?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key_der)
+            .map_err(ServerError::Tls)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.send_tls13_tickets = 0;
+    config.max_early_data_size = 0;
+    Ok(Arc::new(config))
+}
+
+/// Accepts and serves connections until the listener fails for good (never, in practice).
+pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, enclave: Arc<Enclave>) {
+    let acceptor = TlsAcceptor::from(tls);
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: pause instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::warn!(%peer, "too many connections; closing");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let enclave = Arc::clone(&enclave);
+        tokio::spawn(async move {
+            serve_connection(acceptor, tcp, peer, enclave).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    enclave: Arc<Enclave>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    // RFC 8446 §7.5: this connection's exporter, computed once the handshake is complete.
+    let exporter: [u8; 32] =
+        match tls
+            .get_ref()
+            .1
+            .export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, None)
+        {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot compute the TLS exporter: {e}");
+                return;
+            }
+        };
+    let ctx = Arc::new(Connection { exporter, enclave });
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = Arc::clone(&ctx);
+        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+    });
+    let result = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// What every request of one connection shares.
+struct Connection {
+    exporter: [u8; 32],
+    enclave: Arc<Enclave>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+/// A request error: the status and the one-line message the client gets as `{"error": "…"}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+async fn handle(ctx: &Connection, req: Request<Incoming>) -> Resp {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let response = route(ctx, req).await.unwrap_or_else(|e| error_response(&e));
+    tracing::debug!(
+        %method,
+        path = %truncate(&path, 128),
+        status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+async fn route(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let method = req.method().clone();
+    let enclave = &ctx.enclave;
+    let is_get = method == Method::GET || method == Method::HEAD;
+    match segments.as_slice() {
+        ["v2"] if is_get => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "name": "cloister-enclave",
+                "version": env!("CARGO_PKG_VERSION"),
+                "extensions": ["binary_tensor_data", "cloister_attestation"],
+            }),
+        )),
+        ["v2", "health", "live"] if is_get => {
+            Ok(json(StatusCode::OK, &serde_json::json!({"live": true})))
+        }
+        ["v2", "health", "ready"] if is_get => {
+            let ready = enclave.is_ready();
+            Ok(json(
+                if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                &serde_json::json!({ "ready": ready }),
+            ))
+        }
+        ["v2", "attestation"] if method == Method::POST => attestation(ctx, req).await,
+        ["v2", "models", name] if is_get => metadata(slot(enclave, name)?),
+        ["v2", "models", name, "versions", MODEL_VERSION] if is_get => {
+            metadata(slot(enclave, name)?)
+        }
+        ["v2", "models", name, "ready"] if is_get => {
+            let ready = slot(enclave, name)?.model().is_some();
+            Ok(json(
+                if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                &serde_json::json!({ "name": name, "ready": ready }),
+            ))
+        }
+        ["v2", "models", name, "infer"] if method == Method::POST => {
+            let slot = slot(enclave, name)?;
+            infer(enclave, slot, req).await
+        }
+        ["v2", "models", name, "versions", MODEL_VERSION, "infer"] if method == Method::POST => {
+            let slot = slot(enclave, name)?;
+            infer(enclave, slot, req).await
+        }
+        ["v2"]
+        | ["v2", "health", "live" | "ready"]
+        | ["v2", "models", _]
+        | ["v2", "models", _, "ready"] => Err(method_not_allowed("GET, HEAD")),
+        ["v2", "attestation"] | ["v2", "models", _, "infer"] => Err(method_not_allowed("POST")),
+        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed (allowed: {allow})"),
+    )
+}
+
+fn slot<'a>(enclave: &'a Enclave, name: &str) -> Result<&'a ModelSlot, ApiError> {
+    enclave.model(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("model `{}` is not served here", truncate(name, 64)),
+        )
+    })
+}
+
+fn loaded(slot: &ModelSlot) -> Result<Arc<LoadedModel>, ApiError> {
+    slot.model().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("model `{}` is not ready", slot.name()),
+        )
+    })
+}
+
+// ---- attestation ---------------------------------------------------------------------------------------
+
+async fn attestation(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let body = read_body(req, MAX_ATTESTATION_BODY).await?;
+    let request: AttestationRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed attestation request: {e}")))?;
+    let enclave = &ctx.enclave;
+    let Ok(_permit) = Arc::clone(enclave.attestation_permits()).try_acquire_owned() else {
+        return Err(busy("too many concurrent attestation requests"));
+    };
+    let claims = firmware::claims(
+        request.nonce,
+        ctx.exporter,
+        None,
+        enclave.model_digests(),
+        enclave.config_digest(),
+    );
+    let evidence = firmware::make_evidence_async(Arc::clone(enclave.firmware()), claims)
+        .await
+        .map_err(|e| {
+            tracing::error!("attestation failed: {}", error_chain(&e));
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "attestation failed")
+        })?;
+    let bytes = evidence.to_bytes().map_err(|_| {
+        tracing::error!("evidence does not encode");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "attestation failed")
+    })?;
+    Ok(bytes_response(
+        StatusCode::OK,
+        EVIDENCE_CONTENT_TYPE,
+        bytes,
+        None,
+    ))
+}
+
+// ---- metadata ------------------------------------------------------------------------------------------
+
+fn metadata(slot: &ModelSlot) -> Result<Resp, ApiError> {
+    let model = loaded(slot)?;
+    let meta = model.metadata();
+    let convert = |specs: &[TensorSpec]| -> Result<Vec<MetadataTensor>, ApiError> {
+        specs
+            .iter()
+            .map(|s| {
+                Ok(MetadataTensor {
+                    name: s.name.clone(),
+                    datatype: wire_datatype(s.datatype)?,
+                    shape: s.shape.clone(),
+                })
+            })
+            .collect()
+    };
+    Ok(json(
+        StatusCode::OK,
+        &ModelMetadataResponse {
+            name: slot.name().to_owned(),
+            versions: vec![MODEL_VERSION.to_owned()],
+            platform: meta.platform.to_owned(),
+            inputs: convert(&meta.inputs)?,
+            outputs: convert(&meta.outputs)?,
+            digest: *slot.digest(),
+        },
+    ))
+}
+
+fn wire_datatype(dt: inference::DataType) -> Result<v2::Datatype, ApiError> {
+    v2::Datatype::from_name(dt.v2_name()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the model has a datatype the protocol cannot carry",
+        )
+    })
+}
+
+// ---- inference -----------------------------------------------------------------------------------------
+
+async fn infer(
+    enclave: &Enclave,
+    slot: &ModelSlot,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let model = loaded(slot)?;
+    // The permit is taken before the body is read, so that it also bounds the memory held by bodies.
+    let limits = *enclave.limits();
+    let Ok(permit) = Arc::clone(enclave.inference_permits()).try_acquire_owned() else {
+        return Err(busy(&format!(
+            "too many concurrent inference requests (limit {})",
+            limits.max_concurrent_requests
+        )));
+    };
+    let json_len = match req.headers().get(INFERENCE_HEADER_CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("Inference-Header-Content-Length must be an integer")
+                })?,
+        ),
+    };
+    let body = read_body(req, limits.max_body_bytes).await?;
+    let request =
+        InferRequest::decode(&body, json_len).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    drop(body);
+
+    // Outputs: which, in what order, and how.
+    let model_outputs = model.outputs();
+    let selected: Vec<String> = match &request.outputs {
+        None => model_outputs.iter().map(|o| o.name.clone()).collect(),
+        Some(list) => {
+            let mut seen = HashSet::new();
+            for o in list {
+                if !model_outputs.iter().any(|m| m.name == o.name) {
+                    return Err(ApiError::bad_request(format!(
+                        "`{}` is not an output of this model (outputs: {})",
+                        truncate(&o.name, 64),
+                        names(model_outputs)
+                    )));
+                }
+                if !seen.insert(o.name.as_str()) {
+                    return Err(ApiError::bad_request(format!(
+                        "output `{}` is requested more than once",
+                        o.name
+                    )));
+                }
+            }
+            list.iter().map(|o| o.name.clone()).collect()
+        }
+    };
+    let binary: HashSet<String> = selected
+        .iter()
+        .filter_map(|n| match request.wants_binary_output(n) {
+            Ok(true) => Some(Ok(n.clone())),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    let InferRequest { id, inputs, .. } = request;
+    let inputs = inputs
+        .into_iter()
+        .map(|t| engine_tensor(t, limits.max_tensor_elements))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let outputs = tokio::task::spawn_blocking(move || model.run(inputs))
+        .await
+        .map_err(|_| {
+            tracing::error!("inference task failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
+        })?
+        .map_err(inference_error)?;
+    drop(permit);
+
+    let mut by_name: Vec<Option<NamedTensor>> = outputs.into_iter().map(Some).collect();
+    let mut wire = Vec::with_capacity(selected.len());
+    for name in &selected {
+        let tensor = by_name
+            .iter_mut()
+            .find(|t| t.as_ref().is_some_and(|t| &t.name == name))
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                tracing::error!("tract did not return a declared output");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
+            })?;
+        wire.push(wire_tensor(tensor)?);
+    }
+    let response = InferResponse {
+        model_name: slot.name().to_owned(),
+        model_version: Some(MODEL_VERSION.to_owned()),
+        id,
+        parameters: None,
+        outputs: wire,
+    };
+    let encoded = response
+        .encode(&|o| binary.contains(&o.name))
+        .map_err(|e| {
+            tracing::error!("response does not encode: {e}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
+        })?;
+    let content_type = encoded.content_type();
+    Ok(bytes_response(
+        StatusCode::OK,
+        content_type,
+        encoded.bytes,
+        encoded.json_len,
+    ))
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A request tensor for the engine, after the element limit.
+fn engine_tensor(t: InferTensor, max_elements: u64) -> Result<NamedTensor, ApiError> {
+    let too_large = |count: Option<u64>| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            match count {
+                Some(n) => format!(
+                    "input `{}` has {n} elements; the limit is {max_elements}",
+                    truncate(&t.name, 64)
+                ),
+                None => format!(
+                    "input `{}` has a shape whose element count overflows",
+                    truncate(&t.name, 64)
+                ),
+            },
+        )
+    };
+    let count = t.element_count();
+    match count {
+        Some(n) if n <= max_elements => {}
+        other => return Err(too_large(other)),
+    }
+    let shape = t
+        .shape
+        .iter()
+        .map(|d| usize::try_from(*d).map_err(|_| too_large(count)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = match t.data {
+        Some(data) => engine_data(data)?,
+        // InferRequest::decode guarantees data; defend anyway.
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "input `{}` has no data",
+                truncate(&t.name, 64)
+            )))
+        }
+    };
+    Ok(NamedTensor {
+        name: t.name,
+        datatype: data.datatype(),
+        shape,
+        data,
+    })
+}
+
+fn engine_data(data: v2::TensorData) -> Result<inference::TensorData, ApiError> {
+    use inference::TensorData as E;
+    use v2::TensorData as W;
+    Ok(match data {
+        W::Bool(v) => E::Bool(v),
+        W::Uint8(v) => E::Uint8(v),
+        W::Uint16(v) => E::Uint16(v),
+        W::Uint32(v) => E::Uint32(v),
+        W::Uint64(v) => E::Uint64(v),
+        W::Int8(v) => E::Int8(v),
+        W::Int16(v) => E::Int16(v),
+        W::Int32(v) => E::Int32(v),
+        W::Int64(v) => E::Int64(v),
+        W::Fp32(v) => E::Fp32(v),
+        W::Fp64(v) => E::Fp64(v),
+        _ => return Err(ApiError::bad_request("unsupported datatype")),
+    })
+}
+
+fn wire_tensor(t: NamedTensor) -> Result<InferTensor, ApiError> {
+    use inference::TensorData as E;
+    use v2::TensorData as W;
+    let data = match t.data {
+        E::Bool(v) => W::Bool(v),
+        E::Uint8(v) => W::Uint8(v),
+        E::Uint16(v) => W::Uint16(v),
+        E::Uint32(v) => W::Uint32(v),
+        E::Uint64(v) => W::Uint64(v),
+        E::Int8(v) => W::Int8(v),
+        E::Int16(v) => W::Int16(v),
+        E::Int32(v) => W::Int32(v),
+        E::Int64(v) => W::Int64(v),
+        E::Fp32(v) => W::Fp32(v),
+        E::Fp64(v) => W::Fp64(v),
+    };
+    let shape = t.shape.iter().map(|d| *d as u64).collect();
+    Ok(InferTensor::new(t.name, shape, data))
+}
+
+/// Maps an engine error: problems with the request are 400 with the engine's precise message (names,
+/// datatypes, shapes: never values); failures of the model are 500 with a generic message, logged without
+/// tract's chain (which can print tensor contents).
+fn inference_error(e: InferenceError) -> ApiError {
+    use InferenceError as I;
+    match &e {
+        I::UnknownInput { .. }
+        | I::DuplicateInput { .. }
+        | I::MissingInput { .. }
+        | I::InconsistentDatatype { .. }
+        | I::DatatypeMismatch { .. }
+        | I::RankMismatch { .. }
+        | I::DimMismatch { .. }
+        | I::SymbolMismatch { .. }
+        | I::ShapeOverflow { .. }
+        | I::ElementCount { .. } => ApiError::bad_request(e.to_string()),
+        I::Run { .. } => {
+            tracing::info!("tract rejected a request at run time");
+            ApiError::bad_request("the model cannot run on these inputs (tract rejected them)")
+        }
+        _ => {
+            tracing::error!("inference failed: {e}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
+        }
+    }
+}
+
+// ---- HTTP plumbing -------------------------------------------------------------------------------------
+
+/// Reads a body of at most `max` bytes (413 above, decided from Content-Length when there is one).
+async fn read_body(req: Request<Incoming>, max: u64) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds the limit of {max} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max {
+            return Err(too_large());
+        }
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    let collected = timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect())
+        .await
+        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "request body timed out"))?;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(ApiError::bad_request("cannot read the request body")),
+    }
+}
+
+fn busy(message: &str) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Resp {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => bytes_response(status, JSON_CONTENT_TYPE, bytes, None),
+        Err(_) => bytes_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            JSON_CONTENT_TYPE,
+            br#"{"error":"response does not encode"}"#.to_vec(),
+            None,
+        ),
+    }
+}
+
+fn error_response(e: &ApiError) -> Resp {
+    let mut resp = json(
+        e.status,
+        &ErrorResponse {
+            error: e.message.clone(),
+        },
+    );
+    match e.status {
+        StatusCode::SERVICE_UNAVAILABLE => {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allow = if e.message.contains("POST") {
+                "POST"
+            } else {
+                "GET, HEAD"
+            };
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        _ => {}
+    }
+    resp
+}
+
+fn bytes_response(
+    status: StatusCode,
+    content_type: &'static str,
+    bytes: Vec<u8>,
+    json_len: Option<usize>,
+) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(n) = json_len {
+        resp.headers_mut()
+            .insert(INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    resp
+}
+
+/// A peer-supplied string, cut for messages and logs.
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(max).collect();
+        out.push('…');
+        out
+    }
+}
