@@ -389,7 +389,8 @@ impl KeyBroker {
         })
     }
 
-    /// Serves on `listener` until the task is dropped or an accept error that is not per-connection.
+    /// Serves on `listener` until the future is dropped. Accept errors (e.g. out of file descriptors)
+    /// are reported on stderr and retried after a short pause: they never stop the broker.
     pub async fn serve(self, listener: TcpListener) -> Result<(), BrokerError> {
         self.serve_until(listener, std::future::pending()).await
     }
@@ -1052,12 +1053,14 @@ fn decide(
     let digest = ModelDigest::from_bytes(requested.0);
     let key = match inner.keystore.get(&digest) {
         Ok(k) => k,
-        Err(ModelsError::Keystore(KeystoreError::KeyNotFound { .. })) => return record.refuse(
-            RefusalCode::UnknownModel,
-            format!(
+        Err(ModelsError::Keystore(KeystoreError::KeyNotFound { .. })) => {
+            return record.refuse(
+                RefusalCode::UnknownModel,
+                format!(
                 "model_digest: no key for {digest} in the keystore (removed during the exchange)"
             ),
-        ),
+            )
+        }
         Err(e) => return record.refuse(RefusalCode::Internal, format!("keystore: {e}")),
     };
     // Why expose (inside wrap_model_key): wrapping to the attested enclave's key is the release.

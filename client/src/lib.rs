@@ -6,7 +6,6 @@ pub mod chain_files;
 pub mod danger;
 pub mod deployment;
 pub mod keybroker;
-/// Magika demo model, client side: feature extraction and output decoding.
 pub mod magika;
 pub mod seal_check;
 pub mod session;

@@ -397,7 +397,7 @@ impl MagikaConfig {
     /// Decodes a batch output (`[N, labels]`, row-major) into one prediction per row.
     pub fn decode_batch(&self, scores: &[f32]) -> Result<Vec<Prediction>, MagikaError> {
         let width = self.target_labels.len();
-        if scores.len() % width != 0 {
+        if !scores.len().is_multiple_of(width) {
             return Err(MagikaError::ScoreCount {
                 expected: width,
                 got: scores.len(),

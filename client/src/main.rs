@@ -26,6 +26,7 @@ enum Command {
     Infer(cmd::infer::Args),
     /// Run the whole flow on the simulated platform: seal, key broker, host, enclave, attest, infer.
     Demo(cmd::demo::Args),
+    Sim(cmd::sim::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,5 +37,6 @@ fn main() -> ExitCode {
         Command::Keybroker(args) => cmd::keybroker::run(args),
         Command::Infer(args) => cmd::infer::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Sim(args) => cmd::sim::run(args),
     }
 }

@@ -16,7 +16,6 @@ pub mod blobs;
 pub mod config;
 pub mod danger;
 pub mod firmware;
-/// The tract inference engine: models loaded from bytes, requests validated.
 pub mod inference;
 pub mod key_release;
 pub mod runtime;

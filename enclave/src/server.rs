@@ -45,7 +45,7 @@ use crate::runtime::{error_chain, Enclave, ModelSlot};
 
 /// The TLS handshake must complete within this time.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A request head must arrive within this time (also bounds idle keep-alive connections).
+/// A request head must arrive within this time once it has started.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// A request body must arrive within this time.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);

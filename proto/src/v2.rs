@@ -284,7 +284,7 @@ impl TensorData {
     /// Decodes the binary-extension encoding of `datatype` elements.
     pub fn from_le_bytes(datatype: Datatype, bytes: &[u8]) -> Result<Self, TensorProblem> {
         let size = datatype.element_size();
-        if bytes.len() % size != 0 {
+        if !bytes.chunks_exact(size).remainder().is_empty() {
             return Err(TensorProblem::BinarySizeNotMultiple {
                 size: bytes.len() as u64,
                 element_size: size,

@@ -76,7 +76,19 @@ struct PlatformFile {
     chip_id: String,
     vlek: bool,
     issued_at_unix: i64,
-    tcb: TcbVersion,
+    tcb: TcbFile,
+}
+
+/// The TOML form of the TCB (its own type so that unknown keys are rejected here too).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcbFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fmc: Option<u8>,
+    bootloader: u8,
+    tee: u8,
+    snp: u8,
+    microcode: u8,
 }
 
 const PLATFORM_FILE_HEADER: &str =
@@ -194,7 +206,13 @@ pub(super) fn platform_toml(path: &Path, state: &PlatformState) -> Result<String
         chip_id: hex::encode(state.chip_id),
         vlek: state.vlek,
         issued_at_unix: state.issued_at_unix,
-        tcb: state.tcb,
+        tcb: TcbFile {
+            fmc: state.tcb.fmc,
+            bootloader: state.tcb.bootloader,
+            tee: state.tcb.tee,
+            snp: state.tcb.snp,
+            microcode: state.tcb.microcode,
+        },
     };
     let body = toml::to_string(&file).map_err(|e| SimError::StateFile {
         path: path.to_path_buf(),
@@ -291,11 +309,18 @@ pub(super) fn parse_platform_file(path: &Path, bytes: &[u8]) -> Result<PlatformS
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| bad("chip_id must be 64 bytes of hex".to_owned()))?;
-    check_tcb_layout(file.product, &file.tcb)?;
+    let tcb = TcbVersion {
+        fmc: file.tcb.fmc,
+        bootloader: file.tcb.bootloader,
+        tee: file.tcb.tee,
+        snp: file.tcb.snp,
+        microcode: file.tcb.microcode,
+    };
+    check_tcb_layout(file.product, &tcb)?;
     Ok(PlatformState {
         format: file.format,
         product: file.product,
-        tcb: file.tcb,
+        tcb,
         chip_id,
         vlek: file.vlek,
         issued_at_unix: file.issued_at_unix,

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use der::{Decode, Encode};
+use der::{Decode, Encode, Tagged};
 use x509_cert::Certificate;
 
 use super::*;
@@ -697,8 +697,10 @@ fn platform_file_round_trips_and_rejects_garbage() {
             state::parse_platform_file(path, text.as_bytes()).unwrap(),
             st
         );
-        let unknown = format!("{text}\nextra = 1\n");
+        let unknown = format!("extra = 1\n{text}");
         assert!(state::parse_platform_file(path, unknown.as_bytes()).is_err());
+        let unknown_tcb = format!("{text}\nextra = 1\n");
+        assert!(state::parse_platform_file(path, unknown_tcb.as_bytes()).is_err());
         let short_chip = text.replace(&hex::encode(st.chip_id), "00");
         assert!(state::parse_platform_file(path, short_chip.as_bytes()).is_err());
     }

@@ -7,6 +7,8 @@
     dead_code
 )]
 
+mod binary;
 mod common;
 mod provisioning;
 mod serving;
+mod simulated;
