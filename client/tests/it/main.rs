@@ -4,4 +4,5 @@
 mod common;
 mod keybroker;
 mod seal;
+mod sim;
 mod verify_vectors;
