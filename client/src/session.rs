@@ -394,6 +394,23 @@ impl AttestedSession {
             .map_err(|e| SessionError::Malformed(format!("inference response: {e}")))
     }
 
+    /// Sends a raw request on the attested connection (tests, benchmarks, endpoints without a typed
+    /// helper). Nothing is checked beyond what [`AttestedSession::connect`] already verified: use
+    /// [`AttestedSession::attested_model`] before sending inputs for a model.
+    pub async fn raw(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), SessionError> {
+        let headers: Vec<(&str, String)> = content_type
+            .map(|ct| vec![("content-type", ct.to_string())])
+            .unwrap_or_default();
+        let reply = self.exchange(method, path, &headers, body).await?;
+        Ok((reply.status, reply.body))
+    }
+
     /// `GET /v2/health/ready` on this session: whether the enclave has its model loaded.
     pub async fn ready(&mut self) -> Result<bool, SessionError> {
         let reply = self

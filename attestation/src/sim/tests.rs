@@ -236,7 +236,7 @@ fn without_the_simulated_root_a_report_is_rejected_at_the_root() {
     .unwrap_err();
     assert!(matches!(err, VerifyError::UntrustedRoot { .. }), "{err}");
     // And the chain without its ARK falls back to AMD's embedded ARK, which did not sign the ASK.
-    let mut no_ark = chain.clone();
+    let mut no_ark = chain;
     no_ark.ark = None;
     let err = verify(&raw, &no_ark, &Policy::baseline(), &options(Some(p.root()))).unwrap_err();
     assert!(matches!(err, VerifyError::Certificate(_)), "{err}");

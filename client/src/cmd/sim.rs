@@ -139,9 +139,11 @@ fn parse_tcb(s: &str) -> Result<TcbArg, String> {
             "snp" => &mut snp,
             "microcode" => &mut microcode,
             "fmc" => &mut fmc,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown TCB component {other:?} (expected bootloader, tee, snp, microcode, fmc)"
-            )),
+            ))
+            }
         };
         if slot.replace(value).is_some() {
             return Err(format!("TCB component {key:?} given twice"));

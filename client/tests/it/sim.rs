@@ -34,7 +34,12 @@ fn init(prefix: &str, args: &[&str]) -> PathBuf {
     let mut all = vec!["sim", "init", "--dir", dir.to_str().unwrap()];
     all.extend_from_slice(args);
     let out = cloister(&all);
-    assert_eq!(out.status.code(), Some(0), "sim init {args:?}: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "sim init {args:?}: {}",
+        stderr(&out)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("SIMULATED"), "{stdout}");
     dir
@@ -58,7 +63,12 @@ fn milan() -> &'static Path {
 /// Turin with a VLEK, TCB [`TURIN_TCB`].
 fn turin() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| init("sim-turin-", &["--product", "turin", "--tcb", TURIN_TCB, "--vlek"]))
+    DIR.get_or_init(|| {
+        init(
+            "sim-turin-",
+            &["--product", "turin", "--tcb", TURIN_TCB, "--vlek"],
+        )
+    })
 }
 
 /// `cloister sim report --dir DIR --out <tmp>/report.bin <args>`; returns the report path.
@@ -74,7 +84,12 @@ fn report(platform: &Path, tmp: &Path, args: &[&str]) -> PathBuf {
     ];
     all.extend_from_slice(args);
     let out = cloister(&all);
-    assert_eq!(out.status.code(), Some(0), "sim report {args:?}: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "sim report {args:?}: {}",
+        stderr(&out)
+    );
     assert_eq!(std::fs::metadata(&out_path).unwrap().len(), 1184);
     out_path
 }
@@ -96,8 +111,12 @@ fn verify(report: &Path, certs: &Path, sim_root: Option<&Path>, extra: &[&str]) 
     args.extend_from_slice(extra);
     let out = cloister(&args);
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let v: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     (out.status.code().unwrap(), v)
 }
 
@@ -129,7 +148,7 @@ fn genoa_report_verifies_with_the_simulated_root_and_every_field_is_as_requested
             "--vmpl",
             "2",
             "--policy",
-            "0x130102", // single socket, ABI 1.2 (and bit 17)
+            "0x120102", // single socket, no SMT, ABI 1.2 (and the must-be-one bit 17)
         ],
     );
     let (code, v) = verify(&r, &p.join("certs"), Some(&root(p)), &[]);
@@ -155,7 +174,12 @@ fn genoa_report_verifies_with_the_simulated_root_and_every_field_is_as_requested
         let t = &rep[tcb];
         assert_eq!(
             (&t["bootloader"], &t["tee"], &t["snp"], &t["microcode"]),
-            (&Value::from(9), &Value::from(1), &Value::from(21), &Value::from(210)),
+            (
+                &Value::from(9),
+                &Value::from(1),
+                &Value::from(21),
+                &Value::from(210)
+            ),
             "{tcb}"
         );
         assert!(t["fmc"].is_null());
@@ -250,7 +274,11 @@ fn negatives_like(set: &str, platform: &Path, vlek: bool, other_product_platform
         )
         .unwrap();
         let mut raw = std::fs::read(&good).unwrap();
-        match (case["report"].as_str(), case["leaf"].as_str(), case["ask"].as_str()) {
+        match (
+            case["report"].as_str(),
+            case["leaf"].as_str(),
+            case["ask"].as_str(),
+        ) {
             (Some("report_measurement_flipped.bin"), None, None) => raw[0x90] ^= 0x01,
             (Some("report_signature_flipped.bin"), None, None) => raw[0x2A0] ^= 0x01,
             (Some("report_truncated_1183.bin"), None, None) => raw.truncate(1183),
@@ -314,7 +342,10 @@ fn vlek_round_trip() {
         // Against the VCEK chain: the signing key does not match.
         let (code, v) = verify(&r, &p.join("certs"), Some(&root(p)), &[]);
         assert_eq!(code, 1, "{v}");
-        assert!(v["reason"].as_str().unwrap().starts_with("signing_key"), "{v}");
+        assert!(
+            v["reason"].as_str().unwrap().starts_with("signing_key"),
+            "{v}"
+        );
     }
     // A policy that requires a VCEK rejects it.
     let policy = tmp.path().join("vcek-only.toml");
@@ -379,7 +410,11 @@ fn a_simulated_crl_that_revokes_the_ask_is_enforced() {
     let p = genoa();
     let r = report(p, tmp.path(), &[]);
     let sim = SimPlatform::open(p).unwrap();
-    let ask_serial = sim.certificate(CertRole::Ask).unwrap().serial_number().to_vec();
+    let ask_serial = sim
+        .certificate(CertRole::Ask)
+        .unwrap()
+        .serial_number()
+        .to_vec();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let write = |name: &str, der: Vec<u8>| {
         let path = tmp.path().join(name);
@@ -401,7 +436,10 @@ fn a_simulated_crl_that_revokes_the_ask_is_enforced() {
     assert!(reason.starts_with("crl"), "{reason}");
     assert!(reason.contains("revoked"), "{reason}");
 
-    let clean = write("clean.crl", sim.issue_crl(&[], now - 60, now + 3600).unwrap());
+    let clean = write(
+        "clean.crl",
+        sim.issue_crl(&[], now - 60, now + 3600).unwrap(),
+    );
     let (code, v) = verify(
         &r,
         &p.join("certs"),
@@ -431,7 +469,8 @@ fn a_simulated_crl_that_revokes_the_ask_is_enforced() {
 fn a_policys_simulated_root_works_like_sim_root_and_can_pin_the_measurement() {
     let tmp = tempfile::tempdir().unwrap();
     let p = genoa();
-    let measurement = simulated_launch_measurement(b"the enclave binary", b"firmware = \"simulated\"\n");
+    let measurement =
+        simulated_launch_measurement(b"the enclave binary", b"firmware = \"simulated\"\n");
     let r = report(p, tmp.path(), &["--measurement", &hex::encode(measurement)]);
     // The policy and a copy of the root travel together: a relative path is relative to the policy file.
     let policy_dir = tmp.path().join("relying-party");
@@ -453,15 +492,28 @@ fn a_policys_simulated_root_works_like_sim_root_and_can_pin_the_measurement() {
 
     // Another launch (a changed configuration) has another measurement: rejected by the pin.
     let other = simulated_launch_measurement(b"the enclave binary", b"firmware = \"simulated\" \n");
-    let r2 = report(p, tmp.path(), &["--vmpl", "0", "--measurement", &hex::encode(other)]);
+    let r2 = report(
+        p,
+        tmp.path(),
+        &["--vmpl", "0", "--measurement", &hex::encode(other)],
+    );
     let (code, v) = verify(&r2, &p.join("certs"), None, &policy_arg);
     assert_eq!(code, 1, "{v}");
     assert!(v["reason"].as_str().unwrap().starts_with("policy"), "{v}");
 
     // A policy without simulated_root: rejected at the root.
     let plain = policy_dir.join("plain.toml");
-    std::fs::write(&plain, format!("measurements = [\"{}\"]\n", hex::encode(measurement))).unwrap();
-    let (code, v) = verify(&r, &p.join("certs"), None, &["--policy", plain.to_str().unwrap()]);
+    std::fs::write(
+        &plain,
+        format!("measurements = [\"{}\"]\n", hex::encode(measurement)),
+    )
+    .unwrap();
+    let (code, v) = verify(
+        &r,
+        &p.join("certs"),
+        None,
+        &["--policy", plain.to_str().unwrap()],
+    );
     assert_eq!(code, 1, "{v}");
     assert!(v["reason"].as_str().unwrap().starts_with("root"), "{v}");
 }
@@ -492,9 +544,18 @@ fn the_state_directory_is_private_and_never_overwritten() {
     assert_eq!(mode(p.to_path_buf()), 0o700);
     assert_eq!(mode(p.join("keys")), 0o700);
     for key in ["ark", "ask", "vcek", "asvk", "vlek"] {
-        assert_eq!(mode(p.join(format!("keys/{key}.pkcs8.der"))), 0o600, "{key}");
+        assert_eq!(
+            mode(p.join(format!("keys/{key}.pkcs8.der"))),
+            0o600,
+            "{key}"
+        );
     }
-    for cert in ["certs/ark.pem", "certs/ask.pem", "certs/vcek.pem", "certs-vlek/ark.pem"] {
+    for cert in [
+        "certs/ark.pem",
+        "certs/ask.pem",
+        "certs/vcek.pem",
+        "certs-vlek/ark.pem",
+    ] {
         assert!(p.join(cert).is_file(), "{cert}");
     }
     for cert in ["certs-vlek/asvk.pem", "certs-vlek/vlek.pem"] {
@@ -514,7 +575,11 @@ fn the_state_directory_is_private_and_never_overwritten() {
         all.extend(args);
         let out = cloister(&all);
         assert_eq!(out.status.code(), Some(2));
-        assert!(stderr(&out).contains("already holds a simulated platform"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("already holds a simulated platform"),
+            "{}",
+            stderr(&out)
+        );
     }
     assert_eq!(snapshot(p), before, "init twice must change nothing");
 
@@ -534,21 +599,120 @@ fn usage_errors_exit_2_with_a_clear_message() {
     let out_arg = out_file.to_str().unwrap();
     let g = genoa().to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["sim", "report", "--dir", g, "--out", out_arg, "--report-data", "abcd"], "64 bytes"),
-        (vec!["sim", "report", "--dir", g, "--out", out_arg, "--measurement", "zz"], "not hex"),
-        (vec!["sim", "report", "--dir", g, "--out", out_arg, "--vmpl", "4"], "vmpl"),
-        (vec!["sim", "report", "--dir", g, "--out", out_arg, "--policy", "0x10000"], "bit 17"),
-        (vec!["sim", "report", "--dir", g, "--out", out_arg, "--policy", "0xB0000"], "allow_debug"),
-        (vec!["sim", "report", "--dir", g, "--out", out_arg, "--vlek"], "no VLEK"),
         (
-            vec!["sim", "report", "--dir", tmp.path().to_str().unwrap(), "--out", out_arg],
+            vec![
+                "sim",
+                "report",
+                "--dir",
+                g,
+                "--out",
+                out_arg,
+                "--report-data",
+                "abcd",
+            ],
+            "64 bytes",
+        ),
+        (
+            vec![
+                "sim",
+                "report",
+                "--dir",
+                g,
+                "--out",
+                out_arg,
+                "--measurement",
+                "zz",
+            ],
+            "not hex",
+        ),
+        (
+            vec!["sim", "report", "--dir", g, "--out", out_arg, "--vmpl", "4"],
+            "vmpl",
+        ),
+        (
+            vec![
+                "sim", "report", "--dir", g, "--out", out_arg, "--policy", "0x10000",
+            ],
+            "bit 17",
+        ),
+        (
+            vec![
+                "sim", "report", "--dir", g, "--out", out_arg, "--policy", "0xB0000",
+            ],
+            "allow_debug",
+        ),
+        (
+            vec!["sim", "report", "--dir", g, "--out", out_arg, "--vlek"],
+            "no VLEK",
+        ),
+        (
+            vec![
+                "sim",
+                "report",
+                "--dir",
+                tmp.path().to_str().unwrap(),
+                "--out",
+                out_arg,
+            ],
             "sim init",
         ),
-        (vec!["sim", "init", "--dir", "/nonexistent/x", "--tcb", "bootloader=1,tee=0,snp=1,microcode=1,fmc=1"], "FMC"),
-        (vec!["sim", "init", "--dir", "/nonexistent/x", "--product", "Turin", "--tcb", "bootloader=1,tee=0,snp=1,microcode=1"], "FMC"),
-        (vec!["sim", "init", "--dir", "/nonexistent/x", "--tcb", "bootloader=1,tee=0,snp=1"], "microcode is missing"),
-        (vec!["sim", "init", "--dir", "/nonexistent/x", "--tcb", "bootloader=1,tee=0,snp=1,microcode=1,pps=2"], "unknown TCB component"),
-        (vec!["sim", "init", "--dir", "/nonexistent/x", "--product", "Naples"], "Naples"),
+        (
+            vec![
+                "sim",
+                "init",
+                "--dir",
+                "/nonexistent/x",
+                "--tcb",
+                "bootloader=1,tee=0,snp=1,microcode=1,fmc=1",
+            ],
+            "FMC",
+        ),
+        (
+            vec![
+                "sim",
+                "init",
+                "--dir",
+                "/nonexistent/x",
+                "--product",
+                "Turin",
+                "--tcb",
+                "bootloader=1,tee=0,snp=1,microcode=1",
+            ],
+            "FMC",
+        ),
+        (
+            vec![
+                "sim",
+                "init",
+                "--dir",
+                "/nonexistent/x",
+                "--tcb",
+                "bootloader=1,tee=0,snp=1",
+            ],
+            "microcode is missing",
+        ),
+        (
+            vec![
+                "sim",
+                "init",
+                "--dir",
+                "/nonexistent/x",
+                "--tcb",
+                "bootloader=1,tee=0,snp=1,microcode=1,pps=2",
+            ],
+            "unknown TCB component",
+        ),
+        (
+            vec![
+                "sim",
+                "init",
+                "--dir",
+                "/nonexistent/x",
+                "--product",
+                "Naples",
+            ],
+            "Naples",
+        ),
         (vec!["sim", "init"], "--dir"),
     ];
     for (args, needle) in cases {
@@ -572,7 +736,16 @@ fn usage_errors_exit_2_with_a_clear_message() {
 
     let out = cloister(&["sim", "init", "--help"]);
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--dir", "--product", "--tcb", "--vlek", "Milan", "Genoa", "Turin", "fmc"] {
+    for flag in [
+        "--dir",
+        "--product",
+        "--tcb",
+        "--vlek",
+        "Milan",
+        "Genoa",
+        "Turin",
+        "fmc",
+    ] {
         assert!(help.contains(flag), "{flag} not in sim init --help");
     }
     let out = cloister(&["sim", "report", "--help"]);
