@@ -235,7 +235,8 @@ mod tests {
         assert_eq!(got.expose_secret(), key.expose_secret());
 
         // Another nonce, digest, broker key, enclave key, or a flipped byte: no key.
-        let cases: Vec<Box<dyn Fn(&mut [u8; 32], &mut Sha384, &mut [u8; 32], &mut Vec<u8>)>> = vec![
+        type Mutation = Box<dyn Fn(&mut [u8; 32], &mut Sha384, &mut [u8; 32], &mut Vec<u8>)>;
+        let cases: Vec<Mutation> = vec![
             Box::new(|n, _, _, _| n[0] ^= 1),
             Box::new(|_, d, _, _| d.0[0] ^= 1),
             Box::new(|_, _, b, _| b[0] ^= 1),

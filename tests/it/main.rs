@@ -1,4 +1,5 @@
 //! End-to-end scenarios.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod e2e;
 mod models;
