@@ -7,5 +7,6 @@ pub mod danger;
 pub mod deployment;
 pub mod keybroker;
 pub mod magika;
+pub mod measure;
 pub mod seal_check;
 pub mod session;

@@ -27,6 +27,7 @@ enum Command {
     /// Run the whole flow on the simulated platform: seal, key broker, host, enclave, attest, infer.
     Demo(cmd::demo::Args),
     Sim(cmd::sim::Args),
+    Measure(cmd::measure::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,5 +39,6 @@ fn main() -> ExitCode {
         Command::Infer(args) => cmd::infer::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Sim(args) => cmd::sim::run(args),
+        Command::Measure(args) => cmd::measure::run(args),
     }
 }

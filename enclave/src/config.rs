@@ -39,6 +39,22 @@ pub enum ConfigError {
         /// The configured firmware.
         firmware: &'static str,
     },
+    /// A hardware-only key (`vcek_cache`, `vmpl`) is given with `firmware = "simulated"`.
+    #[error(
+        "configuration: `{key}` is only allowed with firmware = \"configfs-tsm\" or \"sev-guest\""
+    )]
+    HardwareOnly {
+        /// The key.
+        key: &'static str,
+    },
+    /// `vmpl` is not 0..=3.
+    #[error("configuration: vmpl must be 0, 1, 2 or 3 (found {0})")]
+    Vmpl(u32),
+    /// `firmware = "sev-guest"` without `vcek_cache`: that backend gets no certificates from the host.
+    #[error("configuration: firmware = \"sev-guest\" needs `vcek_cache` (a directory with the VCEK or VLEK \
+             and optionally the ARK and ASK/ASVK, snpguest layout): it takes no certificates from the host; \
+             use firmware = \"configfs-tsm\" for the host's certificates")]
+    SevGuestNeedsVcekCache,
     /// `key_broker.address` is not `host:port`.
     #[error("configuration: key_broker.address must be HOST:PORT")]
     BrokerAddress,
@@ -92,9 +108,20 @@ pub enum FirmwareConfig {
         sim_dir: PathBuf,
     },
     /// Linux configfs-tsm (`/sys/kernel/config/tsm/report`).
-    ConfigfsTsm,
+    ConfigfsTsm(HardwareOptions),
     /// The `/dev/sev-guest` ioctl interface.
-    SevGuest,
+    SevGuest(HardwareOptions),
+}
+
+/// Options of the hardware firmware backends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HardwareOptions {
+    /// `vcek_cache`: a directory with the endorsement key certificate (`vcek.pem|der` or `vlek.pem|der`) and
+    /// optionally `ark.pem` and `ask.pem`/`asvk.pem` (the snpguest layout). Used when the host's certificate
+    /// table has no certificate for the key that signed the report.
+    pub vcek_cache: Option<PathBuf>,
+    /// `vmpl` (default 0): the VMPL the reports are requested for (configfs-tsm `privlevel`).
+    pub vmpl: u32,
 }
 
 impl FirmwareConfig {
@@ -102,8 +129,8 @@ impl FirmwareConfig {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Simulated { .. } => "simulated",
-            Self::ConfigfsTsm => "configfs-tsm",
-            Self::SevGuest => "sev-guest",
+            Self::ConfigfsTsm(_) => "configfs-tsm",
+            Self::SevGuest(_) => "sev-guest",
         }
     }
 }
@@ -172,6 +199,8 @@ pub struct Config {
 struct RawConfig {
     firmware: RawFirmware,
     sim_dir: Option<PathBuf>,
+    vcek_cache: Option<PathBuf>,
+    vmpl: Option<u32>,
     key_broker: RawKeyBroker,
     #[serde(default)]
     models: Vec<RawModel>,
@@ -211,11 +240,36 @@ impl Config {
         let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8)?;
         let raw: RawConfig = toml::from_str(text)?;
 
+        let hardware = || -> Result<HardwareOptions, ConfigError> {
+            let vmpl = raw.vmpl.unwrap_or(0);
+            if vmpl > 3 {
+                return Err(ConfigError::Vmpl(vmpl));
+            }
+            Ok(HardwareOptions {
+                vcek_cache: raw.vcek_cache.clone(),
+                vmpl,
+            })
+        };
         let firmware = match (raw.firmware, raw.sim_dir) {
-            (RawFirmware::Simulated, Some(sim_dir)) => FirmwareConfig::Simulated { sim_dir },
-            (RawFirmware::Simulated, None) => return Err(ConfigError::MissingSimDir),
-            (RawFirmware::ConfigfsTsm, None) => FirmwareConfig::ConfigfsTsm,
-            (RawFirmware::SevGuest, None) => FirmwareConfig::SevGuest,
+            (RawFirmware::Simulated, sim_dir) => {
+                if raw.vcek_cache.is_some() {
+                    return Err(ConfigError::HardwareOnly { key: "vcek_cache" });
+                }
+                if raw.vmpl.is_some() {
+                    return Err(ConfigError::HardwareOnly { key: "vmpl" });
+                }
+                FirmwareConfig::Simulated {
+                    sim_dir: sim_dir.ok_or(ConfigError::MissingSimDir)?,
+                }
+            }
+            (RawFirmware::ConfigfsTsm, None) => FirmwareConfig::ConfigfsTsm(hardware()?),
+            (RawFirmware::SevGuest, None) => {
+                let options = hardware()?;
+                if options.vcek_cache.is_none() {
+                    return Err(ConfigError::SevGuestNeedsVcekCache);
+                }
+                FirmwareConfig::SevGuest(options)
+            }
             (other, Some(_)) => {
                 return Err(ConfigError::UnexpectedSimDir {
                     firmware: match other {
@@ -434,8 +488,49 @@ digest = "{DIGEST}"
             .replace("sim_dir = \"/tmp/sim\"\n", "");
         assert_eq!(
             Config::from_bytes(hw.as_bytes()).unwrap().firmware,
-            FirmwareConfig::ConfigfsTsm
+            FirmwareConfig::ConfigfsTsm(HardwareOptions::default())
         );
+    }
+
+    #[test]
+    fn hardware_options() {
+        let g = good();
+        let hw = |fw: &str, extra: &str| {
+            let text = g
+                .replace(
+                    "firmware = \"simulated\"\n",
+                    &format!("firmware = \"{fw}\"\n{extra}"),
+                )
+                .replace("sim_dir = \"/tmp/sim\"\n", "");
+            Config::from_bytes(text.as_bytes()).map(|c| c.firmware)
+        };
+        assert_eq!(
+            hw("configfs-tsm", "vcek_cache = \"/var/vcek\"\nvmpl = 2\n").unwrap(),
+            FirmwareConfig::ConfigfsTsm(HardwareOptions {
+                vcek_cache: Some("/var/vcek".into()),
+                vmpl: 2
+            })
+        );
+        assert_eq!(
+            hw("sev-guest", "vcek_cache = \"/var/vcek\"\n").unwrap(),
+            FirmwareConfig::SevGuest(HardwareOptions {
+                vcek_cache: Some("/var/vcek".into()),
+                vmpl: 0
+            })
+        );
+        let err = |r: Result<FirmwareConfig, ConfigError>| r.unwrap_err().to_string();
+        assert!(err(hw("sev-guest", "")).contains("needs `vcek_cache`"));
+        assert!(err(hw("configfs-tsm", "vmpl = 4\n")).contains("vmpl must be"));
+        let sim = g.replace("sim_dir =", "vmpl = 0\nsim_dir =");
+        assert!(Config::from_bytes(sim.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("`vmpl` is only allowed"));
+        let sim = g.replace("sim_dir =", "vcek_cache = \"/x\"\nsim_dir =");
+        assert!(Config::from_bytes(sim.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("`vcek_cache` is only allowed"));
     }
 
     #[test]

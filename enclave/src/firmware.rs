@@ -7,14 +7,27 @@
 //! - `simulated`: the software AMD-SP of `cloister sim` (state directory `sim_dir`). Its launch measurement
 //!   is computed, once at startup, from the bytes of this very executable and of the measured
 //!   configuration, the way `cloister measure` computes it.
-//! - `configfs-tsm`, `sev-guest`: the real SNP guest interfaces. Not in this build yet (they come with the
-//!   real-hardware issue); selecting one fails at startup with an error that says what is missing.
+//! - `configfs-tsm` ([`configfs_tsm`], preferred, Linux ≥ 6.7): reports through
+//!   `/sys/kernel/config/tsm/report`, with the certificate table the host attaches ([`cert_table`]).
+//! - `sev-guest` ([`sev_guest`]): SNP_GET_REPORT on `/dev/sev-guest`, certificates from the VCEK cache.
+//!
+//! Certificates of the hardware backends ([`chain`]): the host's table first, then the measured
+//! configuration's `vcek_cache`, else an error. A missing interface is an error that names it; no backend
+//! ever falls back to another.
 
+pub mod cert_table;
+pub mod chain;
+pub mod configfs_tsm;
+pub mod sev_guest;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use cloister_attestation::evidence::{
     CertChainDer, Claims, EnclaveKey, Evidence, Platform, Sha384, CLAIMS_VERSION,
 };
+
+use cloister_attestation::snp::report::REPORT_LEN;
 
 use crate::config::FirmwareConfig;
 
@@ -51,6 +64,105 @@ pub enum FirmwareError {
     /// The blocking attestation task failed.
     #[error("attestation task failed")]
     Task,
+    /// The configfs-tsm report directory does not exist.
+    #[error("no {}: kernel without configfs-tsm or not an SNP guest (Linux >= 6.7 with the sev-guest driver \
+             provides it; is configfs mounted at /sys/kernel/config?)", root.display())]
+    NoConfigfsTsm {
+        /// The report directory.
+        root: PathBuf,
+    },
+    /// configfs-tsm exists but no TSM driver is registered (mkdir answers ENXIO).
+    #[error("{}: no TSM provider is registered (the sev-guest driver is not loaded: not an SNP guest?)", root.display())]
+    NoTsmProvider {
+        /// The report directory.
+        root: PathBuf,
+    },
+    /// The configfs-tsm provider is not the SEV-SNP guest driver.
+    #[error("configfs-tsm provider is \"{found}\", expected \"sev_guest\" (this is not an SEV-SNP guest)")]
+    WrongProvider {
+        /// The provider found.
+        found: String,
+    },
+    /// A configfs operation failed.
+    #[error("configfs-tsm: {op} {}", path.display())]
+    Configfs {
+        /// What was done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Other writers changed our report entry during every attempt.
+    #[error("configfs-tsm: the report entry was changed by another writer during each of {attempts} attempts")]
+    Raced {
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// A VMPL above 0 was asked for but the provider has no `privlevel`.
+    #[error(
+        "configfs-tsm: vmpl = {vmpl} is configured but the provider has no privlevel attribute"
+    )]
+    NoPrivlevel {
+        /// The configured VMPL.
+        vmpl: u32,
+    },
+    /// VMPL out of range.
+    #[error("vmpl must be 0..=3 (found {0})")]
+    Vmpl(u32),
+    /// The device node of the sev-guest driver is missing.
+    #[error("no /dev/sev-guest: not an SNP guest, or the sev-guest driver is not loaded (modprobe sev-guest)")]
+    NoSevGuest,
+    /// The /dev/sev-guest ioctl failed.
+    #[error("sev-guest: {0}")]
+    SevGuest(String),
+    /// The firmware returned a report of the wrong size.
+    #[error("the firmware returned {len} bytes, not a {REPORT_LEN}-byte attestation report")]
+    ReportLength {
+        /// The length returned.
+        len: usize,
+    },
+    /// The firmware's report does not decode.
+    #[error("the firmware's report does not decode: {0}")]
+    BadReport(String),
+    /// The report's REPORT_DATA is not what we asked for.
+    #[error(
+        "the firmware's report carries other REPORT_DATA than requested (a concurrent request?)"
+    )]
+    ReportDataMismatch,
+    /// The report is unsigned (SIGNING_KEY = none).
+    #[error("the firmware's report is unsigned (SIGNING_KEY = none)")]
+    UnsignedReport,
+    /// The host's certificate table is malformed.
+    #[error(transparent)]
+    CertTable(#[from] cert_table::CertTableError),
+    /// No certificate for the key that signed the report.
+    #[error("no {key} certificate: {detail}")]
+    NoCertificate {
+        /// "VCEK" or "VLEK".
+        key: &'static str,
+        /// Where we looked.
+        detail: String,
+    },
+    /// A certificate of the VCEK cache cannot be read or parsed.
+    #[error("VCEK cache: {}: {detail}", path.display())]
+    CertCache {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A certificate does not parse.
+    #[error("the {what} certificate from {source_name} does not parse: {detail}")]
+    BadCertificate {
+        /// Which certificate.
+        what: &'static str,
+        /// Where it came from.
+        source_name: &'static str,
+        /// The parser's error.
+        detail: String,
+    },
 }
 
 /// Opens the backend the measured configuration names. `config_bytes` are the exact configuration bytes
@@ -60,20 +172,27 @@ pub fn open(
     config_bytes: &[u8],
 ) -> Result<Arc<dyn Firmware>, FirmwareError> {
     match config {
-        FirmwareConfig::Simulated { sim_dir } => {
-            Ok(Arc::new(sim::SimulatedFirmware::open(sim_dir, config_bytes)?))
+        FirmwareConfig::Simulated { sim_dir } => Ok(Arc::new(sim::SimulatedFirmware::open(
+            sim_dir,
+            config_bytes,
+        )?)),
+        FirmwareConfig::ConfigfsTsm(options) => Ok(Arc::new(configfs_tsm::ConfigfsTsm::open(
+            configfs_tsm::ConfigfsTsmOptions {
+                vmpl: options.vmpl,
+                vcek_cache: options.vcek_cache.clone(),
+                ..configfs_tsm::ConfigfsTsmOptions::default()
+            },
+        )?)),
+        FirmwareConfig::SevGuest(options) => {
+            let cache = options
+                .vcek_cache
+                .clone()
+                .ok_or(FirmwareError::NoCertificate {
+                    key: "VCEK",
+                    detail: "firmware = \"sev-guest\" needs `vcek_cache`".to_owned(),
+                })?;
+            Ok(Arc::new(sev_guest::SevGuest::open(options.vmpl, cache)?))
         }
-        FirmwareConfig::ConfigfsTsm => Err(FirmwareError::Unavailable {
-            backend: "configfs-tsm",
-            missing: "the configfs-tsm backend (reports through /sys/kernel/config/tsm/report, \
-                      certificates from the host's extended report) is not implemented yet; it comes \
-                      with SNP hardware support",
-        }),
-        FirmwareConfig::SevGuest => Err(FirmwareError::Unavailable {
-            backend: "sev-guest",
-            missing: "the sev-guest backend (SNP_GET_EXT_REPORT on /dev/sev-guest) is not \
-                      implemented yet; it comes with SNP hardware support",
-        }),
     }
 }
 
@@ -253,12 +372,34 @@ mod tests {
         assert_eq!(ev.platform, Platform::SnpSimulated);
     }
 
+    /// This machine is no SNP guest: both hardware backends must say so, naming what is missing.
     #[test]
-    fn hardware_backends_fail_clearly() {
-        for cfg in [FirmwareConfig::ConfigfsTsm, FirmwareConfig::SevGuest] {
-            let err = open(&cfg, b"").err().unwrap().to_string();
-            assert!(err.contains(cfg.name()), "{err}");
-            assert!(err.contains("not implemented yet"), "{err}");
+    #[cfg_attr(
+        feature = "hw-tests",
+        ignore = "runs on an SNP guest, where the interfaces exist"
+    )]
+    fn hardware_backends_fail_clearly_without_hardware() {
+        use crate::config::HardwareOptions;
+        let options = HardwareOptions {
+            vcek_cache: Some("/nonexistent".into()),
+            vmpl: 0,
+        };
+        let err = open(&FirmwareConfig::ConfigfsTsm(options.clone()), b"")
+            .err()
+            .unwrap()
+            .to_string();
+        if std::path::Path::new(configfs_tsm::DEFAULT_ROOT).exists() {
+            assert!(err.contains("configfs-tsm"), "{err}");
+        } else {
+            assert!(
+                err.contains("no /sys/kernel/config/tsm/report: kernel without configfs-tsm or not an SNP guest"),
+                "{err}"
+            );
         }
+        let err = open(&FirmwareConfig::SevGuest(options), b"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("/dev/sev-guest"), "{err}");
     }
 }

@@ -44,6 +44,11 @@ struct Args {
     /// or model bytes.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log: tracing::Level,
+
+    /// Exit when standard input reaches end of file. The host's sim launcher passes this and holds the
+    /// pipe: if the host dies (even by SIGKILL), its enclave does not outlive it.
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +82,32 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.exit_on_stdin_eof {
+        std::thread::spawn(|| {
+            let mut sink = [0u8; 64];
+            let mut stdin = std::io::stdin().lock();
+            // Read until end of file, then stop the process. Interrupted or would-block reads are
+            // not the end (the pipe may be non-blocking); any other error means the pipe is gone.
+            loop {
+                match std::io::Read::read(&mut stdin, &mut sink) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Not eprintln!: stderr is usually a pipe to the host that just died, and eprintln!
+            // panics when the write fails, which would end this thread instead of the process.
+            let _ = writeln!(
+                std::io::stderr(),
+                "cloister-enclave: standard input closed (the host is gone): exiting"
+            );
+            std::process::exit(0);
+        });
+    }
     let config_bytes = std::fs::read(&args.config)
         .with_context(|| format!("cannot read the configuration {}", args.config.display()))?;
     let config = Config::from_bytes(&config_bytes)

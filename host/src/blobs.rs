@@ -247,7 +247,17 @@ pub struct BlobServer {
 impl BlobServer {
     /// Binds `127.0.0.1:0`.
     pub async fn bind(index: BlobIndex, recorder: Option<Recorder>) -> io::Result<Self> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        Self::bind_port(index, recorder, 0).await
+    }
+
+    /// Binds `127.0.0.1:PORT` (0: any free port). Loopback only: a VM reaches it through QEMU
+    /// user networking as `10.0.2.2:PORT`.
+    pub async fn bind_port(
+        index: BlobIndex,
+        recorder: Option<Recorder>,
+        port: u16,
+    ) -> io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
         Ok(Self {
             listener,
             index: Arc::new(index),

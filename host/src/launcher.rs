@@ -109,6 +109,15 @@ pub enum LaunchError {
     /// Reading its output failed.
     #[error("reading its output failed")]
     Io(#[source] io::Error),
+    /// It announced an address the launcher does not forward to (QEMU backends: the enclave
+    /// must listen on the guest port the host forwards).
+    #[error("it announced {announced}, but only port {expected_port} is forwarded")]
+    UnexpectedAddress {
+        /// The announced address.
+        announced: SocketAddr,
+        /// The port the launcher forwards.
+        expected_port: u16,
+    },
 }
 
 impl LaunchError {
@@ -120,7 +129,8 @@ impl LaunchError {
 
 /// The `sim` backend: `cloister-enclave` as a child process on this machine.
 ///
-/// Runs `ENCLAVE_BIN --config CONFIG --listen 127.0.0.1:0 --blobs URL` with stdin closed, reads
+/// Runs `ENCLAVE_BIN --config CONFIG --listen 127.0.0.1:0 --blobs URL --exit-on-stdin-eof` with its stdin
+/// a pipe the host holds open (so the enclave dies with the host), reads
 /// the announcement from its stdout, forwards every other stdout and stderr line to the host's
 /// stderr prefixed `[enclave] `. The child is killed if its [`SimInstance`] is dropped.
 #[derive(Debug, Clone)]
@@ -169,7 +179,10 @@ impl SimLauncher {
             .arg("127.0.0.1:0")
             .arg("--blobs")
             .arg(&self.blobs_url)
-            .stdin(Stdio::null())
+            // The enclave exits when this pipe closes: if the host dies, even by SIGKILL, its enclave
+            // does not outlive it (no unsafe prctl needed).
+            .arg("--exit-on-stdin-eof")
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -198,7 +211,14 @@ impl SimLauncher {
                 // Keep draining stdout so the enclave never blocks on a full pipe.
                 tokio::spawn(forward_lines(stdout));
                 tracing::info!(pid, %addr, "enclave is listening");
-                Ok(SimInstance { child, addr })
+                // Held outside `child`: tokio's `Child::wait` closes the child's stdin before waiting,
+                // which would tell the enclave that the host is gone.
+                let stdin = child.stdin.take();
+                Ok(SimInstance {
+                    child,
+                    addr,
+                    _stdin: stdin,
+                })
             }
             Err(LaunchError::NoAnnouncement) => {
                 // Stdout closed: usually because it exited; say how if it did.
@@ -232,6 +252,8 @@ impl Launcher for SimLauncher {
 pub struct SimInstance {
     child: Child,
     addr: SocketAddr,
+    /// The enclave's stdin: open while this instance lives; closed when the host exits or dies.
+    _stdin: Option<tokio::process::ChildStdin>,
 }
 
 impl SimInstance {
@@ -397,7 +419,7 @@ mod tests {
         assert_eq!(instance.addr(), "127.0.0.1:9".parse().unwrap());
         assert_eq!(
             std::fs::read_to_string(&args).unwrap().trim(),
-            "--config enclave.toml --listen 127.0.0.1:0 --blobs http://b"
+            "--config enclave.toml --listen 127.0.0.1:0 --blobs http://b --exit-on-stdin-eof"
         );
         tokio::time::timeout(Duration::from_secs(5), instance.terminate())
             .await

@@ -8,7 +8,8 @@
 //!
 //! The pieces:
 //! - [`blobs`]: the loopback HTTP service the enclave fetches sealed models from, by digest;
-//! - [`launcher`]: how the enclave is started ([`launcher::Launcher`]; the `sim` backend now);
+//! - [`launcher`]: how the enclave is started ([`launcher::Launcher`]; the `sim` backend);
+//! - [`qemu`]: the `snp-qemu` backend (an SEV-SNP VM) and its insecure TCG variant for tests;
 //! - [`supervisor`]: keeps one enclave up, restarting it with backoff, and publishes its address;
 //! - [`relay`]: the public port, copying client bytes to the current enclave and back;
 //! - [`record`]: `--record`, a raw copy of every byte the host handles, for audits and tests.
@@ -19,6 +20,7 @@
 pub mod blobs;
 pub mod config;
 pub mod launcher;
+pub mod qemu;
 pub mod record;
 pub mod relay;
 pub mod supervisor;
@@ -32,10 +34,13 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
-pub use crate::config::{Backend, Config, ConfigError};
+pub use crate::config::{Backend, Config, ConfigError, QemuSettings};
 
 use crate::blobs::{BlobIndex, BlobServer, IndexError};
 use crate::launcher::{Launcher, SimLauncher};
+use crate::qemu::{
+    HostData, IdBlock, IdBlockError, Isolation, QemuConfig, QemuLauncher, SnpLaunch,
+};
 use crate::record::Recorder;
 use crate::relay::Relay;
 use crate::supervisor::{Supervisor, SupervisorError};
@@ -86,6 +91,20 @@ pub enum Error {
     /// The supervisor task ended abnormally.
     #[error("the supervisor task failed: {0}")]
     Task(String),
+    /// A file the VM launch needs could not be read.
+    #[error("cannot read {flag} {}", path.display())]
+    Read {
+        /// The command-line flag.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The ID block or ID auth is malformed.
+    #[error("invalid --snp-id-block/--snp-id-auth")]
+    IdBlock(#[from] IdBlockError),
 }
 
 /// Runs the host until SIGINT/SIGTERM (then `Ok`) or a failure.
@@ -109,7 +128,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
         None => None,
     };
-    let blob_server = BlobServer::bind(index, recorder.clone())
+    let blob_server = BlobServer::bind_port(index, recorder.clone(), config.blobs_port)
         .await
         .map_err(Error::Blobs)?;
     let blobs_url = blob_server.url().map_err(Error::Blobs)?;
@@ -125,24 +144,41 @@ pub async fn run(config: Config) -> Result<(), Error> {
         source,
     })?;
 
-    let launcher = match config.backend {
-        Backend::Sim => SimLauncher::new(&config.enclave_bin, &config.enclave_config, &blobs_url),
-    };
+    let blobs_port = blob_server.local_addr().map_err(Error::Blobs)?.port();
     let _blobs = AbortOnDrop(tokio::spawn(blob_server.serve()));
-    let outcome = supervise(
-        launcher,
-        &config,
-        listener,
-        public,
-        recorder.clone(),
-        async {
-            tokio::select! {
-                _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-            }
-        },
-    )
-    .await;
+    let shutdown = async {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    let outcome = match (config.backend, &config.enclave_bin) {
+        (Backend::Sim, Some(enclave_bin)) => {
+            let launcher = SimLauncher::new(enclave_bin, &config.enclave_config, &blobs_url);
+            supervise(
+                launcher,
+                &config,
+                listener,
+                public,
+                recorder.clone(),
+                shutdown,
+            )
+            .await
+        }
+        (Backend::Sim, None) => Err(Error::Task("--enclave-bin is missing".into())),
+        (_, _) => {
+            let launcher = qemu_launcher(&config, blobs_port)?;
+            supervise(
+                launcher,
+                &config,
+                listener,
+                public,
+                recorder.clone(),
+                shutdown,
+            )
+            .await
+        }
+    };
     if let (Some(recorder), Some(path)) = (&recorder, &config.record) {
         let flushed = recorder.flush().await.map_err(|source| Error::Record {
             path: path.clone(),
@@ -154,6 +190,95 @@ pub async fn run(config: Config) -> Result<(), Error> {
         return Ok(());
     }
     outcome
+}
+
+/// The QEMU launcher for a validated configuration of a QEMU backend.
+fn qemu_launcher(config: &Config, blobs_port: u16) -> Result<QemuLauncher, Error> {
+    let q = &config.qemu;
+    let read = |flag: &'static str, path: &PathBuf| {
+        std::fs::read(path).map_err(|source| Error::Read {
+            flag,
+            path: path.clone(),
+            source,
+        })
+    };
+    let missing = |flag: &str| Error::Task(format!("{flag} is missing"));
+    let snp = config.backend == Backend::SnpQemu;
+    let isolation = if snp {
+        let host_data = HostData::of_config(&read("--enclave-config", &config.enclave_config)?);
+        let id = match (&q.snp_id_block, &q.snp_id_auth) {
+            (Some(block), Some(auth)) => Some(IdBlock::new(
+                &read("--snp-id-block", block)?,
+                &read("--snp-id-auth", auth)?,
+                q.snp_author_key_enabled,
+            )?),
+            _ => None,
+        };
+        let policy = q.snp_policy.unwrap_or(qemu::policy::DEFAULT);
+        if policy & qemu::policy::DEBUG != 0 {
+            tracing::warn!(
+                policy = format_args!("{policy:#x}"),
+                "the SNP policy allows debugging: the host can read the guest's memory, and \
+                 verifiers reject such reports unless their policy allows debug"
+            );
+        }
+        tracing::info!(
+            ?host_data,
+            "HOST_DATA = SHA-256 of the enclave configuration"
+        );
+        Isolation::Snp(SnpLaunch {
+            ovmf: q.bios.clone().ok_or_else(|| missing("--qemu-bios"))?,
+            policy,
+            cbitpos: q.snp_cbitpos.unwrap_or(qemu::DEFAULT_CBITPOS),
+            reduced_phys_bits: q
+                .snp_reduced_phys_bits
+                .unwrap_or(qemu::DEFAULT_REDUCED_PHYS_BITS),
+            host_data: Some(host_data),
+            id,
+        })
+    } else {
+        tracing::warn!(
+            "backend qemu-tcg-insecure: the VM has NO memory encryption and NO attestation \
+             hardware; for tests only"
+        );
+        Isolation::InsecureTcg {
+            bios: q.bios.clone(),
+        }
+    };
+    let cmdline = qemu::kernel_cmdline(
+        qemu::GUEST_PORT,
+        blobs_port,
+        q.append.as_deref().unwrap_or(""),
+    );
+    tracing::info!(%cmdline, "kernel command line (measured under SNP)");
+    let template = QemuConfig {
+        isolation,
+        kernel: q.kernel.clone().ok_or_else(|| missing("--qemu-kernel"))?,
+        initrd: q.initrd.clone().ok_or_else(|| missing("--qemu-initrd"))?,
+        cmdline,
+        cpu: q.cpu.clone().unwrap_or_else(|| {
+            if snp {
+                qemu::DEFAULT_SNP_CPU
+            } else {
+                qemu::DEFAULT_TCG_CPU
+            }
+            .to_owned()
+        }),
+        vcpus: q.vcpus.unwrap_or(qemu::DEFAULT_VCPUS),
+        memory_mib: q.memory_mib.unwrap_or(qemu::DEFAULT_MEMORY_MIB),
+        host_port: 0,
+        guest_port: qemu::GUEST_PORT,
+        serial_log: q.serial_log.clone(),
+    };
+    let binary = q
+        .binary
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(qemu::DEFAULT_QEMU));
+    let mut launcher = QemuLauncher::new(&binary, template);
+    if let Some(timeout) = q.start_timeout {
+        launcher = launcher.with_start_timeout(timeout);
+    }
+    Ok(launcher)
 }
 
 /// Aborts a background task when dropped.

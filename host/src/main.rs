@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cloister_host::supervisor::RestartPolicy;
-use cloister_host::{Backend, Config};
+use cloister_host::{Backend, Config, QemuSettings};
 
 const TRUST_MODEL: &str = "\
 Launches the Cloister enclave, serves it the sealed models it asks for, and relays client \
@@ -24,17 +24,27 @@ but ciphertext.
 On stdout it prints exactly one line, `cloister-host: listening on <ADDR>`, once the relay is \
 listening and the first enclave is up. Logs go to stderr (RUST_LOG sets the level); the \
 enclave's own output is forwarded there prefixed `[enclave] `. SIGINT/SIGTERM stop the enclave \
-and exit 0.";
+and exit 0.
+
+Backends: `sim` runs --enclave-bin as a child process with the simulated platform (development). \
+`snp-qemu` boots an AMD SEV-SNP confidential VM: QEMU/KVM, the AmdSev OVMF (--qemu-bios), direct \
+boot of --qemu-kernel and --qemu-initrd (scripts/build-initrd.sh) with kernel hashes, so the \
+launch measurement covers firmware, kernel, initrd (the enclave and its configuration) and command \
+line; HOST_DATA is the SHA-256 of --enclave-config. The VM serial console is forwarded as \
+`[enclave] `, QEMU's own messages as `[qemu] `. `qemu-tcg-insecure` boots the same VM WITHOUT SEV \
+under software emulation: no memory encryption, no attestation hardware; for tests only. See \
+docs/snp-qemu.md.";
 
 /// Cloister host: launches and supervises the enclave, serves sealed blobs, relays clients.
 #[derive(Parser, Debug)]
 #[command(name = "cloister-host", version, about, long_about = TRUST_MODEL)]
 struct Args {
-    /// The enclave program (`cloister-enclave`).
+    /// The enclave program (`cloister-enclave`). Backend sim only (required there).
     #[arg(long, value_name = "PATH")]
-    enclave_bin: PathBuf,
+    enclave_bin: Option<PathBuf>,
 
-    /// The enclave's measured configuration (TOML), passed to it unchanged as `--config`.
+    /// The enclave's measured configuration (TOML), passed to it unchanged as `--config` (sim); for
+    /// snp-qemu the VM reads its copy from the initrd and HOST_DATA is this file's SHA-256.
     #[arg(long, value_name = "FILE")]
     enclave_config: PathBuf,
 
@@ -46,9 +56,122 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
 
-    /// How to launch the enclave: `sim` (a child process on this machine, simulated platform).
+    /// How to launch the enclave: `sim` (a child process on this machine, simulated platform),
+    /// `snp-qemu` (an SEV-SNP VM), or `qemu-tcg-insecure` (the VM without SEV, tests only).
     #[arg(long, value_name = "BACKEND", default_value = "sim")]
     backend: Backend,
+
+    /// Loopback port of the blob service (default: any free port). The VM backends put it on the
+    /// kernel command line, which SNP measures: fix it to keep the measurement stable.
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    blobs_port: u16,
+
+    /// QEMU backends: the QEMU program [default: qemu-system-x86_64].
+    #[arg(
+        long,
+        value_name = "PATH",
+        help_heading = "VM (snp-qemu, qemu-tcg-insecure)"
+    )]
+    qemu_binary: Option<PathBuf>,
+
+    /// QEMU backends: the guest kernel (bzImage), booted directly.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "VM (snp-qemu, qemu-tcg-insecure)"
+    )]
+    qemu_kernel: Option<PathBuf>,
+
+    /// QEMU backends: the initramfs built by scripts/build-initrd.sh.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "VM (snp-qemu, qemu-tcg-insecure)"
+    )]
+    qemu_initrd: Option<PathBuf>,
+
+    /// QEMU backends: the firmware. snp-qemu: the AmdSev OVMF build (required). qemu-tcg-insecure:
+    /// optional, QEMU's default BIOS otherwise.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "VM (snp-qemu, qemu-tcg-insecure)"
+    )]
+    qemu_bios: Option<PathBuf>,
+
+    /// QEMU backends: extra kernel parameters, appended to the command line (measured under SNP).
+    #[arg(
+        long,
+        value_name = "PARAMS",
+        help_heading = "VM (snp-qemu, qemu-tcg-insecure)"
+    )]
+    qemu_append: Option<String>,
+
+    /// QEMU backends: the vCPU model [default: EPYC-v4 for snp-qemu, max for qemu-tcg-insecure].
+    /// Measured under SNP.
+    #[arg(
+        long,
+        value_name = "MODEL",
+        help_heading = "VM (snp-qemu, qemu-tcg-insecure)"
+    )]
+    qemu_cpu: Option<String>,
+
+    /// QEMU backends: vCPUs [default: 1]. Measured under SNP (one VMSA per vCPU).
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "VM (snp-qemu, qemu-tcg-insecure)"
+    )]
+    qemu_vcpus: Option<u32>,
+
+    /// QEMU backends: guest memory in MiB [default: 1024].
+    #[arg(
+        long,
+        value_name = "MIB",
+        help_heading = "VM (snp-qemu, qemu-tcg-insecure)"
+    )]
+    qemu_memory_mib: Option<u32>,
+
+    /// QEMU backends: append the guest's serial console to FILE (it is also forwarded to stderr).
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "VM (snp-qemu, qemu-tcg-insecure)"
+    )]
+    qemu_serial_log: Option<PathBuf>,
+
+    /// QEMU backends: seconds the VM may take to boot and announce the enclave [default: 120].
+    #[arg(
+        long,
+        value_name = "SECS",
+        help_heading = "VM (snp-qemu, qemu-tcg-insecure)"
+    )]
+    qemu_start_timeout: Option<u64>,
+
+    /// snp-qemu: the SNP guest policy [default: 0x30000: SMT allowed, no debug, no migration
+    /// agent]. Verifiers see it in the report.
+    #[arg(long, value_name = "HEX", value_parser = parse_hex_u64, help_heading = "SEV-SNP (snp-qemu)")]
+    snp_policy: Option<u64>,
+
+    /// snp-qemu: the C-bit position [default: 51].
+    #[arg(long, value_name = "N", help_heading = "SEV-SNP (snp-qemu)")]
+    snp_cbitpos: Option<u32>,
+
+    /// snp-qemu: physical address bits lost to memory encryption [default: 1].
+    #[arg(long, value_name = "N", help_heading = "SEV-SNP (snp-qemu)")]
+    snp_reduced_phys_bits: Option<u32>,
+
+    /// snp-qemu: an ID block (96 bytes, raw or base64), checked by the AMD-SP at launch.
+    #[arg(long, value_name = "FILE", help_heading = "SEV-SNP (snp-qemu)")]
+    snp_id_block: Option<PathBuf>,
+
+    /// snp-qemu: the ID block's authentication information (4096 bytes, raw or base64).
+    #[arg(long, value_name = "FILE", help_heading = "SEV-SNP (snp-qemu)")]
+    snp_id_auth: Option<PathBuf>,
+
+    /// snp-qemu: the ID auth carries an author key.
+    #[arg(long, help_heading = "SEV-SNP (snp-qemu)")]
+    snp_author_key_enabled: bool,
 
     /// Append every byte the host relays or serves to FILE (raw). For audits and tests: it holds
     /// only what the host sees anyway, i.e. ciphertext and sealed blobs.
@@ -69,6 +192,25 @@ impl Args {
             sealed_models: self.sealed_models,
             listen: self.listen,
             backend: self.backend,
+            qemu: QemuSettings {
+                binary: self.qemu_binary,
+                kernel: self.qemu_kernel,
+                initrd: self.qemu_initrd,
+                bios: self.qemu_bios,
+                append: self.qemu_append,
+                cpu: self.qemu_cpu,
+                vcpus: self.qemu_vcpus,
+                memory_mib: self.qemu_memory_mib,
+                serial_log: self.qemu_serial_log,
+                start_timeout: self.qemu_start_timeout.map(std::time::Duration::from_secs),
+                snp_policy: self.snp_policy,
+                snp_cbitpos: self.snp_cbitpos,
+                snp_reduced_phys_bits: self.snp_reduced_phys_bits,
+                snp_id_block: self.snp_id_block,
+                snp_id_auth: self.snp_id_auth,
+                snp_author_key_enabled: self.snp_author_key_enabled,
+            },
+            blobs_port: self.blobs_port,
             record: self.record,
             restart: RestartPolicy {
                 max_restarts: self.restart_max,
@@ -115,6 +257,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A number in hex (`0x30000`) or decimal.
+fn parse_hex_u64(s: &str) -> Result<u64, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|e| format!("{s:?}: {e} (expected e.g. 0x30000)"))
 }
 
 /// `error: ...` then one `  because: ...` line per cause.

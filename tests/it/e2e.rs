@@ -477,3 +477,30 @@ async fn the_host_sees_no_key_no_weights_no_inputs_no_outputs() {
 fn exporter_label_is_the_documented_one() {
     assert_eq!(TLS_EXPORTER_LABEL, b"EXPORTER-cloister-attestation");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enclave_does_not_outlive_a_killed_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = deploy(dir.path(), &mlp(), "mlp", |_| {}).await;
+    d.wait_ready(READY).await.expect("ready");
+    let host = d.host_pid().unwrap();
+    let enclaves = children_of(host);
+    assert_eq!(enclaves.len(), 1);
+    std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(host.to_string())
+        .status()
+        .unwrap();
+    let proc_dir = PathBuf::from(format!("/proc/{}", enclaves[0]));
+    let mut gone = false;
+    for _ in 0..100 {
+        // A zombie still has /proc/PID until reaped by init; its state is 'Z'.
+        let status = std::fs::read_to_string(proc_dir.join("status")).unwrap_or_default();
+        if status.is_empty() || status.contains("State:\tZ") {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the enclave kept running after its host was killed");
+}

@@ -78,7 +78,7 @@ pub enum SimSigningKey {
 /// Parameters of a new simulated platform.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimConfig {
-    /// The product line (CPUID, TCB layout, certificate names). Default Genoa.
+    /// The product line (CPUID, TCB layout, certificate names); `cloister sim init` defaults to Genoa.
     pub product: Product,
     /// The platform's TCB: CURRENT/REPORTED/COMMITTED/LAUNCH_TCB of every report and the SPLs of the
     /// VCEK/VLEK. `fmc` must be present exactly for Turin.
@@ -281,22 +281,20 @@ impl SimPlatform {
     /// anything else) is an error before any key is generated.
     pub fn init(dir: &Path, config: &SimConfig, rng: &dyn SecureRandom) -> Result<Self, SimError> {
         state::check_tcb_layout(config.product, &config.tcb)?;
+        let hw_id_len = x509::hw_id_len(config.product);
         let chip_id = match config.chip_id {
+            // Turin's CHIP_ID is the 8-byte hwID followed by zeros; anything else could never match.
+            Some(id) if id[hw_id_len..].iter().any(|&b| b != 0) => {
+                return Err(SimError::ChipIdLayout)
+            }
             Some(id) => id,
             None => {
                 let mut id = [0u8; 64];
-                rng.fill(&mut id)
+                rng.fill(&mut id[..hw_id_len])
                     .map_err(|_| SimError::KeyGeneration("system RNG failed"))?;
                 id
             }
         };
-        let mut chip_id = chip_id;
-        if config.product == Product::Turin {
-            if config.chip_id.is_some() && chip_id[8..].iter().any(|&b| b != 0) {
-                return Err(SimError::ChipIdLayout);
-            }
-            chip_id[8..].fill(0);
-        }
         state::prepare_empty_dir(dir)?;
 
         let st = state::PlatformState {

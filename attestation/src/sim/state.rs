@@ -317,6 +317,9 @@ pub(super) fn parse_platform_file(path: &Path, bytes: &[u8]) -> Result<PlatformS
         microcode: file.tcb.microcode,
     };
     check_tcb_layout(file.product, &tcb)?;
+    if file.product == Product::Turin && chip_id[8..].iter().any(|&b| b != 0) {
+        return Err(SimError::ChipIdLayout);
+    }
     Ok(PlatformState {
         format: file.format,
         product: file.product,

@@ -3,6 +3,7 @@
 pub(crate) mod demo;
 pub(crate) mod infer;
 pub(crate) mod keybroker;
+pub(crate) mod measure;
 pub(crate) mod seal;
 pub(crate) mod sim;
 pub(crate) mod verify;

@@ -9,6 +9,7 @@
 
 mod binary;
 mod common;
+mod firmware;
 mod provisioning;
 mod serving;
 mod simulated;
