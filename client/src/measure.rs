@@ -140,6 +140,9 @@ pub const VCPU_TYPES: &[(&str, u32)] = &[
     ("EPYC-Genoa", cpu_sig(25, 17, 0)),
     ("EPYC-Genoa-v1", cpu_sig(25, 17, 0)),
     ("EPYC-Turin", cpu_sig(26, 0, 0)),
+    // Newer QEMU models, same signature (the `sev` crate lists them; sev-snp-measure 0.0.13 does not).
+    ("EPYC-Turin-v1", cpu_sig(26, 0, 0)),
+    ("EPYC-Turin-v2", cpu_sig(26, 0, 0)),
 ];
 
 /// The signature of a vCPU type name (see [`VCPU_TYPES`]).

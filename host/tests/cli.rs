@@ -180,15 +180,51 @@ async fn help_and_usage_errors() {
         "cannot read model keys",
         "--restart-max",
         "--record",
+        "snp-qemu",
+        "qemu-tcg-insecure",
+        "--qemu-kernel",
+        "--snp-policy",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
 
     let s = setup();
+    let out = output(host(&s, "exit 0", &["--backend", "qemu"])).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown backend `qemu`"), "{err}");
+
+    // The VM backends boot the enclave from the initrd, and need their own flags.
     let out = output(host(&s, "exit 0", &["--backend", "snp-qemu"])).await;
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown backend `snp-qemu`"), "{err}");
+    assert!(
+        err.contains("error: --enclave-bin does not apply to --backend snp-qemu"),
+        "{err}"
+    );
+    let mut cmd = Command::new(HOST);
+    cmd.args(["--backend", "snp-qemu", "--enclave-config"])
+        .arg(&s.config)
+        .arg("--sealed-model")
+        .arg(&s.sealed)
+        .args(["--listen", "127.0.0.1:0", "--qemu-kernel"])
+        .arg(&s.config)
+        .arg("--qemu-initrd")
+        .arg(&s.config);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: --backend snp-qemu needs --qemu-bios"),
+        "{err}"
+    );
+    let out = output(host(&s, "exit 0", &["--qemu-kernel", "/x"])).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: --qemu-kernel does not apply to --backend sim"),
+        "{err}"
+    );
 
     let mut cmd = Command::new(HOST);
     cmd.args(["--enclave-bin", "/nonexistent", "--enclave-config"])
@@ -346,5 +382,108 @@ async fn restarts_the_enclave_then_gives_up() {
     assert!(
         err.contains("because: the enclave stopped after 2 consecutive restart(s)"),
         "{err}"
+    );
+}
+
+/// `--backend qemu-tcg-insecure` with a fake QEMU (a script): the QEMU command line, the serial
+/// console announcement, the relay's address, and QEMU dying with a killed host.
+#[tokio::test]
+async fn qemu_backend_runs_qemu_and_ties_it_to_the_host() {
+    let s = setup();
+    let args = s.dir.path().join("qemu-args");
+    let pid_file = s.dir.path().join("qemu-pid");
+    let kernel = s.dir.path().join("vmlinuz");
+    let initrd = s.dir.path().join("initrd");
+    std::fs::write(&kernel, b"k").unwrap();
+    std::fs::write(&initrd, b"i").unwrap();
+    let script = format!(
+        "printf '%s\\n' \"$@\" > '{}'; echo $$ > '{}'; printf '\\033c\\033[2JSeaBIOS\\r\\n'; \
+         echo 'cloister-enclave: listening on 0.0.0.0:4433'; exec sleep 60",
+        args.display(),
+        pid_file.display()
+    );
+    let mut cmd = Command::new(HOST);
+    cmd.args(["--backend", "qemu-tcg-insecure", "--enclave-config"])
+        .arg(&s.config)
+        .arg("--sealed-model")
+        .arg(&s.sealed)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--blobs-port",
+            "0",
+            "--qemu-binary",
+        ])
+        .arg(fake_enclave())
+        .arg("--qemu-kernel")
+        .arg(&kernel)
+        .arg("--qemu-initrd")
+        .arg(&initrd)
+        .args(["--qemu-append", "foo=bar", "--qemu-memory-mib", "512"])
+        .env("FAKE_ENCLAVE", &script)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let (_relay, _stdout) = announced(&mut child).await;
+    let recorded = std::fs::read_to_string(&args).unwrap();
+    let words: Vec<&str> = recorded.lines().collect();
+    let value = |flag: &str| {
+        let i = words
+            .iter()
+            .position(|w| *w == flag)
+            .unwrap_or_else(|| panic!("no {flag}: {words:?}"));
+        words[i + 1]
+    };
+    assert_eq!(value("-accel"), "tcg");
+    assert_eq!(value("-machine"), "q35");
+    assert_eq!(value("-m"), "512M");
+    assert_eq!(value("-kernel"), kernel.to_str().unwrap());
+    assert_eq!(value("-initrd"), initrd.to_str().unwrap());
+    let append = value("-append");
+    assert!(
+        append.starts_with("console=ttyS0 panic=-1 quiet cloister.listen=0.0.0.0:4433 cloister.blobs=http://10.0.2.2:")
+            && append.ends_with(" foo=bar"),
+        "{append}"
+    );
+    assert!(!recorded.contains("sev"), "{recorded}");
+    assert!(value("-netdev").starts_with("user,id=net0,ipv6=off,hostfwd=tcp:127.0.0.1:"));
+
+    // SIGKILL the host: QEMU (here the fake) must not outlive it.
+    let qemu_pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(alive(&qemu_pid));
+    std::process::Command::new("kill")
+        .args(["-KILL", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let _ = tokio::time::timeout(LIMIT, child.wait()).await.unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{qemu_pid}/status")).unwrap_or_default();
+        if status.is_empty() || status.contains("State:\tZ") {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "QEMU outlived a killed host");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(stderr.contains("[enclave] SeaBIOS\n"), "{stderr}");
+    assert!(
+        stderr.contains("qemu-tcg-insecure: the VM has NO memory encryption"),
+        "{stderr}"
     );
 }

@@ -179,6 +179,52 @@ impl VerifiedReport {
     }
 }
 
+/// Chains (ARK, intermediate, leaf: exact DER bytes) whose signatures have verified. Bounded: when full, it
+/// is emptied (the cost is one cold verification per chain).
+#[derive(Debug)]
+pub struct ChainCache {
+    verified: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    capacity: usize,
+}
+
+impl ChainCache {
+    /// A cache of at most `capacity` chains.
+    pub fn new(capacity: usize) -> Self {
+        ChainCache {
+            verified: std::sync::Mutex::new(std::collections::HashSet::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn key(ark: &AmdCertificate, intermediate: &AmdCertificate, leaf: &AmdCertificate) -> [u8; 32] {
+        // Length-prefixed so that the three DER strings cannot be re-split into another chain.
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        for der in [ark.der(), intermediate.der(), leaf.der()] {
+            ctx.update(&(der.len() as u64).to_be_bytes());
+            ctx.update(der);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.verified
+            .lock()
+            .map(|set| set.contains(key))
+            .unwrap_or(false)
+    }
+
+    fn insert(&self, key: [u8; 32]) {
+        if let Ok(mut set) = self.verified.lock() {
+            if set.len() >= self.capacity {
+                set.clear();
+            }
+            set.insert(key);
+        }
+    }
+}
+
 /// Facts established about the report before the policy is applied; handed to [`Policy::check`].
 pub struct ChainFacts<'a> {
     /// The decoded report.
@@ -202,8 +248,31 @@ pub fn verify(
     policy: &Policy,
     options: &VerifyOptions<'_>,
 ) -> Result<VerifiedReport, VerifyError> {
+    verify_inner(raw_report, chain, policy, options, None)
+}
+
+/// Like [`verify`], but remembers chains whose signatures verified, so that the next report signed by
+/// the same VCEK/VLEK skips the three RSA-PSS verifications. Everything else (root pinning, validity at
+/// `options.at_unix`, CRL, report signature, leaf binding, policy) is checked on every call.
+pub fn verify_cached(
+    raw_report: &[u8],
+    chain: &CertChain,
+    policy: &Policy,
+    options: &VerifyOptions<'_>,
+    cache: &ChainCache,
+) -> Result<VerifiedReport, VerifyError> {
+    verify_inner(raw_report, chain, policy, options, Some(cache))
+}
+
+fn verify_inner(
+    raw_report: &[u8],
+    chain: &CertChain,
+    policy: &Policy,
+    options: &VerifyOptions<'_>,
+    cache: Option<&ChainCache>,
+) -> Result<VerifiedReport, VerifyError> {
     let (report, product, simulated, leaf_extensions) =
-        verify_without_policy(raw_report, chain, options)?;
+        verify_without_policy(raw_report, chain, options, cache)?;
     let facts = ChainFacts {
         report: &report,
         product,
@@ -226,6 +295,7 @@ fn verify_without_policy(
     raw_report: &[u8],
     chain: &CertChain,
     options: &VerifyOptions<'_>,
+    cache: Option<&ChainCache>,
 ) -> Result<(AttestationReport, Product, bool, AmdExtensions), VerifyError> {
     // 1. Parse. SNP ABI: exactly 0x4A0 bytes, known version, reserved fields zero.
     let report = AttestationReport::from_bytes(raw_report)?;
@@ -309,9 +379,17 @@ fn verify_without_policy(
 
     // 5. Chain signatures (RSASSA-PSS SHA-384): ARK self-signed, ARK → ASK/ASVK → VCEK/VLEK. The
     //    intermediate is accepted when the pinned ARK signed it, so that AMD can re-issue ASKs.
-    ark.verify_issued_by(ark)?;
-    intermediate.verify_issued_by(ark)?;
-    leaf.verify_issued_by(intermediate)?;
+    //    A cache hit means these exact three DER certificates verified before; the pinning above is
+    //    recomputed on every call, so a cached chain is only reused under the same trust decision.
+    let key = ChainCache::key(ark, intermediate, leaf);
+    if !cache.is_some_and(|c| c.contains(&key)) {
+        ark.verify_issued_by(ark)?;
+        intermediate.verify_issued_by(ark)?;
+        leaf.verify_issued_by(intermediate)?;
+        if let Some(c) = cache {
+            c.insert(key);
+        }
+    }
     check_intermediate_role(&report, intermediate, intermediate_role, product)?;
 
     // 6. Validity at the given instant, for every certificate of the chain.
@@ -458,4 +536,98 @@ fn check_hw_id(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str) -> (Vec<u8>, CertChain) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/vectors/snp")
+            .join(name);
+        let chain = CertChain {
+            ark: Some(
+                AmdCertificate::from_pem(&std::fs::read(dir.join("ark.pem")).unwrap()).unwrap(),
+            ),
+            intermediate: Some(
+                AmdCertificate::from_pem(&std::fs::read(dir.join("ask.pem")).unwrap()).unwrap(),
+            ),
+            leaf: Some(
+                AmdCertificate::from_der(&std::fs::read(dir.join("vcek.der")).unwrap()).unwrap(),
+            ),
+        };
+        (std::fs::read(dir.join("report.bin")).unwrap(), chain)
+    }
+
+    const AT: i64 = 1_756_684_800; // 2025-09-01
+
+    #[test]
+    fn cached_verification_checks_everything_but_the_chain_signatures() {
+        let (report, chain) = set("oak_genoa_vcek_v5");
+        let opts = VerifyOptions {
+            at_unix: AT,
+            crl: None,
+            simulated_root: None,
+        };
+        let cache = ChainCache::new(4);
+        verify_cached(&report, &chain, &Policy::baseline(), &opts, &cache).unwrap();
+        assert!(cache.contains(&ChainCache::key(
+            chain.ark.as_ref().unwrap(),
+            chain.intermediate.as_ref().unwrap(),
+            chain.leaf.as_ref().unwrap()
+        )));
+        // A cache hit still checks the report signature ...
+        let mut flipped = report.clone();
+        flipped[0x90] ^= 1;
+        assert!(matches!(
+            verify_cached(&flipped, &chain, &Policy::baseline(), &opts, &cache),
+            Err(VerifyError::ReportSignature { .. })
+        ));
+        // ... validity ...
+        let late = VerifyOptions {
+            at_unix: 4_102_444_800, // 2100
+            ..opts
+        };
+        assert!(matches!(
+            verify_cached(&report, &chain, &Policy::baseline(), &late, &cache),
+            Err(VerifyError::Certificate(_))
+        ));
+        // ... and the policy.
+        let strict = Policy::from_toml("vmpls = [3]").unwrap();
+        assert!(matches!(
+            verify_cached(&report, &chain, &strict, &opts, &cache),
+            Err(VerifyError::Policy(_))
+        ));
+        // Another product's chain is not a hit and fails on its own signatures.
+        let (_, milan) = set("oak_milan_vcek_v3_containers");
+        let mixed = CertChain {
+            intermediate: milan.intermediate.clone(),
+            ..chain.clone()
+        };
+        assert!(verify_cached(&report, &mixed, &Policy::baseline(), &opts, &cache).is_err());
+    }
+
+    #[test]
+    fn a_report_with_signing_key_none_or_unknown_algo_is_rejected() {
+        let (report, chain) = set("oak_genoa_vcek_v5");
+        let opts = VerifyOptions {
+            at_unix: AT,
+            crl: None,
+            simulated_root: None,
+        };
+        let mut m = report.clone();
+        m[0x48] = 7 << 2; // SIGNING_KEY = none
+        assert!(matches!(
+            verify(&m, &chain, &Policy::baseline(), &opts),
+            Err(VerifyError::UnsupportedSignature { .. })
+        ));
+        let mut m = report;
+        m[0x34] = 2; // SIGNATURE_ALGO
+        assert!(matches!(
+            verify(&m, &chain, &Policy::baseline(), &opts),
+            Err(VerifyError::UnsupportedSignature { .. })
+        ));
+    }
 }
