@@ -42,7 +42,7 @@
 set -euo pipefail
 umask 022
 
-usage() { sed -n '7,24p' "$0" >&2; exit 2; }
+usage() { sed -n '8,22p' "$0" >&2; exit 2; }
 die() { echo "build-initrd: $*" >&2; exit 1; }
 
 ENCLAVE="" CONFIG="" MODULES_DIR="" OUTPUT="" SIM_DIR="" BUSYBOX="/bin/busybox"
@@ -210,7 +210,12 @@ chmod 0755 "$STAGE/init"
 # --- normalise and pack: sorted names, owner 0:0, fixed modes and mtimes, no gzip name or time
 find "$STAGE" -mindepth 1 -type d -exec chmod 0755 {} +
 chmod 1777 "$STAGE/tmp"
-find "$STAGE/cloister/sim" "$STAGE/lib/modules" "$STAGE/cloister/enclave.toml" -type f -exec chmod 0644 {} + 2>/dev/null || true
+find "$STAGE/lib/modules" -type f -exec chmod 0644 {} +
+if [ -n "$SIM_DIR" ]; then
+  # The simulated platform refuses private keys that group or others may read.
+  find "$STAGE/cloister/sim" -type d -exec chmod 0700 {} +
+  find "$STAGE/cloister/sim" -type f -exec chmod 0600 {} +
+fi
 find "$STAGE" -exec touch -h -d "@$EPOCH" {} +
 mkdir -p "$(dirname "$OUTPUT")"
 TMP_OUT="$OUTPUT.tmp.$$"

@@ -11,7 +11,13 @@
 //! The expected measurement is computed here from the enclave binary and its configuration with
 //! [`cloister_attestation::sim::simulated_launch_measurement`], exactly as the simulated firmware
 //! computes it at launch: a changed binary or configuration changes it.
+//!
+//! By default the host runs the enclave as a child process ([`HostBackend::Sim`]). For the VM tests,
+//! [`HostBackend::QemuTcgInsecure`] has the host boot it in a QEMU VM without SEV (the simulated
+//! firmware inside, its state in the initrd): the same binary and configuration, so the same
+//! measurement, reached over QEMU user networking (the guest sees the host as 10.0.2.2).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -69,7 +75,41 @@ pub struct DeploymentOptions {
     pub owner_measurement_override: Option<[u8; 48]>,
     /// Record every byte the host relays and serves into this file.
     pub record: Option<PathBuf>,
+    /// How the host launches the enclave (default: a child process).
+    pub backend: HostBackend,
 }
+
+/// How the host of a [`Deployment`] launches the enclave.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum HostBackend {
+    /// `cloister-host --backend sim`: `cloister-enclave` as a child process.
+    #[default]
+    Sim,
+    /// INSECURE, for tests only: `cloister-host --backend qemu-tcg-insecure`, a QEMU VM without
+    /// SEV under software emulation, booted from an initrd built by `scripts/build-initrd.sh` with
+    /// the enclave, its configuration and the simulated platform's state.
+    QemuTcgInsecure(VmOptions),
+}
+
+/// What a VM deployment needs besides the binaries.
+#[derive(Clone, Debug)]
+pub struct VmOptions {
+    /// The guest kernel (bzImage).
+    pub kernel: PathBuf,
+    /// Its modules directory, `/lib/modules/<version>`.
+    pub kernel_modules: PathBuf,
+    /// `scripts/build-initrd.sh`.
+    pub build_initrd: PathBuf,
+    /// More `cloister-host` arguments (e.g. `--qemu-binary`, `--qemu-memory-mib`).
+    pub host_args: Vec<OsString>,
+}
+
+/// Where the enclave's state lives inside the VM's initrd (`scripts/build-initrd.sh --sim-dir`).
+pub const VM_SIM_DIR: &str = "/cloister/sim";
+
+/// The host as a QEMU user-networking guest sees it.
+pub const VM_HOST_ADDR: &str = "10.0.2.2";
 
 impl DeploymentOptions {
     /// Options for `model_path` served as `model_name`, binaries next to the current executable.
@@ -86,6 +126,7 @@ impl DeploymentOptions {
             product: Product::Genoa,
             owner_measurement_override: None,
             record: None,
+            backend: HostBackend::Sim,
         })
     }
 }
@@ -143,6 +184,12 @@ pub struct Deployment {
     pub client_policy: PathBuf,
     /// The host's public relay endpoint, `127.0.0.1:PORT`.
     pub endpoint: String,
+    /// The host's log (its stderr, with the enclave's output prefixed `[enclave] `).
+    pub host_log: PathBuf,
+    /// VM backends: the initrd the host boots.
+    pub initrd: Option<PathBuf>,
+    /// VM backends: the guest's serial console.
+    pub serial_log: Option<PathBuf>,
     host: Option<Child>,
     broker: JoinHandle<()>,
 }
@@ -221,17 +268,26 @@ impl Deployment {
             rustls::pki_types::CertificateDer::from_pem_file(&cert)
                 .map_err(step("read the broker certificate"))?
         };
+        // In a VM the state directory is the initrd's copy, and the broker (listening on this
+        // machine's loopback) is reached through QEMU user networking.
+        let (enclave_sim_dir, broker_seen_by_enclave) = match &options.backend {
+            HostBackend::Sim => (sim_dir.display().to_string(), broker_addr.to_string()),
+            HostBackend::QemuTcgInsecure(_) => (
+                VM_SIM_DIR.to_string(),
+                format!("{VM_HOST_ADDR}:{}", broker_addr.port()),
+            ),
+        };
         let config_text = format!(
             "# Measured configuration of cloister-enclave (its SHA-384 is in every claim).\n\
              firmware = \"simulated\"\n\
              sim_dir = \"{}\"\n\n\
              [key_broker]\n\
-             address = \"{broker_addr}\"\n\
+             address = \"{broker_seen_by_enclave}\"\n\
              certificate_sha256 = \"{}\"\n\n\
              [[models]]\n\
              name = \"{}\"\n\
              digest = \"{model_digest}\"\n",
-            sim_dir.display(),
+            enclave_sim_dir,
             hex::encode(crate::keybroker::certificate_sha256(&cert_der)),
             options.model_name,
         );
@@ -291,9 +347,27 @@ impl Deployment {
 
         // 5. The host.
         let mut cmd = Command::new(&host_bin);
-        cmd.arg("--enclave-bin")
-            .arg(&enclave_bin)
-            .arg("--enclave-config")
+        let (mut initrd, mut serial_log) = (None, None);
+        match &options.backend {
+            HostBackend::Sim => {
+                cmd.arg("--enclave-bin").arg(&enclave_bin);
+            }
+            HostBackend::QemuTcgInsecure(vm) => {
+                let image = dir.join("host/initrd.gz");
+                build_initrd(vm, &enclave_bin, &enclave_config, &sim_dir, &image).await?;
+                let log = dir.join("serial.log");
+                cmd.args(["--backend", "qemu-tcg-insecure", "--qemu-kernel"])
+                    .arg(&vm.kernel)
+                    .arg("--qemu-initrd")
+                    .arg(&image)
+                    .arg("--qemu-serial-log")
+                    .arg(&log)
+                    .args(&vm.host_args);
+                initrd = Some(image);
+                serial_log = Some(log);
+            }
+        }
+        cmd.arg("--enclave-config")
             .arg(&enclave_config)
             .arg("--sealed-model")
             .arg(&sealed_model)
@@ -353,6 +427,9 @@ impl Deployment {
             audit_log,
             client_policy,
             endpoint,
+            host_log: dir.join("host.log"),
+            initrd,
+            serial_log,
             host: Some(host),
             broker,
         })
@@ -393,6 +470,46 @@ impl Deployment {
             terminate(&mut host).await;
         }
         self.broker.abort();
+    }
+}
+
+/// Runs `scripts/build-initrd.sh` for a VM deployment: the enclave binary unchanged (so the
+/// simulated measurement is the one computed above), its configuration, the simulated platform.
+async fn build_initrd(
+    vm: &VmOptions,
+    enclave_bin: &Path,
+    config: &Path,
+    sim_dir: &Path,
+    output: &Path,
+) -> Result<(), DeploymentError> {
+    let out = Command::new("bash")
+        .arg(&vm.build_initrd)
+        .arg("--enclave")
+        .arg(enclave_bin)
+        .arg("--config")
+        .arg(config)
+        .arg("--kernel-modules")
+        .arg(&vm.kernel_modules)
+        .arg("--sim-dir")
+        .arg(sim_dir)
+        .arg("--output")
+        .arg(output)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(step("build the initrd"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(DeploymentError::Step {
+            step: "build the initrd",
+            detail: format!(
+                "{} failed ({}): {}",
+                vm.build_initrd.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
     }
 }
 

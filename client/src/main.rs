@@ -9,7 +9,12 @@ mod cmd;
 
 /// Cloister: confidential ML inference on AMD SEV-SNP.
 #[derive(Parser)]
-#[command(name = "cloister", version, about, long_about = None)]
+#[command(
+    name = "cloister",
+    version,
+    about = "Cloister: confidential ML inference on AMD SEV-SNP. Verify attestation, seal models, run the key broker, attest and infer.",
+    long_about = "Cloister: confidential ML inference on AMD SEV-SNP.\n\nModel owners seal ONNX weights (seal) and release keys only to attested enclaves (keybroker); clients attest the enclave inside their own TLS session before sending inputs (infer); verify checks a single report against AMD's roots and a policy; sim and demo run everything on a simulated AMD secure processor for development.\n\nExit codes: 0 success; 1 rejected or refused (the reason is on stderr); 2 usage or I/O error."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -253,7 +253,7 @@ impl<'a> Ovmf<'a> {
     /// Parses the GUIDed footer table (it ends 32 bytes before the end of the image) and the SEV metadata.
     pub fn parse(data: &'a [u8]) -> Result<Ovmf<'a>, MeasureError> {
         let len = data.len();
-        if len == 0 || len % PAGE_SIZE != 0 || len as u64 >= 1 << 32 {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) || len as u64 >= 1 << 32 {
             return Err(MeasureError::OvmfSize { len });
         }
         const ENTRY_HEADER: usize = 18; // u16 size + GUID
@@ -333,7 +333,9 @@ impl<'a> Ovmf<'a> {
             let kind = SectionType::from_raw(kind).ok_or_else(|| {
                 MeasureError::SevMetadata(format!("unknown section type {kind:#x}"))
             })?;
-            if gpa as usize % PAGE_SIZE != 0 || size as usize % PAGE_SIZE != 0 {
+            if !(gpa as usize).is_multiple_of(PAGE_SIZE)
+                || !(size as usize).is_multiple_of(PAGE_SIZE)
+            {
                 return Err(MeasureError::SevMetadata(format!(
                     "section {i} ({kind:?}) at {gpa:#x}+{size:#x} is not page-aligned"
                 )));

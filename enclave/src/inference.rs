@@ -41,235 +41,80 @@ use tract_onnx::prelude::{
 use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
 use zeroize::Zeroize;
 
+/// The engine speaks the protocol's tensor types (`cloister_proto::v2`); re-exported for its users.
+pub use cloister_proto::v2::{Datatype, TensorData};
+
 /// The `platform` string of the Open Inference Protocol v2 model metadata.
 pub const PLATFORM: &str = "onnx";
 
-/// A tensor element type, named as in the KServe Open Inference Protocol v2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DataType {
-    /// `BOOL`
-    Bool,
-    /// `UINT8`
-    Uint8,
-    /// `UINT16`
-    Uint16,
-    /// `UINT32`
-    Uint32,
-    /// `UINT64`
-    Uint64,
-    /// `INT8`
-    Int8,
-    /// `INT16`
-    Int16,
-    /// `INT32`
-    Int32,
-    /// `INT64`
-    Int64,
-    /// `FP32`
-    Fp32,
-    /// `FP64`
-    Fp64,
+/// Maps tract's datum type. `TDim` (tract's symbolic integers, which ONNX declares as int64) is `INT64`.
+fn datatype_of(dt: DatumType) -> Option<Datatype> {
+    Some(match dt {
+        DatumType::Bool => Datatype::Bool,
+        DatumType::U8 => Datatype::Uint8,
+        DatumType::U16 => Datatype::Uint16,
+        DatumType::U32 => Datatype::Uint32,
+        DatumType::U64 => Datatype::Uint64,
+        DatumType::I8 => Datatype::Int8,
+        DatumType::I16 => Datatype::Int16,
+        DatumType::I32 => Datatype::Int32,
+        DatumType::I64 | DatumType::TDim => Datatype::Int64,
+        DatumType::F32 => Datatype::Fp32,
+        DatumType::F64 => Datatype::Fp64,
+        _ => return None,
+    })
 }
 
-impl DataType {
-    /// Every supported datatype.
-    pub const ALL: [DataType; 11] = [
-        Self::Bool,
-        Self::Uint8,
-        Self::Uint16,
-        Self::Uint32,
-        Self::Uint64,
-        Self::Int8,
-        Self::Int16,
-        Self::Int32,
-        Self::Int64,
-        Self::Fp32,
-        Self::Fp64,
-    ];
-
-    /// The Open Inference Protocol v2 name (`"FP32"`, `"INT64"`, …).
-    pub const fn v2_name(self) -> &'static str {
-        match self {
-            Self::Bool => "BOOL",
-            Self::Uint8 => "UINT8",
-            Self::Uint16 => "UINT16",
-            Self::Uint32 => "UINT32",
-            Self::Uint64 => "UINT64",
-            Self::Int8 => "INT8",
-            Self::Int16 => "INT16",
-            Self::Int32 => "INT32",
-            Self::Int64 => "INT64",
-            Self::Fp32 => "FP32",
-            Self::Fp64 => "FP64",
-        }
-    }
-
-    /// Parses an Open Inference Protocol v2 name; `None` for names this engine does not support
-    /// (`FP16`, `BF16`, `BYTES`) or does not know.
-    pub fn from_v2_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|dt| dt.v2_name() == name)
-    }
-
-    /// The tract datum type of this datatype.
-    fn datum_type(self) -> DatumType {
-        match self {
-            Self::Bool => DatumType::Bool,
-            Self::Uint8 => DatumType::U8,
-            Self::Uint16 => DatumType::U16,
-            Self::Uint32 => DatumType::U32,
-            Self::Uint64 => DatumType::U64,
-            Self::Int8 => DatumType::I8,
-            Self::Int16 => DatumType::I16,
-            Self::Int32 => DatumType::I32,
-            Self::Int64 => DatumType::I64,
-            Self::Fp32 => DatumType::F32,
-            Self::Fp64 => DatumType::F64,
-        }
-    }
-
-    /// Maps tract's datum type. `TDim` (tract's symbolic integers, which ONNX declares as int64) is `INT64`.
-    fn from_datum_type(dt: DatumType) -> Option<Self> {
-        Some(match dt {
-            DatumType::Bool => Self::Bool,
-            DatumType::U8 => Self::Uint8,
-            DatumType::U16 => Self::Uint16,
-            DatumType::U32 => Self::Uint32,
-            DatumType::U64 => Self::Uint64,
-            DatumType::I8 => Self::Int8,
-            DatumType::I16 => Self::Int16,
-            DatumType::I32 => Self::Int32,
-            DatumType::I64 | DatumType::TDim => Self::Int64,
-            DatumType::F32 => Self::Fp32,
-            DatumType::F64 => Self::Fp64,
-            _ => return None,
-        })
+/// Builds a tract tensor of `shape`; the caller has checked that the element count matches.
+fn to_tensor(data: &TensorData, shape: &[usize]) -> TractResult<Tensor> {
+    match data {
+        TensorData::Bool(v) => Tensor::from_shape(shape, v),
+        TensorData::Uint8(v) => Tensor::from_shape(shape, v),
+        TensorData::Uint16(v) => Tensor::from_shape(shape, v),
+        TensorData::Uint32(v) => Tensor::from_shape(shape, v),
+        TensorData::Uint64(v) => Tensor::from_shape(shape, v),
+        TensorData::Int8(v) => Tensor::from_shape(shape, v),
+        TensorData::Int16(v) => Tensor::from_shape(shape, v),
+        TensorData::Int32(v) => Tensor::from_shape(shape, v),
+        TensorData::Int64(v) => Tensor::from_shape(shape, v),
+        TensorData::Fp32(v) => Tensor::from_shape(shape, v),
+        TensorData::Fp64(v) => Tensor::from_shape(shape, v),
+        // Unreachable: the datatype was checked against the model's, which `datatype_of` produced.
+        other => Err(unsupported(other.datatype())),
     }
 }
 
-impl fmt::Display for DataType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.v2_name())
-    }
-}
-
-impl Serialize for DataType {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.v2_name())
-    }
-}
-
-/// The elements of a tensor, row-major, one variant per [`DataType`].
-///
-/// `Debug` shows the datatype and the length only: tensor values are confidential.
-#[derive(Clone, PartialEq)]
-#[non_exhaustive]
-pub enum TensorData {
-    /// `BOOL`
-    Bool(Vec<bool>),
-    /// `UINT8`
-    Uint8(Vec<u8>),
-    /// `UINT16`
-    Uint16(Vec<u16>),
-    /// `UINT32`
-    Uint32(Vec<u32>),
-    /// `UINT64`
-    Uint64(Vec<u64>),
-    /// `INT8`
-    Int8(Vec<i8>),
-    /// `INT16`
-    Int16(Vec<i16>),
-    /// `INT32`
-    Int32(Vec<i32>),
-    /// `INT64`
-    Int64(Vec<i64>),
-    /// `FP32`
-    Fp32(Vec<f32>),
-    /// `FP64`
-    Fp64(Vec<f64>),
-}
-
-/// Applies `$body` to the vector inside any [`TensorData`] variant.
-macro_rules! with_data {
-    ($data:expr, $v:ident => $body:expr) => {
-        match $data {
-            TensorData::Bool($v) => $body,
-            TensorData::Uint8($v) => $body,
-            TensorData::Uint16($v) => $body,
-            TensorData::Uint32($v) => $body,
-            TensorData::Uint64($v) => $body,
-            TensorData::Int8($v) => $body,
-            TensorData::Int16($v) => $body,
-            TensorData::Int32($v) => $body,
-            TensorData::Int64($v) => $body,
-            TensorData::Fp32($v) => $body,
-            TensorData::Fp64($v) => $body,
-        }
+/// Copies the elements out of a tract tensor, as `datatype`.
+fn from_tensor(tensor: &Tensor, datatype: Datatype) -> TractResult<TensorData> {
+    // tract represents some int64 values (shapes) as TDim; they leave the enclave as INT64.
+    let tensor = if tensor.datum_type() == DatumType::TDim {
+        std::borrow::Cow::Owned(tensor.cast_to::<i64>()?.into_owned())
+    } else {
+        std::borrow::Cow::Borrowed(tensor)
     };
+    let plain = tensor.try_as_plain_ram()?;
+    Ok(match datatype {
+        Datatype::Bool => TensorData::Bool(plain.as_slice::<bool>()?.to_vec()),
+        Datatype::Uint8 => TensorData::Uint8(plain.as_slice::<u8>()?.to_vec()),
+        Datatype::Uint16 => TensorData::Uint16(plain.as_slice::<u16>()?.to_vec()),
+        Datatype::Uint32 => TensorData::Uint32(plain.as_slice::<u32>()?.to_vec()),
+        Datatype::Uint64 => TensorData::Uint64(plain.as_slice::<u64>()?.to_vec()),
+        Datatype::Int8 => TensorData::Int8(plain.as_slice::<i8>()?.to_vec()),
+        Datatype::Int16 => TensorData::Int16(plain.as_slice::<i16>()?.to_vec()),
+        Datatype::Int32 => TensorData::Int32(plain.as_slice::<i32>()?.to_vec()),
+        Datatype::Int64 => TensorData::Int64(plain.as_slice::<i64>()?.to_vec()),
+        Datatype::Fp32 => TensorData::Fp32(plain.as_slice::<f32>()?.to_vec()),
+        Datatype::Fp64 => TensorData::Fp64(plain.as_slice::<f64>()?.to_vec()),
+        // Unreachable: output datatypes come from `datatype_of`.
+        other => return Err(unsupported(other)),
+    })
 }
 
-impl TensorData {
-    /// The datatype of the elements.
-    pub fn datatype(&self) -> DataType {
-        match self {
-            Self::Bool(_) => DataType::Bool,
-            Self::Uint8(_) => DataType::Uint8,
-            Self::Uint16(_) => DataType::Uint16,
-            Self::Uint32(_) => DataType::Uint32,
-            Self::Uint64(_) => DataType::Uint64,
-            Self::Int8(_) => DataType::Int8,
-            Self::Int16(_) => DataType::Int16,
-            Self::Int32(_) => DataType::Int32,
-            Self::Int64(_) => DataType::Int64,
-            Self::Fp32(_) => DataType::Fp32,
-            Self::Fp64(_) => DataType::Fp64,
-        }
-    }
-
-    /// The number of elements.
-    pub fn len(&self) -> usize {
-        with_data!(self, v => v.len())
-    }
-
-    /// Whether there are no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Builds a tract tensor of `shape`; the caller has checked that the element count matches.
-    fn to_tensor(&self, shape: &[usize]) -> TractResult<Tensor> {
-        with_data!(self, v => Tensor::from_shape(shape, v))
-    }
-
-    /// Copies the elements out of a tract tensor, as `datatype`.
-    fn from_tensor(tensor: &Tensor, datatype: DataType) -> TractResult<Self> {
-        // tract represents some int64 values (shapes) as TDim; they leave the enclave as INT64.
-        let tensor = if tensor.datum_type() == DatumType::TDim {
-            std::borrow::Cow::Owned(tensor.cast_to::<i64>()?.into_owned())
-        } else {
-            std::borrow::Cow::Borrowed(tensor)
-        };
-        let plain = tensor.try_as_plain_ram()?;
-        Ok(match datatype {
-            DataType::Bool => Self::Bool(plain.as_slice::<bool>()?.to_vec()),
-            DataType::Uint8 => Self::Uint8(plain.as_slice::<u8>()?.to_vec()),
-            DataType::Uint16 => Self::Uint16(plain.as_slice::<u16>()?.to_vec()),
-            DataType::Uint32 => Self::Uint32(plain.as_slice::<u32>()?.to_vec()),
-            DataType::Uint64 => Self::Uint64(plain.as_slice::<u64>()?.to_vec()),
-            DataType::Int8 => Self::Int8(plain.as_slice::<i8>()?.to_vec()),
-            DataType::Int16 => Self::Int16(plain.as_slice::<i16>()?.to_vec()),
-            DataType::Int32 => Self::Int32(plain.as_slice::<i32>()?.to_vec()),
-            DataType::Int64 => Self::Int64(plain.as_slice::<i64>()?.to_vec()),
-            DataType::Fp32 => Self::Fp32(plain.as_slice::<f32>()?.to_vec()),
-            DataType::Fp64 => Self::Fp64(plain.as_slice::<f64>()?.to_vec()),
-        })
-    }
-}
-
-impl fmt::Debug for TensorData {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TensorData::{}(len = {})", self.datatype(), self.len())
-    }
+/// A datatype of the protocol that has no tract counterpart here (a variant added to the protocol later).
+fn unsupported(datatype: Datatype) -> TractError {
+    TractError::msg(format!(
+        "datatype {datatype} is not supported by the engine"
+    ))
 }
 
 /// A named tensor, as the inference API takes and returns it (one per v2 `inputs`/`outputs` entry).
@@ -278,7 +123,7 @@ pub struct NamedTensor {
     /// The model input or output name.
     pub name: String,
     /// The declared datatype; must be the datatype of `data`.
-    pub datatype: DataType,
+    pub datatype: Datatype,
     /// The shape; its product must be the number of elements of `data`.
     pub shape: Vec<usize>,
     /// The elements, row-major.
@@ -303,7 +148,7 @@ pub struct TensorSpec {
     /// The ONNX name.
     pub name: String,
     /// The element type.
-    pub datatype: DataType,
+    pub datatype: Datatype,
     /// The shape; `-1` for a dimension bound per request (a symbol such as batch or sequence length).
     pub shape: Vec<i64>,
 }
@@ -450,9 +295,9 @@ pub enum InferenceError {
         /// The input's name.
         input: String,
         /// The declared datatype.
-        declared: DataType,
+        declared: Datatype,
         /// The datatype of the data.
-        data: DataType,
+        data: Datatype,
     },
     /// A request tensor has the wrong datatype for the model.
     #[error("input `{input}` must be {expected}, got {got}")]
@@ -460,9 +305,9 @@ pub enum InferenceError {
         /// The input's name.
         input: String,
         /// The model's datatype.
-        expected: DataType,
+        expected: Datatype,
         /// The request's datatype.
-        got: DataType,
+        got: Datatype,
     },
     /// A request tensor has the wrong rank.
     #[error("input `{input}` must have rank {expected}, got shape {shape:?}")]
@@ -548,7 +393,7 @@ pub enum InferenceError {
         /// The output's name.
         output: String,
         /// The datatype the metadata announces.
-        datatype: DataType,
+        datatype: Datatype,
         /// tract's error.
         #[source]
         source: TractError,
@@ -569,7 +414,9 @@ enum DimSpec {
 #[derive(Debug, Clone)]
 struct InputSpec {
     name: String,
-    datatype: DataType,
+    datatype: Datatype,
+    /// tract's datum type of `datatype` (never `TDim`: such inputs are refused).
+    datum_type: DatumType,
     dims: Vec<DimSpec>,
 }
 
@@ -832,7 +679,7 @@ impl LoadedModel {
             .iter()
             .zip(outputs)
             .map(|(spec, value)| {
-                let data = TensorData::from_tensor(&value, spec.datatype).map_err(|source| {
+                let data = from_tensor(&value, spec.datatype).map_err(|source| {
                     InferenceError::OutputConversion {
                         output: spec.name.clone(),
                         datatype: spec.datatype,
@@ -934,13 +781,10 @@ impl LoadedModel {
                 }
             }
             let built =
-                tensor
-                    .data
-                    .to_tensor(&tensor.shape)
-                    .map_err(|source| InferenceError::Run {
-                        stage: Stage::Running,
-                        source,
-                    })?;
+                to_tensor(&tensor.data, &tensor.shape).map_err(|source| InferenceError::Run {
+                    stage: Stage::Running,
+                    source,
+                })?;
             slots[ix] = Some(built);
         }
         slots
@@ -1011,10 +855,7 @@ fn plan_for_shapes(
     guarded(Stage::Optimizing, || {
         let mut model = template.clone();
         for (ix, (spec, shape)) in inputs.iter().zip(shapes).enumerate() {
-            model.set_input_fact(
-                ix,
-                InferenceFact::dt_shape(spec.datatype.datum_type(), shape),
-            )?;
+            model.set_input_fact(ix, InferenceFact::dt_shape(spec.datum_type, shape))?;
         }
         model.into_optimized()?.into_runnable()
     })
@@ -1047,7 +888,7 @@ fn fix_input_facts(model: &mut InferenceModel) -> Result<Vec<InputSpec>, Inferen
         let Some(dt) = fact.datum_type.concretize() else {
             return Err(InferenceError::UntypedInput { name });
         };
-        let datatype = match DataType::from_datum_type(dt) {
+        let datatype = match datatype_of(dt) {
             Some(datatype) if dt != DatumType::TDim => datatype,
             _ => {
                 return Err(InferenceError::UnsupportedModelType {
@@ -1090,6 +931,7 @@ fn fix_input_facts(model: &mut InferenceModel) -> Result<Vec<InputSpec>, Inferen
         specs.push(InputSpec {
             name,
             datatype,
+            datum_type: dt,
             dims,
         });
     }
@@ -1145,10 +987,7 @@ fn describe_outputs_per_shape(
         guarded(Stage::Analysing, || {
             let mut model = template.clone();
             for (ix, (spec, shape)) in inputs.iter().zip(&shapes).enumerate() {
-                model.set_input_fact(
-                    ix,
-                    InferenceFact::dt_shape(spec.datatype.datum_type(), shape),
-                )?;
+                model.set_input_fact(ix, InferenceFact::dt_shape(spec.datum_type, shape))?;
             }
             model.into_typed()
         })
@@ -1209,8 +1048,8 @@ where
         .unwrap_or_else(|| model.node(outlet.node).name.clone())
 }
 
-fn output_datatype(name: &str, dt: DatumType) -> Result<DataType, InferenceError> {
-    DataType::from_datum_type(dt).ok_or_else(|| InferenceError::UnsupportedModelType {
+fn output_datatype(name: &str, dt: DatumType) -> Result<Datatype, InferenceError> {
+    datatype_of(dt).ok_or_else(|| InferenceError::UnsupportedModelType {
         role: TensorRole::Output,
         name: name.to_owned(),
         datum_type: format!("{dt:?}"),
@@ -1725,14 +1564,14 @@ mod tests {
         let err = model.run(vec![huge]).unwrap_err();
         assert!(matches!(err, InferenceError::ShapeOverflow { .. }), "{err}");
         let mut liar = f32s(&[1, 3]);
-        liar.datatype = DataType::Int32;
+        liar.datatype = Datatype::Int32;
         let err = model.run(vec![liar]).unwrap_err();
         assert!(
             matches!(
                 err,
                 InferenceError::InconsistentDatatype {
-                    declared: DataType::Int32,
-                    data: DataType::Fp32,
+                    declared: Datatype::Int32,
+                    data: Datatype::Fp32,
                     ..
                 }
             ),
@@ -1758,11 +1597,11 @@ mod tests {
             meta.inputs,
             vec![TensorSpec {
                 name: "bytes".into(),
-                datatype: DataType::Int32,
+                datatype: Datatype::Int32,
                 shape: vec![-1, 2048]
             }]
         );
-        assert_eq!(meta.outputs[0].datatype, DataType::Fp32);
+        assert_eq!(meta.outputs[0].datatype, Datatype::Fp32);
         assert_eq!(meta.outputs[0].shape, vec![-1, 214]);
         let row: Vec<i32> = (0..2048).map(|i| i * 7 % 257).collect();
         let mut first_row_scores = None;
@@ -1891,17 +1730,61 @@ mod tests {
     }
 
     #[test]
-    fn names_and_debug() {
-        for dt in DataType::ALL {
-            assert_eq!(DataType::from_v2_name(dt.v2_name()), Some(dt));
+    fn tract_datum_types() {
+        use DatumType as D;
+        let plain = [
+            D::Bool,
+            D::U8,
+            D::U16,
+            D::U32,
+            D::U64,
+            D::I8,
+            D::I16,
+            D::I32,
+            D::I64,
+            D::F32,
+            D::F64,
+        ];
+        // One datum type per datatype, in the same order; tract's symbolic integers leave as INT64.
+        let mapped: Vec<_> = plain.iter().map(|dt| datatype_of(*dt)).collect();
+        assert_eq!(mapped, Datatype::ALL.map(Some).to_vec());
+        assert_eq!(datatype_of(D::TDim), Some(Datatype::Int64));
+        assert_eq!(datatype_of(D::F16), None);
+        assert_eq!(datatype_of(D::String), None);
+        // Every datatype round-trips through a tract tensor.
+        let samples = [
+            TensorData::Bool(vec![true, false]),
+            TensorData::Uint8(vec![1, 2]),
+            TensorData::Uint16(vec![1, 2]),
+            TensorData::Uint32(vec![1, 2]),
+            TensorData::Uint64(vec![1, 2]),
+            TensorData::Int8(vec![-1, 2]),
+            TensorData::Int16(vec![-1, 2]),
+            TensorData::Int32(vec![-1, 2]),
+            TensorData::Int64(vec![-1, 2]),
+            TensorData::Fp32(vec![-1.5, 2.0]),
+            TensorData::Fp64(vec![-1.5, 2.0]),
+        ];
+        for (data, dt) in samples.iter().zip(plain) {
+            let tensor = to_tensor(data, &[2, 1]).unwrap();
+            assert_eq!(tensor.datum_type(), dt);
+            assert_eq!(tensor.shape(), &[2, 1]);
+            assert_eq!(&from_tensor(&tensor, data.datatype()).unwrap(), data);
         }
-        assert_eq!(DataType::from_v2_name("FP16"), None);
-        assert_eq!(DataType::from_v2_name("BYTES"), None);
+        let dims = Tensor::from_shape(&[2], &[TDim::Val(3), TDim::Val(-4)]).unwrap();
+        assert_eq!(
+            from_tensor(&dims, Datatype::Int64).unwrap(),
+            TensorData::Int64(vec![3, -4])
+        );
+    }
+
+    #[test]
+    fn names_and_debug() {
         let secret = TensorData::Fp32(vec![1234.5]);
         assert_eq!(format!("{secret:?}"), "TensorData::FP32(len = 1)");
         let spec = TensorSpec {
             name: "x".into(),
-            datatype: DataType::Int64,
+            datatype: Datatype::Int64,
             shape: vec![-1, 8],
         };
         assert_eq!(

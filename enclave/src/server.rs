@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cloister_attestation::evidence::TLS_EXPORTER_LABEL;
 use cloister_proto::v2::{
-    self, AttestationRequest, ErrorResponse, InferRequest, InferResponse, InferTensor,
-    MetadataTensor, ModelMetadataResponse, EVIDENCE_CONTENT_TYPE, INFERENCE_HEADER_CONTENT_LENGTH,
+    AttestationRequest, ErrorResponse, InferRequest, InferResponse, InferTensor, MetadataTensor,
+    ModelMetadataResponse, EVIDENCE_CONTENT_TYPE, INFERENCE_HEADER_CONTENT_LENGTH,
     JSON_CONTENT_TYPE,
 };
 use http_body_util::{BodyExt, Full, Limited};
@@ -40,7 +40,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use crate::firmware;
-use crate::inference::{self, InferenceError, LoadedModel, NamedTensor, TensorSpec};
+use crate::inference::{InferenceError, LoadedModel, NamedTensor, TensorSpec};
 use crate::runtime::{error_chain, Enclave, ModelSlot};
 
 /// The TLS handshake must complete within this time.
@@ -335,15 +335,13 @@ async fn attestation(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, A
 fn metadata(slot: &ModelSlot) -> Result<Resp, ApiError> {
     let model = loaded(slot)?;
     let meta = model.metadata();
-    let convert = |specs: &[TensorSpec]| -> Result<Vec<MetadataTensor>, ApiError> {
+    let convert = |specs: &[TensorSpec]| -> Vec<MetadataTensor> {
         specs
             .iter()
-            .map(|s| {
-                Ok(MetadataTensor {
-                    name: s.name.clone(),
-                    datatype: wire_datatype(s.datatype)?,
-                    shape: s.shape.clone(),
-                })
+            .map(|s| MetadataTensor {
+                name: s.name.clone(),
+                datatype: s.datatype,
+                shape: s.shape.clone(),
             })
             .collect()
     };
@@ -353,20 +351,11 @@ fn metadata(slot: &ModelSlot) -> Result<Resp, ApiError> {
             name: slot.name().to_owned(),
             versions: vec![MODEL_VERSION.to_owned()],
             platform: meta.platform.to_owned(),
-            inputs: convert(&meta.inputs)?,
-            outputs: convert(&meta.outputs)?,
+            inputs: convert(&meta.inputs),
+            outputs: convert(&meta.outputs),
             digest: *slot.digest(),
         },
     ))
-}
-
-fn wire_datatype(dt: inference::DataType) -> Result<v2::Datatype, ApiError> {
-    v2::Datatype::from_name(dt.v2_name()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the model has a datatype the protocol cannot carry",
-        )
-    })
 }
 
 // ---- inference -----------------------------------------------------------------------------------------
@@ -461,7 +450,7 @@ async fn infer(
                 tracing::error!("tract did not return a declared output");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
             })?;
-        wire.push(wire_tensor(tensor)?);
+        wire.push(wire_tensor(tensor));
     }
     let response = InferResponse {
         model_name: slot.name().to_owned(),
@@ -521,7 +510,7 @@ fn engine_tensor(t: InferTensor, max_elements: u64) -> Result<NamedTensor, ApiEr
         .map(|d| usize::try_from(*d).map_err(|_| too_large(count)))
         .collect::<Result<Vec<_>, _>>()?;
     let data = match t.data {
-        Some(data) => engine_data(data)?,
+        Some(data) => data,
         // InferRequest::decode guarantees data; defend anyway.
         None => {
             return Err(ApiError::bad_request(format!(
@@ -538,43 +527,9 @@ fn engine_tensor(t: InferTensor, max_elements: u64) -> Result<NamedTensor, ApiEr
     })
 }
 
-fn engine_data(data: v2::TensorData) -> Result<inference::TensorData, ApiError> {
-    use inference::TensorData as E;
-    use v2::TensorData as W;
-    Ok(match data {
-        W::Bool(v) => E::Bool(v),
-        W::Uint8(v) => E::Uint8(v),
-        W::Uint16(v) => E::Uint16(v),
-        W::Uint32(v) => E::Uint32(v),
-        W::Uint64(v) => E::Uint64(v),
-        W::Int8(v) => E::Int8(v),
-        W::Int16(v) => E::Int16(v),
-        W::Int32(v) => E::Int32(v),
-        W::Int64(v) => E::Int64(v),
-        W::Fp32(v) => E::Fp32(v),
-        W::Fp64(v) => E::Fp64(v),
-        _ => return Err(ApiError::bad_request("unsupported datatype")),
-    })
-}
-
-fn wire_tensor(t: NamedTensor) -> Result<InferTensor, ApiError> {
-    use inference::TensorData as E;
-    use v2::TensorData as W;
-    let data = match t.data {
-        E::Bool(v) => W::Bool(v),
-        E::Uint8(v) => W::Uint8(v),
-        E::Uint16(v) => W::Uint16(v),
-        E::Uint32(v) => W::Uint32(v),
-        E::Uint64(v) => W::Uint64(v),
-        E::Int8(v) => W::Int8(v),
-        E::Int16(v) => W::Int16(v),
-        E::Int32(v) => W::Int32(v),
-        E::Int64(v) => W::Int64(v),
-        E::Fp32(v) => W::Fp32(v),
-        E::Fp64(v) => W::Fp64(v),
-    };
+fn wire_tensor(t: NamedTensor) -> InferTensor {
     let shape = t.shape.iter().map(|d| *d as u64).collect();
-    Ok(InferTensor::new(t.name, shape, data))
+    InferTensor::new(t.name, shape, t.data)
 }
 
 /// Maps an engine error: problems with the request are 400 with the engine's precise message (names,

@@ -10,7 +10,7 @@ use cloister_attestation::evidence::{Evidence, TLS_EXPORTER_LABEL};
 use cloister_attestation::policy::ModelDigestPin;
 use cloister_client::deployment::{Deployment, DeploymentOptions};
 use cloister_client::session::{AttestedSession, SessionError, SessionPolicy};
-use cloister_enclave::inference::{LoadedModel, NamedTensor, TensorData as EngineData};
+use cloister_enclave::inference::{LoadedModel, NamedTensor};
 use cloister_proto::v2::{InferRequest, InferTensor, TensorData};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,7 +59,7 @@ fn magika_input() -> (InferRequest, Vec<NamedTensor>) {
     let engine = vec![NamedTensor::new(
         "bytes",
         vec![rows, cols],
-        EngineData::Int32(features),
+        TensorData::Int32(features),
     )];
     (request, engine)
 }
@@ -103,7 +103,7 @@ async fn happy_path_equals_in_process_tract_bit_for_bit() {
         .unwrap()
         .run(engine_input)
         .unwrap();
-    let EngineData::Fp32(expected) = &local[0].data else {
+    let TensorData::Fp32(expected) = &local[0].data else {
         panic!("engine output is not FP32")
     };
     for binary in [false, true] {

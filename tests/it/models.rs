@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use cloister_client::magika::{Analysis, MagikaConfig, INPUT_NAME};
 use cloister_enclave::inference::{
-    DataType, InferenceError, LoadedModel, NamedTensor, Planning, TensorData, TensorSpec,
+    Datatype, InferenceError, LoadedModel, NamedTensor, Planning, TensorData, TensorSpec,
 };
 use prost::Message;
 use serde::Deserialize;
@@ -262,7 +262,7 @@ fn mlp_metadata_and_symbolic_batch() {
         model.inputs(),
         [TensorSpec {
             name: "x".into(),
-            datatype: DataType::Fp32,
+            datatype: Datatype::Fp32,
             shape: vec![-1, 16]
         }]
     );
@@ -270,7 +270,7 @@ fn mlp_metadata_and_symbolic_batch() {
         model.outputs(),
         [TensorSpec {
             name: "y".into(),
-            datatype: DataType::Fp32,
+            datatype: Datatype::Fp32,
             shape: vec![-1, 4]
         }]
     );
@@ -295,17 +295,17 @@ fn mixed_inputs_metadata_and_validation() {
     assert_eq!(
         model.inputs(),
         [
-            spec("x", DataType::Fp32, &[-1, 8]),
-            spec("k", DataType::Int64, &[]),
-            spec("offsets", DataType::Int32, &[8]),
+            spec("x", Datatype::Fp32, &[-1, 8]),
+            spec("k", Datatype::Int64, &[]),
+            spec("offsets", Datatype::Int32, &[8]),
         ]
     );
     assert_eq!(
         model.outputs(),
         [
-            spec("y", DataType::Fp32, &[-1, 8]),
-            spec("k_next", DataType::Int64, &[]),
-            spec("positive", DataType::Bool, &[-1, 8]),
+            spec("y", Datatype::Fp32, &[-1, 8]),
+            spec("k_next", Datatype::Int64, &[]),
+            spec("positive", Datatype::Bool, &[-1, 8]),
         ]
     );
     let x = || NamedTensor::new("x", vec![1, 8], TensorData::Fp32(vec![0.5; 8]));
@@ -340,8 +340,8 @@ fn mixed_inputs_metadata_and_validation() {
         matches!(
             err,
             InferenceError::DatatypeMismatch {
-                expected: DataType::Int64,
-                got: DataType::Int32,
+                expected: Datatype::Int64,
+                got: Datatype::Int32,
                 ..
             }
         ),
@@ -404,10 +404,10 @@ impl RefTensor {
     }
 
     fn to_named(&self) -> NamedTensor {
-        let datatype = DataType::from_v2_name(&self.datatype).unwrap();
+        let datatype = Datatype::from_name(&self.datatype).unwrap();
         let data = match (&self.fill, &self.data) {
             (Some(f), _) => {
-                assert_eq!(datatype, DataType::Fp32, "fill is for FP32 inputs");
+                assert_eq!(datatype, Datatype::Fp32, "fill is for FP32 inputs");
                 TensorData::Fp32(
                     (0..self.count() as u64)
                         .map(|i| ((i * f.mul) % f.modulus) as f32 * f.scale + f.offset)
@@ -426,18 +426,18 @@ impl RefTensor {
     }
 }
 
-fn tensor_data(datatype: DataType, v: &serde_json::Value) -> TensorData {
+fn tensor_data(datatype: Datatype, v: &serde_json::Value) -> TensorData {
     let items = v.as_array().expect("data is a flat array");
     let f = |x: &serde_json::Value| x.as_f64().unwrap();
     let i = |x: &serde_json::Value| x.as_i64().unwrap();
     match datatype {
-        DataType::Fp32 => TensorData::Fp32(items.iter().map(|x| f(x) as f32).collect()),
-        DataType::Fp64 => TensorData::Fp64(items.iter().map(f).collect()),
-        DataType::Int64 => TensorData::Int64(items.iter().map(i).collect()),
-        DataType::Int32 => {
+        Datatype::Fp32 => TensorData::Fp32(items.iter().map(|x| f(x) as f32).collect()),
+        Datatype::Fp64 => TensorData::Fp64(items.iter().map(f).collect()),
+        Datatype::Int64 => TensorData::Int64(items.iter().map(i).collect()),
+        Datatype::Int32 => {
             TensorData::Int32(items.iter().map(|x| i32::try_from(i(x)).unwrap()).collect())
         }
-        DataType::Bool => TensorData::Bool(items.iter().map(|x| x.as_bool().unwrap()).collect()),
+        Datatype::Bool => TensorData::Bool(items.iter().map(|x| x.as_bool().unwrap()).collect()),
         other => panic!("no JSON reader for {other}"),
     }
 }
@@ -445,7 +445,7 @@ fn tensor_data(datatype: DataType, v: &serde_json::Value) -> TensorData {
 fn assert_close(context: &str, got: &NamedTensor, want: &RefTensor) {
     assert_eq!(got.name, want.name, "{context}");
     assert_eq!(
-        got.datatype.v2_name(),
+        got.datatype.name(),
         want.datatype,
         "{context}: {}",
         want.name

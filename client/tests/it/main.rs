@@ -3,6 +3,7 @@
 
 mod common;
 mod keybroker;
+mod measure;
 mod seal;
 mod sim;
 mod verify_vectors;

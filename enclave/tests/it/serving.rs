@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use cloister_attestation::evidence::{Evidence, Platform, Sha384};
-use cloister_enclave::inference::{self, LoadedModel, NamedTensor};
+use cloister_enclave::inference::{LoadedModel, NamedTensor};
 use cloister_models::ModelDigest;
 use cloister_proto::v2::{
     InferRequest, InferResponse, InferTensor, Parameter, Parameters, RequestOutput, TensorData,
@@ -173,10 +173,10 @@ async fn inference_json_and_binary_equal_in_process_tract_bit_exactly() {
             .run(vec![NamedTensor::new(
                 "x",
                 vec![batch, 16],
-                inference::TensorData::Fp32(x.clone()),
+                TensorData::Fp32(x.clone()),
             )])
             .unwrap();
-        let inference::TensorData::Fp32(want) = &expected[0].data else {
+        let TensorData::Fp32(want) = &expected[0].data else {
             panic!()
         };
         let want_bits: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
@@ -292,10 +292,10 @@ async fn inference_json_and_binary_equal_in_process_tract_bit_exactly() {
         .run(vec![NamedTensor::new(
             "x",
             vec![2, 16],
-            inference::TensorData::Fp32(x),
+            TensorData::Fp32(x),
         )])
         .unwrap();
-    let inference::TensorData::Fp32(want) = &expected[0].data else {
+    let TensorData::Fp32(want) = &expected[0].data else {
         panic!()
     };
     let resp = InferResponse::decode(&reply.body, None).unwrap();
