@@ -952,36 +952,34 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_sev_ovmf() {
-        let base = |ovmf: &[u8]| {
+        fn input(ovmf: &[u8]) -> LaunchInput<'_> {
             LaunchInput {
                 vcpus: 1,
                 vcpu_sig: 0,
                 vmm: VmmType::Qemu,
                 guest_features: 1,
-                ovmf: &[],
+                ovmf,
                 kernel: None,
                 initrd: None,
                 append: None,
             }
-            .clone_with(ovmf)
-        };
+        }
         assert_eq!(
-            snp_launch_digest(&base(&[0; 4095])).unwrap_err(),
+            snp_launch_digest(&input(&[0; 4095])).unwrap_err(),
             MeasureError::OvmfSize { len: 4095 }
         );
         assert_eq!(
-            snp_launch_digest(&base(&[0; 8192])).unwrap_err(),
+            snp_launch_digest(&input(&[0; 8192])).unwrap_err(),
             MeasureError::NoSevMetadata
         );
-    }
-
-    impl<'a> LaunchInput<'a> {
-        fn clone_with(&self, ovmf: &'a [u8]) -> LaunchInput<'a> {
-            LaunchInput {
-                ovmf,
-                ..self.clone()
-            }
-        }
+        assert_eq!(
+            snp_launch_digest(&LaunchInput {
+                vcpus: 0,
+                ..input(&[0; 8192])
+            })
+            .unwrap_err(),
+            MeasureError::NoVcpus
+        );
     }
 
     #[test]

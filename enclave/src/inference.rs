@@ -1771,7 +1771,7 @@ mod tests {
             assert_eq!(tensor.shape(), &[2, 1]);
             assert_eq!(&from_tensor(&tensor, data.datatype()).unwrap(), data);
         }
-        let dims = Tensor::from_shape(&[2], &[TDim::Val(3), TDim::Val(-4)]).unwrap();
+        let dims = tract_onnx::prelude::tensor1(&[TDim::Val(3), TDim::Val(-4)]);
         assert_eq!(
             from_tensor(&dims, Datatype::Int64).unwrap(),
             TensorData::Int64(vec![3, -4])

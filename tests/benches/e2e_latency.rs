@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cloister_client::deployment::{Deployment, DeploymentOptions};
-use cloister_enclave::inference::{LoadedModel, NamedTensor, TensorData as EngineData};
+use cloister_enclave::inference::{LoadedModel, NamedTensor};
 use cloister_proto::v2::{InferRequest, InferTensor, MetadataTensor, TensorData};
 
 fn repo() -> PathBuf {

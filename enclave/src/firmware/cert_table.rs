@@ -410,7 +410,7 @@ mod tests {
         assert_eq!(t.get(Guid::ASK).unwrap(), b"asvk!");
         assert_eq!(t.get(Guid::ARK).unwrap(), b"ark");
         // Page padding after the data (what /dev/sev-guest returns) is fine.
-        let mut padded = enc.clone();
+        let mut padded = enc;
         padded.resize(4096, 0);
         assert_eq!(CertTable::parse(&padded).unwrap(), t);
         // Empty blob: no certificates; a lone terminator: none either.

@@ -44,6 +44,9 @@ pub const SEV_GUEST_PROVIDER: &str = "sev_guest";
 /// How many fresh entries we try when other writers keep changing ours.
 pub const MAX_ATTEMPTS: u32 = 3;
 
+/// A report and the host's raw certificate table (empty when the host attached none).
+type Blobs = (Vec<u8>, Vec<u8>);
+
 /// The file operations the backend needs, so that tests can stand in for configfs.
 pub trait ConfigfsIo: Send + Sync {
     /// `mkdir` (not recursive; fails if `path` exists).
@@ -133,9 +136,7 @@ impl ConfigfsTsm {
             return Err(FirmwareError::Vmpl(options.vmpl));
         }
         if !io.exists(&options.root) {
-            return Err(FirmwareError::NoConfigfsTsm {
-                root: options.root.clone(),
-            });
+            return Err(FirmwareError::NoConfigfsTsm { root: options.root });
         }
         let tsm = ConfigfsTsm {
             options,
@@ -155,7 +156,7 @@ impl ConfigfsTsm {
     }
 
     /// One report and the host's raw certificate table (possibly empty), for exactly `report_data`.
-    pub fn raw_report(&self, report_data: &[u8; 64]) -> Result<(Vec<u8>, Vec<u8>), FirmwareError> {
+    pub fn raw_report(&self, report_data: &[u8; 64]) -> Result<Blobs, FirmwareError> {
         for attempt in 1..=MAX_ATTEMPTS {
             match self.try_once(report_data)? {
                 Some(blobs) => return Ok(blobs),
@@ -171,10 +172,7 @@ impl ConfigfsTsm {
     }
 
     /// One attempt: `Ok(None)` when the generation shows that someone else wrote to our entry.
-    fn try_once(
-        &self,
-        report_data: &[u8; 64],
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, FirmwareError> {
+    fn try_once(&self, report_data: &[u8; 64]) -> Result<Option<Blobs>, FirmwareError> {
         let entry = self.new_entry()?;
         let dir = &entry.path;
         self.check_provider(dir)?;

@@ -373,7 +373,7 @@ fn configfs_tsm_certificates_from_the_vcek_cache() {
             vcek_cache: Some(only.clone()),
             ..options(&root)
         },
-        kernel.clone(),
+        kernel,
     )
     .unwrap();
     let (_, chain) = tsm.attest(&[0; 64]).unwrap();
