@@ -3,6 +3,8 @@
 //!
 //! Run: `cargo bench -p cloister-attestation --bench verify`
 
+#![allow(clippy::expect_used, missing_docs)]
+
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Instant;

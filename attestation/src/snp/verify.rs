@@ -603,8 +603,8 @@ mod tests {
         // Another product's chain is not a hit and fails on its own signatures.
         let (_, milan) = set("oak_milan_vcek_v3_containers");
         let mixed = CertChain {
-            intermediate: milan.intermediate.clone(),
-            ..chain.clone()
+            intermediate: milan.intermediate,
+            ..chain
         };
         assert!(verify_cached(&report, &mixed, &Policy::baseline(), &opts, &cache).is_err());
     }
