@@ -59,14 +59,22 @@ fn fatal_configuration_errors_exit_non_zero_with_the_chain() {
                 "firmware = \"simulated\"\nsim_dir = \"/nonexistent\"\n",
                 "firmware = \"sev-guest\"\n",
             ),
-            "sev-guest backend (SNP_GET_EXT_REPORT on /dev/sev-guest) is not implemented yet",
+            "firmware = \"sev-guest\" needs `vcek_cache`",
+        ),
+        // This machine is no SNP guest: the hardware backends say what is missing, never fall back.
+        (
+            good.replace(
+                "firmware = \"simulated\"\nsim_dir = \"/nonexistent\"\n",
+                "firmware = \"sev-guest\"\nvcek_cache = \"/nonexistent\"\n",
+            ),
+            "no /dev/sev-guest: not an SNP guest",
         ),
         (
             good.replace(
                 "firmware = \"simulated\"\nsim_dir = \"/nonexistent\"\n",
                 "firmware = \"configfs-tsm\"\n",
             ),
-            "configfs-tsm backend",
+            "kernel without configfs-tsm or not an SNP guest",
         ),
         (good.clone(), "holds no simulated platform"),
     ];
