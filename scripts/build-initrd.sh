@@ -33,6 +33,7 @@
 # Modules: virtio_pci and virtio_net (required: the network), then sev-guest and tsm when the kernel has
 # them (optional: the SNP guest request device and configfs-tsm; they load only in an SNP guest, and a
 # failure to load them is logged, not fatal, since the firmware backend reports a missing device itself).
+# Each with its dependencies from modules.dep; modules built into the kernel (modules.builtin) are skipped.
 #
 # /init reads two launch arguments from the kernel command line (measured too under kernel-hashes):
 #   cloister.listen=ADDR  --listen of the enclave (e.g. 0.0.0.0:4433; the host forwards a port to it)
@@ -63,7 +64,8 @@ done
 [ -n "$ENCLAVE" ] && [ -n "$CONFIG" ] && [ -n "$MODULES_DIR" ] && [ -n "$OUTPUT" ] || usage
 [ -f "$ENCLAVE" ] || die "--enclave $ENCLAVE: not a file"
 [ -f "$CONFIG" ] || die "--config $CONFIG: not a file"
-[ -f "$MODULES_DIR/modules.dep" ] || die "--kernel-modules $MODULES_DIR: no modules.dep (expected /lib/modules/<version>)"
+[ -f "$MODULES_DIR/modules.dep" ] || die "--kernel-modules $MODULES_DIR: no modules.dep (expected /lib/modules/<version>; \
+for a kernel package extracted with dpkg-deb -x ROOT, run depmod -b ROOT <version> first)"
 [ -z "$SIM_DIR" ] || [ -d "$SIM_DIR" ] || die "--sim-dir $SIM_DIR: not a directory"
 [ -f "$BUSYBOX" ] || die "busybox $BUSYBOX not found (apt-get install busybox-static)"
 if ldd "$BUSYBOX" >/dev/null 2>&1; then
@@ -102,14 +104,14 @@ done
 # --- kernel modules with their dependencies, in load order
 declare -A SEEN=()
 LOAD_ORDER=()
-module_path() { # NAME -> path relative to the modules dir, from modules.dep ("" if absent)
-  local name="$1" alt
-  alt="${name//_/-}"
-  local n
-  for n in "$name" "${name//-/_}" "$alt"; do
-    local found
+module_path() { # NAME -> path relative to the modules dir, from modules.dep; "builtin"; "" if absent
+  local name="$1" n found
+  for n in "$name" "${name//-/_}" "${name//_/-}"; do
     found="$(grep -E "^([^:]*/)?${n}\.ko(\.(xz|zst|gz))?:" "$MODULES_DIR/modules.dep" | head -n1 | cut -d: -f1)"
     if [ -n "$found" ]; then echo "$found"; return; fi
+  done
+  for n in "$name" "${name//-/_}" "${name//_/-}"; do
+    if grep -qE "(^|/)${n}\.ko$" "$MODULES_DIR/modules.builtin" 2>/dev/null; then echo builtin; return; fi
   done
 }
 resolve() { # PATH: its dependencies first, then itself
@@ -124,13 +126,13 @@ REQUIRED_MODULES=(virtio_pci virtio_net "${EXTRA_MODULES[@]}")
 OPTIONAL_MODULES=(tsm sev-guest)
 for m in "${REQUIRED_MODULES[@]}"; do
   p="$(module_path "$m")"
-  [ -n "$p" ] || die "module $m is not in $MODULES_DIR/modules.dep (built in? then drop it; else wrong kernel)"
-  resolve "$p"
+  [ -n "$p" ] || die "module $m is neither in $MODULES_DIR/modules.dep nor built in (wrong kernel?)"
+  [ "$p" = builtin ] || resolve "$p"
 done
 REQUIRED_COUNT=${#LOAD_ORDER[@]}
 for m in "${OPTIONAL_MODULES[@]}"; do
   p="$(module_path "$m")"
-  [ -z "$p" ] || resolve "$p"
+  [ -z "$p" ] || [ "$p" = builtin ] || resolve "$p"
 done
 INSMOD_LINES=""
 i=0
@@ -164,8 +166,6 @@ mount -t devtmpfs devtmpfs /dev
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t tmpfs -o mode=1777 tmpfs /tmp
-# configfs-tsm (firmware = "configfs-tsm") lives under /sys/kernel/config.
-[ -d /sys/kernel/config ] && mount -t configfs configfs /sys/kernel/config
 
 load() { # NAME required|optional
   if ! insmod "/lib/modules/$1.ko" 2>/dev/null; then
@@ -176,6 +176,8 @@ load() { # NAME required|optional
 EOF
 printf '%s' "$INSMOD_LINES" >> "$STAGE/init"
 cat >> "$STAGE/init" <<'EOF'
+# configfs-tsm (firmware = "configfs-tsm") lives under /sys/kernel/config (configfs may be a module).
+[ -d /sys/kernel/config ] && mount -t configfs configfs /sys/kernel/config
 
 # Launch arguments from the kernel command line.
 LISTEN=""
@@ -223,4 +225,6 @@ TMP_OUT="$OUTPUT.tmp.$$"
   | cpio --null --create --format=newc --reproducible --owner=0:0 --quiet) \
   | gzip -n -6 > "$TMP_OUT"
 mv "$TMP_OUT" "$OUTPUT"
-echo "build-initrd: $OUTPUT ($(stat -c %s "$OUTPUT") bytes; modules: $(printf '%s ' "${LOAD_ORDER[@]##*/}"))" >&2
+MODULE_NAMES=""
+for p in "${LOAD_ORDER[@]}"; do base="${p##*/}"; MODULE_NAMES+=" ${base%%.ko*}"; done
+echo "build-initrd: $OUTPUT ($(stat -c %s "$OUTPUT") bytes; modules:$MODULE_NAMES)" >&2

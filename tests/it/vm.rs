@@ -201,6 +201,111 @@ fn qemu_pid(host: u32) -> u32 {
     pids[0]
 }
 
+fn build_initrd(kernel: &Kernel, enclave: &Path, config: &Path, sim: &Path, out: &Path) {
+    let status = Command::new("bash")
+        .arg(repo().join("scripts/build-initrd.sh"))
+        .arg("--enclave")
+        .arg(enclave)
+        .arg("--config")
+        .arg(config)
+        .arg("--kernel-modules")
+        .arg(&kernel.modules)
+        .arg("--sim-dir")
+        .arg(sim)
+        .arg("--output")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The initrd is part of the SNP measurement: the same inputs must give the same bytes, whatever
+/// their mtimes, and it holds exactly the documented files.
+#[test]
+fn initrd_is_reproducible_and_minimal() {
+    let Some(kernel) = kernel_or_skip("initrd_is_reproducible_and_minimal") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let enclave = dir.path().join("cloister-enclave");
+    std::fs::copy("/bin/true", &enclave).unwrap();
+    let config = dir.path().join("enclave.toml");
+    std::fs::write(
+        &config,
+        "firmware = \"simulated\"\nsim_dir = \"/cloister/sim\"\n",
+    )
+    .unwrap();
+    let sim = dir.path().join("sim");
+    std::fs::create_dir_all(sim.join("keys")).unwrap();
+    std::fs::write(sim.join("keys/vcek.key"), b"k").unwrap();
+
+    let first = dir.path().join("first.gz");
+    build_initrd(&kernel, &enclave, &config, &sim, &first);
+    // Same contents, new mtimes.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&config, std::fs::read(&config).unwrap()).unwrap();
+    std::fs::write(sim.join("keys/vcek.key"), b"k").unwrap();
+    let second = dir.path().join("second.gz");
+    build_initrd(&kernel, &enclave, &config, &sim, &second);
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        std::fs::read(&second).unwrap(),
+        "two builds from the same inputs differ"
+    );
+
+    let list = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zcat '{}' | cpio -it --quiet", first.display()))
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    let entries: Vec<String> = String::from_utf8(list.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let mut sorted = entries.clone();
+    sorted.sort();
+    assert_eq!(entries, sorted, "entries are sorted");
+    for expected in [
+        "init",
+        "bin/busybox",
+        "bin/sh",
+        "cloister/cloister-enclave",
+        "cloister/enclave.toml",
+        "cloister/sim/keys/vcek.key",
+        // virtio_pci is a module in Debian's 6.1 and built in from 6.12; virtio_net is a module.
+        "lib/modules/virtio_net.ko",
+        "lib64/ld-linux-x86-64.so.2",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+    ] {
+        assert!(
+            entries.iter().any(|e| e == expected),
+            "{expected} missing: {entries:?}"
+        );
+    }
+    for entry in &entries {
+        let top = entry.split('/').next().unwrap();
+        assert!(
+            ["init", "bin", "cloister", "lib", "lib64", "dev", "proc", "sys", "tmp"].contains(&top),
+            "unexpected entry {entry}"
+        );
+    }
+    // The configuration is copied byte for byte.
+    let toml = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zcat '{}' | cpio -i --to-stdout --quiet cloister/enclave.toml",
+            first.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(toml.stdout, std::fs::read(&config).unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_under_tcg_attests_infers_and_is_restarted() {
     let Some(kernel) = kernel_or_skip("vm_under_tcg_attests_infers_and_is_restarted") else {
