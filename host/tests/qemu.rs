@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 
@@ -55,7 +56,9 @@ fn skip_or_fail(why: &str) {
         "{why}, and CLOISTER_REQUIRE_ALL_TESTS=1: install it (apt-get install -t \
          bookworm-backports qemu-system-x86)"
     );
-    eprintln!(
+    // Straight to stderr, not through the test harness's capture: a skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
         "\n\n*** SKIPPED snp command-line validation: {why}. Install qemu-system-x86 10.x \
          (bookworm-backports) to run it; CI sets CLOISTER_REQUIRE_ALL_TESTS=1 and fails \
          instead. ***\n\n"

@@ -50,7 +50,7 @@ fn samples() -> Vec<(String, Vec<u8>)> {
         ),
         (
             "index.html".into(),
-            b"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>Cloister</title></head>\n<body>\n<h1>Confidential inference</h1>\n<p>The host never sees your data.</p>\n</body>\n</html>\n"
+            b"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n  <meta charset=\"utf-8\">\n  <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n  <title>Cloister: confidential inference</title>\n  <link rel=\"stylesheet\" href=\"/static/site.css\">\n</head>\n<body>\n  <header><nav><a href=\"/\">Home</a> <a href=\"/docs/\">Docs</a></nav></header>\n  <main>\n    <h1>Confidential inference</h1>\n    <p>The host never sees your data: <em>attest first</em>, then send.</p>\n    <ul>\n      <li><a href=\"/docs/threat-model.html\">Threat model</a></li>\n      <li><a href=\"/docs/evidence.html\">Evidence</a></li>\n    </ul>\n  </main>\n  <script src=\"/static/app.js\"></script>\n</body>\n</html>\n"
                 .to_vec(),
         ),
         (
