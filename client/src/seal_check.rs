@@ -1,14 +1,14 @@
 //! Model checks before sealing: a model owner should find out that tract cannot run a model when they
 //! seal it, not when an enclave fails to load it after the key was released.
 //!
-//! In order, each with its own error:
+//! The checks run the enclave's own loader (crate `cloister-inference`). In order, each with its own error:
 //! 1. the bytes decode as an ONNX `ModelProto` (protobuf, via prost) with a graph;
 //! 2. no tensor keeps its data outside the file (`data_location = EXTERNAL` or `external_data`): the
 //!    enclave gets one sealed blob and nothing else, so external data could never be found there
 //!    (and the enclave's loader refuses it anyway);
 //! 3. every operator, in the main graph and in every subgraph (`If`, `Loop`, `Scan` bodies), is one
 //!    tract's ONNX front end knows; the unknown ones are listed by name;
-//! 4. tract builds the model and optimises it (`into_optimized`), which is what the enclave does.
+//! 4. the model loads, optimises and plans exactly as in the enclave ([`LoadedModel::from_decoded`]).
 //!
 //! The model comes from the model owner (this is their own tool), but the checks still treat it as
 //! arbitrary bytes: decoding is bounded by the file and never panics.
@@ -16,13 +16,9 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use prost::Message;
-use tract_onnx::pb;
-use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
+use cloister_inference::{DecodedModel, InferenceError, LoadedModel, Stage, TensorRole};
 
-/// `TensorProto.DataLocation.EXTERNAL` (onnx.proto).
-const DATA_LOCATION_EXTERNAL: i32 = 1;
+pub use cloister_inference::Planning;
 
 /// Why a model cannot be sealed.
 #[derive(Debug, thiserror::Error)]
@@ -84,243 +80,100 @@ pub struct ModelSummary {
     pub inputs: Vec<String>,
     /// Names of the graph outputs.
     pub outputs: Vec<String>,
-    /// How tract can plan the model (as the enclave will).
+    /// How the enclave plans the model.
     pub planning: Planning,
-}
-
-/// How tract can plan a model, mirroring the enclave's loader.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Planning {
-    /// One plan, optimised with symbolic input dimensions (batch, sequence, ...).
-    Symbolic,
-    /// tract cannot type the graph with symbolic dimensions (a shape computed from an input shape
-    /// through an op it does not follow): the enclave optimises one plan per set of input shapes.
-    PerShape,
-}
-
-impl fmt::Display for Planning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Planning::Symbolic => "one plan with symbolic input dimensions",
-            Planning::PerShape => "one plan per input shape",
-        })
-    }
 }
 
 /// Runs every check on the bytes of an ONNX model.
 pub fn check_model(bytes: &[u8]) -> Result<ModelSummary, ModelCheckError> {
-    let proto = pb::ModelProto::decode(bytes).map_err(|e| ModelCheckError::NotOnnx {
-        reason: e.to_string(),
+    let model =
+        DecodedModel::decode(bytes).map_err(|e| ModelCheckError::NotOnnx { reason: reason(&e) })?;
+    let (opset, nodes, inputs, outputs) = {
+        let proto = model.proto();
+        let graph = proto.graph.as_ref().ok_or(ModelCheckError::NoGraph)?;
+        if graph.node.is_empty() && graph.output.is_empty() {
+            // An empty ModelProto decodes from almost anything short (protobuf has no magic): a graph
+            // with neither nodes nor outputs is not a model.
+            return Err(ModelCheckError::NoGraph);
+        }
+        let initializers: BTreeSet<&str> =
+            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        (
+            proto
+                .opset_import
+                .iter()
+                .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+                .map_or(0, |o| o.version),
+            graph.node.len(),
+            graph
+                .input
+                .iter()
+                .filter(|i| !initializers.contains(i.name.as_str()))
+                .map(|i| i.name.clone())
+                .collect(),
+            graph.output.iter().map(|o| o.name.clone()).collect(),
+        )
+    };
+
+    model.reject_external_data().map_err(|e| match e {
+        InferenceError::ExternalData { tensor, location } => ModelCheckError::ExternalData {
+            tensor,
+            location: location.map_or_else(
+                || "no location given".to_owned(),
+                |l| format!("location {l:?}"),
+            ),
+        },
+        other => load_error(&other),
     })?;
-    let graph = proto.graph.as_ref().ok_or(ModelCheckError::NoGraph)?;
-    if graph.node.is_empty() && graph.output.is_empty() {
-        // An empty ModelProto decodes from almost anything short (protobuf has no magic): a graph
-        // with neither nodes nor outputs is not a model.
-        return Err(ModelCheckError::NoGraph);
-    }
-    find_external_data(graph)?;
 
-    let framework = onnx();
-    let mut unsupported = BTreeSet::new();
-    collect_unknown_ops(graph, &framework, &mut unsupported);
-    if !unsupported.is_empty() {
-        return Err(ModelCheckError::UnsupportedOperators {
-            ops: unsupported.into_iter().collect(),
-        });
+    let ops = model.unsupported_operators();
+    if !ops.is_empty() {
+        return Err(ModelCheckError::UnsupportedOperators { ops });
     }
 
-    let planning = load_and_optimize(&framework, &proto)?;
-
-    let initializers: BTreeSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let planning = LoadedModel::from_decoded(model)
+        .map_err(|e| load_error(&e))?
+        .planning();
     Ok(ModelSummary {
-        opset: proto
-            .opset_import
-            .iter()
-            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-            .map_or(0, |o| o.version),
-        nodes: graph.node.len(),
-        inputs: graph
-            .input
-            .iter()
-            .filter(|i| !initializers.contains(i.name.as_str()))
-            .map(|i| i.name.clone())
-            .collect(),
-        outputs: graph.output.iter().map(|o| o.name.clone()).collect(),
+        opset,
+        nodes,
+        inputs,
+        outputs,
         planning,
     })
 }
 
-/// Loads and optimises the model the way the enclave does (`enclave/src/inference.rs`): first with
-/// symbolic input dimensions (an unnamed one gets a symbol of its own); if tract cannot type the graph
-/// symbolically, with every symbol set to 1, which is the plan the enclave builds at load time.
-fn load_and_optimize(
-    framework: &tract_onnx::Onnx,
-    proto: &pb::ModelProto,
-) -> Result<Planning, ModelCheckError> {
-    let load_error = |reason| ModelCheckError::Load { reason };
-    let mut model = guarded(|| framework.model_for_proto_model(proto)).map_err(load_error)?;
-    let inputs = close_input_facts(&mut model).map_err(load_error)?;
-    let symbolic = match guarded(|| model.clone().into_optimized()) {
-        Ok(_) => return Ok(Planning::Symbolic),
-        Err(reason) => reason,
-    };
-    let mut values = SymbolValues::default();
-    for symbol in model.symbols.all_symbols() {
-        values.set(&symbol, 1);
-    }
-    for (ix, (dt, dims)) in inputs.iter().enumerate() {
-        let shape: Vec<usize> = dims
-            .iter()
-            .map(|d| {
-                d.eval(&values)
-                    .to_i64()
-                    .ok()
-                    .and_then(|v| usize::try_from(v).ok())
-                    .unwrap_or(1)
-            })
-            .collect();
-        model
-            .set_input_fact(ix, InferenceFact::dt_shape(*dt, shape))
-            .map_err(|e| load_error(chain(&e)))?;
-    }
-    match guarded(|| model.into_optimized()) {
-        Ok(_) => Ok(Planning::PerShape),
-        Err(reason) => Err(ModelCheckError::Optimize {
-            reason: format!("{reason} (with symbolic input dimensions: {symbolic})"),
-        }),
-    }
-}
-
-/// Gives every input a concrete datum type and a closed shape (a fresh symbol for each dimension the
-/// file leaves unnamed); returns them.
-fn close_input_facts(model: &mut InferenceModel) -> Result<Vec<(DatumType, Vec<TDim>)>, String> {
-    let count = model.input_outlets().map_err(|e| chain(&e))?.len();
-    let mut out = Vec::with_capacity(count);
-    for ix in 0..count {
-        let name = model
-            .input_outlets()
-            .ok()
-            .and_then(|o| o.get(ix).map(|o| model.node(o.node).name.clone()))
-            .unwrap_or_default();
-        let fact = model.input_fact(ix).map_err(|e| chain(&e))?.clone();
-        let dt = fact
-            .datum_type
-            .concretize()
-            .ok_or_else(|| format!("input {name:?} has no element type"))?;
-        if fact.shape.is_open() {
-            return Err(format!("input {name:?} has no known rank"));
+/// The loader failed: on the model's construction or its input declarations ([`ModelCheckError::Load`]),
+/// or while typing and optimising it ([`ModelCheckError::Optimize`]).
+fn load_error(e: &InferenceError) -> ModelCheckError {
+    let reason = reason(e);
+    match e {
+        InferenceError::Model {
+            stage: Stage::Analysing | Stage::Optimizing,
+            ..
         }
-        let dims: Vec<TDim> = fact
-            .shape
-            .dims()
-            .enumerate()
-            .map(|(axis, d)| {
-                d.concretize().unwrap_or_else(|| {
-                    TDim::Sym(
-                        model
-                            .symbols
-                            .new_with_prefix(&format!("unnamed_{ix}_{axis}")),
-                    )
-                })
-            })
-            .collect();
-        let closed = InferenceFact::dt_shape(
-            dt,
-            ShapeFactoid::closed(dims.iter().cloned().map(DimFact::from).collect()),
-        );
-        model.set_input_fact(ix, closed).map_err(|e| chain(&e))?;
-        out.push((dt, dims));
-    }
-    Ok(out)
-}
-
-/// Runs a tract step; an error or a panic (tract is written for trusted models) becomes a message.
-fn guarded<T>(step: impl FnOnce() -> TractResult<T>) -> Result<T, String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(chain(&e)),
-        Err(_) => Err("tract panicked on this model".to_owned()),
-    }
-}
-
-/// The error and its causes, `: `-separated (tract's errors are anyhow chains).
-fn chain(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
-}
-
-fn check_tensor(t: &pb::TensorProto) -> Result<(), ModelCheckError> {
-    if t.data_location == Some(DATA_LOCATION_EXTERNAL) || !t.external_data.is_empty() {
-        let location = t
-            .external_data
-            .iter()
-            .find(|kv| kv.key == "location")
-            .map_or_else(
-                || "no location given".to_owned(),
-                |kv| format!("location {:?}", kv.value),
-            );
-        return Err(ModelCheckError::ExternalData {
-            tensor: t.name.clone(),
-            location,
-        });
-    }
-    Ok(())
-}
-
-fn check_sparse(s: &pb::SparseTensorProto) -> Result<(), ModelCheckError> {
-    s.values
-        .iter()
-        .chain(s.indices.iter())
-        .try_for_each(check_tensor)
-}
-
-/// Every tensor of the graph and of its subgraphs: initializers and tensor-valued attributes.
-fn find_external_data(graph: &pb::GraphProto) -> Result<(), ModelCheckError> {
-    graph.initializer.iter().try_for_each(check_tensor)?;
-    graph.sparse_initializer.iter().try_for_each(check_sparse)?;
-    for node in &graph.node {
-        for attr in &node.attribute {
-            attr.t
-                .iter()
-                .chain(attr.tensors.iter())
-                .try_for_each(check_tensor)?;
-            attr.sparse_tensor
-                .iter()
-                .chain(attr.sparse_tensors.iter())
-                .try_for_each(check_sparse)?;
-            attr.g
-                .iter()
-                .chain(attr.graphs.iter())
-                .try_for_each(find_external_data)?;
+        | InferenceError::Panicked {
+            stage: Stage::Analysing | Stage::Optimizing,
         }
+        | InferenceError::UnsupportedModelType {
+            role: TensorRole::Output,
+            ..
+        } => ModelCheckError::Optimize { reason },
+        _ => ModelCheckError::Load { reason },
     }
-    Ok(())
 }
 
-/// Operators of `graph` and its subgraphs that tract's ONNX front end has no builder for. tract
-/// would otherwise insert a placeholder and fail later with a less direct message.
-fn collect_unknown_ops(
-    graph: &pb::GraphProto,
-    onnx: &tract_onnx::Onnx,
-    out: &mut BTreeSet<String>,
-) {
-    for node in &graph.node {
-        if !onnx.op_register.0.contains_key(&node.op_type) {
-            let name = if node.domain.is_empty() || node.domain == "ai.onnx" {
-                node.op_type.clone()
-            } else {
-                format!("{}:{}", node.domain, node.op_type)
-            };
-            out.insert(name);
-        }
-        for attr in &node.attribute {
-            for g in attr.g.iter().chain(attr.graphs.iter()) {
-                collect_unknown_ops(g, onnx, out);
-            }
-        }
+/// The loader's message; for a tract failure, tract's error and its causes, `: `-separated, without the
+/// loader's own prefix (the [`ModelCheckError`] message says what failed).
+fn reason(e: &InferenceError) -> String {
+    match e {
+        InferenceError::ModelDecode(source) => source.to_string(),
+        InferenceError::Model { source, .. } => source
+            .chain()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(": "),
+        other => other.to_string(),
     }
 }
 
@@ -328,6 +181,8 @@ fn collect_unknown_ops(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use prost::Message;
+    use tract_onnx::pb;
 
     fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
         use pb::tensor_shape_proto::{dimension, Dimension};
@@ -406,7 +261,7 @@ mod tests {
         let mut m = model("Relu", "");
         m.graph.as_mut().unwrap().initializer.push(pb::TensorProto {
             name: "w".into(),
-            data_location: Some(DATA_LOCATION_EXTERNAL),
+            data_location: Some(pb::tensor_proto::DataLocation::External as i32),
             external_data: vec![pb::StringStringEntryProto {
                 key: "location".into(),
                 value: "weights.bin".into(),

@@ -16,7 +16,10 @@ pub mod blobs;
 pub mod config;
 pub mod danger;
 pub mod firmware;
-pub mod inference;
 pub mod key_release;
 pub mod runtime;
 pub mod server;
+
+/// The inference engine: crate `cloister-inference`, which `cloister seal`'s model check shares, so that a
+/// model that seals is a model the enclave loads.
+pub use cloister_inference as inference;

@@ -19,7 +19,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// The line the enclave prints on stdout once its TLS listener is bound, followed by the address.
 pub const ANNOUNCEMENT_PREFIX: &str = "cloister-enclave: listening on ";
@@ -211,30 +211,9 @@ impl SimLauncher {
                 // Keep draining stdout so the enclave never blocks on a full pipe.
                 tokio::spawn(forward_lines(stdout));
                 tracing::info!(pid, %addr, "enclave is listening");
-                // Held outside `child`: tokio's `Child::wait` closes the child's stdin before waiting,
-                // which would tell the enclave that the host is gone.
-                let stdin = child.stdin.take();
-                Ok(SimInstance {
-                    child,
-                    addr,
-                    _stdin: stdin,
-                })
+                Ok(ChildInstance::new(child, addr, "the enclave"))
             }
-            Err(LaunchError::NoAnnouncement) => {
-                // Stdout closed: usually because it exited; say how if it did.
-                let status = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
-                match status {
-                    Ok(Ok(status)) => Err(LaunchError::ExitedEarly(status)),
-                    _ => {
-                        kill(&mut child).await;
-                        Err(LaunchError::NoAnnouncement)
-                    }
-                }
-            }
-            Err(e) => {
-                kill(&mut child).await;
-                Err(e)
-            }
+            Err(e) => Err(abandon(child, "the enclave", e, Duration::from_secs(1)).await),
         }
     }
 }
@@ -248,22 +227,41 @@ impl Launcher for SimLauncher {
 }
 
 /// A `cloister-enclave` child process.
+pub type SimInstance = ChildInstance;
+
+/// An enclave that runs in a child process of the host: the enclave itself (`sim`) or the VM that runs it
+/// (QEMU backends). The child is killed if this is dropped.
 #[derive(Debug)]
-pub struct SimInstance {
+pub struct ChildInstance {
     child: Child,
     addr: SocketAddr,
-    /// The enclave's stdin: open while this instance lives; closed when the host exits or dies.
-    _stdin: Option<tokio::process::ChildStdin>,
+    /// What the child is, for logs ("the enclave", "QEMU").
+    what: &'static str,
+    /// The child's stdin, if it is a pipe: open while this instance lives, closed when the host exits or
+    /// dies. Held outside `child`: tokio's `Child::wait` closes the child's stdin before waiting, which
+    /// would tell a `sim` enclave (`--exit-on-stdin-eof`) that the host is gone.
+    _stdin: Option<ChildStdin>,
 }
 
-impl SimInstance {
+impl ChildInstance {
+    /// The instance of `child`, which announced that the enclave listens on `addr`.
+    pub(crate) fn new(mut child: Child, addr: SocketAddr, what: &'static str) -> Self {
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            addr,
+            what,
+            _stdin: stdin,
+        }
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 }
 
-impl Instance for SimInstance {
+impl Instance for ChildInstance {
     fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -276,15 +274,33 @@ impl Instance for SimInstance {
     }
 
     async fn terminate(&mut self) {
-        kill(&mut self.child).await;
+        kill(&mut self.child, self.what).await;
     }
 }
 
-/// SIGKILL and reap. The enclave holds no state worth a graceful shutdown: keys and plaintext
-/// live only in its memory, which the kernel discards.
-async fn kill(child: &mut Child) {
+/// Disposes of a child whose launch failed with `error`, and says why it failed. A child that closed its
+/// stdout before announcing usually exited: if it does within `grace`, its exit status is the reason
+/// ([`LaunchError::ExitedEarly`]). Any other child is killed.
+pub(crate) async fn abandon(
+    mut child: Child,
+    what: &'static str,
+    error: LaunchError,
+    grace: Duration,
+) -> LaunchError {
+    if matches!(error, LaunchError::NoAnnouncement) {
+        if let Ok(Ok(status)) = tokio::time::timeout(grace, child.wait()).await {
+            return LaunchError::ExitedEarly(status);
+        }
+    }
+    kill(&mut child, what).await;
+    error
+}
+
+/// SIGKILL and reap. The enclave holds no state worth a graceful shutdown: keys and plaintext live only
+/// in its memory (a VM's guest memory, and under SNP its key, go with QEMU), which the kernel discards.
+async fn kill(child: &mut Child, what: &'static str) {
     if let Err(e) = child.kill().await {
-        tracing::warn!(error = %e, "killing the enclave failed");
+        tracing::warn!(error = %e, "killing {what} failed");
     }
 }
 

@@ -36,10 +36,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{ChildStdout, Command};
 
 use crate::launcher::{
-    parse_announcement, Instance, LaunchError, Launcher, Stopped, DEFAULT_START_TIMEOUT,
+    abandon, parse_announcement, ChildInstance, LaunchError, Launcher, DEFAULT_START_TIMEOUT,
     FORWARD_PREFIX,
 };
 
@@ -503,22 +503,9 @@ impl QemuLauncher {
                 tokio::spawn(forward_lines(serial, FORWARD_PREFIX));
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, host_port));
                 tracing::info!(pid, %guest, %addr, "enclave in the VM is listening");
-                Ok(QemuInstance { child, addr })
+                Ok(ChildInstance::new(child, addr, "QEMU"))
             }
-            Err(LaunchError::NoAnnouncement) => {
-                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                match status {
-                    Ok(Ok(status)) => Err(LaunchError::ExitedEarly(status)),
-                    _ => {
-                        kill(&mut child).await;
-                        Err(LaunchError::NoAnnouncement)
-                    }
-                }
-            }
-            Err(e) => {
-                kill(&mut child).await;
-                Err(e)
-            }
+            Err(e) => Err(abandon(child, "QEMU", e, Duration::from_secs(5)).await),
         }
     }
 }
@@ -532,42 +519,7 @@ impl Launcher for QemuLauncher {
 }
 
 /// A running VM.
-#[derive(Debug)]
-pub struct QemuInstance {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl QemuInstance {
-    /// QEMU's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-}
-
-impl Instance for QemuInstance {
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    async fn stopped(&mut self) -> Stopped {
-        match self.child.wait().await {
-            Ok(status) => Stopped::Exited(status),
-            Err(e) => Stopped::WaitFailed(e),
-        }
-    }
-
-    async fn terminate(&mut self) {
-        kill(&mut self.child).await;
-    }
-}
-
-/// SIGKILL and reap: the guest's memory (and, under SNP, its key) is discarded with QEMU.
-async fn kill(child: &mut Child) {
-    if let Err(e) = child.kill().await {
-        tracing::warn!(error = %e, "killing QEMU failed");
-    }
-}
+pub type QemuInstance = ChildInstance;
 
 /// A loopback port that was free a moment ago (QEMU binds it for the forward; if another
 /// process takes it first, QEMU fails to start and the supervisor retries with another).
@@ -658,6 +610,7 @@ pub fn sanitize(line: &[u8]) -> Vec<u8> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::launcher::{Instance, Stopped};
 
     fn strings(args: &[OsString]) -> Vec<String> {
         args.iter()

@@ -9,7 +9,7 @@
 //! - Magika end to end: client features (`cloister_client::magika`) → enclave → client decoding, against the
 //!   labels of the Python package.
 //! - The benchmark models in `.cache/models/` (`scripts/fetch-models.sh`) load and run when present; when absent
-//!   the tests print a loud SKIP line and pass.
+//!   the tests print a loud SKIP line and pass (and fail under CLOISTER_REQUIRE_ALL_TESTS=1, as in CI).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -486,6 +486,12 @@ fn assert_close(context: &str, got: &NamedTensor, want: &RefTensor) {
 }
 
 fn skip(what: &str) {
+    // CI fetches the benchmark models (`.ci/run` calls scripts/fetch-models.sh) and sets
+    // CLOISTER_REQUIRE_ALL_TESTS=1: there a missing model is a failure, never a silent pass.
+    assert!(
+        std::env::var_os("CLOISTER_REQUIRE_ALL_TESTS").is_none(),
+        "{what}: not fetched, and CLOISTER_REQUIRE_ALL_TESTS is set"
+    );
     // Written to the stderr handle rather than with eprintln!, which the test harness captures: the line shows
     // even without --nocapture.
     use std::io::Write;

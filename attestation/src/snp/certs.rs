@@ -19,6 +19,7 @@
 
 use core::fmt;
 use core::ops::Range;
+use std::borrow::Cow;
 
 use der::asn1::{
     AnyRef, BitStringRef, Ia5StringRef, ObjectIdentifier, PrintableStringRef, UintRef,
@@ -528,11 +529,7 @@ impl AmdCertificate {
 
     /// Parses PEM if the input starts (after whitespace) with `-----BEGIN`, DER otherwise.
     pub fn from_pem_or_der(bytes: &[u8]) -> Result<Self, CertError> {
-        if looks_like_pem(bytes) {
-            Self::from_pem(bytes)
-        } else {
-            Self::from_der(bytes)
-        }
+        Self::from_der(&pem_or_der(bytes, PEM_LABEL_CERTIFICATE)?)
     }
 
     /// Parses every `CERTIFICATE` block of a PEM bundle, in order (e.g. KDS's `cert_chain`, which
@@ -1273,16 +1270,17 @@ pub(crate) fn unix_seconds(time: x509_cert::time::Time) -> i64 {
     i64::try_from(time.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Whether the input looks like PEM: `-----BEGIN` after optional leading whitespace.
-pub(crate) fn looks_like_pem(bytes: &[u8]) -> bool {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    bytes
-        .get(start..)
-        .unwrap_or_default()
-        .starts_with(b"-----BEGIN")
+/// The DER bytes of an input given as PEM or DER: PEM if it starts, after optional whitespace, with
+/// `-----BEGIN` (it must then hold exactly one block, labelled `label`), DER otherwise.
+pub(crate) fn pem_or_der<'a>(
+    bytes: &'a [u8],
+    label: &'static str,
+) -> Result<Cow<'a, [u8]>, CertError> {
+    if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        decode_single_pem(bytes, label).map(Cow::Owned)
+    } else {
+        Ok(Cow::Borrowed(bytes))
+    }
 }
 
 /// Decodes a PEM input that must hold exactly one block, labelled `label`.

@@ -12,7 +12,7 @@ use der::Decode;
 use x509_cert::crl::CertificateList;
 
 use super::certs::{
-    check_extension_set, common_name, decode_single_pem, looks_like_pem, normalize_serial, slice,
+    check_extension_set, common_name, decode_single_pem, normalize_serial, pem_or_der, slice,
     unix_seconds, verify_rsa_pss_sha384, AmdCertificate, CertError, IssuerUsage, SignedKind,
     SignedLayout, SignedParts,
 };
@@ -80,11 +80,7 @@ impl AmdCrl {
 
     /// Parses PEM if the input starts (after whitespace) with `-----BEGIN`, DER otherwise.
     pub fn from_pem_or_der(bytes: &[u8]) -> Result<Self, CertError> {
-        if looks_like_pem(bytes) {
-            Self::from_pem(bytes)
-        } else {
-            Self::from_der(bytes)
-        }
+        Self::from_der(&pem_or_der(bytes, PEM_LABEL_CRL)?)
     }
 
     /// The CRL's DER bytes, exactly as parsed.

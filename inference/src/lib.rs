@@ -1,4 +1,10 @@
-//! The enclave's inference engine: ONNX models run with tract, loaded from bytes only.
+//! Cloister's inference engine: ONNX models run with tract, loaded from bytes only.
+//!
+//! One loader for two users: the enclave (`cloister_enclave::inference` re-exports this crate), which loads the
+//! decrypted model and serves it, and `cloister seal`, which checks a model before it is sealed with this same
+//! code ([`DecodedModel`], [`LoadedModel::from_decoded`]), so that a model that seals is a model the enclave
+//! loads. No I/O (models and tensors are buffers), no keys; plaintext weights are held only while the caller
+//! holds a [`DecodedModel`] or a [`LoadedModel`].
 //!
 //! Trust assumptions (DESIGN §1, STYLE conventions 12–13):
 //! - The ONNX bytes given to [`LoadedModel::load`] are the plaintext of a sealed model whose digest the caller
@@ -22,8 +28,9 @@
 //! [`Planning::PerShape`]: one plan per distinct set of input shapes, optimized on first use and kept in a small
 //! LRU ([`PLAN_CACHE_CAPACITY`]); the plan for "every symbol = 1" is built at load time, so that a model tract
 //! cannot run at all is refused at load.
+#![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -223,6 +230,8 @@ pub enum InferenceError {
     ExternalData {
         /// The tensor's name.
         tensor: String,
+        /// Its `location` entry, if any (a file name chosen by the model owner; not in the message).
+        location: Option<String>,
     },
     /// tract failed on the model.
     #[error("tract failed while {stage}")]
@@ -445,7 +454,8 @@ impl InputSpec {
 pub const PLAN_CACHE_CAPACITY: usize = 4;
 
 /// How a [`LoadedModel`] handles the dimensions that vary per request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Planning {
     /// One plan, optimized once with symbolic dimensions; tract binds the symbols per request.
     Symbolic,
@@ -453,6 +463,15 @@ pub enum Planning {
     /// shape through an op tract does not follow symbolically): one plan per distinct set of input shapes,
     /// optimized on first use, in a bounded cache ([`PLAN_CACHE_CAPACITY`]).
     PerShape,
+}
+
+impl fmt::Display for Planning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Symbolic => "one plan with symbolic input dimensions",
+            Self::PerShape => "one plan per input shape",
+        })
+    }
 }
 
 /// A model loaded, optimized and planned once, ready to serve requests concurrently (`run` takes `&self`).
@@ -542,15 +561,21 @@ impl LoadedModel {
     /// `Vec`); the decoded protobuf, a copy of the weights, is zeroized before this returns; tract keeps its
     /// own copy of the weights in the optimized model.
     pub fn load(onnx: &[u8]) -> Result<Self, InferenceError> {
-        let proto = ProtoGuard(pb::ModelProto::decode(onnx).map_err(InferenceError::ModelDecode)?);
-        reject_external_data(&proto.0)?;
+        Self::from_decoded(DecodedModel::decode(onnx)?)
+    }
+
+    /// [`LoadedModel::load`] after the decoding: refuse external data, translate, fix the input facts,
+    /// optimize once, plan. The decoded protobuf is zeroized before this returns, on every path.
+    pub fn from_decoded(model: DecodedModel) -> Result<Self, InferenceError> {
+        model.reject_external_data()?;
         let framework = tract_onnx::Onnx {
             provider: Arc::new(RefuseExternalData),
             ..tract_onnx::onnx()
         };
-        let model = guarded(Stage::Loading, || framework.model_for_proto_model(&proto.0))?;
-        drop(proto);
-        Self::from_inference_model(model)
+        let inference_model =
+            guarded(Stage::Loading, || framework.model_for_proto_model(&model.0))?;
+        drop(model);
+        Self::from_inference_model(inference_model)
     }
 
     fn from_inference_model(mut model: InferenceModel) -> Result<Self, InferenceError> {
@@ -1062,24 +1087,93 @@ fn v2_shape<'a>(dims: impl Iterator<Item = &'a TDim>) -> Vec<i64> {
         .collect()
 }
 
-/// Refuses a model whose tensors point at external files (ONNX `data_location = EXTERNAL` or any
-/// `external_data` entry), wherever a tensor can sit: initializers, sparse initializers, node attributes,
-/// subgraphs (If/Loop/Scan bodies), functions and training info.
+/// A decoded ONNX `ModelProto`, not yet given to tract: the first step of [`LoadedModel::load`], and what
+/// `cloister seal` inspects before it loads the model the same way ([`LoadedModel::from_decoded`]).
 ///
-/// The model comes from the untrusted model owner; an external reference would make tract read a host file
-/// (by default through mmap), outside the sealed and attested bytes.
-fn reject_external_data(model: &pb::ModelProto) -> Result<(), InferenceError> {
-    let mut found = None;
-    visit_tensors(model, &mut |t| {
-        let external = t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)
-            || !t.external_data.is_empty();
-        if external && found.is_none() {
-            found = Some(t.name.clone());
+/// It holds a plaintext copy of every weight, wiped when it is dropped, on every path.
+pub struct DecodedModel(pb::ModelProto);
+
+impl fmt::Debug for DecodedModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecodedModel").finish_non_exhaustive()
+    }
+}
+
+impl Drop for DecodedModel {
+    fn drop(&mut self) {
+        wipe_weights(&mut self.0);
+    }
+}
+
+impl DecodedModel {
+    /// Decodes the protobuf. `onnx` is untrusted: the decoder is bounded by the buffer and by prost's
+    /// recursion limit, and does not panic.
+    pub fn decode(onnx: &[u8]) -> Result<Self, InferenceError> {
+        pb::ModelProto::decode(onnx)
+            .map(Self)
+            .map_err(InferenceError::ModelDecode)
+    }
+
+    /// The decoded protobuf.
+    pub fn proto(&self) -> &pb::ModelProto {
+        &self.0
+    }
+
+    /// Refuses a model whose tensors point at external files (ONNX `data_location = EXTERNAL` or any
+    /// `external_data` entry), wherever a tensor can sit: initializers, sparse initializers, node attributes,
+    /// subgraphs (If/Loop/Scan bodies), functions and training info. Names the first such tensor.
+    ///
+    /// The model comes from the untrusted model owner; an external reference would make tract read a host
+    /// file (by default through mmap), outside the sealed and attested bytes.
+    pub fn reject_external_data(&self) -> Result<(), InferenceError> {
+        let mut found = None;
+        visit_tensors(&self.0, &mut |t| {
+            let external = t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)
+                || !t.external_data.is_empty();
+            if external && found.is_none() {
+                found = Some(t);
+            }
+        });
+        match found {
+            Some(t) => Err(InferenceError::ExternalData {
+                tensor: t.name.clone(),
+                location: t
+                    .external_data
+                    .iter()
+                    .find(|kv| kv.key == "location")
+                    .map(|kv| kv.value.clone()),
+            }),
+            None => Ok(()),
         }
-    });
-    match found {
-        Some(tensor) => Err(InferenceError::ExternalData { tensor }),
-        None => Ok(()),
+    }
+
+    /// The operators of the main graph and of its subgraphs (`If`, `Loop`, `Scan` bodies) that tract's ONNX
+    /// front end has no builder for, each once, sorted: `op_type`, prefixed `domain:` outside the default
+    /// domain. Loading such a model fails later, with a less direct message (tract inserts a placeholder).
+    pub fn unsupported_operators(&self) -> Vec<String> {
+        /// Recursion follows subgraphs, whose depth prost bounds while decoding.
+        fn collect(graph: &pb::GraphProto, onnx: &tract_onnx::Onnx, out: &mut BTreeSet<String>) {
+            for node in &graph.node {
+                if !onnx.op_register.0.contains_key(&node.op_type) {
+                    out.insert(if node.domain.is_empty() || node.domain == "ai.onnx" {
+                        node.op_type.clone()
+                    } else {
+                        format!("{}:{}", node.domain, node.op_type)
+                    });
+                }
+                for attr in &node.attribute {
+                    for g in attr.g.iter().chain(&attr.graphs) {
+                        collect(g, onnx, out);
+                    }
+                }
+            }
+        }
+        let onnx = tract_onnx::onnx();
+        let mut out = BTreeSet::new();
+        if let Some(graph) = &self.0.graph {
+            collect(graph, &onnx, &mut out);
+        }
+        out.into_iter().collect()
     }
 }
 
@@ -1164,15 +1258,6 @@ fn visit_tensors_mut(model: &mut pb::ModelProto, f: &mut impl FnMut(&mut pb::Ten
     }
 }
 
-/// The decoded protobuf holds a plaintext copy of every weight: wipe it when it goes, on every path.
-struct ProtoGuard(pb::ModelProto);
-
-impl Drop for ProtoGuard {
-    fn drop(&mut self) {
-        wipe_weights(&mut self.0);
-    }
-}
-
 /// Zeroizes (then empties) the data of every tensor of the model.
 fn wipe_weights(model: &mut pb::ModelProto) {
     visit_tensors_mut(model, &mut |t| {
@@ -1186,9 +1271,9 @@ fn wipe_weights(model: &mut pb::ModelProto) {
     });
 }
 
-/// The data resolver tract would use for external data: it refuses. [`reject_external_data`] already refused
-/// such models before tract saw them; this is the second lock (STYLE convention 13), so that no code path in
-/// tract can open or mmap a host file on the model's behalf.
+/// The data resolver tract would use for external data: it refuses. [`DecodedModel::reject_external_data`]
+/// already refused such models before tract saw them; this is the second lock (STYLE convention 13), so that
+/// no code path in tract can open or mmap a host file on the model's behalf.
 struct RefuseExternalData;
 
 impl ModelDataResolver for RefuseExternalData {
@@ -1341,7 +1426,11 @@ mod tests {
             .push(external_tensor());
         let err = load(&m).unwrap_err();
         assert!(
-            matches!(err, InferenceError::ExternalData { ref tensor } if tensor == "w"),
+            matches!(
+                err,
+                InferenceError::ExternalData { ref tensor, ref location }
+                    if tensor == "w" && location.as_deref() == Some("w.bin")
+            ),
             "{err}"
         );
         // Only `external_data` set, no data_location.
@@ -1391,6 +1480,37 @@ mod tests {
             ..Default::default()
         });
         assert!(matches!(load(&m), Err(InferenceError::ExternalData { .. })));
+    }
+
+    #[test]
+    fn unsupported_operators_are_listed_from_every_graph() {
+        let mut m = relu_model(value_info("x", FLOAT, fixed(&[4])), "y");
+        let graph = m.graph.as_mut().unwrap();
+        let op = |op_type: &str, domain: &str| pb::NodeProto {
+            op_type: op_type.into(),
+            domain: domain.into(),
+            ..Default::default()
+        };
+        let mut branch = op("If", "");
+        branch.attribute.push(pb::AttributeProto {
+            name: "then_branch".into(),
+            g: Some(pb::GraphProto {
+                node: vec![op("FrobnicateV9", ""), op("Relu", "")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        graph.node.push(branch);
+        graph.node.push(op("FusedMatMul", "com.microsoft"));
+        graph.node.push(op("FrobnicateV9", "ai.onnx"));
+        let decoded = DecodedModel::decode(&m.encode_to_vec()).unwrap();
+        assert_eq!(
+            decoded.unsupported_operators(),
+            ["FrobnicateV9", "com.microsoft:FusedMatMul"]
+        );
+        let decoded =
+            DecodedModel::decode(&relu_model(value_info("x", FLOAT, None), "y").encode_to_vec());
+        assert!(decoded.unwrap().unsupported_operators().is_empty());
     }
 
     #[test]
