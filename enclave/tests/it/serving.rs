@@ -428,20 +428,23 @@ async fn concurrency_limit_answers_503() {
         return;
     };
     install(&server, "mlp", &onnx);
-    // Hold the only permit: a request whose body never finishes arriving.
-    let (mut slow, _) = tls_connect(server.addr).await;
-    slow.write_all(
-        b"POST /v2/models/mlp/infer HTTP/1.1\r\nhost: e\r\ncontent-length: 1000\r\n\r\n{\"inputs\":",
-    )
-    .await
-    .unwrap();
-    slow.flush().await.unwrap();
     let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5; 16]}]});
     let mut c = Client::connect(server.addr).await;
     let mut got_503 = false;
-    // Up to 10 s: the slow request takes the permit once the server has read its head, which can take a
-    // while on a loaded 2-core CI machine.
-    for _ in 0..1000 {
+    let mut slow = None;
+    // Hold the only permit with a request whose body never finishes arriving, then expect 503. The server
+    // may read the slow request's head only after `c`'s request took the permit (then the slow request is
+    // the one answered 503 and `c` succeeds): open a new slow request and try again, waiting longer.
+    for attempt in 0..20u64 {
+        let (mut stream, _) = tls_connect(server.addr).await;
+        stream
+            .write_all(
+                b"POST /v2/models/mlp/infer HTTP/1.1\r\nhost: e\r\ncontent-length: 1000\r\n\r\n{\"inputs\":",
+            )
+            .await
+            .unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20 * (attempt + 1))).await;
         let reply = c.post_json("/v2/models/mlp/infer", &body).await;
         if reply.status == 503 {
             assert!(reply
@@ -449,9 +452,10 @@ async fn concurrency_limit_answers_503() {
                 .contains("too many concurrent inference requests (limit 1)"));
             assert_eq!(reply.headers["retry-after"], "1");
             got_503 = true;
+            slow = Some(stream);
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert_eq!(reply.status, 200);
     }
     assert!(got_503);
     // Health and attestation are not limited by inferences.
