@@ -241,6 +241,8 @@ pub struct Policy {
     pub report_data: Option<HexBytes<64>>,
     /// Allowed ID key digests (SHA-384 of the ID public key).
     pub id_key_digests: Option<BTreeSet<HexBytes<48>>>,
+    /// Require that the guest was launched with an ID block (ID_KEY_DIGEST not all zero).
+    pub require_id_block: Option<bool>,
     /// Allowed author key digests; setting this also requires AUTHOR_KEY_EN.
     pub author_key_digests: Option<BTreeSet<HexBytes<48>>>,
     /// Require an author key (AUTHOR_KEY_EN set).
@@ -511,6 +513,13 @@ impl Policy {
         expect_eq("image_id", &self.image_id, &r.image_id)?;
         expect_eq("report_id", &self.report_id, &r.report_id)?;
         expect_eq("report_id_ma", &self.report_id_ma, &r.report_id_ma)?;
+        if self.require_id_block == Some(true) && r.id_key_digest.iter().all(|&b| b == 0) {
+            return Err(violation(
+                "require_id_block",
+                "an ID block (ID_KEY_DIGEST not zero)",
+                "no ID block (ID_KEY_DIGEST all zero)",
+            ));
+        }
         expect_in("id_key_digests", &self.id_key_digests, &r.id_key_digest)?;
         expect_in("chip_ids", &self.chip_ids, &r.chip_id)?;
         let need_author =
@@ -752,6 +761,8 @@ mod tests {
             "chip_ids",
         );
         rejects("require_author_key = true", GENOA, "require_author_key");
+        rejects("require_id_block = true", GENOA, "require_id_block");
+        check("require_id_block = false", GENOA).unwrap();
         rejects(
             &format!("author_key_digests = [\"{}\"]", "00".repeat(48)),
             GENOA,
