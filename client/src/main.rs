@@ -36,7 +36,25 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `cloister verify --json` promises one JSON object on stdout whatever the outcome, usage
+            // errors included.
+            let args: Vec<String> = std::env::args().collect();
+            let is_usage_error = !matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            );
+            if is_usage_error
+                && args.get(1).map(String::as_str) == Some("verify")
+                && args.iter().any(|a| a == "--json")
+            {
+                cmd::verify::print_usage_error_json(&e.kind().to_string());
+            }
+            e.exit();
+        }
+    };
     match cli.command {
         Command::Verify(args) => cmd::verify::run(args),
         Command::Seal(args) => cmd::seal::run(args),

@@ -54,6 +54,21 @@ struct JsonOutcome {
     report: Option<ReportView>,
 }
 
+/// Prints the `--json` object for a command line that did not parse (exit code 2 follows).
+pub(crate) fn print_usage_error_json(reason: &str) {
+    let out = JsonOutcome {
+        verified: false,
+        reason: Some(format!("usage: {reason}")),
+        product: None,
+        signing_key: None,
+        simulated: false,
+        report: None,
+    };
+    if let Ok(s) = serde_json::to_string(&out) {
+        println!("{s}");
+    }
+}
+
 enum Failure {
     Usage(String),
     Rejected(String),

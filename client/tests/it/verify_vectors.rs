@@ -372,4 +372,9 @@ fn missing_leaf_is_a_rejection_and_bad_inputs_are_usage_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("allow_debugg"));
     let out = cloister(&["verify"]);
     assert_eq!(out.status.code(), Some(2));
+    // --json holds for usage errors too: one object on stdout.
+    let (code, out) = run_json(&["verify", "--json", "--at"]);
+    assert_eq!(code, 2);
+    assert_eq!(out["verified"], false);
+    assert!(out["reason"].as_str().unwrap().starts_with("usage"));
 }
