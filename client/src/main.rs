@@ -50,7 +50,9 @@ fn main() -> ExitCode {
                 && args.get(1).map(String::as_str) == Some("verify")
                 && args.iter().any(|a| a == "--json")
             {
-                cmd::verify::print_usage_error_json(&e.kind().to_string());
+                let rendered = e.to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                cmd::verify::print_usage_error_json(first.trim_start_matches("error: "));
             }
             e.exit();
         }
