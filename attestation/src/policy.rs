@@ -265,6 +265,9 @@ pub struct Policy {
     pub model_digests: Option<BTreeSet<ModelDigestPin>>,
     /// Path of a simulated ARK to trust (simulated platform only). Absent: simulated evidence is rejected.
     pub simulated_root: Option<PathBuf>,
+    /// Path of an ARK-signed CRL (DER or PEM) to apply: it must be signed by the chain's ARK, be current at
+    /// the verification instant, and not revoke the ASK/ASVK. Absent: no revocation check.
+    pub crl: Option<PathBuf>,
 }
 
 /// A product name in a policy, validated at parse time.

@@ -69,21 +69,37 @@ pub fn read_crl(path: &Path) -> Result<AmdCrl, InputError> {
     })
 }
 
-/// Reads a TOML policy. A relative `simulated_root` is resolved against the policy file's directory, so
-/// that a policy and its root can be moved together.
+/// Reads a TOML policy. Relative `simulated_root` and `crl` paths are resolved against the policy file's
+/// directory, so that a policy and its files can be moved together.
 pub fn read_policy(path: &Path) -> Result<Policy, InputError> {
     let text = String::from_utf8_lossy(&read(path)?).into_owned();
     let mut policy = Policy::from_toml(&text).map_err(|source| InputError::Policy {
         path: path.to_path_buf(),
         source,
     })?;
-    if let Some(root) = &policy.simulated_root {
-        if root.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
-            policy.simulated_root = Some(base.join(root));
+    let base = path.parent().unwrap_or(Path::new("."));
+    for file in [&mut policy.simulated_root, &mut policy.crl]
+        .into_iter()
+        .flatten()
+    {
+        if file.is_relative() {
+            *file = base.join(&*file);
         }
     }
     Ok(policy)
+}
+
+/// The files a policy names, loaded: the simulated root to trust and the CRL to apply (each optional).
+pub fn read_policy_files(
+    policy: &Policy,
+) -> Result<(Option<AmdCertificate>, Option<AmdCrl>), InputError> {
+    let simulated_root = policy
+        .simulated_root
+        .as_deref()
+        .map(read_certificate)
+        .transpose()?;
+    let crl = policy.crl.as_deref().map(read_crl).transpose()?;
+    Ok((simulated_root, crl))
 }
 
 /// Loads the one certificate among `names` in `dir`. Several present is accepted only if they hold the

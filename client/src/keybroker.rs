@@ -41,6 +41,7 @@ use cloister_attestation::evidence::{
     TLS_EXPORTER_LABEL,
 };
 use cloister_attestation::snp::certs::AmdCertificate;
+use cloister_attestation::snp::crl::AmdCrl;
 use cloister_attestation::snp::report::AttestationReport;
 use cloister_attestation::{Policy, VerifyError, VerifyOptions};
 use cloister_models::{Error as ModelsError, Keystore, KeystoreError, ModelDigest};
@@ -322,6 +323,8 @@ impl std::fmt::Debug for KeyBroker {
 struct Inner {
     policy: Policy,
     simulated_root: Option<AmdCertificate>,
+    /// The CRL the owner's policy names (`crl`), applied to every evidence.
+    crl: Option<AmdCrl>,
     keystore: Keystore,
     audit: AuditLog,
     nonces: Mutex<IssuedNonces>,
@@ -334,11 +337,7 @@ impl KeyBroker {
     /// Loads everything the broker needs; fails early and precisely on any missing or unsafe file.
     pub fn new(config: BrokerConfig) -> Result<Self, BrokerError> {
         let policy = chain_files::read_policy(&config.policy)?;
-        let simulated_root = policy
-            .simulated_root
-            .as_deref()
-            .map(chain_files::read_certificate)
-            .transpose()?;
+        let (simulated_root, crl) = chain_files::read_policy_files(&policy)?;
         let keystore = Keystore::open(&config.keystore).map_err(BrokerError::Keystore)?;
         let (cert, key) = load_tls_identity(&config.tls_certificate, &config.tls_key)?;
         let cert_sha256 = certificate_sha256(cert.as_ref());
@@ -359,6 +358,7 @@ impl KeyBroker {
             inner: Arc::new(Inner {
                 policy,
                 simulated_root,
+                crl,
                 keystore,
                 audit,
                 nonces: Mutex::new(IssuedNonces::new(limits.remembered_nonces)),
@@ -1003,7 +1003,7 @@ fn decide(
 
     let options = VerifyOptions {
         at_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
-        crl: None,
+        crl: inner.crl.as_ref(),
         simulated_root: inner.simulated_root.as_ref(),
     };
     let expected = ExpectedSession {

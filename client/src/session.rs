@@ -98,25 +98,21 @@ pub struct SessionPolicy {
     pub policy: Policy,
     /// A simulated ARK to trust (from the policy's `simulated_root`), or none.
     pub simulated_root: Option<AmdCertificate>,
-    /// An ARK-signed CRL to apply, or none.
+    /// An ARK-signed CRL to apply (from the policy's `crl`), or none.
     pub crl: Option<AmdCrl>,
     /// Verification instant (Unix seconds); `None` means now.
     pub at_unix: Option<i64>,
 }
 
 impl SessionPolicy {
-    /// Loads a policy file; its `simulated_root` (relative to the file) is loaded too.
+    /// Loads a policy file; the `simulated_root` and `crl` it names (relative to the file) are loaded too.
     pub fn from_file(path: &std::path::Path) -> Result<Self, InputError> {
         let policy = chain_files::read_policy(path)?;
-        let simulated_root = policy
-            .simulated_root
-            .as_deref()
-            .map(chain_files::read_certificate)
-            .transpose()?;
+        let (simulated_root, crl) = chain_files::read_policy_files(&policy)?;
         Ok(SessionPolicy {
             policy,
             simulated_root,
-            crl: None,
+            crl,
             at_unix: None,
         })
     }

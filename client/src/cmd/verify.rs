@@ -103,7 +103,9 @@ fn load(args: &Args) -> Result<Inputs, Failure> {
         Some(s) => super::parse_rfc3339(s).map_err(Failure::Usage)?,
         None => super::now_unix(),
     };
-    let crl = args.crl.as_deref().map(chain_files::read_crl).transpose()?;
+    // --crl, else the CRL the policy names.
+    let crl_path = args.crl.clone().or(policy.crl.clone());
+    let crl = crl_path.as_deref().map(chain_files::read_crl).transpose()?;
     // The simulated root comes from the command line or from the policy; both are the relying party's own
     // choice, never the evidence's.
     let sim_root_path = args.sim_root.clone().or(policy.simulated_root.clone());

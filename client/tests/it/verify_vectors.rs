@@ -378,3 +378,41 @@ fn missing_leaf_is_a_rejection_and_bad_inputs_are_usage_errors() {
     assert_eq!(out["verified"], false);
     assert!(out["reason"].as_str().unwrap().starts_with("usage"));
 }
+
+#[test]
+fn a_policy_can_name_the_crl_relative_to_itself() {
+    let set = crate::common::vectors_dir().join("openpcc_azure_genoa_vcek_v3_with_crls");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(set.join("crl_genoa.der"), dir.path().join("genoa.crl")).unwrap();
+    std::fs::copy(set.join("crl_milan.der"), dir.path().join("milan.crl")).unwrap();
+    let report = set.join("report.bin");
+    let run = |policy_text: &str, at: &str| {
+        let policy = policy_file(dir.path(), policy_text);
+        cloister(&[
+            "verify",
+            "--report",
+            report.to_str().unwrap(),
+            "--certs",
+            set.to_str().unwrap(),
+            "--at",
+            at,
+            "--policy",
+            &policy,
+        ])
+    };
+    let out = run("crl = \"genoa.crl\"\n", "2025-07-01T00:00:00Z");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run("crl = \"milan.crl\"\n", "2025-07-01T00:00:00Z");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("rejected: crl"));
+    // Stale at that instant: fail closed.
+    let out = run("crl = \"genoa.crl\"\n", "2026-01-01T00:00:00Z");
+    assert_eq!(out.status.code(), Some(1));
+    let out = run("crl = \"missing.crl\"\n", "2025-07-01T00:00:00Z");
+    assert_eq!(out.status.code(), Some(2));
+}
