@@ -160,7 +160,10 @@ async fn infer(args: &Args) -> Result<(), Failure> {
     let meta = session.attested_model(&args.model).await?;
 
     if let Some(request) = request {
-        let response = session.infer(&args.model, &request, args.binary).await?;
+        // The model was checked just above (attested_model): no second metadata round trip.
+        let response = session
+            .infer_attested(&args.model, &request, args.binary)
+            .await?;
         if args.json {
             print_claims(true);
             print_json(&response)?;
