@@ -504,3 +504,102 @@ async fn an_enclave_does_not_outlive_a_killed_host() {
     }
     assert!(gone, "the enclave kept running after its host was killed");
 }
+
+/// `cloister infer` as a user runs it: the CLI contract (flags, exit codes, `--json`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloister_infer_cli_attests_then_infers_and_refuses_on_a_wrong_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = deploy(dir.path(), &magika(), "magika", |_| {}).await;
+    d.wait_ready(READY).await.expect("ready");
+    let cloister = cloister_client::deployment::sibling_bin_dir()
+        .unwrap()
+        .join("cloister");
+    let run = |args: Vec<String>| {
+        let cloister = cloister.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(cloister)
+                    .args(args)
+                    .output()
+                    .expect("run cloister")
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let base = |policy: &Path| {
+        vec![
+            "infer".to_string(),
+            "--endpoint".into(),
+            d.endpoint.clone(),
+            "--policy".into(),
+            policy.display().to_string(),
+            "--model".into(),
+            "magika".into(),
+        ]
+    };
+
+    // --file: features computed here, the label printed.
+    let py = dir.path().join("hello.py");
+    std::fs::write(
+        &py,
+        "import sys\n\n\ndef main():\n    for arg in sys.argv[1:]:\n        print(arg.upper())\n    return 0\n\n\nif __name__ == '__main__':\n    sys.exit(main())\n",
+    )
+    .unwrap();
+    let mut args = base(&d.client_policy);
+    args.extend(["--file".into(), py.display().to_string()]);
+    let out = run(args).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("attested:"), "{stdout}");
+    assert!(stdout.contains(": python"), "{stdout}");
+
+    // --input --json: the v2 response body on stdout, the claims on stderr.
+    let (request, _) = magika_input();
+    let input = dir.path().join("request.json");
+    std::fs::write(&input, serde_json::to_vec(&request).unwrap()).unwrap();
+    let mut args = base(&d.client_policy);
+    args.extend([
+        "--input".into(),
+        input.display().to_string(),
+        "--json".into(),
+    ]);
+    let out = run(args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(body["model_name"], "magika");
+    assert_eq!(body["outputs"][0]["shape"], serde_json::json!([1, 214]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("measurement:"));
+
+    // A policy pinning another measurement: exit 1, the reason, and no output.
+    let wrong = dir.path().join("wrong-policy.toml");
+    let text = std::fs::read_to_string(&d.client_policy).unwrap();
+    let pinned = hex::encode(d.measurement);
+    std::fs::write(&wrong, text.replace(&pinned, &"00".repeat(48))).unwrap();
+    let mut args = base(&wrong);
+    args.extend([
+        "--input".into(),
+        input.display().to_string(),
+        "--json".into(),
+    ]);
+    let out = run(args).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "nothing printed: nothing was sent");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("measurements"));
+
+    // Usage and I/O errors: exit 2.
+    let mut args = base(&d.client_policy);
+    args.extend(["--input".into(), "/nonexistent.json".into()]);
+    assert_eq!(run(args).await.status.code(), Some(2));
+    d.stop().await;
+}
