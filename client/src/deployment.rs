@@ -77,6 +77,9 @@ pub struct DeploymentOptions {
     pub record: Option<PathBuf>,
     /// How the host launches the enclave (default: a child process).
     pub backend: HostBackend,
+    /// TOML inserted into the enclave's measured configuration before its `[key_broker]` table: top-level
+    /// keys (`log_level = "trace"`) and whole tables (`[limits]`). Empty by default.
+    pub enclave_config_extra: String,
 }
 
 /// How the host of a [`Deployment`] launches the enclave.
@@ -127,6 +130,7 @@ impl DeploymentOptions {
             owner_measurement_override: None,
             record: None,
             backend: HostBackend::Sim,
+            enclave_config_extra: String::new(),
         })
     }
 }
@@ -280,7 +284,8 @@ impl Deployment {
         let config_text = format!(
             "# Measured configuration of cloister-enclave (its SHA-384 is in every claim).\n\
              firmware = \"simulated\"\n\
-             sim_dir = \"{}\"\n\n\
+             sim_dir = \"{}\"\n\
+             {}\n\
              [key_broker]\n\
              address = \"{broker_seen_by_enclave}\"\n\
              certificate_sha256 = \"{}\"\n\n\
@@ -288,6 +293,7 @@ impl Deployment {
              name = \"{}\"\n\
              digest = \"{model_digest}\"\n",
             enclave_sim_dir,
+            options.enclave_config_extra,
             hex::encode(crate::keybroker::certificate_sha256(&cert_der)),
             options.model_name,
         );

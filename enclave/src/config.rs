@@ -155,6 +155,9 @@ pub struct ModelConfig {
     pub name: String,
     /// SHA-384 of the plaintext ONNX model.
     pub digest: ModelDigest,
+    /// Largest batch (axis 0 of the inputs whose axis 0 is symbolic) a request may have; `None`: bounded
+    /// by the element and memory limits only.
+    pub max_batch: Option<u64>,
 }
 
 /// Request limits (`[limits]`).
@@ -163,10 +166,21 @@ pub struct ModelConfig {
 pub struct Limits {
     /// Largest request body, in bytes (413 above).
     pub max_body_bytes: u64,
-    /// Largest tensor of a request, in elements (413 above).
+    /// Largest tensor of a request or a response, in elements (413 above); also bounds the product of a
+    /// request's symbolic dimensions (batch × sequence …, a zero counting as one).
     pub max_tensor_elements: u64,
-    /// Most inference requests handled at once (503 above).
+    /// Largest response body, in bytes, as estimated from the plan before running (413 above).
+    pub max_response_bytes: u64,
+    /// Most inference requests admitted at once, queued or running (503 above). The permit is taken before
+    /// the body is read, so this also bounds the memory held by request bodies.
     pub max_concurrent_requests: u32,
+    /// Threads that run tract (prepare and run). 0: one per core the enclave sees.
+    pub inference_threads: u32,
+    /// Memory that runs in progress may use together, by their plan's estimate: a request waits for its
+    /// share (up to `max_queue_wait_secs`, then 503), and one that can never fit is refused (413).
+    pub memory_budget: MemoryBudget,
+    /// How long a request may wait for memory or an inference thread before it is refused with 503.
+    pub max_queue_wait_secs: u64,
 }
 
 impl Default for Limits {
@@ -174,7 +188,92 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 16 * 1024 * 1024,
             max_tensor_elements: 16 * 1024 * 1024,
-            max_concurrent_requests: 32,
+            max_response_bytes: 64 * 1024 * 1024,
+            max_concurrent_requests: 64,
+            inference_threads: 0,
+            memory_budget: MemoryBudget::Auto,
+            max_queue_wait_secs: 30,
+        }
+    }
+}
+
+/// `memory_budget`: `"auto"` (the default: half of the memory the enclave sees, its cgroup limit or the
+/// VM's memory, whichever is smaller), a number of bytes, or a string such as `"6GiB"` or `"512MiB"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryBudget {
+    /// Half of the visible memory, read at startup.
+    Auto,
+    /// Exactly this many bytes.
+    Bytes(u64),
+}
+
+impl<'de> Deserialize<'de> for MemoryBudget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(0) => Err(serde::de::Error::custom(
+                "memory_budget must be at least 1 byte",
+            )),
+            Raw::Number(n) => Ok(MemoryBudget::Bytes(n)),
+            Raw::Text(t) if t == "auto" => Ok(MemoryBudget::Auto),
+            Raw::Text(t) => parse_size(&t).map(MemoryBudget::Bytes).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "memory_budget {t:?}: expected \"auto\", a number of bytes, or a size such as \"512MiB\" or \"6GiB\""
+                ))
+            }),
+        }
+    }
+}
+
+/// `"512MiB"`, `"6GiB"`, `"1TiB"`, `"4096KiB"`, or a plain number of bytes; at least 1 byte.
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(factor).filter(|&b| b > 0)
+}
+
+/// The stderr log level (`log_level`), part of the measured configuration: the host reads stderr, so what
+/// the enclave may say there is decided by what verifiers attest, not by a launch argument. Whatever the
+/// level, third-party crates (tract prints graphs and tensor values at `trace`) are capped at `warn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// The default.
+    Info,
+    /// Per-request lines (method, path, status, time).
+    Debug,
+    /// Everything Cloister logs.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `tracing` level.
+    pub fn tracing_level(self) -> tracing::Level {
+        match self {
+            Self::Error => tracing::Level::ERROR,
+            Self::Warn => tracing::Level::WARN,
+            Self::Info => tracing::Level::INFO,
+            Self::Debug => tracing::Level::DEBUG,
+            Self::Trace => tracing::Level::TRACE,
         }
     }
 }
@@ -190,6 +289,8 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     /// Request limits.
     pub limits: Limits,
+    /// The stderr log level.
+    pub log_level: LogLevel,
     /// SHA-384 of the exact file bytes.
     pub digest: Sha384,
 }
@@ -206,6 +307,7 @@ struct RawConfig {
     models: Vec<RawModel>,
     #[serde(default)]
     limits: Limits,
+    log_level: Option<LogLevel>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -230,6 +332,7 @@ struct RawKeyBroker {
 struct RawModel {
     name: String,
     digest: String,
+    max_batch: Option<u64>,
 }
 
 impl Config {
@@ -314,9 +417,15 @@ impl Config {
             if !digests.insert(digest) {
                 return Err(ConfigError::DuplicateDigest { digest });
             }
+            if m.max_batch == Some(0) {
+                return Err(ConfigError::ZeroLimit {
+                    field: "max_batch (of a model)",
+                });
+            }
             models.push(ModelConfig {
                 name: m.name,
                 digest,
+                max_batch: m.max_batch,
             });
         }
 
@@ -324,6 +433,8 @@ impl Config {
         for (field, zero) in [
             ("max_body_bytes", limits.max_body_bytes == 0),
             ("max_tensor_elements", limits.max_tensor_elements == 0),
+            ("max_response_bytes", limits.max_response_bytes == 0),
+            ("max_queue_wait_secs", limits.max_queue_wait_secs == 0),
             (
                 "max_concurrent_requests",
                 limits.max_concurrent_requests == 0,
@@ -339,6 +450,7 @@ impl Config {
             key_broker,
             models,
             limits,
+            log_level: raw.log_level.unwrap_or(LogLevel::Info),
             digest: Sha384(d),
         })
     }
@@ -420,7 +532,8 @@ digest = "{DIGEST}"
         assert_eq!(c.models[0].name, "mlp");
         assert_eq!(c.models[0].digest.to_string(), DIGEST);
         assert_eq!(c.limits, Limits::default());
-        assert_eq!(c.limits.max_concurrent_requests, 32);
+        assert_eq!(c.limits.max_concurrent_requests, 64);
+        assert_eq!(c.log_level, LogLevel::Info);
         // One more byte (a trailing newline) changes the digest, not the meaning.
         let c2 = Config::from_bytes(format!("{text}\n").as_bytes()).unwrap();
         assert_ne!(c.digest, c2.digest);

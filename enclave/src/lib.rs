@@ -17,6 +17,7 @@ pub mod config;
 pub mod danger;
 pub mod firmware;
 pub mod key_release;
+pub mod pool;
 pub mod runtime;
 pub mod server;
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use cloister_enclave::blobs::BlobService;
-use cloister_enclave::config::Config;
+use cloister_enclave::config::{Config, LogLevel};
 use cloister_enclave::key_release::BrokerClient;
 use cloister_enclave::runtime::{self, Enclave, RetryPolicy};
 use cloister_enclave::{firmware, server};
@@ -40,10 +40,10 @@ struct Args {
     #[arg(long, value_name = "URL")]
     blobs: String,
 
-    /// Log level on stderr: error, warn, info, debug or trace. Logs never contain inputs, outputs, keys
-    /// or model bytes.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
-    log: tracing::Level,
+    /// No longer accepted: the log level is `log_level` in the measured configuration (stderr reaches the
+    /// host, so what may be logged is decided by what verifiers attest, not by a launch argument).
+    #[arg(long, value_name = "LEVEL", hide = true)]
+    log: Option<String>,
 
     /// Exit when standard input reaches end of file. The host's sim launcher passes this and holds the
     /// pipe: if the host dies (even by SIGKILL), its enclave does not outlive it.
@@ -51,11 +51,53 @@ struct Args {
     exit_on_stdin_eof: bool,
 }
 
+/// The crates whose logs follow `log_level`; every other target (tract, which prints graphs and tensor
+/// values at `trace`; hyper; rustls) is capped at `warn`, whatever the level.
+const OWN_TARGETS: [&str; 5] = [
+    "cloister_enclave",
+    "cloister_inference",
+    "cloister_models",
+    "cloister_proto",
+    "cloister_attestation",
+];
+
+/// The stderr filter for `level`: Cloister's own crates at `level`, everything else at `warn` at most.
+fn log_filter(level: LogLevel) -> tracing_subscriber::EnvFilter {
+    let own = level.tracing_level().as_str().to_ascii_lowercase();
+    let third_party = if level == LogLevel::Error {
+        "error"
+    } else {
+        "warn"
+    };
+    let directives: Vec<String> = std::iter::once(third_party.to_owned())
+        .chain(OWN_TARGETS.iter().map(|t| format!("{t}={own}")))
+        .collect();
+    tracing_subscriber::EnvFilter::builder().parse_lossy(directives.join(","))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.log.is_some() {
+        eprintln!(
+            "cloister-enclave: error: --log is no longer accepted: the log level is `log_level` in the \
+             measured configuration (error, warn, info, debug or trace)"
+        );
+        return ExitCode::from(2);
+    }
+    // The configuration is read before logging starts: its `log_level` decides what may be logged.
+    let (config_bytes, config) = match read_config(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cloister-enclave: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  because: {cause}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_max_level(args.log)
+        .with_env_filter(log_filter(config.log_level))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
@@ -69,7 +111,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, config_bytes, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cloister-enclave: error: {e}");
@@ -81,7 +123,15 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+fn read_config(path: &std::path::Path) -> anyhow::Result<(Vec<u8>, Config)> {
+    let config_bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+    let config = Config::from_bytes(&config_bytes)
+        .with_context(|| format!("invalid configuration {}", path.display()))?;
+    Ok((config_bytes, config))
+}
+
+async fn run(args: Args, config_bytes: Vec<u8>, config: Config) -> anyhow::Result<()> {
     if args.exit_on_stdin_eof {
         std::thread::spawn(|| {
             let mut sink = [0u8; 64];
@@ -108,10 +158,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             std::process::exit(0);
         });
     }
-    let config_bytes = std::fs::read(&args.config)
-        .with_context(|| format!("cannot read the configuration {}", args.config.display()))?;
-    let config = Config::from_bytes(&config_bytes)
-        .with_context(|| format!("invalid configuration {}", args.config.display()))?;
     let blobs = BlobService::parse(&args.blobs).context("invalid --blobs")?;
     let broker = BrokerClient::new(&config.key_broker).context("invalid key_broker")?;
     let firmware = firmware::open(&config.firmware, &config_bytes).with_context(|| {
@@ -141,7 +187,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .context("cannot write to stdout")?;
     }
 
-    let enclave = Arc::new(Enclave::new(&config, firmware));
+    let enclave =
+        Arc::new(Enclave::new(&config, firmware).context("cannot start the inference threads")?);
+    tracing::info!(
+        inference_threads = enclave.pool().size(),
+        memory_budget = enclave.memory().bytes(),
+        "inference admission"
+    );
     tokio::spawn(runtime::provision(
         Arc::clone(&enclave),
         broker,

@@ -21,10 +21,11 @@ use cloister_proto::key_release::RefusalCode;
 use tokio::sync::Semaphore;
 
 use crate::blobs::BlobService;
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, MemoryBudget as BudgetSetting};
 use crate::firmware::Firmware;
 use crate::inference::LoadedModel;
 use crate::key_release::{refusal_text, BrokerClient, KeyReleaseError};
+use crate::pool::{default_budget_bytes, InferencePool, MemoryBudget};
 
 /// At most this many `POST /v2/attestation` are signed at once (each is a firmware call).
 pub const MAX_CONCURRENT_ATTESTATIONS: usize = 8;
@@ -51,6 +52,7 @@ pub enum ModelStatus {
 pub struct ModelSlot {
     name: String,
     digest: ModelDigest,
+    max_batch: Option<u64>,
     loaded: OnceLock<Arc<LoadedModel>>,
     status: Mutex<ModelStatus>,
 }
@@ -76,6 +78,11 @@ impl ModelSlot {
         &self.digest
     }
 
+    /// The configured `max_batch`.
+    pub fn max_batch(&self) -> Option<u64> {
+        self.max_batch
+    }
+
     /// The loaded model, once ready.
     pub fn model(&self) -> Option<&Arc<LoadedModel>> {
         self.loaded.get()
@@ -99,6 +106,8 @@ pub struct Enclave {
     models: Vec<ModelSlot>,
     inference_permits: Arc<Semaphore>,
     attestation_permits: Arc<Semaphore>,
+    pool: InferencePool,
+    memory: MemoryBudget,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -117,9 +126,16 @@ impl std::fmt::Debug for Enclave {
 pub struct InstallError(pub String);
 
 impl Enclave {
-    /// The enclave of a validated configuration; no model loaded yet.
-    pub fn new(config: &Config, firmware: Arc<dyn Firmware>) -> Self {
-        Enclave {
+    /// The enclave of a validated configuration; no model loaded yet. Starts the inference threads.
+    pub fn new(config: &Config, firmware: Arc<dyn Firmware>) -> std::io::Result<Self> {
+        let pool = InferencePool::new(
+            usize::try_from(config.limits.inference_threads).unwrap_or(usize::MAX),
+        )?;
+        let memory = MemoryBudget::new(match config.limits.memory_budget {
+            BudgetSetting::Auto => default_budget_bytes(),
+            BudgetSetting::Bytes(b) => b,
+        });
+        Ok(Enclave {
             firmware,
             config_digest: config.digest,
             limits: config.limits,
@@ -129,6 +145,7 @@ impl Enclave {
                 .map(|m| ModelSlot {
                     name: m.name.clone(),
                     digest: m.digest,
+                    max_batch: m.max_batch,
                     loaded: OnceLock::new(),
                     status: Mutex::new(ModelStatus::AwaitingKey),
                 })
@@ -137,7 +154,9 @@ impl Enclave {
                 usize::try_from(config.limits.max_concurrent_requests).unwrap_or(usize::MAX),
             )),
             attestation_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
-        }
+            pool,
+            memory,
+        })
     }
 
     /// The firmware.
@@ -181,6 +200,16 @@ impl Enclave {
     /// Permits for concurrent inferences (`limits.max_concurrent_requests`).
     pub(crate) fn inference_permits(&self) -> &Arc<Semaphore> {
         &self.inference_permits
+    }
+
+    /// The threads that run tract.
+    pub fn pool(&self) -> &InferencePool {
+        &self.pool
+    }
+
+    /// The memory budget runs are admitted against.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     /// Permits for concurrent attestations.

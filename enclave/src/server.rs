@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cloister_attestation::evidence::TLS_EXPORTER_LABEL;
 use cloister_proto::v2::{
-    AttestationRequest, ErrorResponse, InferRequest, InferResponse, InferTensor, MetadataTensor,
-    ModelMetadataResponse, EVIDENCE_CONTENT_TYPE, INFERENCE_HEADER_CONTENT_LENGTH,
-    JSON_CONTENT_TYPE,
+    AttestationRequest, DecodeLimits, ErrorResponse, InferRequest, InferResponse, InferTensor,
+    MetadataTensor, ModelMetadataResponse, TensorProblem, V2Error, EVIDENCE_CONTENT_TYPE,
+    INFERENCE_HEADER_CONTENT_LENGTH, JSON_CONTENT_TYPE,
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -40,7 +40,10 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use crate::firmware;
-use crate::inference::{InferenceError, LoadedModel, NamedTensor, TensorSpec};
+use crate::inference::{
+    Footprint, InferenceError, LoadedModel, NamedTensor, RunLimits, TensorSpec,
+};
+use crate::pool::PoolError;
 use crate::runtime::{error_chain, Enclave, ModelSlot};
 
 /// The TLS handshake must complete within this time.
@@ -386,8 +389,11 @@ async fn infer(
         ),
     };
     let body = read_body(req, limits.max_body_bytes).await?;
+    let decode_limits = DecodeLimits {
+        max_tensor_elements: limits.max_tensor_elements,
+    };
     let request =
-        InferRequest::decode(&body, json_len).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        InferRequest::decode_with(&body, json_len, &decode_limits).map_err(decode_error)?;
     drop(body);
 
     // Outputs: which, in what order, and how.
@@ -427,15 +433,46 @@ async fn infer(
     let InferRequest { id, inputs, .. } = request;
     let inputs = inputs
         .into_iter()
-        .map(|t| engine_tensor(t, limits.max_tensor_elements))
+        .map(engine_tensor)
         .collect::<Result<Vec<_>, _>>()?;
 
-    let outputs = tokio::task::spawn_blocking(move || model.run(inputs))
+    // Admission, before tract allocates anything for this request: the request is checked against the model
+    // and its cost read off the plan (on an inference thread: a per-shape model plans here), its response
+    // must fit `max_response_bytes`, and its estimated peak memory must fit the budget (waiting for it).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(limits.max_queue_wait_secs);
+    let run_limits = RunLimits {
+        max_tensor_elements: limits.max_tensor_elements,
+        max_batch: slot.max_batch(),
+    };
+    let prepare_model = Arc::clone(&model);
+    let prepared = enclave
+        .pool()
+        .run(deadline, move || prepare_model.prepare(inputs, &run_limits))
         .await
-        .map_err(|_| {
-            tracing::error!("inference task failed");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
-        })?
+        .map_err(pool_error)?
+        .map_err(inference_error)?;
+    let footprint = prepared.footprint();
+    let response_bytes = response_estimate(model_outputs, footprint, &selected, &binary);
+    if response_bytes > limits.max_response_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the response to this request would be about {response_bytes} bytes; the limit is {}",
+                limits.max_response_bytes
+            ),
+        ));
+    }
+    let grant = enclave
+        .memory()
+        .admit(footprint.peak_bytes, deadline)
+        .await
+        .map_err(pool_error)?;
+    let run_model = Arc::clone(&model);
+    let outputs = enclave
+        .pool()
+        .run(deadline, move || run_model.run_prepared(prepared))
+        .await
+        .map_err(pool_error)?
         .map_err(inference_error)?;
     drop(permit);
 
@@ -450,8 +487,21 @@ async fn infer(
                 tracing::error!("tract did not return a declared output");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
             })?;
+        let elements = tensor.data.len() as u64;
+        if elements > limits.max_tensor_elements {
+            // A size the plan could not tell in advance (it depended on values computed while running).
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "output `{}` has {elements} elements; the limit is {}",
+                    truncate(name, 64),
+                    limits.max_tensor_elements
+                ),
+            ));
+        }
         wire.push(wire_tensor(tensor));
     }
+    drop(by_name);
     let response = InferResponse {
         model_name: slot.name().to_owned(),
         model_version: Some(MODEL_VERSION.to_owned()),
@@ -465,6 +515,18 @@ async fn infer(
             tracing::error!("response does not encode: {e}");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
         })?;
+    drop(response);
+    if encoded.bytes.len() as u64 > limits.max_response_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the response to this request is {} bytes; the limit is {}",
+                encoded.bytes.len(),
+                limits.max_response_bytes
+            ),
+        ));
+    }
+    drop(grant);
     let content_type = encoded.content_type();
     Ok(bytes_response(
         StatusCode::OK,
@@ -472,6 +534,61 @@ async fn infer(
         encoded.bytes,
         encoded.json_len,
     ))
+}
+
+/// Upper bound on the response body of a request, from the output sizes the plan knows: raw bytes for binary
+/// outputs, the longest JSON text per element otherwise, plus a fixed allowance per tensor for its name,
+/// shape and punctuation. Outputs whose size the plan cannot tell count as zero here and are checked after the
+/// run.
+fn response_estimate(
+    specs: &[TensorSpec],
+    footprint: &Footprint,
+    selected: &[String],
+    binary: &HashSet<String>,
+) -> u64 {
+    const PER_TENSOR: u64 = 512;
+    let mut total: u64 = PER_TENSOR;
+    for out in &footprint.outputs {
+        let Some(spec) = specs.get(out.index) else {
+            continue;
+        };
+        if !selected.contains(&spec.name) {
+            continue;
+        }
+        let per_element = if binary.contains(&spec.name) {
+            spec.datatype.element_size()
+        } else {
+            spec.datatype.max_json_element_len()
+        } as u64;
+        let elements = out.elements.unwrap_or(0);
+        total = total
+            .saturating_add(PER_TENSOR)
+            .saturating_add(elements.saturating_mul(per_element));
+    }
+    total
+}
+
+/// Maps a request decoding error: a tensor over the element limit is 413, anything else 400.
+fn decode_error(e: V2Error) -> ApiError {
+    match &e {
+        V2Error::Tensor {
+            problem: TensorProblem::ShapeTooLarge { .. },
+            ..
+        } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        _ => ApiError::bad_request(e.to_string()),
+    }
+}
+
+/// Maps an admission failure: busy is 503 (with `Retry-After`), never fitting is 413.
+fn pool_error(e: PoolError) -> ApiError {
+    match e {
+        PoolError::Busy(_) => busy(&e.to_string()),
+        PoolError::NeverFits { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        _ => {
+            tracing::error!("inference thread failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
+        }
+    }
 }
 
 fn names(specs: &[TensorSpec]) -> String {
@@ -482,33 +599,19 @@ fn names(specs: &[TensorSpec]) -> String {
         .join(", ")
 }
 
-/// A request tensor for the engine, after the element limit.
-fn engine_tensor(t: InferTensor, max_elements: u64) -> Result<NamedTensor, ApiError> {
-    let too_large = |count: Option<u64>| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            match count {
-                Some(n) => format!(
-                    "input `{}` has {n} elements; the limit is {max_elements}",
-                    truncate(&t.name, 64)
-                ),
-                None => format!(
-                    "input `{}` has a shape whose element count overflows",
-                    truncate(&t.name, 64)
-                ),
-            },
-        )
-    };
-    let count = t.element_count();
-    match count {
-        Some(n) if n <= max_elements => {}
-        other => return Err(too_large(other)),
-    }
+/// A request tensor for the engine. The decoder has bounded its shape and checked its element count.
+fn engine_tensor(t: InferTensor) -> Result<NamedTensor, ApiError> {
     let shape = t
         .shape
         .iter()
-        .map(|d| usize::try_from(*d).map_err(|_| too_large(count)))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|d| usize::try_from(*d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "input `{}` has a dimension too large for this platform",
+                truncate(&t.name, 64)
+            ))
+        })?;
     let data = match t.data {
         Some(data) => data,
         // InferRequest::decode guarantees data; defend anyway.
@@ -547,7 +650,11 @@ fn inference_error(e: InferenceError) -> ApiError {
         | I::DimMismatch { .. }
         | I::SymbolMismatch { .. }
         | I::ShapeOverflow { .. }
-        | I::ElementCount { .. } => ApiError::bad_request(e.to_string()),
+        | I::ElementCount { .. }
+        | I::BatchTooLarge { .. } => ApiError::bad_request(e.to_string()),
+        I::SymbolVolume { .. } | I::OutputTooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
         I::Run { .. } => {
             tracing::info!("tract rejected a request at run time");
             ApiError::bad_request("the model cannot run on these inputs (tract rejected them)")

@@ -48,6 +48,10 @@ use tract_onnx::prelude::{
 use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
 use zeroize::Zeroize;
 
+mod footprint;
+
+pub use footprint::{Footprint, OutputSize, SCRATCH_FACTOR};
+
 /// The engine speaks the protocol's tensor types (`cloister_proto::v2`); re-exported for its users.
 pub use cloister_proto::v2::{Datatype, TensorData};
 
@@ -319,7 +323,10 @@ pub enum InferenceError {
         got: Datatype,
     },
     /// A request tensor has the wrong rank.
-    #[error("input `{input}` must have rank {expected}, got shape {shape:?}")]
+    #[error(
+        "input `{input}` must have rank {expected}, got shape {}",
+        shape_text(shape)
+    )]
     RankMismatch {
         /// The input's name.
         input: String,
@@ -359,7 +366,10 @@ pub enum InferenceError {
         bound_by: String,
     },
     /// The product of a request shape overflows.
-    #[error("input `{input}` has shape {shape:?}, whose element count overflows")]
+    #[error(
+        "input `{input}` has shape {}, whose element count overflows",
+        shape_text(shape)
+    )]
     ShapeOverflow {
         /// The input's name.
         input: String,
@@ -367,7 +377,10 @@ pub enum InferenceError {
         shape: Vec<usize>,
     },
     /// The element count does not match the shape.
-    #[error("input `{input}` has shape {shape:?} ({expected} elements) but {got} elements")]
+    #[error(
+        "input `{input}` has shape {} ({expected} elements) but {got} elements",
+        shape_text(shape)
+    )]
     ElementCount {
         /// The input's name.
         input: String,
@@ -387,6 +400,42 @@ pub enum InferenceError {
         /// tract's error chain.
         #[source]
         source: TractError,
+    },
+    /// The request's symbolic dimensions (batch, sequence length, …) are too large together. Their product,
+    /// zero-sized ones counted as 1, is bounded by the element limit: otherwise a shape such as
+    /// `[268435456, 0]` (no element at all) would bind a symbol to 2^28 and size every tensor that grows with
+    /// it.
+    #[error(
+        "the symbolic dimensions of this request multiply to {product} (a dimension of size 0 counts as 1), \
+         over the limit of {limit}"
+    )]
+    SymbolVolume {
+        /// The product of the symbols' values (saturating).
+        product: u64,
+        /// `max_tensor_elements`.
+        limit: u64,
+    },
+    /// A request's batch (axis 0 of an input whose axis 0 is symbolic) exceeds the model's `max_batch`.
+    #[error("input `{input}` has a batch of {got}; this model accepts at most {limit}")]
+    BatchTooLarge {
+        /// The input's name.
+        input: String,
+        /// The batch size of the request.
+        got: u64,
+        /// The model's `max_batch`.
+        limit: u64,
+    },
+    /// An output of this request would exceed the element limit (known from the plan before running).
+    #[error(
+        "output `{output}` would have {elements} elements for this request; the limit is {limit}"
+    )]
+    OutputTooLarge {
+        /// The output's name.
+        output: String,
+        /// Its element count (saturating).
+        elements: u64,
+        /// `max_tensor_elements`.
+        limit: u64,
     },
     /// tract returned a different number of outputs than the model declares.
     #[error("tract returned {got} outputs, the model declares {expected}")]
@@ -452,6 +501,59 @@ impl InputSpec {
 /// Each plan holds its own optimized (packed) copy of the weights, so this bounds memory at about this many
 /// times the model; it also bounds what a client can make the enclave keep by varying shapes.
 pub const PLAN_CACHE_CAPACITY: usize = 4;
+
+/// The bounds one request must respect before it runs ([`LoadedModel::prepare`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLimits {
+    /// Largest input or output tensor, in elements; also bounds the product of the request's symbol values.
+    pub max_tensor_elements: u64,
+    /// Largest batch: axis 0 of every input whose axis 0 is symbolic. `None`: only the element limits.
+    pub max_batch: Option<u64>,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        RunLimits {
+            max_tensor_elements: 16 * 1024 * 1024,
+            max_batch: None,
+        }
+    }
+}
+
+/// A request that passed [`LoadedModel::prepare`]: its tensors, its plan and its [`Footprint`]. Holds the
+/// client's inputs (confidential): its `Debug` shows the footprint only.
+pub struct PreparedRun {
+    plan: Arc<TypedRunnableModel>,
+    tensors: TVec<TValue>,
+    footprint: Footprint,
+}
+
+impl PreparedRun {
+    /// What the run will cost, from the plan: output sizes and the estimated peak memory.
+    pub fn footprint(&self) -> &Footprint {
+        &self.footprint
+    }
+}
+
+impl fmt::Debug for PreparedRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedRun")
+            .field("footprint", &self.footprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request shape for a message: at most eight dimensions, then the rank (a client controls the shape's
+/// length; a message must not echo a vector of millions of entries).
+fn shape_text(shape: &[usize]) -> String {
+    const SHOWN: usize = 8;
+    if shape.len() <= SHOWN {
+        format!("{shape:?}")
+    } else {
+        let head: Vec<String> = shape[..SHOWN].iter().map(usize::to_string).collect();
+        format!("[{}, …] (rank {})", head.join(", "), shape.len())
+    }
+}
 
 /// How a [`LoadedModel`] handles the dimensions that vary per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -648,19 +750,42 @@ impl LoadedModel {
         }
     }
 
-    /// Runs one request. `inputs` come from the attested (but untrusted) client: each model input exactly once,
-    /// in any order, with the model's datatype and rank, the model's size on fixed dimensions, one value per
-    /// symbol across inputs, and as many elements as the shape says. Returns every model output, in the
-    /// model's order.
+    /// Runs one request under the default [`RunLimits`]: [`LoadedModel::prepare`], then
+    /// [`LoadedModel::run_prepared`].
     pub fn run(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, InferenceError> {
-        let tensors = self.validate(inputs)?;
-        let plan = match &self.engine {
-            Engine::Symbolic(plan) => Arc::clone(plan),
+        let prepared = self.prepare(inputs, &RunLimits::default())?;
+        self.run_prepared(prepared)
+    }
+
+    /// Checks one request and computes its cost, without running it. `inputs` come from the attested (but
+    /// untrusted) client: each model input exactly once, in any order, with the model's datatype and rank, the
+    /// model's size on fixed dimensions, one value per symbol across inputs, and as many elements as the shape
+    /// says. Then, before tract allocates anything for the request:
+    /// - the symbols' values, multiplied (a zero counting as one), must not exceed `max_tensor_elements`, and
+    ///   the batch must not exceed `max_batch`;
+    /// - the plan for these shapes is found (per-shape models: planned now, under the bound above);
+    /// - every output whose size the plan knows must not exceed `max_tensor_elements`;
+    /// - the run's peak memory is estimated ([`PreparedRun::footprint`]), for the caller's admission.
+    pub fn prepare(
+        &self,
+        inputs: Vec<NamedTensor>,
+        limits: &RunLimits,
+    ) -> Result<PreparedRun, InferenceError> {
+        let (tensors, bound) = self.validate(inputs)?;
+        self.check_symbols(&bound, limits)?;
+        let (plan, values) = match &self.engine {
+            Engine::Symbolic(plan) => {
+                let mut values = SymbolValues::default();
+                for (symbol, (value, _)) in &bound {
+                    values.set(symbol, i64::try_from(*value).unwrap_or(i64::MAX));
+                }
+                (Arc::clone(plan), values)
+            }
             Engine::PerShape(plans) => {
                 let PerShapePlans { template, cache } = plans.as_ref();
                 let shapes: Vec<Vec<usize>> = tensors.iter().map(|t| t.shape().to_vec()).collect();
                 let cached = lock(cache).get(&shapes);
-                match cached {
+                let plan = match cached {
                     Some(plan) => plan,
                     None => {
                         // Planned outside the lock: other shapes keep being served meanwhile.
@@ -676,9 +801,34 @@ impl LoadedModel {
                         lock(cache).insert(shapes, Arc::clone(&plan));
                         plan
                     }
-                }
+                };
+                // The plan was made for these concrete shapes: no symbol is left to bind.
+                (plan, SymbolValues::default())
             }
         };
+        let footprint = footprint::footprint(&plan, &values);
+        for out in &footprint.outputs {
+            if let Some(elements) = out.elements {
+                if elements > limits.max_tensor_elements {
+                    return Err(InferenceError::OutputTooLarge {
+                        output: self.metadata.outputs[out.index].name.clone(),
+                        elements,
+                        limit: limits.max_tensor_elements,
+                    });
+                }
+            }
+        }
+        Ok(PreparedRun {
+            plan,
+            tensors,
+            footprint,
+        })
+    }
+
+    /// Runs a request checked by [`LoadedModel::prepare`] on this model. Returns every model output, in the
+    /// model's order.
+    pub fn run_prepared(&self, prepared: PreparedRun) -> Result<Vec<NamedTensor>, InferenceError> {
+        let PreparedRun { plan, tensors, .. } = prepared;
         let outputs = match catch_unwind(AssertUnwindSafe(|| plan.run(tensors))) {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(source)) => {
@@ -721,8 +871,46 @@ impl LoadedModel {
             .collect()
     }
 
+    /// The bounds on the request's symbols: their product ([`InferenceError::SymbolVolume`]) and the batch.
+    fn check_symbols(
+        &self,
+        bound: &HashMap<Symbol, (usize, usize)>,
+        limits: &RunLimits,
+    ) -> Result<(), InferenceError> {
+        let product = bound.values().fold(1u64, |acc, (value, _)| {
+            acc.saturating_mul(u64::try_from(*value).unwrap_or(u64::MAX).max(1))
+        });
+        if product > limits.max_tensor_elements {
+            return Err(InferenceError::SymbolVolume {
+                product,
+                limit: limits.max_tensor_elements,
+            });
+        }
+        if let Some(limit) = limits.max_batch {
+            for spec in &self.inputs {
+                if let Some(DimSpec::Symbol(symbol)) = spec.dims.first() {
+                    if let Some(&(value, _)) = bound.get(symbol) {
+                        let got = u64::try_from(value).unwrap_or(u64::MAX);
+                        if got > limit {
+                            return Err(InferenceError::BatchTooLarge {
+                                input: spec.name.clone(),
+                                got,
+                                limit,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks a request against the model and orders its tensors as the model's inputs.
-    fn validate(&self, inputs: Vec<NamedTensor>) -> Result<TVec<TValue>, InferenceError> {
+    #[allow(clippy::type_complexity)]
+    fn validate(
+        &self,
+        inputs: Vec<NamedTensor>,
+    ) -> Result<(TVec<TValue>, HashMap<Symbol, (usize, usize)>), InferenceError> {
         let mut slots: Vec<Option<Tensor>> = vec![None; self.inputs.len()];
         // symbol -> (value, index of the input that bound it)
         let mut bound: HashMap<Symbol, (usize, usize)> = HashMap::new();
@@ -812,7 +1000,7 @@ impl LoadedModel {
                 })?;
             slots[ix] = Some(built);
         }
-        slots
+        let tensors = slots
             .into_iter()
             .zip(&self.inputs)
             .map(|(slot, spec)| {
@@ -821,7 +1009,8 @@ impl LoadedModel {
                         name: spec.name.clone(),
                     })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((tensors, bound))
     }
 
     fn input_names(&self) -> String {

@@ -48,6 +48,35 @@ pub const BINARY_DATA_SIZE: &str = "binary_data_size";
 pub const BINARY_DATA: &str = "binary_data";
 /// Request parameter: return every output as raw bytes unless the output says otherwise.
 pub const BINARY_DATA_OUTPUT: &str = "binary_data_output";
+/// Most dimensions a request tensor may have (ONNX models use a handful; the shape is client-chosen).
+pub const MAX_RANK: usize = 32;
+
+/// Bounds applied while a request is decoded. The body is already bounded in bytes; these bound what the
+/// numbers in it may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Most elements of one tensor (its shape's product), checked before its data is parsed.
+    pub max_tensor_elements: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_tensor_elements: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A shape for an error message: at most eight dimensions, then the rank.
+fn shape_text(shape: &[u64]) -> String {
+    const SHOWN: usize = 8;
+    if shape.len() <= SHOWN {
+        format!("{shape:?}")
+    } else {
+        let head: Vec<String> = shape[..SHOWN].iter().map(u64::to_string).collect();
+        format!("[{}, …] (rank {})", head.join(", "), shape.len())
+    }
+}
 
 /// A tensor element type, named as in the Open Inference Protocol v2. (`FP16`, `BF16` and `BYTES` are not
 /// supported by the enclave's engine and are refused when decoding.)
@@ -114,6 +143,24 @@ impl Datatype {
     /// Parses a v2 name; `None` for unknown or unsupported names.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// The longest JSON text of one element, with its separating comma: what a response of this datatype
+    /// can cost per element at most (`-2147483648,`, `-1.1754944e-38,` and so on; non-finite floats are
+    /// quoted names, shorter than the longest number).
+    pub const fn max_json_element_len(self) -> usize {
+        match self {
+            Self::Bool => 6,
+            Self::Uint8 => 4,
+            Self::Int8 => 5,
+            Self::Uint16 => 6,
+            Self::Int16 => 7,
+            Self::Uint32 => 11,
+            Self::Int32 => 12,
+            Self::Uint64 | Self::Int64 => 21,
+            Self::Fp32 => 16,
+            Self::Fp64 => 25,
+        }
     }
 
     /// Bytes per element in the binary extension (BOOL: one byte).
@@ -320,11 +367,27 @@ impl TensorData {
     ///
     /// `json` must be valid JSON (serde_json checked it as a [`RawValue`]); this walks its tokens.
     pub fn from_json_text(datatype: Datatype, json: &str) -> Result<Self, TensorProblem> {
+        Self::from_json_text_at_most(datatype, json, usize::MAX)
+    }
+
+    /// [`TensorData::from_json_text`] that stops at the first element beyond `max` (an error): a request's
+    /// element limit applies while its `data` is parsed, not after the whole array is in memory.
+    pub fn from_json_text_at_most(
+        datatype: Datatype,
+        json: &str,
+        max: usize,
+    ) -> Result<Self, TensorProblem> {
         let mut tokens = JsonScalars::new(json)?;
+        // Never reserve more than the text can hold (one element needs at least two bytes): `max` comes from
+        // a shape the client chose.
+        let reserve = max.min(json.len() / 2 + 1);
         macro_rules! collect {
             ($variant:ident, $parse:expr) => {{
-                let mut out = Vec::new();
+                let mut out = Vec::with_capacity(reserve);
                 while let Some((index, token)) = tokens.next_scalar()? {
+                    if index >= max {
+                        return Err(TensorProblem::TooManyElements { limit: max });
+                    }
                     out.push($parse(index, token)?);
                 }
                 Self::$variant(out)
@@ -437,6 +500,33 @@ pub enum TensorProblem {
     BadBinaryBool {
         /// Index of the element.
         index: usize,
+    },
+    /// `data` holds more elements than allowed (the shape's count, or the element limit).
+    #[error("has more than {limit} elements in `data`")]
+    TooManyElements {
+        /// The most allowed.
+        limit: usize,
+    },
+    /// The shape asks for more elements than the limit (or its product overflows).
+    #[error("has {}; the limit is {limit}", match elements {
+        Some(n) => format!("{n} elements"),
+        None => "a shape whose element count overflows".to_owned(),
+    })]
+    ShapeTooLarge {
+        /// Its element count; `None` when the product overflows.
+        elements: Option<u64>,
+        /// The element limit.
+        limit: u64,
+    },
+    /// The data holds another number of elements than the shape says.
+    #[error("has shape {shape} ({expected} elements) but {found} elements")]
+    ElementCount {
+        /// The shape, shortened for the message.
+        shape: String,
+        /// The shape's element count.
+        expected: u64,
+        /// The number of elements in the data.
+        found: u64,
     },
     /// Neither `data` nor `parameters.binary_data_size`.
     #[error("has neither `data` nor `parameters.binary_data_size`")]
@@ -632,6 +722,58 @@ impl TryFrom<TensorWire> for InferTensor {
             data,
         })
     }
+}
+
+/// The wire form of a request as [`InferRequest::decode_with`] reads it: tensor data left as JSON text
+/// (borrowed from the body) until the shape has been checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestWire<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Parameters>,
+    #[serde(borrow)]
+    inputs: Vec<RawTensorWire<'a>>,
+    #[serde(default)]
+    outputs: Option<Vec<RequestOutput>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTensorWire<'a> {
+    name: String,
+    #[serde(deserialize_with = "bounded_shape")]
+    shape: Vec<u64>,
+    datatype: Datatype,
+    #[serde(default)]
+    parameters: Option<Parameters>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// A shape of at most [`MAX_RANK`] dimensions: the decoder stops at the first one past it.
+fn bounded_shape<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<u64>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "an array of at most {MAX_RANK} non-negative integers")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u64>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(d) = seq.next_element::<u64>()? {
+                if out.len() == MAX_RANK {
+                    return Err(serde::de::Error::custom(format!(
+                        "a shape has at most {MAX_RANK} dimensions"
+                    )));
+                }
+                out.push(d);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V)
 }
 
 /// A peer-supplied name, cut for an error message.
@@ -906,14 +1048,89 @@ impl InferRequest {
         Ok(assemble(json, tail, binary))
     }
 
-    /// Decodes a request body. `json_len` is the value of `Inference-Header-Content-Length`, if the
-    /// request had that header. Every input comes back with its `data`.
-    ///
-    /// `body` comes from the client: untrusted.
+    /// Decodes a request body under the default [`DecodeLimits`]. `json_len` is the value of
+    /// `Inference-Header-Content-Length`, if the request had that header. Every input comes back with its
+    /// `data`.
     pub fn decode(body: &[u8], json_len: Option<usize>) -> Result<Self, V2Error> {
+        Self::decode_with(body, json_len, &DecodeLimits::default())
+    }
+
+    /// Decodes a request body. `body` comes from the client: untrusted. Each input's shape is checked (rank at
+    /// most [`MAX_RANK`], element count at most `limits.max_tensor_elements`) before its data is parsed, and
+    /// its data is parsed only up to that count: a body cannot make the decoder allocate more than its
+    /// shape allows, nor hold more elements than the shape says.
+    pub fn decode_with(
+        body: &[u8],
+        json_len: Option<usize>,
+        limits: &DecodeLimits,
+    ) -> Result<Self, V2Error> {
         let (json, binary) = split_body(body, json_len)?;
-        let mut req: InferRequest = serde_json::from_slice(json)?;
+        let wire: RequestWire<'_> = serde_json::from_slice(json)?;
+        let mut inputs = Vec::with_capacity(wire.inputs.len());
+        for t in wire.inputs {
+            let err = |problem| V2Error::Tensor {
+                role: "input",
+                name: short(&t.name),
+                problem,
+            };
+            let count = t.shape.iter().try_fold(1u64, |acc, d| acc.checked_mul(*d));
+            let count = match count {
+                Some(n) if n <= limits.max_tensor_elements => n,
+                other => {
+                    return Err(err(TensorProblem::ShapeTooLarge {
+                        elements: other,
+                        limit: limits.max_tensor_elements,
+                    }))
+                }
+            };
+            let max = usize::try_from(count).unwrap_or(usize::MAX);
+            let data = match t.data {
+                None => None,
+                Some(raw) => Some(
+                    TensorData::from_json_text_at_most(t.datatype, raw.get(), max).map_err(
+                        |problem| match problem {
+                            TensorProblem::TooManyElements { .. } => {
+                                err(TensorProblem::ElementCount {
+                                    shape: shape_text(&t.shape),
+                                    expected: count,
+                                    found: count.saturating_add(1),
+                                })
+                            }
+                            other => err(other),
+                        },
+                    )?,
+                ),
+            };
+            inputs.push(InferTensor {
+                name: t.name,
+                shape: t.shape,
+                datatype: t.datatype,
+                parameters: t.parameters,
+                data,
+            });
+        }
+        let mut req = InferRequest {
+            id: wire.id,
+            parameters: wire.parameters,
+            inputs,
+            outputs: wire.outputs,
+        };
         attach_binary("input", &mut req.inputs, binary)?;
+        for t in &req.inputs {
+            let expected = t.element_count().unwrap_or(u64::MAX);
+            let found = t.data.as_ref().map_or(0, |d| d.len() as u64);
+            if expected != found {
+                return Err(V2Error::Tensor {
+                    role: "input",
+                    name: short(&t.name),
+                    problem: TensorProblem::ElementCount {
+                        shape: shape_text(&t.shape),
+                        expected,
+                        found,
+                    },
+                });
+            }
+        }
         Ok(req)
     }
 

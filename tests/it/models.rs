@@ -39,19 +39,19 @@ const MLP_PATH: &str = "models/sample/mlp/model.onnx";
 const MIXED_PATH: &str = "models/sample/mixed/model.onnx";
 
 /// ONNX `TensorProto.DataType` values used here.
-mod onnx_type {
-    pub(super) const FLOAT: i32 = 1;
-    pub(super) const INT32: i32 = 6;
-    pub(super) const INT64: i32 = 7;
-    pub(super) const BOOL: i32 = 9;
+pub(crate) mod onnx_type {
+    pub(crate) const FLOAT: i32 = 1;
+    pub(crate) const INT32: i32 = 6;
+    pub(crate) const INT64: i32 = 7;
+    pub(crate) const BOOL: i32 = 9;
 }
 
-enum Dim {
+pub(crate) enum Dim {
     Fixed(i64),
     Param(&'static str),
 }
 
-fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> pb::ValueInfoProto {
+pub(crate) fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension::Value, Dimension};
     let dim = dims
         .iter()
@@ -76,7 +76,7 @@ fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> pb::ValueInfoProto {
     }
 }
 
-fn node(
+pub(crate) fn node(
     op_type: &str,
     inputs: &[&str],
     output: &str,
@@ -123,7 +123,7 @@ fn typed_f32(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
     }
 }
 
-fn model(graph: pb::GraphProto) -> pb::ModelProto {
+pub(crate) fn model(graph: pb::GraphProto) -> pb::ModelProto {
     pb::ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 13 }],

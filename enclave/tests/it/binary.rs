@@ -29,14 +29,23 @@ fn run(args: &[&str]) -> (i32, String, String) {
 fn help_names_every_option() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
-    for opt in [
-        "--config <FILE>",
-        "--listen <ADDR>",
-        "--blobs <URL>",
-        "--log <LEVEL>",
-    ] {
+    for opt in ["--config <FILE>", "--listen <ADDR>", "--blobs <URL>"] {
         assert!(out.contains(opt), "{out}");
     }
+    // The log level is measured configuration now, not a launch argument.
+    assert!(!out.contains("--log"), "{out}");
+    let (code, _, err) = run(&[
+        "--config",
+        "x.toml",
+        "--listen",
+        "127.0.0.1:0",
+        "--blobs",
+        "http://127.0.0.1:1",
+        "--log",
+        "trace",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("log_level"), "{err}");
     let (code, _, err) = run(&[]);
     assert_eq!(code, 2);
     assert!(err.contains("--config"), "{err}");

@@ -112,7 +112,7 @@ impl Drop for TestServer {
 /// Starts the server of `config_text` with `firmware`; no model loaded.
 pub async fn start_server(config_text: &str, firmware: Arc<dyn Firmware>) -> TestServer {
     let config = Config::from_bytes(config_text.as_bytes()).unwrap();
-    let enclave = Arc::new(Enclave::new(&config, firmware));
+    let enclave = Arc::new(Enclave::new(&config, firmware).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tls = server::tls_config().unwrap();

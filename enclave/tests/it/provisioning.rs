@@ -263,7 +263,7 @@ fn setup(digest: ModelDigest, broker: &FakeBroker, pin: Option<[u8; 32]>) -> Set
     );
     let config = Config::from_bytes(text.as_bytes()).unwrap();
     let firmware = Arc::new(FakeFirmware::default());
-    let enclave = Arc::new(Enclave::new(&config, firmware.clone()));
+    let enclave = Arc::new(Enclave::new(&config, firmware.clone()).unwrap());
     Setup {
         config,
         enclave,
