@@ -35,7 +35,7 @@ fn main() {
     let policy = Policy::baseline();
     let options = VerifyOptions {
         at_unix: 1_756_684_800, // 2025-09-01, inside the certificates' validity
-        crl: None,
+        crls: &[],
         simulated_root: None,
     };
 

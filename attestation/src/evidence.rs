@@ -21,14 +21,15 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::policy::{Policy, PolicyViolation};
 use crate::snp::certs::{AmdCertificate, CertError};
-use crate::snp::verify::{verify, CertChain, VerifiedReport, VerifyError, VerifyOptions};
+use crate::snp::verify::{verify_genuine, CertChain, VerifiedReport, VerifyError, VerifyOptions};
 
 /// Domain separator hashed before the claims.
 pub const EVIDENCE_DOMAIN: &[u8] = b"cloister-evidence-v1";
 /// The claims format version this code writes and accepts.
 pub const CLAIMS_VERSION: u16 = 1;
-/// Label of the TLS exporter (RFC 8446 §7.5) that binds evidence to a session.
-pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-cloister-attestation";
+/// Label of the TLS exporter (RFC 8446 §7.5) that binds evidence to a session. Labels outside the IANA
+/// "TLS Exporter Labels" registry must begin with `EXPERIMENTAL` (RFC 5705 §4).
+pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPERIMENTAL-cloister-attestation";
 /// Upper bound on model digests in one set of claims (bounds decoding work on untrusted input).
 pub const MAX_MODEL_DIGESTS: usize = 64;
 /// Upper bound on an encoded [`Evidence`] (report + three certificates + claims), in bytes.
@@ -300,9 +301,10 @@ pub fn verify_evidence(
         });
     }
     let chain = evidence.chain()?;
-    let report = verify(&evidence.report, &chain, policy, options)?;
+    // 1. Genuine: the AMD chain, the report's signature, the leaf's binding to the report.
+    let genuine = verify_genuine(&evidence.report, &chain, options, None)?;
 
-    let actual = if report.is_simulated() {
+    let actual = if genuine.is_simulated() {
         Platform::SnpSimulated
     } else {
         Platform::Snp
@@ -314,10 +316,13 @@ pub fn verify_evidence(
         });
     }
 
-    // REPORT_DATA must be exactly the hash of the claims we were given (constant time: it is compared
-    // against attacker-influenced bytes).
+    // 2. Bound to this exchange: REPORT_DATA must be exactly the hash of the claims we were given
+    //    (constant time: it is compared against attacker-influenced bytes), the nonce ours, the exporter
+    //    our connection's. Checked before the policy, so that every policy decision is about evidence that
+    //    is genuine and fresh ([`EvidenceError::is_policy_decision`]): a replayed or forged report never
+    //    reaches it.
     let want = claims.report_data()?;
-    let got = &report.report().report_data;
+    let got = &genuine.report().report_data;
     if !crate::ct_eq(&want, got) {
         return Err(EvidenceError::ReportDataMismatch {
             expected: hex::encode(want),
@@ -336,13 +341,29 @@ pub fn verify_evidence(
             found: hex::encode(claims.tls_exporter),
         });
     }
+
+    // 3. The policy: the report's fields, then the claims' model and configuration digests.
+    let report = genuine.apply_policy(policy)?;
     for d in &claims.model_digests {
         policy.check_model_digest(&d.0)?;
     }
+    policy.check_config_digest(&claims.config_digest.0)?;
     Ok(VerifiedEvidence {
         report,
         claims: claims.clone(),
     })
+}
+
+impl EvidenceError {
+    /// True when the evidence was genuine, fresh and bound to the exchange, and the policy refused it: a
+    /// decision about a real enclave. False for everything an unauthenticated peer can cause (malformed or
+    /// forged evidence, a wrong chain, a replay).
+    pub fn is_policy_decision(&self) -> bool {
+        matches!(
+            self,
+            EvidenceError::Verify(VerifyError::Policy(_)) | EvidenceError::Policy(_)
+        )
+    }
 }
 
 #[cfg(test)]

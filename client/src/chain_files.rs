@@ -69,8 +69,8 @@ pub fn read_crl(path: &Path) -> Result<AmdCrl, InputError> {
     })
 }
 
-/// Reads a TOML policy. Relative `simulated_root` and `crl` paths are resolved against the policy file's
-/// directory, so that a policy and its files can be moved together.
+/// Reads a TOML policy. Relative `simulated_root`, `crl` and `crls` paths are resolved against the policy
+/// file's directory, so that a policy and its files can be moved together.
 pub fn read_policy(path: &Path) -> Result<Policy, InputError> {
     let text = String::from_utf8_lossy(&read(path)?).into_owned();
     let mut policy = Policy::from_toml(&text).map_err(|source| InputError::Policy {
@@ -81,6 +81,7 @@ pub fn read_policy(path: &Path) -> Result<Policy, InputError> {
     for file in [&mut policy.simulated_root, &mut policy.crl]
         .into_iter()
         .flatten()
+        .chain(policy.crls.iter_mut().flatten())
     {
         if file.is_relative() {
             *file = base.join(&*file);
@@ -89,17 +90,20 @@ pub fn read_policy(path: &Path) -> Result<Policy, InputError> {
     Ok(policy)
 }
 
-/// The files a policy names, loaded: the simulated root to trust and the CRL to apply (each optional).
+/// The files a policy names, loaded: the simulated root to trust (optional) and the CRLs to apply.
 pub fn read_policy_files(
     policy: &Policy,
-) -> Result<(Option<AmdCertificate>, Option<AmdCrl>), InputError> {
+) -> Result<(Option<AmdCertificate>, Vec<AmdCrl>), InputError> {
     let simulated_root = policy
         .simulated_root
         .as_deref()
         .map(read_certificate)
         .transpose()?;
-    let crl = policy.crl.as_deref().map(read_crl).transpose()?;
-    Ok((simulated_root, crl))
+    let crls = policy
+        .crl_paths()
+        .map(|p| read_crl(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((simulated_root, crls))
 }
 
 /// Loads the one certificate among `names` in `dir`. Several present is accepted only if they hold the

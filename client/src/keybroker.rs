@@ -5,10 +5,16 @@
 //! The protocol is the "Key release" section of `docs/architecture.md`:
 //!
 //! ```text
-//! enclave → broker  KeyRequest { version: 1, model_digest }      unknown digest → Refused{UnknownModel}
+//! enclave → broker  KeyRequest { version: 1, model_digest }
 //! broker  → enclave Challenge  { nonce }                         32 bytes from the system RNG, single use
 //! enclave → broker  Attest     { evidence }                      claims: nonce, exporter, X25519 key, [digest]
 //! broker  → enclave Granted    { broker_public, wrapped_key }  | Refused { code }
+//! ```
+//!
+//! `Refused { UnknownModel }` is only ever sent to evidence that verified: an unauthenticated peer cannot
+//! learn which models the broker holds keys for.
+//!
+//! ```text
 //! ```
 //!
 //! Several exchanges may follow one another on one connection (one per model); each draws its own nonce.
@@ -21,10 +27,13 @@
 //!   The simulated root comes only from the policy, never from the evidence.
 //! - Keys: read from the keystore for one grant, wrapped, and dropped (zeroized). They are never logged.
 //!
-//! Every decision (a `Granted` or `Refused` sent) is one JSON line in an append-only audit log, written
-//! *before* the answer is sent: a key is never released without its audit line (if the line cannot be
-//! written, the answer is `Refused { Internal }`). The wire carries only the coarse [`RefusalCode`];
-//! the precise reason (the verifier's "field: expected …, found …") stays in the log.
+//! Every decision about verified evidence (a grant, or a policy refusal of genuine, fresh evidence) is one
+//! JSON line in an append-only audit log, written *before* the answer is sent: a key is never released
+//! without its audit line (if the line cannot be written, the answer is `Refused { Internal }`). Refusals of
+//! peers whose evidence did not verify, and their broken connections, are counted per source address and
+//! written as one summary line per address per interval ([`peers`]): unauthenticated peers cannot grow the
+//! log without bound. The wire carries only the coarse [`RefusalCode`]; the precise reason (the verifier's
+//! "field: expected …, found …") stays in the log.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -40,6 +49,7 @@ use cloister_attestation::evidence::{
     verify_evidence, EnclaveKey, Evidence, EvidenceError, ExpectedSession, Platform, Sha384,
     TLS_EXPORTER_LABEL,
 };
+use cloister_attestation::policy::NoWorkloadPin;
 use cloister_attestation::snp::certs::AmdCertificate;
 use cloister_attestation::snp::crl::AmdCrl;
 use cloister_attestation::snp::report::AttestationReport;
@@ -63,6 +73,11 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::chain_files;
+
+mod peers;
+
+pub use peers::AuditSummary;
+use peers::PeerBook;
 
 /// Subject alternative name of a generated broker certificate (the enclave pins the certificate's
 /// SHA-256, not a name).
@@ -120,6 +135,14 @@ pub enum BrokerError {
     /// The system RNG failed.
     #[error("the system random number generator failed")]
     Rng,
+    /// The owner's policy pins no workload identity: the broker would release keys to any code.
+    #[error("{path}: {source}")]
+    NoWorkloadPin {
+        /// The policy file.
+        path: PathBuf,
+        /// Which pins are missing.
+        source: NoWorkloadPin,
+    },
 }
 
 /// Timeouts and bounds of the server. Every field has a default (see [`Limits::default`]).
@@ -139,6 +162,12 @@ pub struct Limits {
     /// Issued nonces remembered to tell a replay from a never-issued nonce (oldest forgotten first).
     /// A forgotten nonce is still refused: only the nonce of the exchange in progress is ever accepted.
     pub remembered_nonces: usize,
+    /// Connections one source address may hold at once; more are closed at accept (and counted).
+    pub max_connections_per_source: usize,
+    /// Seconds between summary lines for refusals of unverified peers (one line per source address and
+    /// interval). 0: every such refusal gets its own line (for debugging a deployment; not for a broker
+    /// that faces the Internet).
+    pub audit_summary_secs: u64,
 }
 
 impl Default for Limits {
@@ -150,6 +179,8 @@ impl Default for Limits {
             max_connections: 64,
             max_requests_per_connection: 16,
             remembered_nonces: 100_000,
+            max_connections_per_source: 16,
+            audit_summary_secs: 60,
         }
     }
 }
@@ -172,6 +203,8 @@ impl Default for Limits {
 /// max_connections = 64
 /// max_requests_per_connection = 16
 /// remembered_nonces = 100000
+/// max_connections_per_source = 16
+/// audit_summary_secs = 60
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -309,6 +342,7 @@ pub fn certificate_sha256(der: &[u8]) -> [u8; 32] {
 pub struct KeyBroker {
     inner: Arc<Inner>,
     acceptor: TlsAcceptor,
+    any_workload: bool,
 }
 
 impl std::fmt::Debug for KeyBroker {
@@ -323,21 +357,30 @@ impl std::fmt::Debug for KeyBroker {
 struct Inner {
     policy: Policy,
     simulated_root: Option<AmdCertificate>,
-    /// The CRL the owner's policy names (`crl`), applied to every evidence.
-    crl: Option<AmdCrl>,
+    /// The CRLs the owner's policy names (`crl`, `crls`), applied to every evidence.
+    crls: Vec<AmdCrl>,
     keystore: Keystore,
     audit: AuditLog,
     nonces: Mutex<IssuedNonces>,
     rng: SystemRandom,
     cert_sha256: [u8; 32],
     limits: Limits,
+    peers: PeerBook,
 }
 
 impl KeyBroker {
     /// Loads everything the broker needs; fails early and precisely on any missing or unsafe file.
     pub fn new(config: BrokerConfig) -> Result<Self, BrokerError> {
         let policy = chain_files::read_policy(&config.policy)?;
-        let (simulated_root, crl) = chain_files::read_policy_files(&policy)?;
+        // A key for any code is not a policy: refuse to start unless the owner said so explicitly.
+        let any_workload =
+            policy
+                .require_workload_pin()
+                .map_err(|source| BrokerError::NoWorkloadPin {
+                    path: config.policy.clone(),
+                    source,
+                })?;
+        let (simulated_root, crls) = chain_files::read_policy_files(&policy)?;
         let keystore = Keystore::open(&config.keystore).map_err(BrokerError::Keystore)?;
         let (cert, key) = load_tls_identity(&config.tls_certificate, &config.tls_key)?;
         let cert_sha256 = certificate_sha256(cert.as_ref());
@@ -358,16 +401,24 @@ impl KeyBroker {
             inner: Arc::new(Inner {
                 policy,
                 simulated_root,
-                crl,
+                crls,
                 keystore,
                 audit,
                 nonces: Mutex::new(IssuedNonces::new(limits.remembered_nonces)),
                 rng: SystemRandom::new(),
                 cert_sha256,
+                peers: PeerBook::new(limits.max_connections_per_source),
                 limits,
             }),
             acceptor: TlsAcceptor::from(Arc::new(tls_config)),
+            any_workload,
         })
+    }
+
+    /// True when the owner's policy says `allow_any_workload = true` and pins no workload identity: keys
+    /// go to any code on a genuine platform. `cloister keybroker` prints a warning at every start.
+    pub fn accepts_any_workload(&self) -> bool {
+        self.any_workload
     }
 
     /// SHA-256 of the broker's DER certificate: what the enclave configuration pins.
@@ -407,6 +458,17 @@ impl KeyBroker {
         let local = listener
             .local_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let summaries = (self.inner.limits.audit_summary_secs > 0).then(|| {
+            let inner = self.inner.clone();
+            let every = Duration::from_secs(self.inner.limits.audit_summary_secs);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+                loop {
+                    tick.tick().await;
+                    write_summaries(&inner).await;
+                }
+            })
+        });
         tokio::pin!(shutdown);
         loop {
             // Reap finished connections so the set does not grow.
@@ -432,12 +494,24 @@ impl KeyBroker {
                     continue;
                 }
             };
+            let Some(open) = self.inner.peers.open(peer.ip()) else {
+                self.inner.refused_unverified(
+                    peer,
+                    "PerSourceLimit",
+                    &format!(
+                        "connection closed: this address already holds {} connections",
+                        self.inner.limits.max_connections_per_source
+                    ),
+                );
+                continue;
+            };
             let inner = self.inner.clone();
             let acceptor = self.acceptor.clone();
             tasks.spawn(async move {
-                if let Err(e) = handle_connection(inner, acceptor, tcp, peer).await {
-                    eprintln!("cloister keybroker: {peer}: {e}");
+                if let Err(e) = handle_connection(inner.clone(), acceptor, tcp, peer).await {
+                    inner.refused_unverified(peer, "Connection", &e.to_string());
                 }
+                drop(open);
                 drop(permit);
             });
         }
@@ -445,7 +519,45 @@ impl KeyBroker {
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             tasks.abort_all();
         }
+        if let Some(task) = summaries {
+            task.abort();
+        }
+        write_summaries(&self.inner).await;
         Ok(())
+    }
+}
+
+impl Inner {
+    /// A refusal of a peer whose evidence did not verify (or that sent none): counted for the interval's
+    /// summary, or written at once when summaries are off.
+    fn refused_unverified(&self, peer: SocketAddr, code: &str, reason: &str) {
+        if self.limits.audit_summary_secs == 0 {
+            eprintln!("cloister keybroker: {peer}: {code}: {reason}");
+        } else {
+            self.peers.refused(peer.ip(), code, reason);
+        }
+    }
+}
+
+/// Writes the summary lines of the interval that just ended.
+async fn write_summaries(inner: &Arc<Inner>) {
+    let lines = inner.peers.take_summaries();
+    if lines.is_empty() {
+        return;
+    }
+    let inner = inner.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        lines
+            .iter()
+            .try_for_each(|line| inner.audit.append_json(line))
+            .map_err(|e| (inner.audit.path.clone(), e))
+    })
+    .await;
+    if let Ok(Err((path, e))) = written {
+        eprintln!(
+            "cloister keybroker: cannot write the audit log {}: {e}",
+            path.display()
+        );
     }
 }
 
@@ -606,6 +718,11 @@ impl AuditLog {
 
     /// Appends one line (one `write` of the whole line, then fdatasync).
     fn append(&self, record: &AuditRecord) -> io::Result<()> {
+        self.append_json(record)
+    }
+
+    /// Appends any serializable value as one line.
+    fn append_json<T: Serialize>(&self, record: &T) -> io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
         line.push(b'\n');
         let file = self
@@ -653,6 +770,13 @@ pub struct AuditRecord {
     pub enclave_key: Option<String>,
     /// Public id of the released key (`cloister seal --inspect` shows the same), when granted.
     pub key_id: Option<String>,
+    /// The evidence was genuine, fresh and bound, and the policy refused it: a decision about a real
+    /// enclave, written in full like a grant (not part of the line).
+    #[serde(skip)]
+    pub policy_decision: bool,
+    /// The peer's address, for the per-address summaries (not part of the line; `peer` is).
+    #[serde(skip)]
+    source: Option<std::net::IpAddr>,
 }
 
 impl AuditRecord {
@@ -676,7 +800,15 @@ impl AuditRecord {
             simulated: None,
             enclave_key: None,
             key_id: None,
+            policy_decision: false,
+            source: Some(peer.ip()),
         }
+    }
+
+    /// Whether this decision is written as its own line: a grant, or any decision about evidence that
+    /// verified (everything else is summarised per address).
+    fn is_about_verified_evidence(&self) -> bool {
+        self.decision == "granted" || self.evidence_verified || self.policy_decision
     }
 
     fn refuse(&mut self, code: RefusalCode, reason: impl Into<String>) -> BrokerToEnclave {
@@ -797,6 +929,21 @@ async fn answer(
     mut record: AuditRecord,
     mut msg: BrokerToEnclave,
 ) -> Result<(), ConnError> {
+    if !record.is_about_verified_evidence() && inner.limits.audit_summary_secs > 0 {
+        // An unverified peer: counted, not written line by line (see `peers`).
+        let source = record
+            .source
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        inner.peers.refused(
+            source,
+            record.code.as_deref().unwrap_or("Refused"),
+            record.reason.as_deref().unwrap_or(""),
+        );
+        deadline
+            .run(Duration::from_secs(10), "sending", frame::write(tls, &msg))
+            .await??;
+        return Ok(());
+    }
     if let Err(e) = inner.audit.append(&record) {
         eprintln!(
             "cloister keybroker: cannot write the audit log {}: {e}",
@@ -870,23 +1017,8 @@ async fn exchange(
         answer(inner, tls, deadline, record, msg).await?;
         return Ok(Next::Close);
     }
-    let digest = ModelDigest::from_bytes(requested.0);
-    match inner.keystore.get(&digest) {
-        Ok(_key) => {} // dropped (zeroized) at once; read again only for a grant
-        Err(ModelsError::Keystore(KeystoreError::KeyNotFound { .. })) => {
-            let msg = record.refuse(
-                RefusalCode::UnknownModel,
-                format!("model_digest: no key for {digest} in the keystore"),
-            );
-            answer(inner, tls, deadline, record, msg).await?;
-            return Ok(Next::Continue);
-        }
-        Err(e) => {
-            let msg = record.refuse(RefusalCode::Internal, format!("keystore: {e}"));
-            answer(inner, tls, deadline, record, msg).await?;
-            return Ok(Next::Close);
-        }
-    }
+    // Whether the broker holds a key for this digest is told only after the evidence verified (decide):
+    // an unauthenticated peer must not learn which models this broker serves.
 
     // 2. Challenge with a fresh nonce (recorded as issued at once: it is single use).
     let mut nonce = [0u8; 32];
@@ -1003,7 +1135,7 @@ fn decide(
 
     let options = VerifyOptions {
         at_unix: time::OffsetDateTime::now_utc().unix_timestamp(),
-        crl: inner.crl.as_ref(),
+        crls: &inner.crls,
         simulated_root: inner.simulated_root.as_ref(),
     };
     let expected = ExpectedSession {
@@ -1012,7 +1144,10 @@ fn decide(
     };
     let verified = match verify_evidence(evidence, &inner.policy, &options, &expected) {
         Ok(v) => v,
-        Err(e) => return record.refuse(refusal_code(&e), e.to_string()),
+        Err(e) => {
+            record.policy_decision = e.is_policy_decision();
+            return record.refuse(refusal_code(&e), e.to_string());
+        }
     };
     record.evidence_verified = true;
     let report = verified.report();
@@ -1056,9 +1191,7 @@ fn decide(
         Err(ModelsError::Keystore(KeystoreError::KeyNotFound { .. })) => {
             return record.refuse(
                 RefusalCode::UnknownModel,
-                format!(
-                "model_digest: no key for {digest} in the keystore (removed during the exchange)"
-            ),
+                format!("model_digest: no key for {digest} in the keystore"),
             )
         }
         Err(e) => return record.refuse(RefusalCode::Internal, format!("keystore: {e}")),

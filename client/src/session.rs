@@ -4,7 +4,7 @@
 //! Order of operations (nothing but the nonce leaves the client before step 4):
 //! 1. TCP + TLS 1.3 to the endpoint (usually the untrusted host's relay); the server certificate is not
 //!    checked against a CA (see [`crate::danger`]).
-//! 2. Compute this connection's exporter (RFC 8446 §7.5, label `EXPORTER-cloister-attestation`).
+//! 2. Compute this connection's exporter (RFC 8446 §7.5, label `EXPERIMENTAL-cloister-attestation`).
 //! 3. `POST /v2/attestation` with a fresh nonce; verify the evidence: AMD chain, signature, policy
 //!    (measurement, TCB, root, model digests), REPORT_DATA = hash of the claims, our nonce, our exporter.
 //! 4. Before using a model, check that its digest (from the enclave's metadata, on this attested
@@ -18,6 +18,7 @@ use cloister_attestation::evidence::{
     verify_evidence, Evidence, EvidenceError, ExpectedSession, VerifiedEvidence, MAX_EVIDENCE_LEN,
     TLS_EXPORTER_LABEL,
 };
+use cloister_attestation::policy::NoWorkloadPin;
 use cloister_attestation::snp::certs::AmdCertificate;
 use cloister_attestation::snp::crl::AmdCrl;
 use cloister_attestation::{Policy, VerifyOptions};
@@ -89,6 +90,9 @@ pub enum SessionError {
     /// A local input could not be read.
     #[error(transparent)]
     Input(#[from] InputError),
+    /// The policy pins no workload identity (and does not say `allow_any_workload = true`): nothing is sent.
+    #[error("policy: {0}")]
+    NoWorkloadPin(#[from] NoWorkloadPin),
 }
 
 /// What the client trusts: its policy and, for development, a simulated root.
@@ -98,21 +102,22 @@ pub struct SessionPolicy {
     pub policy: Policy,
     /// A simulated ARK to trust (from the policy's `simulated_root`), or none.
     pub simulated_root: Option<AmdCertificate>,
-    /// An ARK-signed CRL to apply (from the policy's `crl`), or none.
-    pub crl: Option<AmdCrl>,
+    /// ARK-signed CRLs to apply (from the policy's `crl` and `crls`).
+    pub crls: Vec<AmdCrl>,
     /// Verification instant (Unix seconds); `None` means now.
     pub at_unix: Option<i64>,
 }
 
 impl SessionPolicy {
-    /// Loads a policy file; the `simulated_root` and `crl` it names (relative to the file) are loaded too.
+    /// Loads a policy file; the `simulated_root`, `crl` and `crls` it names (relative to the file) are
+    /// loaded too.
     pub fn from_file(path: &std::path::Path) -> Result<Self, InputError> {
         let policy = chain_files::read_policy(path)?;
-        let (simulated_root, crl) = chain_files::read_policy_files(&policy)?;
+        let (simulated_root, crls) = chain_files::read_policy_files(&policy)?;
         Ok(SessionPolicy {
             policy,
             simulated_root,
-            crl,
+            crls,
             at_unix: None,
         })
     }
@@ -167,7 +172,12 @@ fn status_error(status: StatusCode, body: &[u8]) -> SessionError {
 
 impl AttestedSession {
     /// Connects to `endpoint` (`HOST:PORT`), attests the enclave and verifies it against `trust`.
+    ///
+    /// A policy that pins no workload identity is refused before connecting ([`SessionError::NoWorkloadPin`]):
+    /// inputs would go to whatever code runs on a genuine AMD platform, unless the policy says
+    /// `allow_any_workload = true`.
     pub async fn connect(endpoint: &str, trust: &SessionPolicy) -> Result<Self, SessionError> {
+        trust.policy.require_workload_pin()?;
         tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(endpoint, trust))
             .await
             .map_err(|_| SessionError::Timeout("connecting and attesting"))?
@@ -240,7 +250,7 @@ impl AttestedSession {
             .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
         let options = VerifyOptions {
             at_unix,
-            crl: trust.crl.as_ref(),
+            crls: &trust.crls,
             simulated_root: trust.simulated_root.as_ref(),
         };
         let verified = verify_evidence(

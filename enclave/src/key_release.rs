@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! TLS 1.3 (ring) to key_broker.address, broker certificate pinned by SHA-256 (see crate::danger)
-//! exporter    = TLS-Exporter("EXPORTER-cloister-attestation", no context, 32)   // this connection's
+//! exporter    = TLS-Exporter("EXPERIMENTAL-cloister-attestation", no context, 32)   // this connection's
 //! enclave → broker  KeyRequest { version: 1, model_digest }
 //! broker  → enclave Challenge  { nonce }
 //! enclave → broker  Attest     { evidence(claims { nonce, exporter, X25519(fresh), [model_digest],

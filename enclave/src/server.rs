@@ -3,7 +3,7 @@
 //! "Serving").
 //!
 //! Channel binding: right after each handshake the connection's exporter is computed —
-//! `TLS-Exporter(label = "EXPORTER-cloister-attestation", context = none, length = 32)` (RFC 8446 §7.5) —
+//! `TLS-Exporter(label = "EXPERIMENTAL-cloister-attestation", context = none, length = 32)` (RFC 8446 §7.5) —
 //! and handed to every request of that connection. `POST /v2/attestation` puts it in the claims, so evidence
 //! obtained on one connection is worthless on any other: a relay that terminates TLS has a different
 //! exporter on each leg.

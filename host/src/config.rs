@@ -167,6 +167,8 @@ pub struct Config {
     pub record: Option<PathBuf>,
     /// When to restart the enclave.
     pub restart: RestartPolicy,
+    /// What one client may hold of the relay.
+    pub relay: crate::relay::RelayLimits,
 }
 
 /// A configuration that cannot work; reported as a usage error.
@@ -386,6 +388,7 @@ mod tests {
                 blobs_port: 0,
                 record: None,
                 restart: RestartPolicy::default(),
+                relay: crate::relay::RelayLimits::default(),
             }
         }
     }

@@ -321,7 +321,11 @@ async fn supervise<L: Launcher>(
             }
         }
     }
-    let _relay = AbortOnDrop(tokio::spawn(Relay::new(listener, enclave, recorder).run()));
+    let _relay = AbortOnDrop(tokio::spawn(
+        Relay::new(listener, enclave, recorder)
+            .with_limits(config.relay)
+            .run(),
+    ));
     announce(public).map_err(Error::Stdout)?;
     tracing::info!(%public, "relay listening");
 

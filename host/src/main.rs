@@ -182,6 +182,20 @@ struct Args {
     /// count). Default: restart forever, with backoff from 200 ms up to 5 s.
     #[arg(long, value_name = "N")]
     restart_max: Option<u32>,
+
+    /// Relay: connections relayed at once; more clients wait in the listen backlog.
+    #[arg(long, value_name = "N", default_value_t = cloister_host::relay::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+
+    /// Relay: connections one source address may hold at once; more are closed at accept and
+    /// counted in the log (one line per 10 s).
+    #[arg(long, value_name = "N", default_value_t = cloister_host::relay::DEFAULT_MAX_PER_SOURCE)]
+    max_connections_per_source: usize,
+
+    /// Relay: seconds a client has to finish its TLS handshake (send its first application-data
+    /// record); slower connections, and bytes that are not TLS records, are closed and counted.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    handshake_timeout_secs: u64,
 }
 
 impl Args {
@@ -215,6 +229,13 @@ impl Args {
             restart: RestartPolicy {
                 max_restarts: self.restart_max,
                 ..RestartPolicy::default()
+            },
+            relay: cloister_host::relay::RelayLimits {
+                max_connections: self.max_connections.max(1),
+                max_per_source: self.max_connections_per_source.max(1),
+                handshake_timeout: Some(std::time::Duration::from_secs(
+                    self.handshake_timeout_secs.max(1),
+                )),
             },
         }
     }

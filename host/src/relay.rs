@@ -1,9 +1,16 @@
 //! The public relay: client TCP connections forwarded byte for byte to the current enclave.
 //!
-//! The relay never parses what it forwards. Clients run TLS 1.3 end to end with the enclave and
-//! attest it inside that session, bound to the session's exporter (docs/architecture.md,
-//! "Serving"); the host sees ciphertext only. A relay that terminated TLS itself would be
-//! detected by every client, which is why this one cannot do anything but copy.
+//! The relay never changes or decrypts what it forwards. Clients run TLS 1.3 end to end with the
+//! enclave and attest it inside that session, bound to the session's exporter
+//! (docs/architecture.md, "Serving"); the host sees ciphertext only. A relay that terminated TLS
+//! itself would be detected by every client, which is why this one cannot do anything but copy.
+//!
+//! It does bound what one client can hold ([`RelayLimits`]): at most `max_per_source` connections
+//! per source address, and a handshake deadline. The deadline reads only the TLS record layer's
+//! cleartext headers (content type, version, length) of the client's bytes: a connection whose
+//! client has not sent an application-data record (in TLS 1.3, its encrypted Finished and what
+//! follows) within the deadline is closed, and bytes that are not TLS records are closed at once.
+//! Refusals are counted and logged once per interval, not per connection.
 //!
 //! Each client connection is connected to the enclave address current at accept time; a
 //! connection accepted while no enclave is up (or whose enclave refuses it) is closed at once
@@ -11,11 +18,16 @@
 //! At most [`DEFAULT_MAX_CONNECTIONS`] connections are relayed at once; further clients wait in
 //! the listen backlog. Both legs use TCP_NODELAY: requests are small and latency-bound.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -24,6 +36,34 @@ use crate::supervisor::EnclaveAddr;
 
 /// Default bound on concurrently relayed connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default bound on connections from one source address.
+pub const DEFAULT_MAX_PER_SOURCE: usize = 64;
+/// Default time a client has to complete its TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often refusal counts are written to the host's log (when there were any).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// What one client may hold of the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Connections relayed at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Connections one source address may hold; more are closed at accept.
+    pub max_per_source: usize,
+    /// Time from accept until the client has sent an application-data record; `None`: no deadline
+    /// and no record-layer check (tests of raw byte relaying).
+    pub handshake_timeout: Option<Duration>,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_source: DEFAULT_MAX_PER_SOURCE,
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+        }
+    }
+}
 
 /// Bound on connecting to the enclave (it is on this machine; this is generous).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,23 +77,34 @@ pub struct Relay {
     listener: TcpListener,
     target: EnclaveAddr,
     recorder: Option<Recorder>,
-    max_connections: usize,
+    limits: RelayLimits,
 }
 
 impl Relay {
-    /// A relay accepting on `listener` and forwarding to `target`, recording into `recorder`.
+    /// A relay accepting on `listener` and forwarding to `target`, recording into `recorder`,
+    /// with the default [`RelayLimits`].
     pub fn new(listener: TcpListener, target: EnclaveAddr, recorder: Option<Recorder>) -> Self {
         Self {
             listener,
             target,
             recorder,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
+            limits: RelayLimits::default(),
         }
     }
 
     /// Changes the bound on concurrent connections (at least 1).
     pub fn with_max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max.max(1);
+        self.limits.max_connections = max.max(1);
+        self
+    }
+
+    /// Changes every limit (bounds of at least 1).
+    pub fn with_limits(mut self, limits: RelayLimits) -> Self {
+        self.limits = RelayLimits {
+            max_connections: limits.max_connections.max(1),
+            max_per_source: limits.max_per_source.max(1),
+            handshake_timeout: limits.handshake_timeout,
+        };
         self
     }
 
@@ -64,7 +115,10 @@ impl Relay {
 
     /// Accepts and relays until the task is dropped.
     pub async fn run(self) {
-        let limit = Arc::new(Semaphore::new(self.max_connections));
+        let limit = Arc::new(Semaphore::new(self.limits.max_connections));
+        let sources = Sources::new(self.limits.max_per_source);
+        let counts = Arc::new(Counts::default());
+        let _reporter = ReportOnDrop(tokio::spawn(report(Arc::clone(&counts), self.limits)));
         loop {
             let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
                 return; // The semaphore is never closed.
@@ -78,25 +132,176 @@ impl Relay {
                     continue;
                 }
             };
+            let Some(source) = sources.open(peer.ip()) else {
+                counts.over_limit.fetch_add(1, Ordering::Relaxed);
+                counts.note_address(peer.ip());
+                drop(client);
+                continue;
+            };
             let target = self.target.current();
             let recorder = self.recorder.clone();
+            let handshake = self.limits.handshake_timeout;
+            let counts = Arc::clone(&counts);
             tokio::spawn(async move {
-                match relay_one(client, target, recorder).await {
+                match relay_one_with(client, target, recorder, handshake).await {
                     Ok((up, down)) => tracing::debug!(%peer, up, down, "relay: connection closed"),
-                    Err(e) => tracing::debug!(%peer, error = %e, "relay: connection ended"),
+                    Err(e) => {
+                        match e.kind() {
+                            io::ErrorKind::TimedOut if e.to_string().contains("handshake") => {
+                                counts.slow_handshakes.fetch_add(1, Ordering::Relaxed);
+                                counts.note_address(peer.ip());
+                            }
+                            io::ErrorKind::InvalidData => {
+                                counts.not_tls.fetch_add(1, Ordering::Relaxed);
+                                counts.note_address(peer.ip());
+                            }
+                            _ => {}
+                        }
+                        tracing::debug!(%peer, error = %e, "relay: connection ended");
+                    }
                 }
+                drop(source);
                 drop(permit);
             });
         }
     }
 }
 
+/// Connections per source address.
+#[derive(Clone)]
+struct Sources {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max: usize,
+}
+
+struct SourceGuard {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Sources {
+    fn new(max: usize) -> Self {
+        Sources {
+            open: Arc::new(Mutex::new(HashMap::new())),
+            max,
+        }
+    }
+
+    fn open(&self, ip: IpAddr) -> Option<SourceGuard> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceGuard {
+            open: Arc::clone(&self.open),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Refusals since the last report.
+#[derive(Default)]
+struct Counts {
+    over_limit: AtomicU64,
+    slow_handshakes: AtomicU64,
+    not_tls: AtomicU64,
+    /// Refusals per address (bounded: at most 1024 addresses per interval are named).
+    addresses: Mutex<HashMap<IpAddr, u64>>,
+}
+
+impl Counts {
+    fn note_address(&self, ip: IpAddr) {
+        let mut a = self
+            .addresses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if a.len() < 1024 || a.contains_key(&ip) {
+            *a.entry(ip).or_insert(0) += 1;
+        }
+    }
+}
+
+struct ReportOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for ReportOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes the refusal counts to the host's log every [`REPORT_EVERY`] when there were any: one
+/// line per interval, whatever the number of refused connections.
+async fn report(counts: Arc<Counts>, limits: RelayLimits) {
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let over = counts.over_limit.swap(0, Ordering::Relaxed);
+        let slow = counts.slow_handshakes.swap(0, Ordering::Relaxed);
+        let junk = counts.not_tls.swap(0, Ordering::Relaxed);
+        let addresses = std::mem::take(
+            &mut *counts
+                .addresses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if over + slow + junk == 0 {
+            continue;
+        }
+        let mut top: Vec<(IpAddr, u64)> = addresses.into_iter().collect();
+        top.sort_by_key(|t| std::cmp::Reverse(t.1));
+        let named: Vec<String> = top
+            .iter()
+            .take(5)
+            .map(|(ip, n)| format!("{ip} ({n})"))
+            .collect();
+        tracing::warn!(
+            over_per_source_limit = over,
+            per_source_limit = limits.max_per_source,
+            handshake_not_finished = slow,
+            handshake_timeout_secs = limits.handshake_timeout.map_or(0, |d| d.as_secs()),
+            not_tls = junk,
+            addresses = top.len(),
+            top = %named.join(", "),
+            "relay: refused connections in the last {} s",
+            REPORT_EVERY.as_secs()
+        );
+    }
+}
+
 /// Relays one client connection to `target` until either side closes; returns the bytes copied
-/// client → enclave and enclave → client. With no target the client is closed at once.
+/// client → enclave and enclave → client. With no target the client is closed at once. No
+/// handshake deadline (see [`relay_one_with`]).
 pub async fn relay_one(
     client: TcpStream,
     target: Option<SocketAddr>,
     recorder: Option<Recorder>,
+) -> io::Result<(u64, u64)> {
+    relay_one_with(client, target, recorder, None).await
+}
+
+/// [`relay_one`] with a handshake deadline: unless the client has sent a TLS application-data
+/// record within `handshake_timeout`, the connection is closed (`TimedOut`); bytes that are not
+/// TLS records close it at once (`InvalidData`).
+pub async fn relay_one_with(
+    client: TcpStream,
+    target: Option<SocketAddr>,
+    recorder: Option<Recorder>,
+    handshake_timeout: Option<Duration>,
 ) -> io::Result<(u64, u64)> {
     let Some(target) = target else {
         return Err(io::Error::new(
@@ -117,8 +322,150 @@ pub async fn relay_one(
     let mut upstream = upstream;
     // Taping the client leg records each relayed byte exactly once: client → enclave bytes as
     // they are read from the client, enclave → client bytes as they are written to it.
-    let mut client = Tap::new(client, recorder);
-    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER).await
+    let client = Tap::new(client, recorder);
+    let Some(deadline) = handshake_timeout else {
+        let mut client = client;
+        return tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut upstream,
+            BUFFER,
+            BUFFER,
+        )
+        .await;
+    };
+    let mut client = RecordWatch::new(client);
+    let state = client.state();
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER);
+    tokio::pin!(copy);
+    tokio::select! {
+        done = &mut copy => return done,
+        () = tokio::time::sleep(deadline) => {}
+    }
+    if state.load(Ordering::Relaxed) != HANDSHAKE_DONE {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the client did not finish its TLS handshake within {} s",
+                deadline.as_secs_f32()
+            ),
+        ));
+    }
+    copy.await
+}
+
+const HANDSHAKING: u8 = 0;
+const HANDSHAKE_DONE: u8 = 1;
+
+/// TLS record layer (RFC 8446 §5.1): content types a client may send, and the largest record.
+const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
+const CONTENT_ALERT: u8 = 21;
+const CONTENT_HANDSHAKE: u8 = 22;
+const CONTENT_APPLICATION_DATA: u8 = 23;
+const RECORD_HEADER: usize = 5;
+const MAX_RECORD: usize = (1 << 14) + 256;
+
+/// Reads the client's bytes through, following the TLS record headers until the first
+/// application-data record (then it only passes bytes). Changes nothing.
+struct RecordWatch<S> {
+    inner: S,
+    state: Arc<AtomicU8>,
+    header: [u8; RECORD_HEADER],
+    have: usize,
+    skip: usize,
+}
+
+impl<S> RecordWatch<S> {
+    fn new(inner: S) -> Self {
+        RecordWatch {
+            inner,
+            state: Arc::new(AtomicU8::new(HANDSHAKING)),
+            header: [0; RECORD_HEADER],
+            have: 0,
+            skip: 0,
+        }
+    }
+
+    fn state(&self) -> Arc<AtomicU8> {
+        Arc::clone(&self.state)
+    }
+
+    /// Follows the record layer over `bytes`; an error when they are not TLS records.
+    fn scan(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() && self.state.load(Ordering::Relaxed) == HANDSHAKING {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (RECORD_HEADER - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < RECORD_HEADER {
+                break;
+            }
+            self.have = 0;
+            let [content, major, _minor, hi, lo] = self.header;
+            let len = usize::from(u16::from_be_bytes([hi, lo]));
+            let known = matches!(
+                content,
+                CONTENT_CHANGE_CIPHER_SPEC
+                    | CONTENT_ALERT
+                    | CONTENT_HANDSHAKE
+                    | CONTENT_APPLICATION_DATA
+            );
+            if !known || major != 3 || len > MAX_RECORD {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the client sent bytes that are not TLS records",
+                ));
+            }
+            if content == CONTENT_APPLICATION_DATA {
+                self.state.store(HANDSHAKE_DONE, Ordering::Relaxed);
+            }
+            self.skip = len;
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for RecordWatch<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if this.state.load(Ordering::Relaxed) == HANDSHAKE_DONE {
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(this.scan(&buf.filled()[before..]))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for RecordWatch<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
@@ -150,8 +497,16 @@ mod tests {
         addr
     }
 
+    /// Raw bytes, no TLS: these tests relay arbitrary patterns, so the record-layer deadline is off.
+    const RAW: RelayLimits = RelayLimits {
+        max_connections: DEFAULT_MAX_CONNECTIONS,
+        max_per_source: DEFAULT_MAX_PER_SOURCE,
+        handshake_timeout: None,
+    };
+
     async fn relay_to(target: Option<SocketAddr>, recorder: Option<Recorder>) -> SocketAddr {
-        let relay = Relay::new(listener().await, EnclaveAddr::fixed(target), recorder);
+        let relay =
+            Relay::new(listener().await, EnclaveAddr::fixed(target), recorder).with_limits(RAW);
         let addr = relay.local_addr().unwrap();
         tokio::spawn(relay.run());
         addr
@@ -285,7 +640,9 @@ mod tests {
         tokio::time::timeout(LIMIT, async {
             let (tx, rx) = tokio::sync::watch::channel(None);
             let target = EnclaveAddr::from_receiver(rx);
-            let relay = Relay::new(listener().await, target, None).with_max_connections(4);
+            let relay = Relay::new(listener().await, target, None)
+                .with_limits(RAW)
+                .with_max_connections(4);
             let addr = relay.local_addr().unwrap();
             tokio::spawn(relay.run());
             assert_closed(addr).await;
@@ -295,6 +652,113 @@ mod tests {
             let mut got = [0u8; 4];
             conn.read_exact(&mut got).await.unwrap();
             assert_eq!(&got, b"ping");
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn relay_with(limits: RelayLimits) -> SocketAddr {
+        let relay = Relay::new(
+            listener().await,
+            EnclaveAddr::fixed(Some(echo().await)),
+            None,
+        )
+        .with_limits(limits);
+        let addr = relay.local_addr().unwrap();
+        tokio::spawn(relay.run());
+        addr
+    }
+
+    /// Issue 9, item 10: one address cannot take every relay slot.
+    #[tokio::test]
+    async fn one_address_holds_at_most_its_share_of_connections() {
+        tokio::time::timeout(LIMIT, async {
+            let addr = relay_with(RelayLimits {
+                max_per_source: 2,
+                ..RAW
+            })
+            .await;
+            let mut held = vec![];
+            for _ in 0..2 {
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                c.write_all(b"x").await.unwrap();
+                let mut one = [0u8; 1];
+                c.read_exact(&mut one).await.unwrap();
+                held.push(c);
+            }
+            // The third from the same address is closed at accept.
+            assert_closed(addr).await;
+            // One leaves: the address is served again.
+            drop(held.pop());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"y").await.unwrap();
+            let mut one = [0u8; 1];
+            c.read_exact(&mut one).await.unwrap();
+            assert_eq!(&one, b"y");
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A TLS record header: content type, version 3.3, length.
+    fn record(content: u8, payload: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(payload.len()).unwrap().to_be_bytes();
+        [&[content, 3, 3, len[0], len[1]][..], payload].concat()
+    }
+
+    /// Issue 9, item 10: a client must finish its TLS handshake (send an application-data record)
+    /// within the deadline; bytes that are not TLS records are closed at once.
+    #[tokio::test]
+    async fn slow_handshakes_and_non_tls_bytes_are_closed() {
+        tokio::time::timeout(LIMIT, async {
+            let addr = relay_with(RelayLimits {
+                handshake_timeout: Some(Duration::from_millis(400)),
+                ..RelayLimits::default()
+            })
+            .await;
+            // A ClientHello-like record, then silence: closed after the deadline.
+            let start = std::time::Instant::now();
+            let mut slow = TcpStream::connect(addr).await.unwrap();
+            slow.write_all(&record(CONTENT_HANDSHAKE, &[1; 40]))
+                .await
+                .unwrap();
+            let mut echoed = vec![0u8; 45];
+            slow.read_exact(&mut echoed).await.unwrap();
+            let mut buf = [0u8; 8];
+            let end = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+                .await
+                .expect("closed by the deadline");
+            assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+            assert!(start.elapsed() >= Duration::from_millis(350));
+
+            // A handshake finished in time (an application-data record): relayed beyond the deadline.
+            let mut ok = TcpStream::connect(addr).await.unwrap();
+            let bytes = [
+                record(CONTENT_HANDSHAKE, &[2; 10]),
+                record(CONTENT_CHANGE_CIPHER_SPEC, &[1]),
+                record(CONTENT_APPLICATION_DATA, &[3; 20]),
+            ]
+            .concat();
+            ok.write_all(&bytes).await.unwrap();
+            let mut back = vec![0u8; bytes.len()];
+            ok.read_exact(&mut back).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            ok.write_all(b"after the deadline").await.unwrap();
+            let mut back = [0u8; 18];
+            ok.read_exact(&mut back).await.unwrap();
+            assert_eq!(&back, b"after the deadline");
+
+            // Not TLS at all: closed at once, nothing relayed.
+            let mut junk = TcpStream::connect(addr).await.unwrap();
+            junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let start = std::time::Instant::now();
+            let mut buf = [0u8; 64];
+            let end = tokio::time::timeout(Duration::from_secs(5), junk.read(&mut buf))
+                .await
+                .expect("closed at once");
+            assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+            assert!(start.elapsed() < Duration::from_millis(350));
         })
         .await
         .unwrap();

@@ -473,9 +473,15 @@ async fn the_host_sees_no_key_no_weights_no_inputs_no_outputs() {
     }
 }
 
+/// The label the docs state, outside the IANA registry and therefore `EXPERIMENTAL-` (RFC 5705 §4).
 #[test]
 fn exporter_label_is_the_documented_one() {
-    assert_eq!(TLS_EXPORTER_LABEL, b"EXPORTER-cloister-attestation");
+    assert_eq!(TLS_EXPORTER_LABEL, b"EXPERIMENTAL-cloister-attestation");
+    for doc in ["docs/evidence.md", "docs/architecture.md"] {
+        let text = std::fs::read_to_string(repo().join(doc)).unwrap();
+        assert!(text.contains("EXPERIMENTAL-cloister-attestation"), "{doc}");
+        assert!(!text.contains("EXPORTER-cloister-attestation"), "{doc}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,3 +190,195 @@ async fn memory_is_a_budget_requests_are_refused_or_queued() {
     }
     d.stop().await;
 }
+
+fn cloister(args: &[String]) -> std::process::Output {
+    let bin = cloister_client::deployment::sibling_bin_dir()
+        .unwrap()
+        .join("cloister");
+    std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .expect("run cloister")
+}
+
+fn infer_args(d: &Deployment, policy: &Path, input: &Path) -> Vec<String> {
+    vec![
+        "infer".into(),
+        "--endpoint".into(),
+        d.endpoint.clone(),
+        "--policy".into(),
+        policy.display().to_string(),
+        "--model".into(),
+        d.model_name.clone(),
+        "--input".into(),
+        input.display().to_string(),
+    ]
+}
+
+/// Issue 9, items 3 and 4: `cloister infer` sends nothing to any code (a policy without a workload pin is
+/// a usage error, exit 2, unless it says `allow_any_workload = true`, which is printed as a warning), and a
+/// `config_digests` pin is checked, not just printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_requires_a_workload_pin_and_checks_the_config_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = deploy(
+        dir.path(),
+        &repo().join("models/sample/mlp/model.onnx"),
+        "mlp",
+        |_| {},
+    )
+    .await;
+    d.wait_ready(READY).await.expect("ready");
+    let input = dir.path().join("request.json");
+    std::fs::write(
+        &input,
+        serde_json::json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5; 16]}]})
+            .to_string(),
+    )
+    .unwrap();
+    let sim_root = d.sim_dir.join("certs/ark.pem");
+    let policy = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("simulated_root = \"{}\"\n{text}", sim_root.display()),
+        )
+        .unwrap();
+        path
+    };
+    let run = |p: &Path| {
+        let args = infer_args(&d, p, &input);
+        async move {
+            tokio::task::spawn_blocking(move || cloister(&args))
+                .await
+                .unwrap()
+        }
+    };
+
+    let unpinned = policy("unpinned.toml", String::new());
+    let out = run(&unpinned).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pins no workload identity"), "{stderr}");
+    assert!(out.stdout.is_empty());
+
+    let any = policy("any.toml", "allow_any_workload = true\n".into());
+    let out = run(&any).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING"));
+
+    let measurement = hex::encode(d.measurement);
+    let config_digest = {
+        let bytes = std::fs::read(&d.enclave_config).unwrap();
+        hex::encode(ring::digest::digest(&ring::digest::SHA384, &bytes))
+    };
+    let right = policy(
+        "right.toml",
+        format!(
+            "measurements = [\"{measurement}\"]\nconfig_digests = [\"sha384:{config_digest}\"]\n"
+        ),
+    );
+    let out = run(&right).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = policy(
+        "wrong.toml",
+        format!(
+            "measurements = [\"{measurement}\"]\nconfig_digests = [\"sha384:{}\"]\n",
+            "00".repeat(48)
+        ),
+    );
+    let out = run(&wrong).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("config_digests"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    d.stop().await;
+}
+
+/// The float weights of every initializer of an ONNX model, as raw little-endian bytes.
+fn weights(onnx: &[u8]) -> Vec<Vec<f32>> {
+    let model = pb::ModelProto::decode(onnx).unwrap();
+    model
+        .graph
+        .unwrap()
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == onnx_type::FLOAT)
+        .map(|t| {
+            if t.raw_data.is_empty() {
+                t.float_data.clone()
+            } else {
+                t.raw_data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
+            }
+        })
+        .collect()
+}
+
+/// Issue 9, item 8: at the most verbose level the measured configuration allows, the enclave's stderr
+/// (which the host reads) holds no model weights: no 16-byte window of their bytes, and no run of four
+/// consecutive values as text (tract printed the first 12 values of 36 initializers at `trace`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_most_verbose_log_holds_no_model_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = repo().join("models/sample/mlp/model.onnx");
+    let d = deploy(dir.path(), &model, "mlp", |o| {
+        o.enclave_config_extra = "log_level = \"trace\"\n".to_owned();
+    })
+    .await;
+    let mut session = d.wait_ready(READY).await.expect("ready");
+    let request = InferRequest {
+        inputs: vec![InferTensor::new(
+            "x",
+            vec![2, 16],
+            TensorData::Fp32(vec![0.5; 32]),
+        )],
+        ..InferRequest::default()
+    };
+    session.infer("mlp", &request, false).await.unwrap();
+    let log_path = d.host_log.clone();
+    d.stop().await;
+    let log = std::fs::read(&log_path).unwrap();
+    let text = String::from_utf8_lossy(&log);
+    // The level took effect: Cloister's own trace/debug lines are there.
+    assert!(text.contains("[enclave]"), "{text}");
+    assert!(text.contains("DEBUG") || text.contains("TRACE"), "{text}");
+
+    let tensors = weights(&std::fs::read(&model).unwrap());
+    assert!(!tensors.is_empty());
+    for values in &tensors {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for window in bytes.windows(16).step_by(4) {
+            assert!(
+                !log.windows(16).any(|w| w == window),
+                "16 bytes of a weight tensor are in the enclave's log"
+            );
+        }
+        for run in values.windows(4) {
+            for sep in [", ", ","] {
+                for form in [
+                    run.iter().map(|v| format!("{v}")).collect::<Vec<_>>(),
+                    run.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>(),
+                ] {
+                    let needle = form.join(sep);
+                    assert!(
+                        !text.contains(&needle),
+                        "weights {needle:?} are in the enclave's log"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -54,7 +54,7 @@ fn platform(product: Product) -> &'static SimPlatform {
 fn options<'a>(root: Option<&'a AmdCertificate>) -> VerifyOptions<'a> {
     VerifyOptions {
         at_unix: AT,
-        crl: None,
+        crls: &[],
         simulated_root: root,
     }
 }
@@ -84,7 +84,12 @@ fn every_product_and_key_round_trips_through_the_production_verifier() {
             let req = request(key);
             let raw = p.report(&req).unwrap();
             let chain = p.cert_chain(key).unwrap();
-            let v = verify(&raw, &chain, &Policy::baseline(), &options(Some(p.root())))
+            // VMPL 2 is outside the baseline: the baseline refuses it, a policy allowing it accepts.
+            let err =
+                verify(&raw, &chain, &Policy::baseline(), &options(Some(p.root()))).unwrap_err();
+            assert!(err.to_string().starts_with("policy: vmpls"), "{err}");
+            let vmpl2 = Policy::from_toml("vmpls = [2]").unwrap();
+            let v = verify(&raw, &chain, &vmpl2, &options(Some(p.root())))
                 .unwrap_or_else(|e| panic!("{product} {key:?}: {e}"));
             assert!(v.is_simulated());
             assert_eq!(v.product(), product);
@@ -347,7 +352,7 @@ fn crl_signed_by_the_simulated_ark_revokes_the_ask() {
         let crl = crate::snp::crl::AmdCrl::from_der(crl_der).unwrap();
         let opts = VerifyOptions {
             at_unix: at,
-            crl: Some(&crl),
+            crls: std::slice::from_ref(&crl),
             simulated_root: Some(p.root()),
         };
         verify(&raw, &chain, &Policy::baseline(), &opts)
@@ -726,4 +731,58 @@ fn launch_measurement_formula() {
     assert_ne!(simulated_launch_measurement(b"enclave", b"config "), base);
     // Moving bytes between binary and configuration changes the measurement.
     assert_ne!(simulated_launch_measurement(b"enclaveconfig", b""), base);
+}
+
+/// A version 2 report cannot come from Turin (Turin firmware writes v3+, with CPUID and the FMC-aware TCB
+/// layout). Signed by a Turin VCEK anyway, with the Milan/Genoa TCB layout of v2 whose values happen to
+/// match the certificate's SPLs, it must still be rejected.
+#[test]
+fn a_version_2_report_signed_by_a_turin_key_is_rejected() {
+    let turin = platform(Product::Turin);
+    let raw = turin
+        .report(&ReportRequest {
+            version: Some(3),
+            ..ReportRequest::default()
+        })
+        .unwrap();
+    let mut r = AttestationReport::from_bytes(&raw).unwrap();
+    r.version = 2;
+    r.cpuid = None;
+    for tcb in [
+        &mut r.current_tcb,
+        &mut r.reported_tcb,
+        &mut r.committed_tcb,
+        &mut r.launch_tcb,
+    ] {
+        tcb.fmc = None;
+    }
+    r.signature_r = [0; 72];
+    r.signature_s = [0; 72];
+    let unsigned = r.to_bytes().unwrap();
+    let signature = turin
+        .vcek_key
+        .sign(
+            &SystemRandom::new(),
+            &unsigned[..crate::snp::report::SIGNED_LEN],
+        )
+        .unwrap();
+    let (sig_r, sig_s) = signature.as_ref().split_at(48);
+    for (field, big_endian) in [(&mut r.signature_r, sig_r), (&mut r.signature_s, sig_s)] {
+        for (o, b) in field.iter_mut().zip(big_endian.iter().rev()) {
+            *o = *b;
+        }
+    }
+    let forged = r.to_bytes().unwrap();
+    let chain = turin.cert_chain(SimSigningKey::Vcek).unwrap();
+    let err = verify(
+        &forged,
+        &chain,
+        &Policy::baseline(),
+        &options(Some(turin.root())),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, VerifyError::Product(m) if m.contains("version 2")),
+        "{err}"
+    );
 }

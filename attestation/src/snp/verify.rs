@@ -97,6 +97,14 @@ pub enum VerifyError {
     /// The CRL is not signed by the chain's ARK, or is not current at the verification instant.
     #[error("crl: {0}")]
     Crl(CertError),
+    /// CRLs were given, but none is signed by the ARK of this chain.
+    #[error("crl: none of the {given} CRL(s) given is signed by {ark} (the root of this chain)")]
+    NoApplicableCrl {
+        /// How many CRLs were given.
+        given: usize,
+        /// The ARK's subject CN.
+        ark: String,
+    },
     /// A certificate the report needs was not supplied (and none is embedded for it).
     #[error("certificate: the {role:?} certificate is missing")]
     MissingCertificate {
@@ -130,8 +138,10 @@ pub struct CertChain {
 pub struct VerifyOptions<'a> {
     /// Instant (Unix seconds, UTC) at which every certificate must be valid.
     pub at_unix: i64,
-    /// An ARK-signed CRL to check the ASK/ASVK and leaf serials against.
-    pub crl: Option<&'a AmdCrl>,
+    /// ARK-signed CRLs to check the ASK/ASVK and leaf serials against. Each applies to the chains its ARK
+    /// signed; when the list is not empty, a chain whose ARK signed none of them is rejected (revocation
+    /// checking was asked for and cannot be done).
+    pub crls: &'a [AmdCrl],
     /// A simulated ARK to trust in addition to AMD's. Only for the simulated platform: reports that
     /// chain to it are marked simulated. Never set this from data the host supplied.
     pub simulated_root: Option<&'a AmdCertificate>,
@@ -271,22 +281,66 @@ fn verify_inner(
     options: &VerifyOptions<'_>,
     cache: Option<&ChainCache>,
 ) -> Result<VerifiedReport, VerifyError> {
+    let genuine = verify_genuine(raw_report, chain, options, cache)?;
+    genuine.apply_policy(policy)
+}
+
+/// A report whose chain, signature and leaf binding verified, but to which no policy was applied yet. Crate
+/// private: evidence verification checks the claims binding between the two steps
+/// ([`crate::evidence::verify_evidence`]), so that a policy decision is only ever made about evidence that is
+/// genuine *and* fresh; nothing outside the crate can hold one, so nothing outside can skip the policy.
+pub(crate) struct GenuineReport {
+    report: AttestationReport,
+    product: Product,
+    simulated: bool,
+    leaf_extensions: AmdExtensions,
+}
+
+impl GenuineReport {
+    /// The decoded report.
+    pub(crate) fn report(&self) -> &AttestationReport {
+        &self.report
+    }
+
+    /// Whether the chain ends in a simulated root.
+    pub(crate) fn is_simulated(&self) -> bool {
+        self.simulated
+    }
+
+    /// Applies `policy`; the only way from a [`GenuineReport`] to a [`VerifiedReport`].
+    pub(crate) fn apply_policy(self, policy: &Policy) -> Result<VerifiedReport, VerifyError> {
+        let facts = ChainFacts {
+            report: &self.report,
+            product: self.product,
+            signing_key: self.report.signing_key,
+            simulated: self.simulated,
+        };
+        policy.check(&facts)?;
+        Ok(VerifiedReport {
+            signing_key: self.report.signing_key,
+            report: self.report,
+            product: self.product,
+            simulated: self.simulated,
+            leaf_extensions: self.leaf_extensions,
+            _proof: ReportVerified(()),
+        })
+    }
+}
+
+/// Everything but the policy: parse, chain to a pinned root, validity, CRLs, report signature, leaf binding.
+pub(crate) fn verify_genuine(
+    raw_report: &[u8],
+    chain: &CertChain,
+    options: &VerifyOptions<'_>,
+    cache: Option<&ChainCache>,
+) -> Result<GenuineReport, VerifyError> {
     let (report, product, simulated, leaf_extensions) =
         verify_without_policy(raw_report, chain, options, cache)?;
-    let facts = ChainFacts {
-        report: &report,
-        product,
-        signing_key: report.signing_key,
-        simulated,
-    };
-    policy.check(&facts)?;
-    Ok(VerifiedReport {
-        signing_key: report.signing_key,
+    Ok(GenuineReport {
         report,
         product,
         simulated,
         leaf_extensions,
-        _proof: ReportVerified(()),
     })
 }
 
@@ -339,6 +393,14 @@ fn verify_without_policy(
                 "report CPUID says {cpuid_product}, certificate productName says {product}"
             )));
         }
+    }
+    // Turin firmware writes version 3 or later (Turin's TCB layout, with FMC, needs the CPUID fields a v2
+    // report lacks): a v2 report under a Turin key is not one the firmware made.
+    if report.version < 3 && product == Product::Turin {
+        return Err(VerifyError::Product(format!(
+            "a version {} report cannot come from Turin (its firmware writes version 3 or later)",
+            report.version
+        )));
     }
 
     // 4. Root: the ARK must be AMD's for this product, byte for byte, or the explicitly trusted simulated
@@ -397,18 +459,34 @@ fn verify_without_policy(
         cert.check_valid_at(options.at_unix)?;
     }
 
-    // 7. Optional CRL: must be signed by this ARK, current, and must not list the intermediate or leaf.
-    if let Some(crl) = options.crl {
-        crl.verify_issued_by(ark).map_err(VerifyError::Crl)?;
-        crl.check_current_at(options.at_unix)
-            .map_err(VerifyError::Crl)?;
-        for (role, cert) in [(intermediate_role, intermediate), (leaf_role, leaf)] {
-            if crl.revokes(cert) {
-                return Err(VerifyError::Revoked {
-                    role,
-                    serial: hex::encode(cert.serial_number()),
-                });
+    // 7. CRLs: those whose issuer is this ARK must be signed by it, current, and must not list the
+    //    intermediate or leaf. CRLs of other roots (other products) do not apply to this chain; if none
+    //    applies, the check that was asked for cannot be made, and that is an error.
+    if !options.crls.is_empty() {
+        let mut applied = 0;
+        for crl in options
+            .crls
+            .iter()
+            .filter(|c| c.issuer_common_name() == ark.subject_common_name())
+        {
+            crl.verify_issued_by(ark).map_err(VerifyError::Crl)?;
+            crl.check_current_at(options.at_unix)
+                .map_err(VerifyError::Crl)?;
+            for (role, cert) in [(intermediate_role, intermediate), (leaf_role, leaf)] {
+                if crl.revokes(cert) {
+                    return Err(VerifyError::Revoked {
+                        role,
+                        serial: hex::encode(cert.serial_number()),
+                    });
+                }
             }
+            applied += 1;
+        }
+        if applied == 0 {
+            return Err(VerifyError::NoApplicableCrl {
+                given: options.crls.len(),
+                ark: ark.subject_common_name().to_string(),
+            });
         }
     }
 
@@ -568,7 +646,7 @@ mod tests {
         let (report, chain) = set("oak_genoa_vcek_v5");
         let opts = VerifyOptions {
             at_unix: AT,
-            crl: None,
+            crls: &[],
             simulated_root: None,
         };
         let cache = ChainCache::new(4);
@@ -614,7 +692,7 @@ mod tests {
         let (report, chain) = set("oak_genoa_vcek_v5");
         let opts = VerifyOptions {
             at_unix: AT,
-            crl: None,
+            crls: &[],
             simulated_root: None,
         };
         let mut m = report.clone();

@@ -49,6 +49,7 @@ impl From<SessionError> for Failure {
     fn from(e: SessionError) -> Self {
         match e {
             SessionError::Input(e) => Failure::Usage(e.to_string()),
+            e @ SessionError::NoWorkloadPin(_) => Failure::Usage(e.to_string()),
             other => Failure::Refused(other.to_string()),
         }
     }
@@ -123,6 +124,11 @@ pub(crate) fn describe_session(session: &AttestedSession) -> Vec<String> {
 async fn infer(args: &Args) -> Result<(), Failure> {
     let trust =
         SessionPolicy::from_file(&args.policy).map_err(|e| Failure::Usage(e.to_string()))?;
+    match trust.policy.require_workload_pin() {
+        Ok(false) => {}
+        Ok(true) => super::warn_any_workload(&args.policy),
+        Err(e) => return Err(Failure::Usage(format!("{}: {e}", args.policy.display()))),
+    }
     // Read local inputs before connecting, so that an I/O error is a usage error, not a refusal.
     let request_body = match &args.input {
         Some(path) => Some(

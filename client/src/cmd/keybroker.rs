@@ -74,7 +74,11 @@ fn serve(args: &Args) -> anyhow::Result<()> {
         );
     }
     let listen = config.listen;
+    let policy_path = config.policy.clone();
     let broker = KeyBroker::new(config)?;
+    if broker.accepts_any_workload() {
+        super::warn_any_workload(&policy_path);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

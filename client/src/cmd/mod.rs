@@ -26,3 +26,14 @@ pub(crate) fn parse_rfc3339(s: &str) -> Result<i64, String> {
 pub(crate) fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
+
+/// The warning `cloister keybroker` and `cloister infer` print at every start when a policy accepts any
+/// workload (`allow_any_workload = true`).
+pub(crate) fn warn_any_workload(policy: &std::path::Path) {
+    eprintln!(
+        "WARNING: {} sets allow_any_workload = true and pins no workload identity (measurements, \
+         id_key_digests, author_key_digests, host_data): keys and data go to ANY code that runs on a \
+         genuine AMD SEV-SNP platform.",
+        policy.display()
+    );
+}

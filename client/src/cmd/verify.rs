@@ -27,15 +27,17 @@ pub(crate) struct Args {
     /// be AMD's, byte for byte.
     #[arg(long, value_name = "DIR")]
     certs: Option<PathBuf>,
-    /// TOML policy. Without one, the baseline applies: genuine, and not a debug guest.
+    /// TOML policy. Without one, the baseline applies: genuine, no debug, no migration agent, no CXL, VMPL 0,
+    /// no provisional firmware, REPORTED_TCB not above CURRENT_TCB (README, "Policy").
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// Instant at which certificates must be valid, RFC 3339 (e.g. 2025-01-01T00:00:00Z). Default: now.
     #[arg(long, value_name = "RFC3339")]
     at: Option<String>,
-    /// An ARK-signed CRL (DER or PEM); the ASK/ASVK and leaf must not be revoked.
+    /// An ARK-signed CRL (DER or PEM); the ASK/ASVK and leaf must not be revoked. Repeat for CRLs of other
+    /// products or signing keys: each applies to the chains its ARK signs. Replaces the policy's CRLs.
     #[arg(long, value_name = "FILE")]
-    crl: Option<PathBuf>,
+    crl: Vec<PathBuf>,
     /// Trust this simulated ARK (from `cloister sim init`) in addition to AMD's roots. For development only.
     #[arg(long, value_name = "FILE")]
     sim_root: Option<PathBuf>,
@@ -85,7 +87,7 @@ struct Inputs {
     chain: CertChain,
     policy: Policy,
     at_unix: i64,
-    crl: Option<cloister_attestation::snp::crl::AmdCrl>,
+    crls: Vec<cloister_attestation::snp::crl::AmdCrl>,
     sim_root: Option<AmdCertificate>,
 }
 
@@ -103,9 +105,16 @@ fn load(args: &Args) -> Result<Inputs, Failure> {
         Some(s) => super::parse_rfc3339(s).map_err(Failure::Usage)?,
         None => super::now_unix(),
     };
-    // --crl, else the CRL the policy names.
-    let crl_path = args.crl.clone().or(policy.crl.clone());
-    let crl = crl_path.as_deref().map(chain_files::read_crl).transpose()?;
+    // --crl, else the CRLs the policy names.
+    let crl_paths: Vec<PathBuf> = if args.crl.is_empty() {
+        policy.crl_paths().cloned().collect()
+    } else {
+        args.crl.clone()
+    };
+    let crls = crl_paths
+        .iter()
+        .map(|p| chain_files::read_crl(p))
+        .collect::<Result<Vec<_>, _>>()?;
     // The simulated root comes from the command line or from the policy; both are the relying party's own
     // choice, never the evidence's.
     let sim_root_path = args.sim_root.clone().or(policy.simulated_root.clone());
@@ -118,7 +127,7 @@ fn load(args: &Args) -> Result<Inputs, Failure> {
         chain,
         policy,
         at_unix,
-        crl,
+        crls,
         sim_root,
     })
 }
@@ -142,7 +151,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         }
         let options = VerifyOptions {
             at_unix: inputs.at_unix,
-            crl: inputs.crl.as_ref(),
+            crls: &inputs.crls,
             simulated_root: inputs.sim_root.as_ref(),
         };
         verify(&inputs.raw_report, &inputs.chain, &inputs.policy, &options)

@@ -15,7 +15,8 @@ use cloister_attestation::evidence::{
 use cloister_attestation::sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use cloister_attestation::snp::Product;
 use cloister_client::keybroker::{
-    certificate_sha256, generate_tls_identity, AuditRecord, BrokerConfig, KeyBroker, Limits,
+    certificate_sha256, generate_tls_identity, AuditRecord, AuditSummary, BrokerConfig, KeyBroker,
+    Limits,
 };
 use cloister_models::{Keystore, ModelDigest, ModelKey};
 use cloister_proto::frame;
@@ -100,6 +101,9 @@ fn owner(policy: &str) -> Owner {
             handshake_timeout_secs: 1,
             read_timeout_secs: 1,
             connection_timeout_secs: 20,
+            // Every refusal on its own line, so that each test can read its reason at once; the default
+            // (summaries) has its own test.
+            audit_summary_secs: 0,
             ..Limits::default()
         },
     };
@@ -664,19 +668,37 @@ async fn unknown_models_and_bad_requests_are_refused() {
     let broker = start(owner.config.clone()).await;
     let mut s = connect(broker.addr, broker.pin).await;
 
+    // An unknown model is told only to verified evidence: first the challenge, as for any model …
     let unknown = ModelDigest::of(b"not in the keystore");
-    frame::write(
-        &mut s,
-        &EnclaveToBroker::KeyRequest {
-            version: PROTOCOL_VERSION,
-            model_digest: sha(&unknown),
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(refused(&recv(&mut s).await), RefusalCode::UnknownModel);
+    let nonce = request(&mut s, &unknown).await;
+    // … then junk evidence is refused for what it is, without revealing whether a key exists …
+    let junk = evidence(
+        nonce,
+        [9; 32],
+        Some([1; 32]),
+        vec![sha(&unknown)],
+        MEASUREMENT,
+    );
+    assert_eq!(
+        refused(&attest(&mut s, junk).await),
+        RefusalCode::EvidenceRejected
+    );
+    // … and verified evidence learns that there is no key.
+    let nonce = request(&mut s, &unknown).await;
+    let ev = evidence(
+        nonce,
+        exporter(&s),
+        Some([1; 32]),
+        vec![sha(&unknown)],
+        MEASUREMENT,
+    );
+    assert_eq!(
+        refused(&attest(&mut s, ev).await),
+        RefusalCode::UnknownModel
+    );
     let line = last_audit(&owner);
     assert_eq!(line.code.as_deref(), Some("UnknownModel"));
+    assert!(line.evidence_verified);
     assert_eq!(line.model_digest, Some(unknown.to_string()));
     // The connection goes on: a known model gets its challenge.
     request(&mut s, &owner.digest).await;
@@ -821,7 +843,11 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
     if !keys.exists() {
         Keystore::create(&keys).unwrap();
     }
-    std::fs::write(dir.join("owner-policy.toml"), "allow_debug = false\n").unwrap();
+    std::fs::write(
+        dir.join("owner-policy.toml"),
+        format!("measurements = [\"{}\"]\n", hex::encode(MEASUREMENT)),
+    )
+    .unwrap();
     let config = dir.join("broker.toml");
     std::fs::write(
         &config,
@@ -891,10 +917,11 @@ async fn the_command_prints_its_address_and_pin_serves_and_stops_on_sigterm() {
     )
     .await
     .unwrap();
-    assert_eq!(refused(&recv(&mut s).await), RefusalCode::UnknownModel);
-    let lines = audit_lines(&tmp.path().join("audit.log"));
-    assert_eq!(lines.len(), 1);
-    assert_eq!(lines[0].code.as_deref(), Some("UnknownModel"));
+    // Whatever the model, a challenge: only verified evidence learns whether a key exists.
+    assert!(matches!(
+        recv(&mut s).await,
+        BrokerToEnclave::Challenge { .. }
+    ));
     drop(s);
 
     // SIGTERM: a clean stop, exit 0.
@@ -975,6 +1002,28 @@ fn the_command_rejects_bad_configurations() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("audit log"));
+    std::fs::set_permissions(
+        tmp.path().join("audit.log"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+
+    // A policy that pins no workload identity: exit 2, naming the pins.
+    std::fs::write(
+        tmp.path().join("owner-policy.toml"),
+        "allow_debug = false\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cloister"))
+        .args(["keybroker", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("pins no workload identity") && stderr.contains("measurements"),
+        "{stderr}"
+    );
 
     let o = Command::new(env!("CARGO_BIN_EXE_cloister"))
         .args(["keybroker", "--help"])
@@ -982,4 +1031,117 @@ fn the_command_rejects_bad_configurations() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stdout).contains("certificate_sha256"));
+}
+
+/// Issue 9, item 9: unauthenticated peers cannot grow the audit log line by line. With the default
+/// summaries, 300 junk exchanges from one address make no decision line, and one summary line per address
+/// when the interval ends (here: at shutdown); a decision about verified evidence is still written at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_refusals_are_summarised_per_address_not_logged_one_by_one() {
+    let mut owner = owner(&sim_policy(&MEASUREMENT, ""));
+    owner.config.limits.audit_summary_secs = 3600;
+    owner.config.limits.max_connections_per_source = 1000;
+    let broker = start(owner.config.clone()).await;
+    for _ in 0..300 {
+        let mut s = connect(broker.addr, broker.pin).await;
+        let nonce = request(&mut s, &owner.digest).await;
+        // A made-up exporter: evidence that is not bound to this connection.
+        let ev = evidence(
+            nonce,
+            [1; 32],
+            Some([2; 32]),
+            vec![sha(&owner.digest)],
+            MEASUREMENT,
+        );
+        assert_eq!(
+            refused(&attest(&mut s, ev).await),
+            RefusalCode::EvidenceRejected
+        );
+    }
+    let log = std::fs::read_to_string(&owner.audit).unwrap_or_default();
+    assert_eq!(log.lines().count(), 0, "{log}");
+
+    // A genuine, bound exchange refused by the policy (the model is not allowed) is a decision: one line now.
+    let mut s = connect(broker.addr, broker.pin).await;
+    let nonce = request(&mut s, &owner.digest).await;
+    let ev = evidence(
+        nonce,
+        exporter(&s),
+        Some([2; 32]),
+        vec![sha(&owner.digest)],
+        [0x11; 48],
+    );
+    assert_eq!(
+        refused(&attest(&mut s, ev).await),
+        RefusalCode::PolicyRejected
+    );
+    let line = last_audit(&owner);
+    assert_eq!(line.code.as_deref(), Some("PolicyRejected"));
+    assert!(line.reason.unwrap().starts_with("policy: measurements"));
+    drop(s);
+
+    broker.stop().await;
+    let log = std::fs::read_to_string(&owner.audit).unwrap();
+    let summaries: Vec<AuditSummary> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(summaries.len(), 1, "{log}");
+    assert_eq!(summaries[0].peer, "127.0.0.1");
+    assert_eq!(summaries[0].count, 300);
+    assert_eq!(summaries[0].codes.get("EvidenceRejected"), Some(&300));
+    assert!(summaries[0].reasons[0].starts_with("claims.tls_exporter"));
+    assert_eq!(log.lines().count(), 2, "{log}");
+}
+
+/// Issue 9, item 10: one address cannot hold every connection of the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_connection() {
+    let mut owner = owner(&sim_policy(&MEASUREMENT, ""));
+    owner.config.limits.max_connections_per_source = 3;
+    owner.config.limits.handshake_timeout_secs = 10;
+    let broker = start(owner.config.clone()).await;
+    // Three silent connections from 127.0.0.1 hold their slots …
+    let mut silent = vec![];
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(broker.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // … a fourth from the same address is closed at once …
+    let mut fourth = TcpStream::connect(broker.addr).await.unwrap();
+    let took = closed_within(&mut fourth, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // … and once one of them leaves, the address is served again.
+    drop(silent.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s = connect(broker.addr, broker.pin).await;
+    request(&mut s, &owner.digest).await;
+    broker.stop().await;
+}
+
+/// Issue 9, item 3: a policy that pins no workload identity releases nothing: the broker refuses to start,
+/// naming the missing pins, unless the policy says `allow_any_workload = true`.
+#[test]
+fn a_policy_without_a_workload_pin_is_refused_at_start() {
+    let owner = owner(&format!(
+        "simulated_root = \"{}\"\n",
+        sim_root_path().display()
+    ));
+    let err = KeyBroker::new(owner.config.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("measurements, id_key_digests, author_key_digests, host_data"),
+        "{err}"
+    );
+    std::fs::write(
+        &owner.config.policy,
+        format!(
+            "allow_any_workload = true\nsimulated_root = \"{}\"\n",
+            sim_root_path().display()
+        ),
+    )
+    .unwrap();
+    let broker = KeyBroker::new(owner.config).unwrap();
+    assert!(broker.accepts_any_workload());
 }

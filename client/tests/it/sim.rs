@@ -151,7 +151,21 @@ fn genoa_report_verifies_with_the_simulated_root_and_every_field_is_as_requested
             "0x120102", // single socket, no SMT, ABI 1.2 (and the must-be-one bit 17)
         ],
     );
+    // VMPL 2 is outside the baseline (VMPL 0 only): rejected, then accepted by a policy that allows it.
     let (code, v) = verify(&r, &p.join("certs"), Some(&root(p)), &[]);
+    assert_eq!(code, 1, "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().starts_with("policy: vmpls"),
+        "{v}"
+    );
+    let vmpl2 = tmp.path().join("vmpl2.toml");
+    std::fs::write(&vmpl2, "vmpls = [2]\n").unwrap();
+    let (code, v) = verify(
+        &r,
+        &p.join("certs"),
+        Some(&root(p)),
+        &["--policy", vmpl2.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["verified"], true);
     assert_eq!(v["simulated"], true);

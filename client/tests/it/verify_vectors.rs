@@ -74,7 +74,12 @@ fn assert_tcb(got: &Value, want: &Value) {
 #[test]
 fn every_set_is_accepted_and_its_fields_match_verification_json() {
     let tmp = tempfile::tempdir().unwrap();
-    let allow_debug = policy_file(tmp.path(), "allow_debug = true\n");
+    // Everything the baseline refuses but a relying party may allow: the go-sev-guest debug report, the
+    // Trustee VLEK report (VMPL 1, provisional firmware). `the_baseline_refuses` checks the refusals.
+    let allow_debug = policy_file(
+        tmp.path(),
+        "allow_debug = true\nvmpls = [0, 1]\npermit_provisional_firmware = true\n",
+    );
     for set in vector_sets() {
         let v = json_file(&set.join("verification.json"));
         let at = valid_instant(&v);
@@ -145,6 +150,70 @@ fn debug_guest_is_rejected_by_the_baseline() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("allow_debug"), "{stderr}");
+}
+
+/// The Trustee VLEK report (Milan, VMPL 1, COMMITTED_TCB ucode 219 below CURRENT_TCB ucode 220) is genuine,
+/// and the baseline refuses it twice over: VMPL 0 only, and no provisional firmware.
+#[test]
+fn the_baseline_refuses_a_vmpl_1_report_and_provisional_firmware() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = crate::common::vectors_dir().join("trustee_milan_vlek_v3");
+    let v = json_file(&set.join("verification.json"));
+    let report = set.join("report.bin");
+    let at = valid_instant(&v);
+    let verify = |policy: Option<&str>| {
+        let mut args = vec![
+            "verify".to_owned(),
+            "--report".to_owned(),
+            report.display().to_string(),
+            "--certs".to_owned(),
+            set.display().to_string(),
+            "--at".to_owned(),
+            at.clone(),
+            "--json".to_owned(),
+        ];
+        if let Some(text) = policy {
+            args.push("--policy".to_owned());
+            args.push(policy_file(tmp.path(), text));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_json(&args)
+    };
+    for policy in [None, Some("vmpls = [1]\n")] {
+        let (code, out) = verify(policy);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("policy: permit_provisional_firmware (committed_tcb)"),
+            "{out}"
+        );
+    }
+    let (code, out) = verify(Some("permit_provisional_firmware = true\n"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out["reason"].as_str().unwrap().starts_with("policy: vmpls"),
+        "{out}"
+    );
+    let (code, out) = verify(Some("vmpls = [1]\npermit_provisional_firmware = true\n"));
+    assert_eq!(code, 0, "{out}");
+    // minimum_tcb bounds LAUNCH_TCB too (ucode 219 at launch), unless minimum_launch_tcb says otherwise.
+    let (code, out) = verify(Some(
+        "vmpls = [1]\npermit_provisional_firmware = true\n[minimum_tcb]\nmicrocode = 217\n",
+    ));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = verify(Some(
+        "vmpls = [1]\npermit_provisional_firmware = true\n[minimum_tcb]\nsnp = 25\n",
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("policy: minimum_tcb.snp"),
+        "{out}"
+    );
 }
 
 /// Maps the check names of `expected.json` to the error prefixes `cloister verify` uses.
@@ -283,6 +352,18 @@ fn crl_signed_by_the_right_ark_is_accepted_and_another_products_is_rejected() {
     args.push(milan.to_str().unwrap());
     let out = cloister(&args);
     assert_eq!(out.status.code(), Some(1));
+    // Both CRLs: each applies to the chains its ARK signs; Milan's does not apply to this Genoa chain.
+    let mut args = base.to_vec();
+    args.push(genoa.to_str().unwrap());
+    args.push("--crl");
+    args.push(milan.to_str().unwrap());
+    let out = cloister(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A CRL past its nextUpdate is stale: fail closed.
     let mut args = base.to_vec();
     args[6] = "2026-01-01T00:00:00Z";
@@ -415,4 +496,19 @@ fn a_policy_can_name_the_crl_relative_to_itself() {
     assert_eq!(out.status.code(), Some(1));
     let out = run("crl = \"missing.crl\"\n", "2025-07-01T00:00:00Z");
     assert_eq!(out.status.code(), Some(2));
+    // `crls`: one per chain (product, signing key); each applies to the chains its ARK signs.
+    let out = run(
+        "crls = [\"milan.crl\", \"genoa.crl\"]\n",
+        "2025-07-01T00:00:00Z",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run("crls = [\"milan.crl\"]\n", "2025-07-01T00:00:00Z");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("none of the 1 CRL(s)"), "{stderr}");
 }

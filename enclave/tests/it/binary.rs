@@ -208,7 +208,7 @@ async fn starts_on_the_simulated_platform_and_attests_its_own_measurement() {
         &Policy::baseline(),
         &VerifyOptions {
             at_unix: now,
-            crl: None,
+            crls: &[],
             simulated_root: Some(platform.root()),
         },
         &ExpectedSession {

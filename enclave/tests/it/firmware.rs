@@ -277,7 +277,7 @@ fn evidence_verifies(
     let mut evidence = firmware::make_evidence(tsm, claims).unwrap();
     let options = VerifyOptions {
         at_unix: now(),
-        crl: None,
+        crls: &[],
         simulated_root: Some(platform().root()),
     };
     let expected = ExpectedSession {

@@ -58,7 +58,7 @@ async fn simulated_evidence_verifies_and_binds_the_session() {
 
     let options = VerifyOptions {
         at_unix: now(),
-        crl: None,
+        crls: &[],
         simulated_root: Some(platform.root()),
     };
     let policy = Policy::baseline();

@@ -1,0 +1,358 @@
+//! Policy checks against real reports (the vectors), and the baseline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::snp::report::AttestationReport;
+
+fn report(set: &str) -> AttestationReport {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/vectors/snp")
+        .join(set)
+        .join("report.bin");
+    AttestationReport::from_bytes(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn check(policy: &str, set: &str) -> Result<(), PolicyViolation> {
+    check_report(policy, &report(set))
+}
+
+fn check_report(policy: &str, r: &AttestationReport) -> Result<(), PolicyViolation> {
+    let product = r.cpuid_product().unwrap_or(Product::Milan);
+    let facts = ChainFacts {
+        report: r,
+        product,
+        signing_key: r.signing_key,
+        simulated: false,
+    };
+    Policy::from_toml(policy).unwrap().check(&facts)
+}
+
+const GENOA: &str = "oak_genoa_vcek_v5"; // bl=10 tee=0 snp=25 ucode=84, vmpl 0, policy 0x30000
+const TURIN: &str = "oak_turin_vcek_v5"; // fmc=0 bl=1 tee=0 snp=2 ucode=71
+const VLEK: &str = "trustee_milan_vlek_v3"; // vmpl 1, VLEK
+const DEBUG: &str = "go-sev-guest_milan_vcek_v2"; // debug bit set
+
+fn rejects(policy: &str, set: &str, field: &str) {
+    let err = check(policy, set).expect_err(policy);
+    assert_eq!(err.field, field, "{policy}: {err}");
+}
+
+#[test]
+fn the_baseline_accepts_plain_genuine_reports_and_rejects_debug() {
+    for set in [GENOA, TURIN] {
+        check("", set).unwrap();
+    }
+    rejects("", DEBUG, "allow_debug");
+    check("allow_debug = true", DEBUG).unwrap();
+}
+
+/// A GENOA report with POLICY bits changed (the policy sees decoded fields; signatures are not involved here).
+fn genoa_with(edit: impl FnOnce(&mut AttestationReport)) -> AttestationReport {
+    let mut r = report(GENOA);
+    edit(&mut r);
+    r
+}
+
+fn rejects_report(policy: &str, r: &AttestationReport, field: &str) {
+    let err = check_report(policy, r).expect_err(policy);
+    assert_eq!(err.field, field, "{policy}: {err}");
+}
+
+#[test]
+fn the_baseline_is_at_least_go_sev_guests_zero_value_options() {
+    // Migration agent (bit 18) and CXL (bit 21): refused unless allowed.
+    let ma = genoa_with(|r| r.policy.0 |= 1 << 18);
+    rejects_report("", &ma, "allow_migration_agent");
+    check_report("allow_migration_agent = true", &ma).unwrap();
+    let cxl = genoa_with(|r| r.policy.0 |= 1 << 21);
+    rejects_report("", &cxl, "allow_cxl");
+    check_report("allow_cxl = true", &cxl).unwrap();
+    // VMPL 0 only.
+    rejects("", VLEK, "permit_provisional_firmware (committed_tcb)");
+    rejects("permit_provisional_firmware = true", VLEK, "vmpls");
+    check("permit_provisional_firmware = true\nvmpls = [1]", VLEK).unwrap();
+    // Provisional firmware: committed version differs from current.
+    let provisional =
+        genoa_with(|r| r.committed_version.build = r.current_version.build.wrapping_sub(1));
+    rejects_report(
+        "",
+        &provisional,
+        "permit_provisional_firmware (committed_version)",
+    );
+    check_report("permit_provisional_firmware = true", &provisional).unwrap();
+    // REPORTED_TCB above CURRENT_TCB: always refused.
+    let ahead = genoa_with(|r| r.reported_tcb.snp = r.current_tcb.snp + 1);
+    rejects_report("allow_debug = true", &ahead, "reported_tcb.snp");
+    // SMT is allowed by default (clouds run with it).
+    assert!(report(GENOA).policy.smt());
+    check("", GENOA).unwrap();
+}
+
+#[test]
+fn policy_bits_22_to_25_can_be_required() {
+    for (knob, bit) in [
+        ("require_aes_256_xts", 22),
+        ("require_rapl_disabled", 23),
+        ("require_ciphertext_hiding", 24),
+        ("require_page_swap_disabled", 25),
+    ] {
+        rejects(&format!("{knob} = true"), GENOA, knob);
+        let set = genoa_with(|r| r.policy.0 |= 1 << bit);
+        check_report(&format!("{knob} = true"), &set).unwrap();
+    }
+}
+
+#[test]
+fn minimum_tcb_also_bounds_the_launch_tcb_unless_minimum_launch_tcb_is_given() {
+    let older_launch = genoa_with(|r| r.launch_tcb.snp = 20);
+    rejects_report(
+        "[minimum_tcb]\nsnp = 25",
+        &older_launch,
+        "minimum_tcb.snp (launch_tcb)",
+    );
+    check_report(
+        "[minimum_tcb]\nsnp = 25\n[minimum_launch_tcb]\nsnp = 20",
+        &older_launch,
+    )
+    .unwrap();
+}
+
+#[test]
+fn config_digests_and_workload_pins() {
+    let d = [7u8; 48];
+    let p =
+        Policy::from_toml(&format!("config_digests = [\"sha384:{}\"]", hex::encode(d))).unwrap();
+    p.check_config_digest(&d).unwrap();
+    assert_eq!(
+        p.check_config_digest(&[8; 48]).unwrap_err().field,
+        "config_digests"
+    );
+    // A configuration digest alone is not a workload identity.
+    assert!(p.require_workload_pin().is_err());
+    let pinned = |text: &str| Policy::from_toml(text).unwrap().require_workload_pin();
+    let m = "00".repeat(48);
+    assert_eq!(pinned(&format!("measurements = [\"{m}\"]")), Ok(false));
+    assert_eq!(pinned(&format!("id_key_digests = [\"{m}\"]")), Ok(false));
+    assert_eq!(
+        pinned(&format!("author_key_digests = [\"{m}\"]")),
+        Ok(false)
+    );
+    assert_eq!(
+        pinned(&format!("host_data = \"{}\"", "00".repeat(32))),
+        Ok(false)
+    );
+    assert_eq!(pinned("measurements = []"), Err(NoWorkloadPin));
+    assert_eq!(pinned("allow_any_workload = true"), Ok(true));
+    assert_eq!(pinned(""), Err(NoWorkloadPin));
+}
+
+#[test]
+fn unknown_fields_and_bad_values_are_errors() {
+    assert!(Policy::from_toml("alow_debug = true").is_err());
+    assert!(Policy::from_toml("products = [\"Naples\"]").is_err());
+    assert!(Policy::from_toml("measurements = [\"abcd\"]").is_err());
+    assert!(Policy::from_toml("[minimum_tcb]\nsnpp = 1").is_err());
+    assert!(Policy::from_toml("model_digests = [\"sha256:00\"]").is_err());
+    assert!(Policy::from_toml("minimum_abi = \"1\"").is_err());
+}
+
+#[test]
+fn products() {
+    check("products = [\"Genoa\"]", GENOA).unwrap();
+    check("products = [\"Siena\"]", GENOA).unwrap();
+    rejects("products = [\"Milan\", \"Turin\"]", GENOA, "products");
+}
+
+#[test]
+fn measurements() {
+    let m = "c57729018b0a6fb90dc17bb138b0aa35e4401004283ff4a2c24d3739ff3750f52384370e77b7032862a08c440a9bc4dc";
+    check(&format!("measurements = [\"{m}\"]"), GENOA).unwrap();
+    let other = format!("measurements = [\"{}\"]", "00".repeat(48));
+    rejects(&other, GENOA, "measurements");
+    let err = check(&other, GENOA).unwrap_err();
+    assert!(err.found == m && err.expected.contains(&"00".repeat(48)));
+}
+
+#[test]
+fn minimum_tcb_per_component() {
+    check(
+        "[minimum_tcb]\nbootloader = 10\ntee = 0\nsnp = 25\nmicrocode = 84",
+        GENOA,
+    )
+    .unwrap();
+    rejects(
+        "[minimum_tcb]\nbootloader = 11",
+        GENOA,
+        "minimum_tcb.bootloader",
+    );
+    rejects("[minimum_tcb]\ntee = 1", GENOA, "minimum_tcb.tee");
+    rejects("[minimum_tcb]\nsnp = 26", GENOA, "minimum_tcb.snp");
+    rejects(
+        "[minimum_tcb]\nmicrocode = 85",
+        GENOA,
+        "minimum_tcb.microcode",
+    );
+    check("[minimum_tcb]\nfmc = 0", TURIN).unwrap();
+    rejects("[minimum_tcb]\nfmc = 1", TURIN, "minimum_tcb.fmc");
+    // Genoa has no FMC: a policy that demands one cannot be met.
+    rejects("[minimum_tcb]\nfmc = 0", GENOA, "minimum_tcb.fmc");
+    check("[minimum_launch_tcb]\nsnp = 25", GENOA).unwrap();
+    rejects(
+        "[minimum_launch_tcb]\nsnp = 26",
+        GENOA,
+        "minimum_launch_tcb.snp",
+    );
+    let err = check("[minimum_tcb]\nsnp = 26", GENOA).unwrap_err();
+    assert_eq!((err.expected.as_str(), err.found.as_str()), (">= 26", "25"));
+}
+
+#[test]
+fn guest_policy_bits() {
+    // GENOA policy 0x30000: SMT allowed, no MA, no debug, not single socket, ABI 0.0.
+    check("allow_smt = true", GENOA).unwrap();
+    rejects("allow_smt = false", GENOA, "allow_smt");
+    check("allow_migration_agent = false", GENOA).unwrap();
+    rejects(
+        "require_single_socket = true",
+        GENOA,
+        "require_single_socket",
+    );
+    check("minimum_abi = \"0.0\"", GENOA).unwrap();
+    rejects("minimum_abi = \"1.51\"", GENOA, "minimum_abi");
+}
+
+#[test]
+fn vmpl_guest_svn_and_key_type() {
+    // The VLEK set also runs provisional firmware: allowed here, to look at its VMPL and key type.
+    const VLEK_OK: &str = "permit_provisional_firmware = true\n";
+    check("vmpls = [0]", GENOA).unwrap();
+    rejects(&format!("{VLEK_OK}vmpls = [0]"), VLEK, "vmpls");
+    check(&format!("{VLEK_OK}vmpls = [1]"), VLEK).unwrap();
+    check("minimum_guest_svn = 0", GENOA).unwrap();
+    rejects("minimum_guest_svn = 1", GENOA, "minimum_guest_svn");
+    check("signing_key = \"vcek\"", GENOA).unwrap();
+    rejects("signing_key = \"vlek\"", GENOA, "signing_key");
+    check(
+        &format!("{VLEK_OK}vmpls = [1]\nsigning_key = \"vlek\""),
+        VLEK,
+    )
+    .unwrap();
+    rejects("signing_key = \"vcek\"", VLEK, "signing_key");
+    check(
+        &format!("{VLEK_OK}vmpls = [1]\nsigning_key = \"either\""),
+        VLEK,
+    )
+    .unwrap();
+}
+
+#[test]
+fn exact_fields_and_allow_lists() {
+    check(&format!("host_data = \"{}\"", "00".repeat(32)), GENOA).unwrap();
+    rejects(
+        &format!("host_data = \"{}\"", "01".repeat(32)),
+        GENOA,
+        "host_data",
+    );
+    rejects(
+        &format!("family_id = \"{}\"", "01".repeat(16)),
+        GENOA,
+        "family_id",
+    );
+    rejects(
+        &format!("image_id = \"{}\"", "01".repeat(16)),
+        GENOA,
+        "image_id",
+    );
+    rejects(
+        &format!("report_data = \"{}\"", "01".repeat(64)),
+        GENOA,
+        "report_data",
+    );
+    rejects(
+        &format!("report_id = \"{}\"", "01".repeat(32)),
+        GENOA,
+        "report_id",
+    );
+    check(&format!("report_id_ma = \"0x{}\"", "ff".repeat(32)), GENOA).unwrap();
+    rejects(
+        &format!("id_key_digests = [\"{}\"]", "01".repeat(48)),
+        GENOA,
+        "id_key_digests",
+    );
+    check(
+        &format!("id_key_digests = [\"{}\"]", "00".repeat(48)),
+        GENOA,
+    )
+    .unwrap();
+    let chip = hex::encode(report(GENOA).chip_id);
+    check(&format!("chip_ids = [\"{chip}\"]"), GENOA).unwrap();
+    rejects(
+        &format!("chip_ids = [\"{}\"]", "01".repeat(64)),
+        GENOA,
+        "chip_ids",
+    );
+    rejects("require_author_key = true", GENOA, "require_author_key");
+    rejects("require_id_block = true", GENOA, "require_id_block");
+    check("require_id_block = false", GENOA).unwrap();
+    rejects(
+        &format!("author_key_digests = [\"{}\"]", "00".repeat(48)),
+        GENOA,
+        "require_author_key",
+    );
+}
+
+#[test]
+fn firmware_versions_and_provisional_firmware() {
+    // GENOA: current = committed = 1.55.43.
+    check("minimum_firmware = \"1.55.43\"", GENOA).unwrap();
+    rejects(
+        "minimum_firmware = \"1.55.44\"",
+        GENOA,
+        "minimum_firmware (current)",
+    );
+    check("permit_provisional_firmware = false", GENOA).unwrap();
+    // VLEK set: committed TCB (ucode 219) differs from current (ucode 220).
+    rejects(
+        "permit_provisional_firmware = false",
+        VLEK,
+        "permit_provisional_firmware (committed_tcb)",
+    );
+    check("permit_provisional_firmware = true\nvmpls = [1]", VLEK).unwrap();
+}
+
+#[test]
+fn platform_info_bits() {
+    // GENOA platform_info 0x25: SMT, ECC, alias check complete; no TSME.
+    check(
+        "[platform]\nsmt_enabled = true\necc_enabled = true\ntsme_enabled = false\nalias_check_complete = true",
+        GENOA,
+    )
+    .unwrap();
+    rejects(
+        "[platform]\ntsme_enabled = true",
+        GENOA,
+        "platform.tsme_enabled",
+    );
+    rejects(
+        "[platform]\nciphertext_hiding_enabled = true",
+        GENOA,
+        "platform.ciphertext_hiding_enabled",
+    );
+    rejects(
+        "[platform]\nrapl_disabled = true",
+        GENOA,
+        "platform.rapl_disabled",
+    );
+}
+
+#[test]
+fn model_digests() {
+    let d = [7u8; 48];
+    let p = Policy::from_toml(&format!("model_digests = [\"sha384:{}\"]", hex::encode(d))).unwrap();
+    p.check_model_digest(&d).unwrap();
+    assert_eq!(
+        p.check_model_digest(&[8; 48]).unwrap_err().field,
+        "model_digests"
+    );
+    Policy::baseline().check_model_digest(&[8; 48]).unwrap();
+}
