@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use cloister_inference::{DecodedModel, InferenceError, LoadedModel, Stage, TensorRole};
+use cloister_inference::{DecodedModel, Error as InferenceError, LoadedModel, Stage, TensorRole};
 
 pub use cloister_inference::Planning;
 

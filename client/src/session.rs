@@ -22,7 +22,7 @@ use cloister_attestation::policy::NoWorkloadPin;
 use cloister_attestation::snp::certs::AmdCertificate;
 use cloister_attestation::snp::crl::AmdCrl;
 use cloister_attestation::{Policy, VerifyOptions};
-use cloister_proto::v2::{
+use cloister_kserve::{
     AttestationRequest, InferRequest, InferResponse, ModelMetadataResponse, EVIDENCE_CONTENT_TYPE,
     INFERENCE_HEADER_CONTENT_LENGTH, JSON_CONTENT_TYPE,
 };
@@ -377,8 +377,8 @@ impl AttestedSession {
         if binary {
             let mut params = request.parameters.take().unwrap_or_default();
             params.insert(
-                cloister_proto::v2::BINARY_DATA_OUTPUT,
-                cloister_proto::v2::Parameter::Bool(true),
+                cloister_kserve::BINARY_DATA_OUTPUT,
+                cloister_kserve::Parameter::Bool(true),
             );
             request.parameters = Some(params);
         }

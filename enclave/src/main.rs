@@ -53,9 +53,10 @@ struct Args {
 
 /// The crates whose logs follow `log_level`; every other target (tract, which prints graphs and tensor
 /// values at `trace`; hyper; rustls) is capped at `warn`, whatever the level.
-const OWN_TARGETS: [&str; 5] = [
+const OWN_TARGETS: [&str; 6] = [
     "cloister_enclave",
     "cloister_inference",
+    "cloister_kserve",
     "cloister_models",
     "cloister_proto",
     "cloister_attestation",

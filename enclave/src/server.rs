@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cloister_attestation::evidence::TLS_EXPORTER_LABEL;
-use cloister_proto::v2::{
+use cloister_kserve::{
     AttestationRequest, DecodeLimits, ErrorResponse, InferRequest, InferResponse, InferTensor,
-    MetadataTensor, ModelMetadataResponse, TensorProblem, V2Error, EVIDENCE_CONTENT_TYPE,
+    MetadataTensor, ModelMetadataResponse, Error as KserveError, TensorProblem, EVIDENCE_CONTENT_TYPE,
     INFERENCE_HEADER_CONTENT_LENGTH, JSON_CONTENT_TYPE,
 };
 use http_body_util::{BodyExt, Full, Limited};
@@ -41,7 +41,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::firmware;
 use crate::inference::{
-    Footprint, InferenceError, LoadedModel, NamedTensor, RunLimits, TensorSpec,
+    Error as InferenceError, Footprint, LoadedModel, NamedTensor, RunLimits, TensorSpec,
 };
 use crate::pool::PoolError;
 use crate::runtime::{error_chain, Enclave, ModelSlot};
@@ -569,9 +569,9 @@ fn response_estimate(
 }
 
 /// Maps a request decoding error: a tensor over the element limit is 413, anything else 400.
-fn decode_error(e: V2Error) -> ApiError {
+fn decode_error(e: KserveError) -> ApiError {
     match &e {
-        V2Error::Tensor {
+        KserveError::Tensor {
             problem: TensorProblem::ShapeTooLarge { .. },
             ..
         } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),

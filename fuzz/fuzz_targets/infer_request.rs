@@ -4,7 +4,7 @@
 //! extension (and where its JSON part ends).
 #![no_main]
 
-use cloister_proto::v2::{DecodeLimits, InferRequest};
+use cloister_kserve::{DecodeLimits, InferRequest};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         let count = input.element_count().expect("bounded shapes do not overflow");
         assert!(count <= limits.max_tensor_elements);
         assert_eq!(data.len() as u64, count);
-        assert!(input.shape.len() <= cloister_proto::v2::MAX_RANK);
+        assert!(input.shape.len() <= cloister_kserve::MAX_RANK);
     }
     for binary in [false, true] {
         let encoded = request.encode(binary).expect("re-encode");

@@ -10,7 +10,6 @@
 
 pub mod frame;
 pub mod key_release;
-pub mod v2;
 
 /// Errors of the wire layer.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cloister_client::deployment::{Deployment, DeploymentOptions};
 use cloister_enclave::inference::{LoadedModel, NamedTensor};
-use cloister_proto::v2::{InferRequest, InferTensor, MetadataTensor, TensorData};
+use cloister_kserve::{InferRequest, InferTensor, MetadataTensor, TensorData};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -11,7 +11,7 @@ use cloister_attestation::policy::ModelDigestPin;
 use cloister_client::deployment::{Deployment, DeploymentOptions};
 use cloister_client::session::{AttestedSession, SessionError, SessionPolicy};
 use cloister_enclave::inference::{LoadedModel, NamedTensor};
-use cloister_proto::v2::{InferRequest, InferTensor, TensorData};
+use cloister_kserve::{InferRequest, InferTensor, TensorData};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -280,7 +280,7 @@ async fn replaying_enclave(evidence: Vec<u8>) -> String {
             let _ = tls.read(&mut buf).await;
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n",
-                cloister_proto::v2::EVIDENCE_CONTENT_TYPE,
+                cloister_kserve::EVIDENCE_CONTENT_TYPE,
                 evidence.len()
             );
             let _ = tls.write_all(head.as_bytes()).await;

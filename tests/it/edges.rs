@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cloister_client::deployment::{Deployment, DeploymentOptions};
 use cloister_client::session::SessionError;
-use cloister_proto::v2::{InferRequest, InferTensor, TensorData};
+use cloister_kserve::{InferRequest, InferTensor, TensorData};
 use hyper::{Method, StatusCode};
 use prost::Message;
 use tract_onnx::pb;

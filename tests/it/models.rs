@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use cloister_client::magika::{Analysis, MagikaConfig, INPUT_NAME};
 use cloister_enclave::inference::{
-    Datatype, InferenceError, LoadedModel, NamedTensor, Planning, TensorData, TensorSpec,
+    Datatype, Error as InferenceError, LoadedModel, NamedTensor, Planning, TensorData, TensorSpec,
 };
 use prost::Message;
 use serde::Deserialize;

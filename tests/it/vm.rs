@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use cloister_client::deployment::{Deployment, DeploymentOptions, HostBackend, VmOptions};
 use cloister_enclave::inference::{LoadedModel, NamedTensor, TensorData as EngineData};
-use cloister_proto::v2::{InferRequest, InferTensor, TensorData};
+use cloister_kserve::{InferRequest, InferTensor, TensorData};
 
 /// Boot (TCG, about 5-10 s here), then key release, blob fetch and model load in a debug build
 /// under emulation. Generous for loaded CI machines, but bounded.

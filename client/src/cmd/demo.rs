@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cloister_client::deployment::{Deployment, DeploymentOptions};
 use cloister_client::magika::{Analysis, MagikaConfig};
 use cloister_client::session::{AttestedSession, SessionPolicy};
-use cloister_proto::v2::{InferRequest, InferTensor, TensorData};
+use cloister_kserve::{InferRequest, InferTensor, TensorData};
 
 use super::{EXIT_OK, EXIT_REJECTED};
 

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use cloister_client::magika::{Analysis, MagikaConfig, Prediction};
 use cloister_client::session::{AttestedSession, SessionError, SessionPolicy};
-use cloister_proto::v2::{InferRequest, InferResponse, InferTensor, TensorData};
+use cloister_kserve::{InferRequest, InferResponse, InferTensor, TensorData};
 
 use super::{EXIT_OK, EXIT_REJECTED, EXIT_USAGE};
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cloister_attestation::evidence::{Evidence, Platform, Sha384};
 use cloister_enclave::inference::{LoadedModel, NamedTensor};
 use cloister_models::ModelDigest;
-use cloister_proto::v2::{
+use cloister_kserve::{
     InferRequest, InferResponse, InferTensor, Parameter, Parameters, RequestOutput, TensorData,
     BINARY_DATA, BINARY_DATA_OUTPUT, EVIDENCE_CONTENT_TYPE, INFERENCE_HEADER_CONTENT_LENGTH,
 };
@@ -128,7 +128,7 @@ async fn health_readiness_and_metadata() {
     assert_eq!(m["inputs"][0]["datatype"], "FP32");
     assert_eq!(m["inputs"][0]["shape"], serde_json::json!([-1, 16]));
     assert_eq!(m["outputs"][0]["shape"], serde_json::json!([-1, 4]));
-    let typed: cloister_proto::v2::ModelMetadataResponse =
+    let typed: cloister_kserve::ModelMetadataResponse =
         serde_json::from_slice(&meta.body).unwrap();
     assert_eq!(typed.digest, ModelDigest::of(&onnx));
 

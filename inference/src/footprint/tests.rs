@@ -5,7 +5,7 @@ use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
 
-use crate::{InferenceError, LoadedModel, NamedTensor, RunLimits, TensorData};
+use crate::{Error as InferenceError, LoadedModel, NamedTensor, RunLimits, TensorData};
 
 const FLOAT: i32 = 1;
 const INT64: i32 = 7;
