@@ -31,8 +31,8 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use crate::keybroker::{generate_tls_identity, BrokerConfig, KeyBroker};
 use crate::session::{AttestedSession, SessionError, SessionPolicy};
+use cloister_keybroker::{generate_tls_identity, BrokerConfig, KeyBroker};
 
 /// Why a deployment could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -294,7 +294,7 @@ impl Deployment {
              digest = \"{model_digest}\"\n",
             enclave_sim_dir,
             options.enclave_config_extra,
-            hex::encode(crate::keybroker::certificate_sha256(&cert_der)),
+            hex::encode(cloister_keybroker::certificate_sha256(&cert_der)),
             options.model_name,
         );
         write(&enclave_config, &config_text)?;

@@ -2,10 +2,9 @@
 //! evidence before anything (keys, inputs) is released.
 #![forbid(unsafe_code)]
 
-pub mod chain_files;
 pub mod danger;
 pub mod deployment;
-pub mod keybroker;
+
 pub mod magika;
 pub mod measure;
 pub mod seal_check;

@@ -34,8 +34,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::chain_files::{self, InputError};
 use crate::danger::AttestedTlsVerifier;
+use cloister_collateral::files::{self as chain_files, Error as InputError};
 
 /// Largest response body accepted from an enclave (inference outputs included).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;

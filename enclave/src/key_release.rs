@@ -20,13 +20,11 @@ use std::time::Duration;
 
 use cloister_attestation::evidence::{EnclaveKey, Sha384, TLS_EXPORTER_LABEL};
 use cloister_models::{ModelDigest, ModelKey};
-use cloister_proto::frame;
-use cloister_proto::key_release::{
-    BrokerToEnclave, EnclaveKeyPair, EnclaveToBroker, RefusalCode, PROTOCOL_VERSION,
-};
+use cloister_proto::key_release::{EnclaveEvent, EnclaveExchange, RefusalCode};
 use ring::rand::SystemRandom;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
@@ -150,7 +148,9 @@ impl BrokerClient {
         })
     }
 
-    /// Runs one key release for `model_digest`. `config_digest` goes into the claims.
+    /// Runs one key release for `model_digest`. `config_digest` goes into the claims. The protocol itself is
+    /// `cloister_proto::key_release::EnclaveExchange` (sans-IO); this drives it over the pinned TLS
+    /// connection, with timeouts, and asks the firmware for the evidence.
     pub async fn request_key(
         &self,
         firmware: Arc<dyn Firmware>,
@@ -182,74 +182,71 @@ impl BrokerClient {
             .map_err(KeyReleaseError::Exporter)?;
 
         let digest = Sha384(*model_digest.as_bytes());
-        send(
-            &mut tls,
-            &EnclaveToBroker::KeyRequest {
-                version: PROTOCOL_VERSION,
-                model_digest: digest,
-            },
-        )
-        .await?;
-        let nonce = match receive(&mut tls, "Challenge").await? {
-            BrokerToEnclave::Challenge { nonce } => nonce,
-            BrokerToEnclave::Refused { code } => return Err(KeyReleaseError::Refused(code)),
-            BrokerToEnclave::Granted { .. } => {
-                return Err(KeyReleaseError::Unexpected {
-                    expected: "Challenge",
-                })
+        let rng = SystemRandom::new();
+        let (mut exchange, first) =
+            EnclaveExchange::start(digest).map_err(KeyReleaseError::Protocol)?;
+        send(&mut tls, &first).await?;
+        let mut buf = vec![0u8; 16 * 1024];
+        let released = loop {
+            let n = timeout(STEP_TIMEOUT, tls.read(&mut buf))
+                .await
+                .map_err(|_| KeyReleaseError::Timeout("the broker's answer"))?
+                .map_err(|e| KeyReleaseError::Protocol(e.into()))?;
+            if n == 0 {
+                return Err(KeyReleaseError::Protocol(
+                    cloister_proto::Error::UnexpectedEof,
+                ));
+            }
+            match exchange.receive(&buf[..n], &rng) {
+                Ok(None) => {}
+                Ok(Some(EnclaveEvent::NeedEvidence {
+                    nonce,
+                    enclave_public,
+                })) => {
+                    let claims = firmware::claims(
+                        nonce,
+                        exporter,
+                        Some(EnclaveKey::X25519(enclave_public)),
+                        vec![digest],
+                        config_digest,
+                    );
+                    let evidence =
+                        firmware::make_evidence_async(Arc::clone(&firmware), claims).await?;
+                    let attest = exchange
+                        .attest(evidence)
+                        .map_err(KeyReleaseError::Protocol)?;
+                    send(&mut tls, &attest).await?;
+                }
+                Ok(Some(EnclaveEvent::Released(key))) => break Ok(key),
+                Ok(Some(EnclaveEvent::Refused(code))) => break Err(KeyReleaseError::Refused(code)),
+                Ok(Some(_)) => {
+                    break Err(KeyReleaseError::Unexpected {
+                        expected: "Challenge, Granted or Refused",
+                    })
+                }
+                Err(cloister_proto::Error::KeyWrap(_)) => {
+                    break Err(KeyReleaseError::Unwrap(cloister_proto::Error::KeyWrap(
+                        "the released key does not unwrap",
+                    )))
+                }
+                Err(e) => break Err(KeyReleaseError::Protocol(e)),
             }
         };
-
-        let pair =
-            EnclaveKeyPair::generate(&SystemRandom::new()).map_err(KeyReleaseError::Unwrap)?;
-        let claims = firmware::claims(
-            nonce,
-            exporter,
-            Some(EnclaveKey::X25519(pair.public())),
-            vec![digest],
-            config_digest,
-        );
-        let evidence = firmware::make_evidence_async(firmware, claims).await?;
-        send(&mut tls, &EnclaveToBroker::Attest { evidence }).await?;
-
-        let answer = receive(&mut tls, "Granted or Refused").await?;
         // Best effort: the exchange is over whatever the answer.
-        let _ = timeout(
-            Duration::from_secs(1),
-            tokio::io::AsyncWriteExt::shutdown(&mut tls),
-        )
-        .await;
-        match answer {
-            BrokerToEnclave::Granted {
-                broker_public,
-                wrapped_key,
-            } => pair
-                .unwrap(&nonce, &digest, &broker_public, &wrapped_key)
-                .map_err(KeyReleaseError::Unwrap),
-            BrokerToEnclave::Refused { code } => Err(KeyReleaseError::Refused(code)),
-            BrokerToEnclave::Challenge { .. } => Err(KeyReleaseError::Unexpected {
-                expected: "Granted or Refused",
-            }),
-        }
+        let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
+        released
     }
 }
 
 async fn send<S: tokio::io::AsyncWrite + Unpin>(
     stream: &mut S,
-    msg: &EnclaveToBroker,
+    bytes: &[u8],
 ) -> Result<(), KeyReleaseError> {
-    timeout(STEP_TIMEOUT, frame::write(stream, msg))
-        .await
-        .map_err(|_| KeyReleaseError::Timeout("sending"))?
-        .map_err(KeyReleaseError::Protocol)
-}
-
-async fn receive<S: tokio::io::AsyncRead + Unpin>(
-    stream: &mut S,
-    what: &'static str,
-) -> Result<BrokerToEnclave, KeyReleaseError> {
-    timeout(STEP_TIMEOUT, frame::read(stream, what))
-        .await
-        .map_err(|_| KeyReleaseError::Timeout(what))?
-        .map_err(KeyReleaseError::Protocol)
+    timeout(STEP_TIMEOUT, async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| KeyReleaseError::Timeout("sending"))?
+    .map_err(|e| KeyReleaseError::Protocol(e.into()))
 }

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cloister_attestation::evidence::TLS_EXPORTER_LABEL;
 use cloister_kserve::{
-    AttestationRequest, DecodeLimits, ErrorResponse, InferRequest, InferResponse, InferTensor,
-    MetadataTensor, ModelMetadataResponse, Error as KserveError, TensorProblem, EVIDENCE_CONTENT_TYPE,
-    INFERENCE_HEADER_CONTENT_LENGTH, JSON_CONTENT_TYPE,
+    AttestationRequest, DecodeLimits, Error as KserveError, ErrorResponse, InferRequest,
+    InferResponse, InferTensor, MetadataTensor, ModelMetadataResponse, TensorProblem,
+    EVIDENCE_CONTENT_TYPE, INFERENCE_HEADER_CONTENT_LENGTH, JSON_CONTENT_TYPE,
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;

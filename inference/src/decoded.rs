@@ -104,7 +104,10 @@ impl DecodedModel {
 
 /// Calls `f` on every tensor of the model. Recursion follows subgraphs, whose depth prost bounds while
 /// decoding (its recursion limit), so a hostile nesting cannot overflow the stack here.
-pub(crate) fn visit_tensors<'a>(model: &'a pb::ModelProto, f: &mut impl FnMut(&'a pb::TensorProto)) {
+pub(crate) fn visit_tensors<'a>(
+    model: &'a pb::ModelProto,
+    f: &mut impl FnMut(&'a pb::TensorProto),
+) {
     fn graph<'a>(g: &'a pb::GraphProto, f: &mut impl FnMut(&'a pb::TensorProto)) {
         g.initializer.iter().for_each(&mut *f);
         for s in &g.sparse_initializer {

@@ -35,8 +35,6 @@
 //! cannot run at all is refused at load.
 #![forbid(unsafe_code)]
 
-#![forbid(unsafe_code)]
-
 mod convert;
 mod decoded;
 mod error;

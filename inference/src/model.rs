@@ -354,9 +354,7 @@ impl LoadedModel {
                         let plan = plan_for_shapes(template, &self.inputs, &shapes).map_err(
                             |e| match e {
                                 // A plan that fails for these shapes is about this request, not the model.
-                                Error::Model { stage, source } => {
-                                    Error::Run { stage, source }
-                                }
+                                Error::Model { stage, source } => Error::Run { stage, source },
                                 other => other,
                             },
                         )?;
@@ -555,11 +553,10 @@ impl LoadedModel {
                     DimSpec::Fixed(_) | DimSpec::Expr(_) => {}
                 }
             }
-            let built =
-                to_tensor(&tensor.data, &tensor.shape).map_err(|source| Error::Run {
-                    stage: Stage::Running,
-                    source,
-                })?;
+            let built = to_tensor(&tensor.data, &tensor.shape).map_err(|source| Error::Run {
+                stage: Stage::Running,
+                source,
+            })?;
             slots[ix] = Some(built);
         }
         let tensors = slots
@@ -583,4 +580,3 @@ impl LoadedModel {
             .join(", ")
     }
 }
-

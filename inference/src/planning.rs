@@ -238,7 +238,10 @@ pub(crate) fn describe_outputs_per_shape(
     Ok(outputs)
 }
 
-pub(crate) fn output_name<F, O>(model: &tract_onnx::prelude::Graph<F, O>, outlet: OutletId) -> String
+pub(crate) fn output_name<F, O>(
+    model: &tract_onnx::prelude::Graph<F, O>,
+    outlet: OutletId,
+) -> String
 where
     F: tract_onnx::prelude::Fact + Clone + 'static,
     O: fmt::Debug

@@ -362,10 +362,7 @@ fn request_validation() {
         "{err}"
     );
     let err = model.run(vec![f32s(&[1, 3]), f32s(&[1, 3])]).unwrap_err();
-    assert!(
-        matches!(err, Error::DuplicateInput { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, Error::DuplicateInput { .. }), "{err}");
     let err = model.run(vec![f32s(&[2, 4])]).unwrap_err();
     assert!(
         matches!(
@@ -418,10 +415,7 @@ fn request_validation() {
     );
     let ints = NamedTensor::new("x", vec![1, 3], TensorData::Int64(vec![1, 2, 3]));
     let err = model.run(vec![ints]).unwrap_err();
-    assert!(
-        matches!(err, Error::DatatypeMismatch { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, Error::DatatypeMismatch { .. }), "{err}");
     // Empty batch is accepted when the model allows it.
     let out = model.run(vec![f32s(&[0, 3])]).unwrap();
     assert_eq!(out[0].shape, vec![0, 3]);
@@ -631,4 +625,3 @@ fn names_and_debug() {
         r#"{"name":"x","datatype":"INT64","shape":[-1,8]}"#
     );
 }
-

@@ -7,8 +7,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::{
-    Datatype, Error, TensorData, TensorProblem, BINARY_CONTENT_TYPE, BINARY_DATA, BINARY_DATA_OUTPUT,
-    BINARY_DATA_SIZE, JSON_CONTENT_TYPE,
+    Datatype, Error, TensorData, TensorProblem, BINARY_CONTENT_TYPE, BINARY_DATA,
+    BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, JSON_CONTENT_TYPE,
 };
 
 /// Most dimensions a request tensor may have (ONNX models use a handful; the shape is client-chosen).
@@ -637,4 +637,3 @@ impl InferResponse {
         Ok(resp)
     }
 }
-

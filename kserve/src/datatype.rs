@@ -135,4 +135,3 @@ fn unsupported_datatype(name: &str) -> String {
         )
     }
 }
-

@@ -142,4 +142,3 @@ pub enum Error {
         problem: TensorProblem,
     },
 }
-

@@ -67,4 +67,3 @@ mod hex32 {
         Ok(out)
     }
 }
-

@@ -2,7 +2,6 @@
 
 use crate::TensorProblem;
 
-
 /// Walks the scalars of a JSON value (valid JSON, checked by serde_json), flattening arrays.
 pub(crate) struct JsonScalars<'a> {
     text: &'a str,
@@ -187,7 +186,10 @@ impl FloatElement for f64 {
 }
 
 /// Parses a JSON number straight into `T` (correctly rounded once; an `f32` is never read through `f64`).
-pub(crate) fn parse_float<T: FloatElement>(index: usize, s: Scalar<'_>) -> Result<T, TensorProblem> {
+pub(crate) fn parse_float<T: FloatElement>(
+    index: usize,
+    s: Scalar<'_>,
+) -> Result<T, TensorProblem> {
     match s {
         Scalar::Number(text) => {
             let v: T = text.parse().map_err(|_| TensorProblem::WrongKind {
@@ -214,4 +216,3 @@ pub(crate) fn parse_float<T: FloatElement>(index: usize, s: Scalar<'_>) -> Resul
         }),
     }
 }
-

@@ -260,4 +260,3 @@ fn non_finite_name(nan: bool, infinite: bool, negative: bool) -> Option<&'static
         _ => None,
     }
 }
-

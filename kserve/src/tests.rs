@@ -324,7 +324,6 @@ fn garbage_never_panics() {
     }
 }
 
-
 /// The element limit applies before and while `data` is parsed; shapes are bounded in rank.
 #[test]
 fn decoding_is_bounded_by_the_shape_and_the_limit() {
@@ -333,8 +332,9 @@ fn decoding_is_bounded_by_the_shape_and_the_limit() {
     };
     let decode = |body: &str| InferRequest::decode_with(body.as_bytes(), None, &limits);
     // Over the limit: refused before the data is looked at (the data here is not even valid for FP32).
-    let err = decode(r#"{"inputs":[{"name":"x","shape":[10,11],"datatype":"FP32","data":["no"]}]}"#)
-        .unwrap_err();
+    let err =
+        decode(r#"{"inputs":[{"name":"x","shape":[10,11],"datatype":"FP32","data":["no"]}]}"#)
+            .unwrap_err();
     assert!(
         matches!(
             err,
@@ -372,8 +372,12 @@ fn decoding_is_bounded_by_the_shape_and_the_limit() {
         "{err}"
     );
     // Fewer: refused too.
-    let err = decode(r#"{"inputs":[{"name":"x","shape":[3],"datatype":"INT32","data":[1]}]}"#).unwrap_err();
-    assert!(err.to_string().contains("(3 elements) but 1 elements"), "{err}");
+    let err = decode(r#"{"inputs":[{"name":"x","shape":[3],"datatype":"INT32","data":[1]}]}"#)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("(3 elements) but 1 elements"),
+        "{err}"
+    );
     // Rank above MAX_RANK, and a long shape is not echoed.
     let shape = vec!["1"; MAX_RANK + 1].join(",");
     let err = decode(&format!(
@@ -382,7 +386,9 @@ fn decoding_is_bounded_by_the_shape_and_the_limit() {
     .unwrap_err();
     assert!(err.to_string().contains("at most 32 dimensions"), "{err}");
     // Within bounds: fine, nested arrays flattened.
-    let ok = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[[1,2],[3,4]]}]}"#)
-        .unwrap();
+    let ok = decode(
+        r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[[1,2],[3,4]]}]}"#,
+    )
+    .unwrap();
     assert_eq!(ok.inputs[0].data, Some(TensorData::Int32(vec![1, 2, 3, 4])));
 }

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cloister_client::keybroker::{generate_tls_identity, BrokerConfig, KeyBroker};
+use cloister_keybroker::{generate_tls_identity, BrokerConfig, KeyBroker};
 
 use super::{EXIT_OK, EXIT_USAGE};
 

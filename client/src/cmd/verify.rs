@@ -11,7 +11,7 @@ use cloister_attestation::snp::report::AttestationReport;
 use cloister_attestation::snp::view::ReportView;
 use cloister_attestation::snp::Product;
 use cloister_attestation::{verify, CertChain, Policy, VerifyOptions};
-use cloister_client::chain_files::{self, InputError};
+use cloister_collateral::files::{self as chain_files, Error as InputError};
 use serde::Serialize;
 
 use super::{EXIT_OK, EXIT_REJECTED, EXIT_USAGE};

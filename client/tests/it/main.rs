@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
-mod keybroker;
+mod keybroker_cli;
 mod measure;
 mod seal;
 mod sim;

@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use cloister_attestation::evidence::{CertChainDer, Platform, TLS_EXPORTER_LABEL};
+use cloister_attestation::sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
+use cloister_attestation::snp::Product;
 use cloister_enclave::config::Config;
 use cloister_enclave::firmware::{Firmware, FirmwareError};
 use cloister_enclave::runtime::Enclave;
@@ -27,7 +29,31 @@ use tokio_rustls::TlsConnector;
 /// Offset of REPORT_DATA in an SNP report (SNP ABI, ATTESTATION_REPORT 0x50..0x90).
 pub const REPORT_DATA_OFFSET: usize = 0x50;
 
-/// A firmware double: a zero report with REPORT_DATA at its place, and a record of every request.
+/// The simulated AMD-SP the tests' firmware double signs with: one per test binary (its RSA-4096 keys
+/// take a few seconds to make).
+pub fn test_platform() -> &'static SimPlatform {
+    static P: OnceLock<SimPlatform> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("enclave-sim-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap()
+            .keep();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        SimPlatform::init(
+            &dir.join("platform"),
+            &SimConfig::new(Product::Genoa, now - 3600),
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap()
+    })
+}
+
+/// A firmware double: genuine simulated reports (signed by [`test_platform`], measurement zero) for the
+/// REPORT_DATA asked, and a record of every request.
 #[derive(Default)]
 pub struct FakeFirmware {
     pub seen: Mutex<Vec<[u8; 64]>>,
@@ -40,16 +66,16 @@ impl Firmware for FakeFirmware {
 
     fn attest(&self, report_data: &[u8; 64]) -> Result<(Vec<u8>, CertChainDer), FirmwareError> {
         self.seen.lock().unwrap().push(*report_data);
-        let mut report = vec![0u8; 1184];
-        report[REPORT_DATA_OFFSET..REPORT_DATA_OFFSET + 64].copy_from_slice(report_data);
-        Ok((
-            report,
-            CertChainDer {
-                ark: vec![],
-                intermediate: vec![],
-                leaf: vec![0x30, 0],
-            },
-        ))
+        let report = test_platform()
+            .report(&ReportRequest {
+                report_data: *report_data,
+                ..ReportRequest::default()
+            })
+            .map_err(|e| FirmwareError::Simulator(Box::new(e)))?;
+        let chain = test_platform()
+            .certificate_chain(SimSigningKey::Vcek)
+            .map_err(|e| FirmwareError::Simulator(Box::new(e)))?;
+        Ok((report.to_vec(), chain))
     }
 }
 

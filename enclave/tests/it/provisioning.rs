@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cloister_attestation::evidence::{Claims, EnclaveKey, Sha384, TLS_EXPORTER_LABEL};
+use cloister_attestation::evidence::{
+    verify_evidence, Claims, EnclaveKey, ExpectedSession, Sha384, TLS_EXPORTER_LABEL,
+};
+use cloister_attestation::{Policy, VerifyOptions};
 use cloister_enclave::blobs::BlobService;
 use cloister_enclave::config::Config;
 use cloister_enclave::key_release::{BrokerClient, KeyReleaseError};
@@ -30,6 +33,13 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::common::*;
+
+fn time_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
 
 /// What the fake broker does with a request.
 #[derive(Clone, Copy)]
@@ -132,12 +142,26 @@ async fn fake_broker(decision: Decision, key: Option<[u8; 32]>) -> FakeBroker {
                 claims: Some(evidence.claims.clone()),
                 report: evidence.report.clone(),
             });
-            let answer = match (decision, &evidence.claims.enclave_key, key) {
-                (Decision::Grant, Some(EnclaveKey::X25519(public)), Some(key)) => {
+            // A broker wraps only to verified evidence (wrap_model_key takes the proof): this one accepts
+            // any workload of the tests' simulated platform.
+            let verified = verify_evidence(
+                &evidence,
+                &Policy::from_toml("allow_any_workload = true").unwrap(),
+                &VerifyOptions {
+                    at_unix: time_now(),
+                    crls: &[],
+                    simulated_root: Some(test_platform().root()),
+                },
+                &ExpectedSession {
+                    nonce: &nonce,
+                    tls_exporter: &broker_exporter,
+                },
+            );
+            let answer = match (decision, verified, key) {
+                (Decision::Grant, Ok(verified), Some(key)) => {
                     let (broker_public, wrapped_key) = wrap_model_key(
                         &ModelKey::from_bytes(&key),
-                        public,
-                        &nonce,
+                        &verified,
                         &model_digest,
                         &SystemRandom::new(),
                     )

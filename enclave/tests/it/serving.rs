@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use cloister_attestation::evidence::{Evidence, Platform, Sha384};
 use cloister_enclave::inference::{LoadedModel, NamedTensor};
-use cloister_models::ModelDigest;
 use cloister_kserve::{
     InferRequest, InferResponse, InferTensor, Parameter, Parameters, RequestOutput, TensorData,
     BINARY_DATA, BINARY_DATA_OUTPUT, EVIDENCE_CONTENT_TYPE, INFERENCE_HEADER_CONTENT_LENGTH,
 };
+use cloister_models::ModelDigest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
@@ -128,8 +128,7 @@ async fn health_readiness_and_metadata() {
     assert_eq!(m["inputs"][0]["datatype"], "FP32");
     assert_eq!(m["inputs"][0]["shape"], serde_json::json!([-1, 16]));
     assert_eq!(m["outputs"][0]["shape"], serde_json::json!([-1, 4]));
-    let typed: cloister_kserve::ModelMetadataResponse =
-        serde_json::from_slice(&meta.body).unwrap();
+    let typed: cloister_kserve::ModelMetadataResponse = serde_json::from_slice(&meta.body).unwrap();
     assert_eq!(typed.digest, ModelDigest::of(&onnx));
 
     assert_eq!(c.get("/v2/models/other").await.status, 404);

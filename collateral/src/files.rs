@@ -10,7 +10,7 @@ use cloister_attestation::{CertChain, Policy};
 /// verification failures.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum InputError {
+pub enum Error {
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
@@ -45,25 +45,25 @@ pub enum InputError {
     },
 }
 
-/// Reads a whole file, mapping errors to [`InputError::Read`].
-pub fn read(path: &Path) -> Result<Vec<u8>, InputError> {
-    std::fs::read(path).map_err(|source| InputError::Read {
+/// Reads a whole file, mapping errors to [`Error::Read`].
+pub fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })
 }
 
 /// Reads a PEM or DER certificate.
-pub fn read_certificate(path: &Path) -> Result<AmdCertificate, InputError> {
-    AmdCertificate::from_pem_or_der(&read(path)?).map_err(|source| InputError::Certificate {
+pub fn read_certificate(path: &Path) -> Result<AmdCertificate, Error> {
+    AmdCertificate::from_pem_or_der(&read(path)?).map_err(|source| Error::Certificate {
         path: path.to_path_buf(),
         source: Box::new(source),
     })
 }
 
 /// Reads a PEM or DER CRL.
-pub fn read_crl(path: &Path) -> Result<AmdCrl, InputError> {
-    AmdCrl::from_pem_or_der(&read(path)?).map_err(|source| InputError::Certificate {
+pub fn read_crl(path: &Path) -> Result<AmdCrl, Error> {
+    AmdCrl::from_pem_or_der(&read(path)?).map_err(|source| Error::Certificate {
         path: path.to_path_buf(),
         source: Box::new(source),
     })
@@ -71,9 +71,9 @@ pub fn read_crl(path: &Path) -> Result<AmdCrl, InputError> {
 
 /// Reads a TOML policy. Relative `simulated_root`, `crl` and `crls` paths are resolved against the policy
 /// file's directory, so that a policy and its files can be moved together.
-pub fn read_policy(path: &Path) -> Result<Policy, InputError> {
+pub fn read_policy(path: &Path) -> Result<Policy, Error> {
     let text = String::from_utf8_lossy(&read(path)?).into_owned();
-    let mut policy = Policy::from_toml(&text).map_err(|source| InputError::Policy {
+    let mut policy = Policy::from_toml(&text).map_err(|source| Error::Policy {
         path: path.to_path_buf(),
         source,
     })?;
@@ -91,9 +91,7 @@ pub fn read_policy(path: &Path) -> Result<Policy, InputError> {
 }
 
 /// The files a policy names, loaded: the simulated root to trust (optional) and the CRLs to apply.
-pub fn read_policy_files(
-    policy: &Policy,
-) -> Result<(Option<AmdCertificate>, Vec<AmdCrl>), InputError> {
+pub fn read_policy_files(policy: &Policy) -> Result<(Option<AmdCertificate>, Vec<AmdCrl>), Error> {
     let simulated_root = policy
         .simulated_root
         .as_deref()
@@ -108,14 +106,14 @@ pub fn read_policy_files(
 
 /// Loads the one certificate among `names` in `dir`. Several present is accepted only if they hold the
 /// same certificate (a PEM and a DER copy); otherwise which one would be verified would be a guess.
-fn one_of(dir: &Path, names: &[&str]) -> Result<Option<AmdCertificate>, InputError> {
+fn one_of(dir: &Path, names: &[&str]) -> Result<Option<AmdCertificate>, Error> {
     let mut found: Option<(PathBuf, AmdCertificate)> = None;
     for path in names.iter().map(|n| dir.join(n)).filter(|p| p.exists()) {
         let cert = read_certificate(&path)?;
         match &found {
             None => found = Some((path, cert)),
             Some((first, c)) if c.der() != cert.der() => {
-                return Err(InputError::Layout {
+                return Err(Error::Layout {
                     dir: dir.to_path_buf(),
                     detail: format!(
                         "{} and {} are different certificates: keep exactly one",
@@ -132,9 +130,9 @@ fn one_of(dir: &Path, names: &[&str]) -> Result<Option<AmdCertificate>, InputErr
 
 /// Loads a chain from a directory in the snpguest layout: `ark.pem`, `ask.pem` or `asvk.pem`, and
 /// `vcek.pem|vcek.der` or `vlek.pem|vlek.der`. Absent ARK/ASK mean "use the embedded AMD ones".
-pub fn read_cert_dir(dir: &Path) -> Result<CertChain, InputError> {
+pub fn read_cert_dir(dir: &Path) -> Result<CertChain, Error> {
     if !dir.is_dir() {
-        return Err(InputError::Read {
+        return Err(Error::Read {
             path: dir.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
         });

@@ -1,0 +1,400 @@
+//! One connection: the TLS handshake, then the sans-IO [`BrokerConnection`] fed with the bytes that arrive,
+//! and the decisions only the owner can make — verify the evidence against the policy, find the key,
+//! grant or refuse — each recorded before it is sent.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloister_attestation::evidence::{verify_evidence, EnclaveKey, EvidenceError, Sha384};
+use cloister_attestation::{VerifyError, VerifyOptions};
+use cloister_models::{Error as ModelsError, KeystoreError, ModelDigest};
+use cloister_proto::key_release::{AttestToVerify, BrokerConnection, BrokerEvent, RefusalCode};
+use cloister_proto::Error as ProtoError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::audit::AuditRecord;
+use crate::server::Inner;
+
+/// Why a connection ended early (stderr only; decisions go to the audit log).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnError {
+    #[error("TLS handshake: {0}")]
+    Handshake(io::Error),
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("{0}")]
+    Proto(#[from] ProtoError),
+    #[error("TLS exporter: {0}")]
+    Exporter(rustls::Error),
+    #[error("the system random number generator failed")]
+    Rng,
+    #[error("audit log: {0}")]
+    Audit(io::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+struct Deadline {
+    end: Instant,
+}
+
+impl Deadline {
+    /// Runs `fut` for at most `per_op`, and never past the connection's deadline.
+    async fn run<T>(
+        &self,
+        per_op: Duration,
+        what: &'static str,
+        fut: impl Future<Output = T>,
+    ) -> Result<T, ConnError> {
+        let limit = (Instant::now() + per_op).min(self.end);
+        tokio::time::timeout_at(limit, fut)
+            .await
+            .map_err(|_| ConnError::Timeout(what))
+    }
+}
+
+pub(crate) async fn handle_connection(
+    inner: Arc<Inner>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), ConnError> {
+    let limits = &inner.limits;
+    let deadline = Deadline {
+        end: Instant::now() + Duration::from_secs(limits.connection_timeout_secs),
+    };
+    let read_timeout = Duration::from_secs(limits.read_timeout_secs);
+    let _ = tcp.set_nodelay(true);
+    let mut tls = deadline
+        .run(
+            Duration::from_secs(limits.handshake_timeout_secs),
+            "in the TLS handshake",
+            acceptor.accept(tcp),
+        )
+        .await?
+        .map_err(ConnError::Handshake)?;
+    // RFC 8446 §7.5: this connection's exporter; the evidence must carry the same value.
+    let exporter: [u8; 32] = tls
+        .get_ref()
+        .1
+        .export_keying_material(
+            [0u8; 32],
+            cloister_attestation::evidence::TLS_EXPORTER_LABEL,
+            None,
+        )
+        .map_err(ConnError::Exporter)?;
+
+    let mut conn = BrokerConnection::new(exporter, limits.max_requests_per_connection);
+    let result = serve(&inner, &mut tls, &mut conn, peer, &deadline, read_timeout).await;
+    // Best effort close_notify; the peer may be gone.
+    let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+    result
+}
+
+async fn serve(
+    inner: &Arc<Inner>,
+    tls: &mut TlsStream<TcpStream>,
+    conn: &mut BrokerConnection,
+    peer: SocketAddr,
+    deadline: &Deadline,
+    read_timeout: Duration,
+) -> Result<(), ConnError> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut record = AuditRecord::new(peer, inner.now_unix());
+    while !conn.is_closed() {
+        let read = deadline
+            .run(read_timeout, "waiting for a message", tls.read(&mut buf))
+            .await?;
+        let n = match read {
+            Ok(n) => n,
+            // A peer that closes without TLS close_notify.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(ConnError::Proto(ProtoError::Io(e))),
+        };
+        if n == 0 {
+            // Between exchanges this is the normal end; in the middle of one, a broken exchange.
+            let idle = conn.is_idle();
+            conn.end_of_stream();
+            return if idle {
+                Ok(())
+            } else {
+                Err(ConnError::Proto(ProtoError::UnexpectedEof))
+            };
+        }
+        let events = conn
+            .receive(&buf[..n], &inner.rng, &*inner.clock)
+            .map_err(|_| ConnError::Rng)?;
+        for event in events {
+            match event {
+                BrokerEvent::Challenge {
+                    frame,
+                    nonce,
+                    requested,
+                } => {
+                    record = AuditRecord::new(peer, inner.now_unix());
+                    record.model_digest = Some(sha384_text(&requested));
+                    // Single use: a nonce the RNG repeated is never used.
+                    let fresh = inner
+                        .nonces
+                        .lock()
+                        .map_err(|_| ConnError::Internal("nonce set lock poisoned".into()))?
+                        .insert(nonce);
+                    if !fresh {
+                        return Err(ConnError::Rng);
+                    }
+                    record.nonce = Some(hex::encode(nonce));
+                    send(tls, deadline, &frame).await?;
+                }
+                BrokerEvent::Refuse {
+                    frame,
+                    code,
+                    reason,
+                    requested,
+                } => {
+                    if let Some(r) = requested {
+                        record.model_digest = Some(sha384_text(&r));
+                    }
+                    record.refuse(code, reason);
+                    answer(
+                        inner,
+                        tls,
+                        deadline,
+                        std::mem::replace(&mut record, AuditRecord::new(peer, inner.now_unix())),
+                        frame,
+                    )
+                    .await?;
+                }
+                BrokerEvent::Verify(pending) => {
+                    // Signature checks are CPU work: off the async workers, with the machine.
+                    let decide_inner = inner.clone();
+                    let mut taken = std::mem::replace(conn, BrokerConnection::new([0; 32], 1));
+                    let mut this =
+                        std::mem::replace(&mut record, AuditRecord::new(peer, inner.now_unix()));
+                    let (back, this, frame) = tokio::task::spawn_blocking(move || {
+                        let frame = decide(&decide_inner, &mut taken, &mut this, &pending);
+                        (taken, this, frame)
+                    })
+                    .await
+                    .map_err(|e| ConnError::Internal(format!("decision task: {e}")))?;
+                    *conn = back;
+                    let frame = frame.map_err(ConnError::Proto)?;
+                    answer(inner, tls, deadline, this, frame).await?;
+                }
+                BrokerEvent::Closed => return Ok(()),
+                _ => return Err(ConnError::Internal("unknown broker event".into())),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn send(
+    tls: &mut TlsStream<TcpStream>,
+    deadline: &Deadline,
+    bytes: &[u8],
+) -> Result<(), ConnError> {
+    deadline
+        .run(Duration::from_secs(10), "sending", async {
+            tls.write_all(bytes).await?;
+            tls.flush().await
+        })
+        .await?
+        .map_err(|e| ConnError::Proto(ProtoError::Io(e)))
+}
+
+/// Records the decision, then sends `frame`. Decisions about verified evidence are written in full,
+/// before the answer: a grant whose line cannot be written becomes `Refused { Internal }`. Refusals of
+/// unverified peers are counted for the per-address summary (see `peers`).
+async fn answer(
+    inner: &Inner,
+    tls: &mut TlsStream<TcpStream>,
+    deadline: &Deadline,
+    mut record: AuditRecord,
+    frame: Vec<u8>,
+) -> Result<(), ConnError> {
+    if !record.is_about_verified_evidence() && inner.limits.audit_summary_secs > 0 {
+        let source = record
+            .source
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        inner.peers.refused(
+            source,
+            record.code.as_deref().unwrap_or("Refused"),
+            record.reason.as_deref().unwrap_or(""),
+        );
+        return send(tls, deadline, &frame).await;
+    }
+    if let Err(e) = inner.audit.append(&record) {
+        eprintln!(
+            "cloister keybroker: cannot write the audit log {}: {e}",
+            inner.audit.path.display()
+        );
+        record.enclave_key = None;
+        record.key_id = None;
+        record.refuse(
+            RefusalCode::Internal,
+            format!("the audit log could not be written: {e}"),
+        );
+        let _ = inner.audit.append(&record);
+        // Tell the enclave, then give up on this connection.
+        if let Ok(refused) =
+            cloister_proto::frame::encode(&cloister_proto::key_release::BrokerToEnclave::Refused {
+                code: RefusalCode::Internal,
+            })
+        {
+            let _ = send(tls, deadline, &refused).await;
+        }
+        return Err(ConnError::Audit(e));
+    }
+    send(tls, deadline, &frame).await
+}
+
+fn sha384_text(d: &Sha384) -> String {
+    format!("sha384:{}", hex::encode(d.0))
+}
+
+/// The coarse code for a verification failure.
+fn refusal_code(e: &EvidenceError) -> RefusalCode {
+    match e {
+        EvidenceError::Verify(VerifyError::Policy(_)) | EvidenceError::Policy(_) => {
+            RefusalCode::PolicyRejected
+        }
+        EvidenceError::NonceMismatch { .. } => RefusalCode::Replay,
+        _ => RefusalCode::EvidenceRejected,
+    }
+}
+
+/// Verifies the evidence for this exchange and, if everything holds, grants through the machine (which
+/// wraps the key to the verified enclave key). Returns the frame to send; `record` says why.
+fn decide(
+    inner: &Inner,
+    conn: &mut BrokerConnection,
+    record: &mut AuditRecord,
+    pending: &AttestToVerify,
+) -> Result<Vec<u8>, ProtoError> {
+    let evidence = &pending.evidence;
+    let nonce = &pending.nonce;
+    let requested = &pending.requested;
+    record.claimed_report(evidence);
+    let refuse = |conn: &mut BrokerConnection, record: &mut AuditRecord, code, reason: String| {
+        record.refuse(code, reason);
+        conn.refuse(code, false)
+    };
+
+    // Freshness first: it is cheap, and a wrong nonce is refused whatever else the evidence says.
+    let claimed = &evidence.claims.nonce;
+    if !cloister_attestation::ct_eq(claimed, nonce) {
+        let history = match inner.nonces.lock() {
+            Ok(n) if n.contains(claimed) => {
+                "replayed: that nonce was issued earlier, for another exchange, and is used up"
+            }
+            Ok(_) => "this broker never issued that nonce (or has forgotten it)",
+            Err(_) => "nonce history unavailable",
+        };
+        return refuse(
+            conn,
+            record,
+            RefusalCode::Replay,
+            format!(
+                "claims.nonce: expected {}, found {} ({history})",
+                hex::encode(nonce),
+                hex::encode(claimed)
+            ),
+        );
+    }
+
+    let options = VerifyOptions {
+        at_unix: pending.at_unix,
+        crls: &inner.crls,
+        simulated_root: inner.simulated_root.as_ref(),
+    };
+    let verified = match verify_evidence(evidence, &inner.policy, &options, &pending.expected()) {
+        Ok(v) => v,
+        Err(e) => {
+            record.policy_decision = e.is_policy_decision();
+            return refuse(conn, record, refusal_code(&e), e.to_string());
+        }
+    };
+    record.evidence_verified = true;
+    let report = verified.report();
+    record.fill_report(report.report());
+    record.product = Some(report.product().name().to_owned());
+    record.simulated = Some(report.is_simulated());
+    let claims = verified.claims();
+
+    // The evidence must be made for this request: the requested digest among its claims.
+    if !claims
+        .model_digests
+        .iter()
+        .any(|d| cloister_attestation::ct_eq(&d.0, &requested.0))
+    {
+        let found: Vec<String> = claims.model_digests.iter().map(sha384_text).collect();
+        return refuse(
+            conn,
+            record,
+            RefusalCode::EvidenceRejected,
+            format!(
+                "claims.model_digests: expected to contain {} (the requested model), found [{}]",
+                sha384_text(requested),
+                found.join(", ")
+            ),
+        );
+    }
+    if let Err(v) = inner.policy.check_model_digest(&requested.0) {
+        return refuse(conn, record, RefusalCode::PolicyRejected, v.to_string());
+    }
+    let enclave_public = match &claims.enclave_key {
+        Some(EnclaveKey::X25519(pk)) => *pk,
+        None => {
+            return refuse(
+                conn,
+                record,
+                RefusalCode::EvidenceRejected,
+                "claims.enclave_key: expected an X25519 public key, found none".into(),
+            )
+        }
+    };
+
+    // Only now, to verified evidence: whether this broker holds the key.
+    let digest = ModelDigest::from_bytes(requested.0);
+    let key = match inner.keystore.get(&digest) {
+        Ok(k) => k,
+        Err(ModelsError::Keystore(KeystoreError::KeyNotFound { .. })) => {
+            return refuse(
+                conn,
+                record,
+                RefusalCode::UnknownModel,
+                format!("model_digest: no key for {digest} in the keystore"),
+            )
+        }
+        Err(e) => {
+            return refuse(
+                conn,
+                record,
+                RefusalCode::Internal,
+                format!("keystore: {e}"),
+            )
+        }
+    };
+    // The machine wraps to the verified enclave key (wrap_model_key takes the VerifiedEvidence).
+    match conn.grant(&verified, &key, &inner.rng) {
+        Ok(frame) => {
+            record.decision = "granted".to_owned();
+            record.enclave_key = Some(hex::encode(enclave_public));
+            record.key_id = Some(key.key_id().to_string());
+            Ok(frame)
+        }
+        Err(e) => refuse(
+            conn,
+            record,
+            RefusalCode::EvidenceRejected,
+            format!("claims.enclave_key: cannot wrap to it ({e})"),
+        ),
+    }
+}
