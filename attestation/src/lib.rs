@@ -9,11 +9,13 @@
 #![forbid(unsafe_code)]
 
 pub mod evidence;
+pub mod guid;
 pub mod policy;
 #[cfg(feature = "simulator")]
 pub mod sim;
 pub mod snp;
 
+pub use guid::Guid;
 pub use policy::{Policy, PolicyViolation};
 pub use snp::verify::{verify, CertChain, VerifiedReport, VerifyError, VerifyOptions};
 

@@ -6,6 +6,5 @@ pub mod danger;
 pub mod deployment;
 
 pub mod magika;
-pub mod measure;
 pub mod seal_check;
 pub mod session;

@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod crl;
+pub mod measurement;
 pub mod product;
 pub mod report;
 pub mod roots;

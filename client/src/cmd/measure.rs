@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use cloister_client::measure::id_block::{self, IdBlockFields, SigningKey};
-use cloister_client::measure::{self, LaunchInput, VmmType};
+use cloister_attestation::snp::measurement::id_block::{self, IdBlockFields, SigningKey};
+use cloister_attestation::snp::measurement::{self as measure, LaunchInput, VmmType};
 
 use super::{EXIT_OK, EXIT_USAGE};
 
@@ -190,15 +190,16 @@ fn measure_cmd(a: &Args) -> anyhow::Result<()> {
 }
 
 fn write_id_block(a: &Args, id_key_path: &Path, ld: &[u8; 48]) -> anyhow::Result<()> {
+    let rng = ring::rand::SystemRandom::new();
     use base64::Engine;
     let (Some(block_out), Some(auth_out)) = (&a.id_block_out, &a.id_auth_out) else {
         bail!("--id-key needs --id-block-out and --id-auth-out");
     };
-    let id_key = SigningKey::from_pem_or_der(&read(id_key_path)?, "ID")
+    let id_key = SigningKey::from_pem_or_der(&read(id_key_path)?, "ID", &rng)
         .with_context(|| format!("{}", id_key_path.display()))?;
     let author = match &a.author_key {
         Some(p) => Some(
-            SigningKey::from_pem_or_der(&read(p)?, "author")
+            SigningKey::from_pem_or_der(&read(p)?, "author", &rng)
                 .with_context(|| format!("{}", p.display()))?,
         ),
         None => None,
@@ -210,7 +211,7 @@ fn write_id_block(a: &Args, id_key_path: &Path, ld: &[u8; 48]) -> anyhow::Result
         policy: a.policy,
     };
     let block = id_block::id_block(ld, &fields);
-    let auth = id_block::id_auth(&block, &id_key, author.as_ref())?;
+    let auth = id_block::id_auth(&block, &id_key, author.as_ref(), &rng)?;
     let b64 = base64::engine::general_purpose::STANDARD;
     std::fs::write(block_out, b64.encode(block))
         .with_context(|| format!("cannot write {}", block_out.display()))?;

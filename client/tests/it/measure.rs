@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use cloister_client::measure::id_block::{self, offsets, IdBlockFields, SigningKey};
+use cloister_attestation::snp::measurement::id_block::{self, offsets, IdBlockFields, SigningKey};
 use ring::digest::{digest, SHA256};
 use ring::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED};
 
@@ -187,7 +187,12 @@ fn id_block_matches_snp_create_id_block() {
         .try_into()
         .unwrap();
     let read_key = |name: &str, which| {
-        SigningKey::from_pem_or_der(&std::fs::read(data_dir().join(name)).unwrap(), which).unwrap()
+        SigningKey::from_pem_or_der(
+            &std::fs::read(data_dir().join(name)).unwrap(),
+            which,
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap()
     };
     // id_key.pem is SEC1 ("EC PRIVATE KEY"), author_key.pem PKCS#8 ("PRIVATE KEY").
     let id_key = read_key("id_key.pem", "ID");
@@ -207,7 +212,13 @@ fn id_block_matches_snp_create_id_block() {
     // ECDSA signatures are randomised: every byte but the two signatures must be the reference's, and
     // both our signatures and the reference's must verify under the keys in the structure.
     let theirs = b64.decode(v["id_auth"].as_str().unwrap()).unwrap();
-    let ours = id_block::id_auth(&block, &id_key, Some(&author)).unwrap();
+    let ours = id_block::id_auth(
+        &block,
+        &id_key,
+        Some(&author),
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
     assert_eq!(theirs.len(), id_block::ID_AUTH_LEN);
     let sigs = [
         offsets::ID_BLOCK_SIG..offsets::ID_BLOCK_SIG + id_block::SIG_LEN,

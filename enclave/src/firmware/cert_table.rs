@@ -23,86 +23,38 @@
 
 use std::fmt;
 
-/// A GUID as stored in the table (bytes in written order).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Guid(pub [u8; 16]);
+pub use cloister_attestation::Guid;
 
-impl Guid {
-    /// Parses the written form `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (a `const` helper for the table below).
-    const fn parse(s: &str) -> Guid {
-        let b = s.as_bytes();
-        let mut out = [0u8; 16];
-        let mut i = 0; // index in s
-        let mut o = 0; // index in out
-        while o < 16 {
-            if b[i] == b'-' {
-                i += 1;
-                continue;
-            }
-            out[o] = (hex_val(b[i]) << 4) | hex_val(b[i + 1]);
-            i += 2;
-            o += 1;
-        }
-        Guid(out)
-    }
+/// The terminator's GUID.
+pub const ZERO: Guid = Guid::ZERO;
+/// AMD Root Key.
+pub const ARK: Guid = Guid::parse("c0b406a4-a803-4952-9743-3fb6014cd0ae");
+/// AMD SEV Key (also carries the ASVK of a VLEK chain: the specification has no ASVK GUID).
+pub const ASK: Guid = Guid::parse("4ab7b379-bbac-4fe4-a02f-05aef327c782");
+/// Versioned Chip Endorsement Key.
+pub const VCEK: Guid = Guid::parse("63da758d-e664-4564-adc5-f4b93be8accd");
+/// Versioned Loaded Endorsement Key.
+pub const VLEK: Guid = Guid::parse("a8074bc2-a25a-483e-aae6-39c045a0b8a1");
+/// Certificate revocation list(s) (virtee/sev's `CertType::CRL`; not in the GHCB specification).
+pub const CRL: Guid = Guid::parse("92f81bc3-5811-4d3d-97ff-d19f88dc67ea");
 
-    /// The all-zero GUID of the terminator.
-    pub const ZERO: Guid = Guid([0; 16]);
-    /// AMD Root Key.
-    pub const ARK: Guid = Guid::parse("c0b406a4-a803-4952-9743-3fb6014cd0ae");
-    /// AMD SEV Key (also carries the ASVK of a VLEK chain: the specification has no ASVK GUID).
-    pub const ASK: Guid = Guid::parse("4ab7b379-bbac-4fe4-a02f-05aef327c782");
-    /// Versioned Chip Endorsement Key.
-    pub const VCEK: Guid = Guid::parse("63da758d-e664-4564-adc5-f4b93be8accd");
-    /// Versioned Loaded Endorsement Key.
-    pub const VLEK: Guid = Guid::parse("a8074bc2-a25a-483e-aae6-39c045a0b8a1");
-    /// Certificate revocation list(s) (virtee/sev's `CertType::CRL`; not in the GHCB specification).
-    pub const CRL: Guid = Guid::parse("92f81bc3-5811-4d3d-97ff-d19f88dc67ea");
-
-    /// A short name for the GUIDs we know.
-    pub fn name(&self) -> Option<&'static str> {
-        Some(match *self {
-            Guid::ARK => "ARK",
-            Guid::ASK => "ASK/ASVK",
-            Guid::VCEK => "VCEK",
-            Guid::VLEK => "VLEK",
-            Guid::CRL => "CRL",
-            _ => return None,
-        })
-    }
+/// A short name for the GUIDs of the table we know.
+pub fn guid_name(guid: Guid) -> Option<&'static str> {
+    Some(match guid {
+        ARK => "ARK",
+        ASK => "ASK/ASVK",
+        VCEK => "VCEK",
+        VLEK => "VLEK",
+        CRL => "CRL",
+        _ => return None,
+    })
 }
 
-const fn hex_val(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        b'A'..=b'F' => c - b'A' + 10,
-        // Only reached at compile time with a malformed literal above.
-        _ => panic!("not a hex digit"),
-    }
-}
-
-impl fmt::Display for Guid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let h = hex::encode(self.0);
-        write!(
-            f,
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
-    }
-}
-
-impl fmt::Debug for Guid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(n) => write!(f, "{self} ({n})"),
-            None => write!(f, "{self}"),
-        }
+/// A GUID for messages: the GUID and, when known, its name.
+pub fn describe(guid: Guid) -> String {
+    match guid_name(guid) {
+        Some(n) => format!("{guid} ({n})"),
+        None => guid.to_string(),
     }
 }
 
@@ -143,7 +95,7 @@ pub enum CertTableError {
         length: u32,
     },
     /// An entry has length zero.
-    #[error("certificate table: entry {index} ({guid:?}) is empty")]
+    #[error("certificate table: entry {index} ({}) is empty", describe(*guid))]
     EmptyEntry {
         /// Entry index.
         index: usize,
@@ -151,7 +103,7 @@ pub enum CertTableError {
         guid: Guid,
     },
     /// An entry points before the end of the table or beyond the end of the blob.
-    #[error("certificate table: entry {index} ({guid:?}) at {offset}+{length} is outside the data area {data_start}..{len}")]
+    #[error("certificate table: entry {index} ({}) at {offset}+{length} is outside the data area {data_start}..{len}", describe(*guid))]
     OutOfBounds {
         /// Entry index.
         index: usize,
@@ -167,7 +119,7 @@ pub enum CertTableError {
         len: usize,
     },
     /// Two entries share a GUID.
-    #[error("certificate table: {guid:?} appears twice (entries {first} and {second})")]
+    #[error("certificate table: {} appears twice (entries {first} and {second})", describe(*guid))]
     DuplicateGuid {
         /// The GUID.
         guid: Guid,
@@ -177,7 +129,7 @@ pub enum CertTableError {
         second: usize,
     },
     /// Two entries' data overlap.
-    #[error("certificate table: entries {first} ({first_guid:?}) and {second} ({second_guid:?}) overlap")]
+    #[error("certificate table: entries {first} ({}) and {second} ({}) overlap", describe(*first_guid), describe(*second_guid))]
     Overlap {
         /// One entry index.
         first: usize,
@@ -235,11 +187,11 @@ impl CertTable {
             };
             let mut g = [0u8; 16];
             g.copy_from_slice(&raw[..16]);
-            let guid = Guid(g);
+            let guid = Guid::from_written_bytes(g);
             let offset = u32::from_le_bytes([raw[16], raw[17], raw[18], raw[19]]);
             let length = u32::from_le_bytes([raw[20], raw[21], raw[22], raw[23]]);
             pos += ENTRY_LEN;
-            if guid == Guid::ZERO {
+            if guid == ZERO {
                 if offset != 0 || length != 0 {
                     return Err(CertTableError::BadTerminator {
                         index: headers.len(),
@@ -334,7 +286,7 @@ pub fn encode(entries: &[(Guid, &[u8])]) -> Vec<u8> {
     let mut out = Vec::with_capacity(header_len + entries.iter().map(|e| e.1.len()).sum::<usize>());
     let mut offset = header_len;
     for (guid, data) in entries {
-        out.extend_from_slice(&guid.0);
+        out.extend_from_slice(&guid.written_bytes());
         out.extend_from_slice(&u32_of(offset).to_le_bytes());
         out.extend_from_slice(&u32_of(data.len()).to_le_bytes());
         offset += data.len();
@@ -361,15 +313,12 @@ mod tests {
     fn guids_are_in_written_byte_order() {
         // virtee/sev's own table test vector starts with the ARK GUID as these bytes.
         assert_eq!(
-            Guid::ARK.0,
+            ARK.written_bytes(),
             [192, 180, 6, 164, 168, 3, 73, 82, 151, 67, 63, 182, 1, 76, 208, 174]
         );
+        assert_eq!(VLEK.to_string(), "a8074bc2-a25a-483e-aae6-39c045a0b8a1");
         assert_eq!(
-            Guid::VLEK.to_string(),
-            "a8074bc2-a25a-483e-aae6-39c045a0b8a1"
-        );
-        assert_eq!(
-            format!("{:?}", Guid::ASK),
+            describe(ASK),
             "4ab7b379-bbac-4fe4-a02f-05aef327c782 (ASK/ASVK)"
         );
     }
@@ -391,24 +340,20 @@ mod tests {
         bytes.extend_from_slice(&[7; 6]);
         let t = CertTable::parse(&bytes).unwrap();
         assert_eq!(t.entries.len(), 4);
-        assert_eq!(t.get(Guid::ARK).unwrap(), &[1; 25]);
-        assert_eq!(t.get(Guid::ASK).unwrap(), &[2; 25]);
-        assert_eq!(t.get(Guid::VCEK).unwrap(), &[5; 15]);
+        assert_eq!(t.get(ARK).unwrap(), &[1; 25]);
+        assert_eq!(t.get(ASK).unwrap(), &[2; 25]);
+        assert_eq!(t.get(VCEK).unwrap(), &[5; 15]);
         assert_eq!(t.entries[3].data, vec![7; 6]);
-        assert_eq!(t.get(Guid::VLEK), None);
+        assert_eq!(t.get(VLEK), None);
     }
 
     #[test]
     fn round_trips_and_ignores_padding() {
-        let enc = encode(&[
-            (Guid::VLEK, b"vlek"),
-            (Guid::ASK, b"asvk!"),
-            (Guid::ARK, b"ark"),
-        ]);
+        let enc = encode(&[(VLEK, b"vlek"), (ASK, b"asvk!"), (ARK, b"ark")]);
         let t = CertTable::parse(&enc).unwrap();
-        assert_eq!(t.get(Guid::VLEK).unwrap(), b"vlek");
-        assert_eq!(t.get(Guid::ASK).unwrap(), b"asvk!");
-        assert_eq!(t.get(Guid::ARK).unwrap(), b"ark");
+        assert_eq!(t.get(VLEK).unwrap(), b"vlek");
+        assert_eq!(t.get(ASK).unwrap(), b"asvk!");
+        assert_eq!(t.get(ARK).unwrap(), b"ark");
         // Page padding after the data (what /dev/sev-guest returns) is fine.
         let mut padded = enc;
         padded.resize(4096, 0);
@@ -419,7 +364,7 @@ mod tests {
     }
 
     fn header(guid: Guid, offset: u32, length: u32) -> Vec<u8> {
-        let mut v = guid.0.to_vec();
+        let mut v = guid.written_bytes().to_vec();
         v.extend_from_slice(&offset.to_le_bytes());
         v.extend_from_slice(&length.to_le_bytes());
         v
@@ -440,33 +385,18 @@ mod tests {
         let d = 2 * ENTRY_LEN as u32; // data start with one entry
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (vec![0; 23], "no terminating"),
-            (header(Guid::VCEK, 48, 1), "no terminating"),
-            (table(&[(Guid::VCEK, d, 11)], 10), "outside the data area"),
-            (table(&[(Guid::VCEK, 0, 10)], 10), "outside the data area"),
-            (
-                table(&[(Guid::VCEK, d - 1, 10)], 10),
-                "outside the data area",
-            ),
-            (
-                table(&[(Guid::VCEK, u32::MAX, 2)], 10),
-                "outside the data area",
-            ),
-            (table(&[(Guid::VCEK, d, 0)], 10), "is empty"),
-            (
-                table(&[(Guid::VCEK, 72, 5), (Guid::VCEK, 77, 5)], 10),
-                "appears twice",
-            ),
-            (
-                table(&[(Guid::VCEK, 72, 5), (Guid::ASK, 76, 5)], 10),
-                "overlap",
-            ),
-            (
-                table(&[(Guid::ARK, 72, 10), (Guid::ASK, 74, 2)], 10),
-                "overlap",
-            ),
+            (header(VCEK, 48, 1), "no terminating"),
+            (table(&[(VCEK, d, 11)], 10), "outside the data area"),
+            (table(&[(VCEK, 0, 10)], 10), "outside the data area"),
+            (table(&[(VCEK, d - 1, 10)], 10), "outside the data area"),
+            (table(&[(VCEK, u32::MAX, 2)], 10), "outside the data area"),
+            (table(&[(VCEK, d, 0)], 10), "is empty"),
+            (table(&[(VCEK, 72, 5), (VCEK, 77, 5)], 10), "appears twice"),
+            (table(&[(VCEK, 72, 5), (ASK, 76, 5)], 10), "overlap"),
+            (table(&[(ARK, 72, 10), (ASK, 74, 2)], 10), "overlap"),
             (
                 {
-                    let mut t = table(&[(Guid::VCEK, d, 5)], 10);
+                    let mut t = table(&[(VCEK, d, 5)], 10);
                     t[ENTRY_LEN + 16] = 1; // terminator with an offset
                     t
                 },
@@ -476,7 +406,7 @@ mod tests {
             (
                 table(
                     &(0..=MAX_ENTRIES as u8)
-                        .map(|i| (Guid([i + 1; 16]), 0, 1))
+                        .map(|i| (Guid::from_written_bytes([i + 1; 16]), 0, 1))
                         .collect::<Vec<_>>(),
                     0,
                 ),
@@ -513,7 +443,7 @@ mod tests {
             ),
             padding in 0usize..64,
         ) {
-            let list: Vec<(Guid, &[u8])> = entries.iter().map(|(g, d)| (Guid(*g), d.as_slice())).collect();
+            let list: Vec<(Guid, &[u8])> = entries.iter().map(|(g, d)| (Guid::from_written_bytes(*g), d.as_slice())).collect();
             let mut blob = encode(&list);
             blob.extend(std::iter::repeat_n(0, padding));
             let t = CertTable::parse(&blob).unwrap();
@@ -526,7 +456,7 @@ mod tests {
         /// Corrupting one header byte of a valid table never panics and never yields overlapping data.
         #[test]
         fn corrupted_headers_are_handled(pos in 0usize..96, byte in any::<u8>()) {
-            let mut blob = encode(&[(Guid::ARK, &[1; 40]), (Guid::ASK, &[2; 40]), (Guid::VCEK, &[3; 40])]);
+            let mut blob = encode(&[(ARK, &[1; 40]), (ASK, &[2; 40]), (VCEK, &[3; 40])]);
             blob[pos] = byte;
             let _ = CertTable::parse(&blob);
         }

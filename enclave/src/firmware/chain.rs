@@ -13,7 +13,7 @@ use cloister_attestation::evidence::CertChainDer;
 use cloister_attestation::snp::certs::AmdCertificate;
 use cloister_attestation::snp::report::SigningKey;
 
-use super::cert_table::{CertTable, Guid};
+use super::cert_table::{self, CertTable};
 use super::FirmwareError;
 
 /// Where the leaf certificate of a chain came from (for logs).
@@ -34,14 +34,20 @@ pub fn select(
     cache: Option<&Path>,
 ) -> Result<(CertChainDer, ChainSource), FirmwareError> {
     let (leaf_guid, leaf_names, name) = match key {
-        SigningKey::Vcek => (Guid::VCEK, ["vcek.pem", "vcek.der"], "VCEK"),
-        SigningKey::Vlek => (Guid::VLEK, ["vlek.pem", "vlek.der"], "VLEK"),
+        SigningKey::Vcek => (cert_table::VCEK, ["vcek.pem", "vcek.der"], "VCEK"),
+        SigningKey::Vlek => (cert_table::VLEK, ["vlek.pem", "vlek.der"], "VLEK"),
         SigningKey::None => return Err(FirmwareError::UnsignedReport),
     };
     if let Some(leaf) = table.get(leaf_guid) {
         let chain = CertChainDer {
-            ark: table.get(Guid::ARK).map(<[u8]>::to_vec).unwrap_or_default(),
-            intermediate: table.get(Guid::ASK).map(<[u8]>::to_vec).unwrap_or_default(),
+            ark: table
+                .get(cert_table::ARK)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default(),
+            intermediate: table
+                .get(cert_table::ASK)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default(),
             leaf: leaf.to_vec(),
         };
         check_parses(&chain, "the host's certificate table")?;
@@ -59,7 +65,7 @@ pub fn select(
                     table
                         .entries
                         .iter()
-                        .map(|e| format!("{:?}", e.guid))
+                        .map(|e| cert_table::describe(e.guid))
                         .collect::<Vec<_>>()
                         .join(", ")
                 )

@@ -16,7 +16,7 @@ use cloister_attestation::snp::certs::CertRole;
 use cloister_attestation::snp::report::AttestationReport;
 use cloister_attestation::snp::Product;
 use cloister_attestation::{Policy, VerifyOptions};
-use cloister_enclave::firmware::cert_table::{self, Guid};
+use cloister_enclave::firmware::cert_table;
 use cloister_enclave::firmware::configfs_tsm::{
     ConfigfsIo, ConfigfsTsm, ConfigfsTsmOptions, MAX_ATTEMPTS,
 };
@@ -254,9 +254,9 @@ fn der(role: CertRole) -> Vec<u8> {
 
 fn vcek_table() -> Vec<u8> {
     cert_table::encode(&[
-        (Guid::ARK, &der(CertRole::Ark)),
-        (Guid::ASK, &der(CertRole::Ask)),
-        (Guid::VCEK, &der(CertRole::Vcek)),
+        (cert_table::ARK, &der(CertRole::Ark)),
+        (cert_table::ASK, &der(CertRole::Ask)),
+        (cert_table::VCEK, &der(CertRole::Vcek)),
     ])
 }
 
@@ -329,9 +329,9 @@ fn configfs_tsm_vlek_chain_from_the_host_table() {
     kernel.signing_key = SimSigningKey::Vlek;
     // No ASVK GUID exists: the ASVK travels under the ASK GUID.
     kernel.host_certs = HostCerts::Table(cert_table::encode(&[
-        (Guid::VLEK, &der(CertRole::Vlek)),
-        (Guid::ASK, &der(CertRole::Asvk)),
-        (Guid::ARK, &der(CertRole::Ark)),
+        (cert_table::VLEK, &der(CertRole::Vlek)),
+        (cert_table::ASK, &der(CertRole::Asvk)),
+        (cert_table::ARK, &der(CertRole::Ark)),
     ]));
     let tsm = ConfigfsTsm::open_with(options(&root), Arc::new(kernel)).unwrap();
     let evidence = evidence_verifies(&tsm).unwrap();
@@ -533,7 +533,7 @@ fn configfs_tsm_rejects_bad_blobs() {
 
     // A table whose VCEK entry holds garbage.
     let mut kernel = FakeKernel::new(&root);
-    kernel.host_certs = HostCerts::Table(cert_table::encode(&[(Guid::VCEK, b"not a cert")]));
+    kernel.host_certs = HostCerts::Table(cert_table::encode(&[(cert_table::VCEK, b"not a cert")]));
     let tsm = ConfigfsTsm::open_with(options(&root), Arc::new(kernel)).unwrap();
     let err = tsm.attest(&[0; 64]).unwrap_err().to_string();
     assert!(
