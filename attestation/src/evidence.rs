@@ -19,9 +19,10 @@
 use ring::digest::{digest, SHA512};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::policy::{Policy, PolicyViolation};
-use crate::snp::certs::{AmdCertificate, CertError};
-use crate::snp::verify::{verify_genuine, CertChain, VerifiedReport, VerifyError, VerifyOptions};
+use crate::policy::Policy;
+use crate::snp::certs::AmdCertificate;
+use crate::snp::verify::{verify_genuine, CertChain, VerifiedReport, VerifyOptions};
+use crate::Error;
 
 /// Domain separator hashed before the claims.
 pub const EVIDENCE_DOMAIN: &[u8] = b"cloister-evidence-v1";
@@ -96,8 +97,8 @@ pub struct Claims {
 impl Claims {
     /// The 64 bytes of REPORT_DATA these claims require:
     /// `SHA-512("cloister-evidence-v1" || postcard(claims))`.
-    pub fn report_data(&self) -> Result<[u8; 64], EvidenceError> {
-        let encoded = postcard::to_stdvec(self).map_err(|_| EvidenceError::Encoding)?;
+    pub fn report_data(&self) -> Result<[u8; 64], Error> {
+        let encoded = postcard::to_stdvec(self).map_err(|_| Error::EvidenceEncoding)?;
         let mut input = Vec::with_capacity(EVIDENCE_DOMAIN.len() + encoded.len());
         input.extend_from_slice(EVIDENCE_DOMAIN);
         input.extend_from_slice(&encoded);
@@ -151,98 +152,38 @@ pub struct Evidence {
     pub claims: Claims,
 }
 
-/// Why evidence was rejected.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EvidenceError {
-    /// The evidence bytes do not decode.
-    #[error("evidence: malformed encoding")]
-    Encoding,
-    /// The evidence is larger than [`MAX_EVIDENCE_LEN`], or carries too many model digests.
-    #[error("evidence: too large ({what})")]
-    TooLarge {
-        /// What is too large.
-        what: &'static str,
-    },
-    /// A certificate in the evidence does not parse.
-    #[error("evidence: {0}")]
-    Certificate(#[from] CertError),
-    /// The report or its chain failed verification, or the policy rejected it.
-    #[error("{0}")]
-    Verify(#[from] VerifyError),
-    /// Claims of an unsupported version.
-    #[error("claims.version: expected {CLAIMS_VERSION}, found {found}")]
-    ClaimsVersion {
-        /// Version found.
-        found: u16,
-    },
-    /// REPORT_DATA is not the hash of the claims: the claims were changed after the report was made.
-    #[error("report_data: does not commit to the claims (expected {expected}, found {found})")]
-    ReportDataMismatch {
-        /// SHA-512 of the claims, hex.
-        expected: String,
-        /// REPORT_DATA, hex.
-        found: String,
-    },
-    /// The nonce is not the one the verifier drew: stale or replayed evidence.
-    #[error("claims.nonce: expected {expected}, found {found} (stale or replayed evidence)")]
-    NonceMismatch {
-        /// Expected, hex.
-        expected: String,
-        /// Found, hex.
-        found: String,
-    },
-    /// The exporter is not the one of the verifier's TLS session: the evidence was relayed.
-    #[error("claims.tls_exporter: expected {expected}, found {found} (evidence made for another TLS session: relay or man in the middle)")]
-    ExporterMismatch {
-        /// Expected, hex.
-        expected: String,
-        /// Found, hex.
-        found: String,
-    },
-    /// The platform label disagrees with the root the chain ends in.
-    #[error("platform: evidence says {claimed} but its chain ends in {actual}")]
-    PlatformMismatch {
-        /// Platform in the evidence.
-        claimed: &'static str,
-        /// Platform of the trusted root.
-        actual: &'static str,
-    },
-    /// A model digest, or the absence of a required one, violates the policy.
-    #[error("policy: {0}")]
-    Policy(#[from] PolicyViolation),
-}
-
 impl Evidence {
     /// Encodes for the wire (postcard).
-    pub fn to_bytes(&self) -> Result<Vec<u8>, EvidenceError> {
-        postcard::to_stdvec(self).map_err(|_| EvidenceError::Encoding)
+    pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
+        postcard::to_stdvec(self).map_err(|_| Error::EvidenceEncoding)
     }
 
     /// Decodes untrusted bytes; bounded in size, never panics.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EvidenceError> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
         if bytes.len() > MAX_EVIDENCE_LEN {
-            return Err(EvidenceError::TooLarge { what: "evidence" });
+            return Err(Error::EvidenceTooLarge { what: "evidence" });
         }
         let (ev, rest): (Evidence, &[u8]) =
-            postcard::take_from_bytes(bytes).map_err(|_| EvidenceError::Encoding)?;
+            postcard::take_from_bytes(bytes).map_err(|_| Error::EvidenceEncoding)?;
         if !rest.is_empty() {
-            return Err(EvidenceError::Encoding);
+            return Err(Error::EvidenceEncoding);
         }
         if ev.claims.model_digests.len() > MAX_MODEL_DIGESTS {
-            return Err(EvidenceError::TooLarge {
+            return Err(Error::EvidenceTooLarge {
                 what: "model_digests",
             });
         }
         Ok(ev)
     }
 
-    fn chain(&self) -> Result<CertChain, CertError> {
+    fn chain(&self) -> Result<CertChain, Error> {
         let opt = |der: &[u8]| {
             if der.is_empty() {
                 Ok(None)
             } else {
-                AmdCertificate::from_der(der).map(Some)
+                AmdCertificate::from_der(der)
+                    .map(Some)
+                    .map_err(Error::EvidenceCertificate)
             }
         };
         Ok(CertChain {
@@ -288,15 +229,15 @@ pub fn verify_evidence(
     policy: &Policy,
     options: &VerifyOptions<'_>,
     expected: &ExpectedSession<'_>,
-) -> Result<VerifiedEvidence, EvidenceError> {
+) -> Result<VerifiedEvidence, Error> {
     let claims = &evidence.claims;
     if claims.version != CLAIMS_VERSION {
-        return Err(EvidenceError::ClaimsVersion {
+        return Err(Error::ClaimsVersion {
             found: claims.version,
         });
     }
     if claims.model_digests.len() > MAX_MODEL_DIGESTS {
-        return Err(EvidenceError::TooLarge {
+        return Err(Error::EvidenceTooLarge {
             what: "model_digests",
         });
     }
@@ -310,7 +251,7 @@ pub fn verify_evidence(
         Platform::Snp
     };
     if actual != evidence.platform {
-        return Err(EvidenceError::PlatformMismatch {
+        return Err(Error::PlatformMismatch {
             claimed: evidence.platform.name(),
             actual: actual.name(),
         });
@@ -319,24 +260,24 @@ pub fn verify_evidence(
     // 2. Bound to this exchange: REPORT_DATA must be exactly the hash of the claims we were given
     //    (constant time: it is compared against attacker-influenced bytes), the nonce ours, the exporter
     //    our connection's. Checked before the policy, so that every policy decision is about evidence that
-    //    is genuine and fresh ([`EvidenceError::is_policy_decision`]): a replayed or forged report never
+    //    is genuine and fresh ([`Error::is_policy_decision`]): a replayed or forged report never
     //    reaches it.
     let want = claims.report_data()?;
     let got = &genuine.report().report_data;
     if !crate::ct_eq(&want, got) {
-        return Err(EvidenceError::ReportDataMismatch {
+        return Err(Error::ReportDataMismatch {
             expected: hex::encode(want),
             found: hex::encode(got),
         });
     }
     if !crate::ct_eq(expected.nonce, &claims.nonce) {
-        return Err(EvidenceError::NonceMismatch {
+        return Err(Error::NonceMismatch {
             expected: hex::encode(expected.nonce),
             found: hex::encode(claims.nonce),
         });
     }
     if !crate::ct_eq(expected.tls_exporter, &claims.tls_exporter) {
-        return Err(EvidenceError::ExporterMismatch {
+        return Err(Error::ExporterMismatch {
             expected: hex::encode(expected.tls_exporter),
             found: hex::encode(claims.tls_exporter),
         });
@@ -352,18 +293,6 @@ pub fn verify_evidence(
         report,
         claims: claims.clone(),
     })
-}
-
-impl EvidenceError {
-    /// True when the evidence was genuine, fresh and bound to the exchange, and the policy refused it: a
-    /// decision about a real enclave. False for everything an unauthenticated peer can cause (malformed or
-    /// forged evidence, a wrong chain, a replay).
-    pub fn is_policy_decision(&self) -> bool {
-        matches!(
-            self,
-            EvidenceError::Verify(VerifyError::Policy(_)) | EvidenceError::Policy(_)
-        )
-    }
 }
 
 #[cfg(test)]

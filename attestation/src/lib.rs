@@ -8,16 +8,18 @@
 //! else can construct.
 #![forbid(unsafe_code)]
 
+pub mod error;
 pub mod evidence;
 pub mod guid;
 pub mod policy;
-#[cfg(feature = "simulator")]
+#[cfg(feature = "insecure-simulator")]
 pub mod sim;
 pub mod snp;
 
+pub use error::Error;
 pub use guid::Guid;
 pub use policy::{Policy, PolicyViolation};
-pub use snp::verify::{verify, CertChain, VerifiedReport, VerifyError, VerifyOptions};
+pub use snp::verify::{verify, CertChain, VerifiedReport, VerifyOptions};
 
 /// Compares two byte strings in constant time (for the lengths given). Used wherever attacker-influenced
 /// bytes are compared with expected values (REPORT_DATA, nonces, exporters, chip ids).

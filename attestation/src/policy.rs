@@ -29,8 +29,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::snp::report::{FirmwareVersion, SigningKey, TcbVersion};
-use crate::snp::verify::ChainFacts;
+use crate::snp::report::{AttestationReport, FirmwareVersion, SigningKey, TcbVersion};
 use crate::snp::Product;
 
 /// A failed policy check: which field, what the policy expected, what the report holds.
@@ -43,15 +42,6 @@ pub struct PolicyViolation {
     pub expected: String,
     /// What the report says.
     pub found: String,
-}
-
-/// Why a policy file could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PolicyError {
-    /// Not valid TOML, an unknown field, or a value of the wrong shape.
-    #[error("policy: {0}")]
-    Parse(#[from] toml::de::Error),
 }
 
 /// Which endorsement key may have signed the report.
@@ -212,6 +202,21 @@ impl serde::Serialize for VersionPin {
             self.major, self.minor, self.build
         ))
     }
+}
+
+/// Facts established about the report before the policy is applied; handed to [`Policy::check`].
+///
+/// Defined here, with the policy that consumes it, so that the verifier depends on the policy and not the
+/// other way round.
+pub struct ChainFacts<'a> {
+    /// The decoded report.
+    pub report: &'a AttestationReport,
+    /// Product of the trusted root.
+    pub product: Product,
+    /// VCEK or VLEK.
+    pub signing_key: SigningKey,
+    /// Whether the root is a simulated one.
+    pub simulated: bool,
 }
 
 /// A relying party's verification policy. See the module documentation.
@@ -457,7 +462,7 @@ fn expect_in<const N: usize>(
 
 impl Policy {
     /// Parses a TOML policy. Unknown fields are errors.
-    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+    pub fn from_toml(text: &str) -> Result<Self, crate::Error> {
         Ok(toml::from_str(text)?)
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cloister_attestation::evidence::{
-    verify_evidence, Evidence, EvidenceError, ExpectedSession, VerifiedEvidence, MAX_EVIDENCE_LEN,
+    verify_evidence, Evidence, ExpectedSession, VerifiedEvidence, MAX_EVIDENCE_LEN,
     TLS_EXPORTER_LABEL,
 };
 use cloister_attestation::policy::NoWorkloadPin;
@@ -76,7 +76,7 @@ pub enum SessionError {
     Malformed(String),
     /// The evidence was rejected: nothing was sent.
     #[error("attestation rejected: {0}")]
-    Attestation(#[from] EvidenceError),
+    Attestation(#[from] cloister_attestation::Error),
     /// The model the client wants to use is not among the attested claims.
     #[error("model {model:?} has digest {digest}, which the enclave's evidence does not attest (attested: {attested}); refusing to send input")]
     ModelNotAttested {

@@ -40,8 +40,8 @@ pub enum Error {
     Policy {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: cloister_attestation::policy::PolicyError,
+        /// Why (boxed: the verifier's error carries names and values).
+        source: Box<cloister_attestation::Error>,
     },
 }
 
@@ -75,7 +75,7 @@ pub fn read_policy(path: &Path) -> Result<Policy, Error> {
     let text = String::from_utf8_lossy(&read(path)?).into_owned();
     let mut policy = Policy::from_toml(&text).map_err(|source| Error::Policy {
         path: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     for file in [&mut policy.simulated_root, &mut policy.crl]

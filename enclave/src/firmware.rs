@@ -238,7 +238,7 @@ pub async fn make_evidence_async(
         .map_err(|_| FirmwareError::Task)?
 }
 
-#[cfg(feature = "simulator")]
+#[cfg(feature = "insecure-simulator")]
 mod sim {
     //! The simulated backend: `cloister_attestation::sim::SimPlatform` with this launch's measurement.
     use std::path::Path;
@@ -300,7 +300,7 @@ mod sim {
     }
 }
 
-#[cfg(not(feature = "simulator"))]
+#[cfg(not(feature = "insecure-simulator"))]
 mod sim {
     use std::path::Path;
 
@@ -313,7 +313,8 @@ mod sim {
         pub(super) fn open(_: &Path, _: &[u8]) -> Result<Self, FirmwareError> {
             Err(FirmwareError::Unavailable {
                 backend: "simulated",
-                missing: "this build was made without the `simulator` feature",
+                missing: "this build was made without the `insecure-simulator` feature (a production build: \
+                          cargo build -p cloister-enclave --no-default-features)",
             })
         }
     }

@@ -15,11 +15,14 @@
 pub mod blobs;
 pub mod config;
 pub mod danger;
+pub mod error;
 pub mod firmware;
 pub mod key_release;
 pub mod pool;
 pub mod runtime;
 pub mod server;
+
+pub use error::Error;
 
 /// The inference engine: crate `cloister-inference`, which `cloister seal`'s model check shares, so that a
 /// model that seals is a model the enclave loads.

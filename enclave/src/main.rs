@@ -188,8 +188,7 @@ async fn run(args: Args, config_bytes: Vec<u8>, config: Config) -> anyhow::Resul
             .context("cannot write to stdout")?;
     }
 
-    let enclave =
-        Arc::new(Enclave::new(&config, firmware).context("cannot start the inference threads")?);
+    let enclave = Arc::new(Enclave::new(&config, firmware)?);
     tracing::info!(
         inference_threads = enclave.pool().size(),
         memory_budget = enclave.memory().bytes(),

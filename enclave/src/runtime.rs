@@ -127,10 +127,11 @@ pub struct InstallError(pub String);
 
 impl Enclave {
     /// The enclave of a validated configuration; no model loaded yet. Starts the inference threads.
-    pub fn new(config: &Config, firmware: Arc<dyn Firmware>) -> std::io::Result<Self> {
+    pub fn new(config: &Config, firmware: Arc<dyn Firmware>) -> Result<Self, crate::Error> {
         let pool = InferencePool::new(
             usize::try_from(config.limits.inference_threads).unwrap_or(usize::MAX),
-        )?;
+        )
+        .map_err(crate::Error::Threads)?;
         let memory = MemoryBudget::new(match config.limits.memory_budget {
             BudgetSetting::Auto => default_budget_bytes(),
             BudgetSetting::Bytes(b) => b,

@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 pub use crate::config::{Backend, Config, ConfigError, QemuSettings};
 
 use crate::blobs::{BlobIndex, BlobServer, IndexError};
-use crate::launcher::{Launcher, SimLauncher};
+use crate::launcher::{LaunchError, Launcher, SimLauncher};
 use crate::qemu::{
     HostData, IdBlock, IdBlockError, Isolation, QemuConfig, QemuLauncher, SnpLaunch,
 };
@@ -105,6 +105,12 @@ pub enum Error {
     /// The ID block or ID auth is malformed.
     #[error("invalid --snp-id-block/--snp-id-auth")]
     IdBlock(#[from] IdBlockError),
+    /// The configuration cannot work (a usage error).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The enclave could not be launched.
+    #[error("cannot launch the enclave")]
+    Launch(#[from] LaunchError),
 }
 
 /// Runs the host until SIGINT/SIGTERM (then `Ok`) or a failure.

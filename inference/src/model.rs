@@ -7,62 +7,19 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceModel, InferenceModelExt, IntoRunnable, IntoTValue, Symbol,
-    SymbolValues, TDim, TValue, TVec, Tensor, TypedRunnableModel,
+    Framework, InferenceModel, InferenceModelExt, IntoRunnable, IntoTValue, Symbol, SymbolValues,
+    TValue, TVec, Tensor, TypedRunnableModel,
 };
 
 use crate::convert::{from_tensor, to_tensor};
 use crate::decoded::{DecodedModel, RefuseExternalData};
 use crate::footprint::{self, Footprint};
+pub use crate::planning::PLAN_CACHE_CAPACITY;
 use crate::planning::{
     describe_outputs, describe_outputs_per_shape, fix_input_facts, guarded, lock, plan_for_shapes,
-    symbol_shapes,
+    symbol_shapes, DimSpec, InputSpec, PlanCache,
 };
-use crate::{Datatype, Error, ModelMetadata, NamedTensor, Stage, TensorSpec, PLATFORM};
-
-/// How one dimension of a model input is constrained.
-#[derive(Debug, Clone)]
-pub(crate) enum DimSpec {
-    /// A fixed size.
-    Fixed(usize),
-    /// Bound per request; the same symbol must take the same value in every input of a request.
-    Symbol(Symbol),
-    /// An expression of symbols (rare in inputs): tract checks it while running.
-    Expr(TDim),
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct InputSpec {
-    pub(crate) name: String,
-    pub(crate) datatype: Datatype,
-    /// tract's datum type of `datatype` (never `TDim`: such inputs are refused).
-    pub(crate) datum_type: DatumType,
-    pub(crate) dims: Vec<DimSpec>,
-}
-
-impl InputSpec {
-    fn to_v2(&self) -> TensorSpec {
-        let shape = self
-            .dims
-            .iter()
-            .map(|d| match d {
-                DimSpec::Fixed(n) => i64::try_from(*n).unwrap_or(-1),
-                DimSpec::Symbol(_) | DimSpec::Expr(_) => -1,
-            })
-            .collect();
-        TensorSpec {
-            name: self.name.clone(),
-            datatype: self.datatype,
-            shape,
-        }
-    }
-}
-
-/// How many per-shape plans a [`LoadedModel`] in per-shape mode keeps (least recently used goes first).
-///
-/// Each plan holds its own optimized (packed) copy of the weights, so this bounds memory at about this many
-/// times the model; it also bounds what a client can make the enclave keep by varying shapes.
-pub const PLAN_CACHE_CAPACITY: usize = 4;
+use crate::{Error, ModelMetadata, NamedTensor, Stage, TensorSpec, PLATFORM};
 
 /// The bounds one request must respect before it runs ([`LoadedModel::prepare`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,56 +111,6 @@ pub(crate) struct PerShapePlans {
     /// The model with its input facts fixed, not yet typed: each plan starts from a clone of it.
     pub(crate) template: InferenceModel,
     pub(crate) cache: Mutex<PlanCache>,
-}
-
-/// A small LRU of plans keyed by the input shapes, in model input order.
-#[derive(Default)]
-pub(crate) struct PlanCache {
-    pub(crate) entries: Vec<CachedPlan>,
-    clock: u64,
-}
-
-pub(crate) struct CachedPlan {
-    shapes: Vec<Vec<usize>>,
-    plan: Arc<TypedRunnableModel>,
-    last_used: u64,
-}
-
-impl PlanCache {
-    fn get(&mut self, shapes: &[Vec<usize>]) -> Option<Arc<TypedRunnableModel>> {
-        self.clock += 1;
-        let clock = self.clock;
-        self.entries
-            .iter_mut()
-            .find(|e| e.shapes == shapes)
-            .map(|e| {
-                e.last_used = clock;
-                Arc::clone(&e.plan)
-            })
-    }
-
-    fn insert(&mut self, shapes: Vec<Vec<usize>>, plan: Arc<TypedRunnableModel>) {
-        self.clock += 1;
-        if self.entries.iter().any(|e| e.shapes == shapes) {
-            return; // a concurrent request planned the same shapes first
-        }
-        if self.entries.len() >= PLAN_CACHE_CAPACITY {
-            if let Some(oldest) = self
-                .entries
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(ix, _)| ix)
-            {
-                self.entries.swap_remove(oldest);
-            }
-        }
-        self.entries.push(CachedPlan {
-            shapes,
-            plan,
-            last_used: self.clock,
-        });
-    }
 }
 
 impl fmt::Debug for LoadedModel {

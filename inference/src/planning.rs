@@ -5,13 +5,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tract_onnx::prelude::{
-    DatumType, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, OutletId,
+    DatumType, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, OutletId, Symbol,
     SymbolValues, TDim, TractError, TractResult, TypedFact, TypedModel, TypedRunnableModel,
 };
 use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
 
 use crate::convert::datatype_of;
-use crate::model::{DimSpec, InputSpec, PlanCache};
 use crate::{Datatype, Error, Stage, TensorRole, TensorSpec};
 
 /// Locks the plan cache. A panic while the lock was held cannot leave it inconsistent (entries are pushed
@@ -269,4 +268,98 @@ pub(crate) fn output_datatype(name: &str, dt: DatumType) -> Result<Datatype, Err
 pub(crate) fn v2_shape<'a>(dims: impl Iterator<Item = &'a TDim>) -> Vec<i64> {
     dims.map(|d| d.as_i64().filter(|v| *v >= 0).unwrap_or(-1))
         .collect()
+}
+
+/// How one dimension of a model input is constrained.
+#[derive(Debug, Clone)]
+pub(crate) enum DimSpec {
+    /// A fixed size.
+    Fixed(usize),
+    /// Bound per request; the same symbol must take the same value in every input of a request.
+    Symbol(Symbol),
+    /// An expression of symbols (rare in inputs): tract checks it while running.
+    Expr(TDim),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct InputSpec {
+    pub(crate) name: String,
+    pub(crate) datatype: Datatype,
+    /// tract's datum type of `datatype` (never `TDim`: such inputs are refused).
+    pub(crate) datum_type: DatumType,
+    pub(crate) dims: Vec<DimSpec>,
+}
+
+impl InputSpec {
+    pub(crate) fn to_v2(&self) -> TensorSpec {
+        let shape = self
+            .dims
+            .iter()
+            .map(|d| match d {
+                DimSpec::Fixed(n) => i64::try_from(*n).unwrap_or(-1),
+                DimSpec::Symbol(_) | DimSpec::Expr(_) => -1,
+            })
+            .collect();
+        TensorSpec {
+            name: self.name.clone(),
+            datatype: self.datatype,
+            shape,
+        }
+    }
+}
+
+/// How many per-shape plans a `LoadedModel` in per-shape mode keeps (least recently used goes first).
+///
+/// Each plan holds its own optimized (packed) copy of the weights, so this bounds memory at about this many
+/// times the model; it also bounds what a client can make the enclave keep by varying shapes.
+pub const PLAN_CACHE_CAPACITY: usize = 4;
+
+/// A small LRU of plans keyed by the input shapes, in model input order.
+#[derive(Default)]
+pub(crate) struct PlanCache {
+    pub(crate) entries: Vec<CachedPlan>,
+    clock: u64,
+}
+
+pub(crate) struct CachedPlan {
+    shapes: Vec<Vec<usize>>,
+    plan: Arc<TypedRunnableModel>,
+    last_used: u64,
+}
+
+impl PlanCache {
+    pub(crate) fn get(&mut self, shapes: &[Vec<usize>]) -> Option<Arc<TypedRunnableModel>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.entries
+            .iter_mut()
+            .find(|e| e.shapes == shapes)
+            .map(|e| {
+                e.last_used = clock;
+                Arc::clone(&e.plan)
+            })
+    }
+
+    pub(crate) fn insert(&mut self, shapes: Vec<Vec<usize>>, plan: Arc<TypedRunnableModel>) {
+        self.clock += 1;
+        if self.entries.iter().any(|e| e.shapes == shapes) {
+            return; // a concurrent request planned the same shapes first
+        }
+        if self.entries.len() >= PLAN_CACHE_CAPACITY {
+            if let Some(oldest) = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(ix, _)| ix)
+            {
+                self.entries.swap_remove(oldest);
+            }
+        }
+        self.entries.push(CachedPlan {
+            shapes,
+            plan,
+            last_used: self.clock,
+        });
+    }
 }

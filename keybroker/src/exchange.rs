@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloister_attestation::evidence::{verify_evidence, EnclaveKey, EvidenceError, Sha384};
-use cloister_attestation::{VerifyError, VerifyOptions};
+use cloister_attestation::evidence::{verify_evidence, EnclaveKey, Sha384};
+use cloister_attestation::{Error as EvidenceError, VerifyOptions};
 use cloister_models::{Error as ModelsError, KeystoreError, ModelDigest};
 use cloister_proto::key_release::{AttestToVerify, BrokerConnection, BrokerEvent, RefusalCode};
 use cloister_proto::Error as ProtoError;
@@ -20,7 +20,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::audit::AuditRecord;
-use crate::server::Inner;
+use crate::shared::Inner;
 
 /// Why a connection ended early (stderr only; decisions go to the audit log).
 #[derive(Debug, thiserror::Error)]
@@ -262,9 +262,7 @@ fn sha384_text(d: &Sha384) -> String {
 /// The coarse code for a verification failure.
 fn refusal_code(e: &EvidenceError) -> RefusalCode {
     match e {
-        EvidenceError::Verify(VerifyError::Policy(_)) | EvidenceError::Policy(_) => {
-            RefusalCode::PolicyRejected
-        }
+        EvidenceError::Policy(_) => RefusalCode::PolicyRejected,
         EvidenceError::NonceMismatch { .. } => RefusalCode::Replay,
         _ => RefusalCode::EvidenceRejected,
     }

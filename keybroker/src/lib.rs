@@ -52,6 +52,7 @@ mod exchange;
 mod nonces;
 pub mod peers;
 mod server;
+mod shared;
 
 pub use audit::{AuditRecord, AuditSummary};
 pub use cloister_proto::key_release::BrokerConnection;

@@ -7,9 +7,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloister_attestation::snp::certs::AmdCertificate;
-use cloister_attestation::snp::crl::AmdCrl;
-use cloister_attestation::Policy;
 use cloister_collateral::files;
 use cloister_models::Keystore;
 use cloister_proto::key_release::{Clock, SystemClock};
@@ -21,10 +18,11 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::audit::AuditLog;
-use crate::config::{certificate_sha256, load_tls_identity, BrokerConfig, Limits};
+use crate::config::{certificate_sha256, load_tls_identity, BrokerConfig};
 use crate::exchange::handle_connection;
 use crate::nonces::IssuedNonces;
 use crate::peers::PeerBook;
+use crate::shared::{write_summaries, Inner};
 use crate::Error;
 
 /// How long in-flight connections may finish after a shutdown request.
@@ -44,22 +42,6 @@ impl std::fmt::Debug for KeyBroker {
             .field("keystore", &self.inner.keystore.dir())
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) struct Inner {
-    pub(crate) policy: Policy,
-    pub(crate) simulated_root: Option<AmdCertificate>,
-    /// The CRLs the owner's policy names (`crl`, `crls`), applied to every evidence.
-    pub(crate) crls: Vec<AmdCrl>,
-    pub(crate) keystore: Keystore,
-    pub(crate) audit: AuditLog,
-    pub(crate) nonces: Mutex<IssuedNonces>,
-    pub(crate) rng: SystemRandom,
-    /// The verification and audit clock (injected: tests pin it).
-    pub(crate) clock: Arc<dyn Clock>,
-    cert_sha256: [u8; 32],
-    pub(crate) limits: Limits,
-    pub(crate) peers: PeerBook,
 }
 
 impl KeyBroker {
@@ -224,45 +206,6 @@ impl KeyBroker {
         }
         write_summaries(&self.inner).await;
         Ok(())
-    }
-}
-
-impl Inner {
-    /// The current instant of the injected clock.
-    pub(crate) fn now_unix(&self) -> i64 {
-        self.clock.now_unix()
-    }
-
-    /// A refusal of a peer whose evidence did not verify (or that sent none): counted for the interval's
-    /// summary, or written at once when summaries are off.
-    pub(crate) fn refused_unverified(&self, peer: SocketAddr, code: &str, reason: &str) {
-        if self.limits.audit_summary_secs == 0 {
-            eprintln!("cloister keybroker: {peer}: {code}: {reason}");
-        } else {
-            self.peers.refused(peer.ip(), code, reason);
-        }
-    }
-}
-
-/// Writes the summary lines of the interval that just ended.
-pub(crate) async fn write_summaries(inner: &Arc<Inner>) {
-    let lines = inner.peers.take_summaries();
-    if lines.is_empty() {
-        return;
-    }
-    let inner = inner.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        lines
-            .iter()
-            .try_for_each(|line| inner.audit.append_json(line))
-            .map_err(|e| (inner.audit.path.clone(), e))
-    })
-    .await;
-    if let Ok(Err((path, e))) = written {
-        eprintln!(
-            "cloister keybroker: cannot write the audit log {}: {e}",
-            path.display()
-        );
     }
 }
 

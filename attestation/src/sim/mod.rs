@@ -306,7 +306,7 @@ impl SimPlatform {
             issued_at_unix: config.issued_at_unix,
         };
         let material = x509::Hierarchy::generate(&st, rng)?;
-        state::write_new_platform(dir, &st, &material)?;
+        write_new_platform(dir, &st, &material)?;
         Self::open(dir)
     }
 
@@ -545,4 +545,55 @@ impl SimPlatform {
         }
         Ok(())
     }
+}
+
+/// Writes keys, certificates and, last, the platform file into the (empty) directory `dir`. Here, where
+/// both the state (what a platform is) and its certificate hierarchy are known, so that neither module
+/// depends on the other's.
+fn write_new_platform(
+    dir: &Path,
+    state: &state::PlatformState,
+    h: &x509::Hierarchy,
+) -> Result<(), SimError> {
+    use state::{
+        make_dir, platform_toml, write_new, ARK_KEY, ASK_KEY, ASVK_KEY, CERTS_DIR, DIR_MODE,
+        KEYS_DIR, KEY_MODE, PLATFORM_FILE, PUBLIC_DIR_MODE, PUBLIC_MODE, VCEK_KEY, VLEK_CERTS_DIR,
+        VLEK_KEY,
+    };
+    let keys = dir.join(KEYS_DIR);
+    make_dir(&keys, DIR_MODE)?;
+    write_new(&keys.join(ARK_KEY), &h.ark.key_pkcs8, KEY_MODE)?;
+    write_new(&keys.join(ASK_KEY), &h.ask.key_pkcs8, KEY_MODE)?;
+    write_new(&keys.join(VCEK_KEY), &h.vcek.key_pkcs8, KEY_MODE)?;
+
+    let certs = dir.join(CERTS_DIR);
+    make_dir(&certs, PUBLIC_DIR_MODE)?;
+    write_new(&certs.join("ark.pem"), h.ark.pem()?.as_bytes(), PUBLIC_MODE)?;
+    write_new(&certs.join("ask.pem"), h.ask.pem()?.as_bytes(), PUBLIC_MODE)?;
+    write_new(
+        &certs.join("vcek.pem"),
+        h.vcek.pem()?.as_bytes(),
+        PUBLIC_MODE,
+    )?;
+
+    if let Some(v) = &h.vlek {
+        write_new(&keys.join(ASVK_KEY), &v.asvk.key_pkcs8, KEY_MODE)?;
+        write_new(&keys.join(VLEK_KEY), &v.vlek.key_pkcs8, KEY_MODE)?;
+        let certs = dir.join(VLEK_CERTS_DIR);
+        make_dir(&certs, PUBLIC_DIR_MODE)?;
+        write_new(&certs.join("ark.pem"), h.ark.pem()?.as_bytes(), PUBLIC_MODE)?;
+        write_new(
+            &certs.join("asvk.pem"),
+            v.asvk.pem()?.as_bytes(),
+            PUBLIC_MODE,
+        )?;
+        write_new(
+            &certs.join("vlek.pem"),
+            v.vlek.pem()?.as_bytes(),
+            PUBLIC_MODE,
+        )?;
+    }
+
+    let path = dir.join(PLATFORM_FILE);
+    write_new(&path, platform_toml(&path, state)?.as_bytes(), PUBLIC_MODE)
 }

@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use super::x509::Hierarchy;
 use super::SimError;
 use crate::snp::report::TcbVersion;
 use crate::snp::Product;
@@ -45,16 +44,16 @@ pub const VLEK_CERTS_DIR: &str = "certs-vlek";
 /// Version of the platform file format.
 pub(super) const FORMAT_VERSION: u32 = 1;
 
-const ARK_KEY: &str = "ark.pkcs8.der";
-const ASK_KEY: &str = "ask.pkcs8.der";
-const VCEK_KEY: &str = "vcek.pkcs8.der";
-const ASVK_KEY: &str = "asvk.pkcs8.der";
-const VLEK_KEY: &str = "vlek.pkcs8.der";
+pub(super) const ARK_KEY: &str = "ark.pkcs8.der";
+pub(super) const ASK_KEY: &str = "ask.pkcs8.der";
+pub(super) const VCEK_KEY: &str = "vcek.pkcs8.der";
+pub(super) const ASVK_KEY: &str = "asvk.pkcs8.der";
+pub(super) const VLEK_KEY: &str = "vlek.pkcs8.der";
 
-const DIR_MODE: u32 = 0o700;
-const KEY_MODE: u32 = 0o600;
-const PUBLIC_DIR_MODE: u32 = 0o755;
-const PUBLIC_MODE: u32 = 0o644;
+pub(super) const DIR_MODE: u32 = 0o700;
+pub(super) const KEY_MODE: u32 = 0o600;
+pub(super) const PUBLIC_DIR_MODE: u32 = 0o755;
+pub(super) const PUBLIC_MODE: u32 = 0o644;
 
 /// What `platform.toml` records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,13 +134,13 @@ pub(super) fn prepare_empty_dir(dir: &Path) -> Result<(), SimError> {
     }
 }
 
-fn make_dir(path: &Path, mode: u32) -> Result<(), SimError> {
+pub(super) fn make_dir(path: &Path, mode: u32) -> Result<(), SimError> {
     DirBuilder::new().mode(mode).create(path).map_err(io(path))
 }
 
 /// Writes a new file; fails if it exists. `mode` is set explicitly after creation, so the umask
 /// cannot loosen or tighten it.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SimError> {
+pub(super) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SimError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -152,50 +151,6 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SimError> {
         .map_err(io(path))?;
     file.write_all(bytes).map_err(io(path))?;
     file.sync_all().map_err(io(path))
-}
-
-/// Writes keys, certificates and, last, the platform file into the (empty) directory `dir`.
-pub(super) fn write_new_platform(
-    dir: &Path,
-    state: &PlatformState,
-    h: &Hierarchy,
-) -> Result<(), SimError> {
-    let keys = dir.join(KEYS_DIR);
-    make_dir(&keys, DIR_MODE)?;
-    write_new(&keys.join(ARK_KEY), &h.ark.key_pkcs8, KEY_MODE)?;
-    write_new(&keys.join(ASK_KEY), &h.ask.key_pkcs8, KEY_MODE)?;
-    write_new(&keys.join(VCEK_KEY), &h.vcek.key_pkcs8, KEY_MODE)?;
-
-    let certs = dir.join(CERTS_DIR);
-    make_dir(&certs, PUBLIC_DIR_MODE)?;
-    write_new(&certs.join("ark.pem"), h.ark.pem()?.as_bytes(), PUBLIC_MODE)?;
-    write_new(&certs.join("ask.pem"), h.ask.pem()?.as_bytes(), PUBLIC_MODE)?;
-    write_new(
-        &certs.join("vcek.pem"),
-        h.vcek.pem()?.as_bytes(),
-        PUBLIC_MODE,
-    )?;
-
-    if let Some(v) = &h.vlek {
-        write_new(&keys.join(ASVK_KEY), &v.asvk.key_pkcs8, KEY_MODE)?;
-        write_new(&keys.join(VLEK_KEY), &v.vlek.key_pkcs8, KEY_MODE)?;
-        let certs = dir.join(VLEK_CERTS_DIR);
-        make_dir(&certs, PUBLIC_DIR_MODE)?;
-        write_new(&certs.join("ark.pem"), h.ark.pem()?.as_bytes(), PUBLIC_MODE)?;
-        write_new(
-            &certs.join("asvk.pem"),
-            v.asvk.pem()?.as_bytes(),
-            PUBLIC_MODE,
-        )?;
-        write_new(
-            &certs.join("vlek.pem"),
-            v.vlek.pem()?.as_bytes(),
-            PUBLIC_MODE,
-        )?;
-    }
-
-    let path = dir.join(PLATFORM_FILE);
-    write_new(&path, platform_toml(&path, state)?.as_bytes(), PUBLIC_MODE)
 }
 
 /// The text of `platform.toml` for `state` (`path` only names the file in errors).

@@ -12,7 +12,8 @@ use x509_cert::Certificate;
 use super::*;
 use crate::snp::report::{AttestationReport, ReportError, SigningKey};
 use crate::snp::roots;
-use crate::snp::verify::{verify, VerifyError, VerifyOptions};
+use crate::snp::verify::{verify, VerifyOptions};
+use crate::Error as VerifyError;
 use crate::Policy;
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/snp");

@@ -11,116 +11,16 @@
 //! The order follows DESIGN §5: parse, build the chain to a pinned root, validity, chain signatures
 //! (RSASSA-PSS), optional CRL, the report's ECDSA P-384 signature, then the binding of the leaf
 //! certificate to the report (hwID = CHIP_ID and TCB SPLs = REPORTED_TCB for a VCEK; the VLEK key type for
-//! a VLEK), then the policy. Every step fails with a precise [`VerifyError`].
+//! a VLEK), then the policy. Every step fails with a precise [`Error`].
 
 use ring::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_FIXED};
 
-use super::certs::{AmdCertificate, AmdExtensions, CertError, CertRole};
+use super::certs::{AmdCertificate, AmdExtensions, CertRole};
 use super::crl::AmdCrl;
 use super::report::{signed_bytes, AttestationReport, ReportError, SigningKey, TcbVersion};
 use super::{roots, Product};
-use crate::policy::{Policy, PolicyViolation};
-
-/// Why a report and its chain were rejected (before the policy).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum VerifyError {
-    /// The report bytes are malformed.
-    #[error("report_parse: {0}")]
-    Report(#[from] ReportError),
-    /// A certificate is malformed, expired, or its signature does not verify.
-    #[error("certificate: {0}")]
-    Certificate(#[from] CertError),
-    /// The product could not be determined, or sources disagree.
-    #[error("product: {0}")]
-    Product(String),
-    /// The ARK is not one of AMD's embedded roots (nor an explicitly trusted simulated root).
-    #[error("root: the ARK {subject:?} (SHA-256 {fingerprint}) is not a trusted AMD root{hint}")]
-    UntrustedRoot {
-        /// Subject CN of the offered ARK.
-        subject: String,
-        /// SHA-256 of the offered ARK, lower-case hex.
-        fingerprint: String,
-        /// Extra explanation (e.g. that a simulated root must be passed explicitly).
-        hint: &'static str,
-    },
-    /// The certificate roles do not match the report's SIGNING_KEY.
-    #[error("signing_key: report says {report:?} but {detail}")]
-    KeyTypeMismatch {
-        /// SIGNING_KEY of the report.
-        report: SigningKey,
-        /// What the chain says instead.
-        detail: String,
-    },
-    /// The report is not signed (SIGNING_KEY = none) or uses an unknown signature algorithm.
-    #[error("signature_algo: expected 1 (ECDSA P-384 SHA-384) with a VCEK or VLEK, found algo {algo} with {key:?}")]
-    UnsupportedSignature {
-        /// SIGNATURE_ALGO.
-        algo: u32,
-        /// SIGNING_KEY.
-        key: SigningKey,
-    },
-    /// The report's ECDSA P-384 signature does not verify under the leaf's key.
-    #[error("report_signature: the ECDSA P-384 signature over report bytes 0x000..0x2A0 does not verify with the {role:?} key")]
-    ReportSignature {
-        /// The leaf's role.
-        role: CertRole,
-    },
-    /// hwID of the VCEK differs from CHIP_ID.
-    #[error("hwid: VCEK hwID {hw_id} does not equal report CHIP_ID {chip_id}")]
-    HwIdMismatch {
-        /// hwID (hex).
-        hw_id: String,
-        /// CHIP_ID (hex).
-        chip_id: String,
-    },
-    /// A TCB SPL in the leaf certificate differs from REPORTED_TCB.
-    #[error(
-        "reported_tcb.{component}: certificate SPL {cert} does not equal REPORTED_TCB {report}"
-    )]
-    TcbMismatch {
-        /// Which component.
-        component: &'static str,
-        /// SPL from the certificate extension.
-        cert: u8,
-        /// Value in REPORTED_TCB.
-        report: u8,
-    },
-    /// A certificate in the chain is revoked by the CRL.
-    #[error("crl: the {role:?} certificate (serial {serial}) is revoked")]
-    Revoked {
-        /// Which certificate.
-        role: CertRole,
-        /// Serial, hex.
-        serial: String,
-    },
-    /// The CRL is not signed by the chain's ARK, or is not current at the verification instant.
-    #[error("crl: {0}")]
-    Crl(CertError),
-    /// CRLs were given, but none is signed by the ARK of this chain.
-    #[error("crl: none of the {given} CRL(s) given is signed by {ark} (the root of this chain)")]
-    NoApplicableCrl {
-        /// How many CRLs were given.
-        given: usize,
-        /// The ARK's subject CN.
-        ark: String,
-    },
-    /// A certificate the report needs was not supplied (and none is embedded for it).
-    #[error("certificate: the {role:?} certificate is missing")]
-    MissingCertificate {
-        /// Which certificate.
-        role: CertRole,
-    },
-    /// The leaf certificate lacks an AMD extension this product requires.
-    #[error("certificate: the leaf lacks AMD extension {name}")]
-    MissingExtension {
-        /// Extension name as in AMD's VCEK specification.
-        name: &'static str,
-    },
-    /// A policy check failed.
-    #[error("policy: {0}")]
-    Policy(#[from] PolicyViolation),
-}
+use crate::policy::{ChainFacts, Policy};
+use crate::Error;
 
 /// The certificates that accompany a report, as offered (untrusted).
 #[derive(Clone, Default)]
@@ -235,18 +135,6 @@ impl ChainCache {
     }
 }
 
-/// Facts established about the report before the policy is applied; handed to [`Policy::check`].
-pub struct ChainFacts<'a> {
-    /// The decoded report.
-    pub report: &'a AttestationReport,
-    /// Product of the trusted root.
-    pub product: Product,
-    /// VCEK or VLEK.
-    pub signing_key: SigningKey,
-    /// Whether the root is a simulated one.
-    pub simulated: bool,
-}
-
 /// Verifies `raw_report` with its `chain` and applies `policy`.
 ///
 /// This is the one way to obtain a [`VerifiedReport`]. It fails closed: any parse problem, missing
@@ -257,7 +145,7 @@ pub fn verify(
     chain: &CertChain,
     policy: &Policy,
     options: &VerifyOptions<'_>,
-) -> Result<VerifiedReport, VerifyError> {
+) -> Result<VerifiedReport, Error> {
     verify_inner(raw_report, chain, policy, options, None)
 }
 
@@ -270,7 +158,7 @@ pub fn verify_cached(
     policy: &Policy,
     options: &VerifyOptions<'_>,
     cache: &ChainCache,
-) -> Result<VerifiedReport, VerifyError> {
+) -> Result<VerifiedReport, Error> {
     verify_inner(raw_report, chain, policy, options, Some(cache))
 }
 
@@ -280,7 +168,7 @@ fn verify_inner(
     policy: &Policy,
     options: &VerifyOptions<'_>,
     cache: Option<&ChainCache>,
-) -> Result<VerifiedReport, VerifyError> {
+) -> Result<VerifiedReport, Error> {
     let genuine = verify_genuine(raw_report, chain, options, cache)?;
     genuine.apply_policy(policy)
 }
@@ -308,7 +196,7 @@ impl GenuineReport {
     }
 
     /// Applies `policy`; the only way from a [`GenuineReport`] to a [`VerifiedReport`].
-    pub(crate) fn apply_policy(self, policy: &Policy) -> Result<VerifiedReport, VerifyError> {
+    pub(crate) fn apply_policy(self, policy: &Policy) -> Result<VerifiedReport, Error> {
         let facts = ChainFacts {
             report: &self.report,
             product: self.product,
@@ -333,7 +221,7 @@ pub(crate) fn verify_genuine(
     chain: &CertChain,
     options: &VerifyOptions<'_>,
     cache: Option<&ChainCache>,
-) -> Result<GenuineReport, VerifyError> {
+) -> Result<GenuineReport, Error> {
     let (report, product, simulated, leaf_extensions) =
         verify_without_policy(raw_report, chain, options, cache)?;
     Ok(GenuineReport {
@@ -350,7 +238,7 @@ fn verify_without_policy(
     chain: &CertChain,
     options: &VerifyOptions<'_>,
     cache: Option<&ChainCache>,
-) -> Result<(AttestationReport, Product, bool, AmdExtensions), VerifyError> {
+) -> Result<(AttestationReport, Product, bool, AmdExtensions), Error> {
     // 1. Parse. SNP ABI: exactly 0x4A0 bytes, known version, reserved fields zero.
     let report = AttestationReport::from_bytes(raw_report)?;
 
@@ -359,14 +247,14 @@ fn verify_without_policy(
         SigningKey::Vcek => (CertRole::Ask, CertRole::Vcek),
         SigningKey::Vlek => (CertRole::Asvk, CertRole::Vlek),
         SigningKey::None => {
-            return Err(VerifyError::UnsupportedSignature {
+            return Err(Error::UnsupportedSignature {
                 algo: report.signature_algo,
                 key: report.signing_key,
             })
         }
     };
     if report.signature_algo != super::report::SIGNATURE_ALGO_ECDSA_P384_SHA384 {
-        return Err(VerifyError::UnsupportedSignature {
+        return Err(Error::UnsupportedSignature {
             algo: report.signature_algo,
             key: report.signing_key,
         });
@@ -375,21 +263,21 @@ fn verify_without_policy(
     let leaf = chain
         .leaf
         .as_ref()
-        .ok_or(VerifyError::MissingCertificate { role: leaf_role })?;
+        .ok_or(Error::MissingCertificate { role: leaf_role })?;
     let leaf_extensions = leaf.amd_extensions()?;
     check_leaf_role(&report, leaf, leaf_role)?;
 
     // 3. Product: from the leaf's productName, cross-checked with the report's CPUID (v3+) and, below, with
     //    the root that signs the chain.
     let product = Product::from_name(&leaf_extensions.product_name).ok_or_else(|| {
-        VerifyError::Product(format!(
+        Error::Product(format!(
             "leaf productName {:?} is not Milan, Genoa or Turin",
             leaf_extensions.product_name
         ))
     })?;
     if let Some(cpuid_product) = report.cpuid_product() {
         if cpuid_product != product {
-            return Err(VerifyError::Product(format!(
+            return Err(Error::Product(format!(
                 "report CPUID says {cpuid_product}, certificate productName says {product}"
             )));
         }
@@ -397,7 +285,7 @@ fn verify_without_policy(
     // Turin firmware writes version 3 or later (Turin's TCB layout, with FMC, needs the CPUID fields a v2
     // report lacks): a v2 report under a Turin key is not one the firmware made.
     if report.version < 3 && product == Product::Turin {
-        return Err(VerifyError::Product(format!(
+        return Err(Error::Product(format!(
             "a version {} report cannot come from Turin (its firmware writes version 3 or later)",
             report.version
         )));
@@ -419,7 +307,7 @@ fn verify_without_policy(
                 } else {
                     ""
                 };
-                return Err(VerifyError::UntrustedRoot {
+                return Err(Error::UntrustedRoot {
                     subject: offered.subject_common_name().to_string(),
                     fingerprint: hex::encode(offered.sha256_fingerprint()),
                     hint,
@@ -430,13 +318,10 @@ fn verify_without_policy(
     let intermediate = match (&chain.intermediate, simulated, intermediate_role) {
         (Some(c), _, _) => c,
         (None, false, CertRole::Ask) => &embedded.ask,
-        (None, false, _) => embedded
-            .asvk
-            .as_ref()
-            .ok_or(VerifyError::MissingCertificate {
-                role: CertRole::Asvk,
-            })?,
-        (None, true, role) => return Err(VerifyError::MissingCertificate { role }),
+        (None, false, _) => embedded.asvk.as_ref().ok_or(Error::MissingCertificate {
+            role: CertRole::Asvk,
+        })?,
+        (None, true, role) => return Err(Error::MissingCertificate { role }),
     };
 
     // 5. Chain signatures (RSASSA-PSS SHA-384): ARK self-signed, ARK → ASK/ASVK → VCEK/VLEK. The
@@ -469,12 +354,11 @@ fn verify_without_policy(
             .iter()
             .filter(|c| c.issuer_common_name() == ark.subject_common_name())
         {
-            crl.verify_issued_by(ark).map_err(VerifyError::Crl)?;
-            crl.check_current_at(options.at_unix)
-                .map_err(VerifyError::Crl)?;
+            crl.verify_issued_by(ark).map_err(Error::Crl)?;
+            crl.check_current_at(options.at_unix).map_err(Error::Crl)?;
             for (role, cert) in [(intermediate_role, intermediate), (leaf_role, leaf)] {
                 if crl.revokes(cert) {
-                    return Err(VerifyError::Revoked {
+                    return Err(Error::Revoked {
                         role,
                         serial: hex::encode(cert.serial_number()),
                     });
@@ -483,7 +367,7 @@ fn verify_without_policy(
             applied += 1;
         }
         if applied == 0 {
-            return Err(VerifyError::NoApplicableCrl {
+            return Err(Error::NoApplicableCrl {
                 given: options.crls.len(),
                 ark: ark.subject_common_name().to_string(),
             });
@@ -494,14 +378,14 @@ fn verify_without_policy(
     //    converted from 72-byte little-endian to 48-byte big-endian.
     let signature = report
         .signature_p384_fixed()
-        .ok_or(VerifyError::ReportSignature { role: leaf_role })?;
+        .ok_or(Error::ReportSignature { role: leaf_role })?;
     let message = signed_bytes(raw_report).ok_or(ReportError::Length {
         expected: super::report::REPORT_LEN,
         found: raw_report.len(),
     })?;
     UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, leaf.p384_public_key()?)
         .verify(message, &signature)
-        .map_err(|_| VerifyError::ReportSignature { role: leaf_role })?;
+        .map_err(|_| Error::ReportSignature { role: leaf_role })?;
 
     // 9. Bind the leaf to the report: the certificate's TCB SPLs are those the key was derived for, so they
     //    must equal REPORTED_TCB; a VCEK is per chip, so hwID must equal CHIP_ID.
@@ -517,14 +401,14 @@ fn check_leaf_role(
     report: &AttestationReport,
     leaf: &AmdCertificate,
     role: CertRole,
-) -> Result<(), VerifyError> {
+) -> Result<(), Error> {
     let expected_cn = match role {
         CertRole::Vlek => "SEV-VLEK",
         _ => "SEV-VCEK",
     };
     let cn = leaf.subject_common_name();
     if cn != expected_cn {
-        return Err(VerifyError::KeyTypeMismatch {
+        return Err(Error::KeyTypeMismatch {
             report: report.signing_key,
             detail: format!(
                 "the leaf certificate's subject CN is {cn:?}, expected {expected_cn:?}"
@@ -539,14 +423,14 @@ fn check_intermediate_role(
     intermediate: &AmdCertificate,
     role: CertRole,
     product: Product,
-) -> Result<(), VerifyError> {
+) -> Result<(), Error> {
     let expected = match role {
         CertRole::Asvk => format!("SEV-VLEK-{product}"),
         _ => format!("SEV-{product}"),
     };
     let cn = intermediate.subject_common_name();
     if cn != expected {
-        return Err(VerifyError::KeyTypeMismatch {
+        return Err(Error::KeyTypeMismatch {
             report: report.signing_key,
             detail: format!(
                 "the intermediate certificate's subject CN is {cn:?}, expected {expected:?}"
@@ -560,7 +444,7 @@ fn check_tcb_binding(
     ext: &AmdExtensions,
     reported: &TcbVersion,
     product: Product,
-) -> Result<(), VerifyError> {
+) -> Result<(), Error> {
     let pairs = [
         ("bootloader", ext.bl_spl, reported.bootloader),
         ("tee", ext.tee_spl, reported.tee),
@@ -569,7 +453,7 @@ fn check_tcb_binding(
     ];
     for (component, cert, report) in pairs {
         if cert != report {
-            return Err(VerifyError::TcbMismatch {
+            return Err(Error::TcbMismatch {
                 component,
                 cert,
                 report,
@@ -580,10 +464,10 @@ fn check_tcb_binding(
         // Turin: the FMC SPL is part of the TCB; a certificate without it cannot vouch for the report.
         let cert = ext
             .fmc_spl
-            .ok_or(VerifyError::MissingExtension { name: "fmcSPL" })?;
+            .ok_or(Error::MissingExtension { name: "fmcSPL" })?;
         let report = reported.fmc.unwrap_or(0);
         if cert != report {
-            return Err(VerifyError::TcbMismatch {
+            return Err(Error::TcbMismatch {
                 component: "fmc",
                 cert,
                 report,
@@ -597,18 +481,18 @@ fn check_hw_id(
     ext: &AmdExtensions,
     report: &AttestationReport,
     product: Product,
-) -> Result<(), VerifyError> {
+) -> Result<(), Error> {
     let hw_id = ext
         .hw_id
         .as_deref()
-        .ok_or(VerifyError::MissingExtension { name: "hwID" })?;
+        .ok_or(Error::MissingExtension { name: "hwID" })?;
     // Turin's hwID is 8 bytes: CHIP_ID holds those 8 bytes followed by zeros. Milan/Genoa: 64 bytes.
     let expected_len = if product == Product::Turin { 8 } else { 64 };
     let (head, tail) = report.chip_id.split_at(hw_id.len().min(64));
     let matches =
         hw_id.len() == expected_len && crate::ct_eq(head, hw_id) && tail.iter().all(|&b| b == 0);
     if !matches {
-        return Err(VerifyError::HwIdMismatch {
+        return Err(Error::HwIdMismatch {
             hw_id: hex::encode(hw_id),
             chip_id: hex::encode(report.chip_id),
         });
@@ -661,7 +545,7 @@ mod tests {
         flipped[0x90] ^= 1;
         assert!(matches!(
             verify_cached(&flipped, &chain, &Policy::baseline(), &opts, &cache),
-            Err(VerifyError::ReportSignature { .. })
+            Err(Error::ReportSignature { .. })
         ));
         // ... validity ...
         let late = VerifyOptions {
@@ -670,13 +554,13 @@ mod tests {
         };
         assert!(matches!(
             verify_cached(&report, &chain, &Policy::baseline(), &late, &cache),
-            Err(VerifyError::Certificate(_))
+            Err(Error::Certificate(_))
         ));
         // ... and the policy.
         let strict = Policy::from_toml("vmpls = [3]").unwrap();
         assert!(matches!(
             verify_cached(&report, &chain, &strict, &opts, &cache),
-            Err(VerifyError::Policy(_))
+            Err(Error::Policy(_))
         ));
         // Another product's chain is not a hit and fails on its own signatures.
         let (_, milan) = set("oak_milan_vcek_v3_containers");
@@ -699,13 +583,13 @@ mod tests {
         m[0x48] = 7 << 2; // SIGNING_KEY = none
         assert!(matches!(
             verify(&m, &chain, &Policy::baseline(), &opts),
-            Err(VerifyError::UnsupportedSignature { .. })
+            Err(Error::UnsupportedSignature { .. })
         ));
         let mut m = report;
         m[0x34] = 2; // SIGNATURE_ALGO
         assert!(matches!(
             verify(&m, &chain, &Policy::baseline(), &opts),
-            Err(VerifyError::UnsupportedSignature { .. })
+            Err(Error::UnsupportedSignature { .. })
         ));
     }
 }

@@ -14,7 +14,7 @@ use cloister_client::magika::{Analysis, MagikaConfig};
 use cloister_client::session::{AttestedSession, SessionPolicy};
 use cloister_kserve::{InferRequest, InferTensor, TensorData};
 
-use super::{EXIT_OK, EXIT_REJECTED};
+use super::{exit, runtime, Failure};
 
 /// The Magika sample model, embedded so that the demo runs from any directory with nothing but the binary
 /// and its siblings (`cloister-host`, `cloister-enclave`).
@@ -63,23 +63,8 @@ fn samples() -> Vec<(String, Vec<u8>)> {
 
 /// Runs `cloister demo`.
 pub(crate) fn run(args: Args) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_REJECTED);
-        }
-    };
-    match runtime.block_on(demo(&args)) {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(e) => {
-            eprintln!("demo failed: {e}");
-            ExitCode::from(EXIT_REJECTED)
-        }
-    }
+    let result = runtime().and_then(|rt| rt.block_on(demo(&args)).map_err(Failure::Refused));
+    exit(result, "demo failed")
 }
 
 fn say(start: Instant, text: &str) {

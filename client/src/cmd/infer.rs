@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cloister_client::magika::{Analysis, MagikaConfig, Prediction};
-use cloister_client::session::{AttestedSession, SessionError, SessionPolicy};
+use cloister_client::session::{AttestedSession, SessionPolicy};
 use cloister_kserve::{InferRequest, InferResponse, InferTensor, TensorData};
 
-use super::{EXIT_OK, EXIT_REJECTED, EXIT_USAGE};
+use super::{exit, runtime, Failure};
 
 /// Arguments of `cloister infer`.
 #[derive(clap::Args)]
@@ -40,44 +40,10 @@ pub(crate) struct Args {
     binary: bool,
 }
 
-enum Failure {
-    Usage(String),
-    Refused(String),
-}
-
-impl From<SessionError> for Failure {
-    fn from(e: SessionError) -> Self {
-        match e {
-            SessionError::Input(e) => Failure::Usage(e.to_string()),
-            e @ SessionError::NoWorkloadPin(_) => Failure::Usage(e.to_string()),
-            other => Failure::Refused(other.to_string()),
-        }
-    }
-}
-
 /// Runs `cloister infer`.
 pub(crate) fn run(args: Args) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    match runtime.block_on(infer(&args)) {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(Failure::Usage(msg)) => {
-            eprintln!("error: {msg}");
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(Failure::Refused(msg)) => {
-            eprintln!("refused: {msg}");
-            ExitCode::from(EXIT_REJECTED)
-        }
-    }
+    let result = runtime().and_then(|rt| rt.block_on(infer(&args)));
+    exit(result, "refused")
 }
 
 /// What the client verified, for people.

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use cloister_keybroker::{generate_tls_identity, BrokerConfig, KeyBroker};
 
-use super::{EXIT_OK, EXIT_USAGE};
+use super::{exit, Failure};
 
 /// Arguments of `cloister keybroker`.
 #[derive(clap::Args)]
@@ -55,13 +55,7 @@ pub(crate) struct Args {
 
 /// Runs `cloister keybroker`.
 pub(crate) fn run(args: Args) -> ExitCode {
-    match serve(&args) {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_USAGE)
-        }
-    }
+    exit(serve(&args).map_err(Failure::from), "refused")
 }
 
 fn serve(args: &Args) -> anyhow::Result<()> {

@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use cloister_attestation::snp::measurement::id_block::{self, IdBlockFields, SigningKey};
 use cloister_attestation::snp::measurement::{self as measure, LaunchInput, VmmType};
 
-use super::{EXIT_OK, EXIT_USAGE};
+use super::{exit, Failure};
 
 /// Arguments of `cloister measure`.
 #[derive(clap::Args)]
@@ -119,16 +119,7 @@ fn parse_id(s: &str) -> Result<[u8; 16], String> {
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
-    match measure_cmd(&args) {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  because: {cause}");
-            }
-            ExitCode::from(EXIT_USAGE)
-        }
-    }
+    exit(measure_cmd(&args).map_err(Failure::from), "refused")
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

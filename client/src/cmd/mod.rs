@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod demo;
+pub(crate) mod failure;
 pub(crate) mod infer;
 pub(crate) mod keybroker;
 pub(crate) mod measure;
@@ -8,12 +9,7 @@ pub(crate) mod seal;
 pub(crate) mod sim;
 pub(crate) mod verify;
 
-/// Exit code: success.
-pub(crate) const EXIT_OK: u8 = 0;
-/// Exit code: the evidence was rejected (verification or policy failure).
-pub(crate) const EXIT_REJECTED: u8 = 1;
-/// Exit code: usage or I/O error.
-pub(crate) const EXIT_USAGE: u8 = 2;
+pub(crate) use failure::{exit, runtime, Failure, EXIT_OK, EXIT_USAGE};
 
 /// Parses an RFC 3339 instant into Unix seconds.
 pub(crate) fn parse_rfc3339(s: &str) -> Result<i64, String> {

@@ -22,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ring::rand::SystemRandom;
 use serde::Serialize;
 
-use super::{EXIT_OK, EXIT_REJECTED, EXIT_USAGE};
+use super::{exit, Failure};
 
 /// Models at least this large get a progress bar (when stderr is a terminal).
 const PROGRESS_THRESHOLD: u64 = 8 * 1024 * 1024;
@@ -70,31 +70,13 @@ pub(crate) struct Args {
     json: bool,
 }
 
-/// Why `cloister seal` stopped.
-enum Failure {
-    /// Exit 1.
-    Refused(String),
-    /// Exit 2.
-    Usage(String),
-}
-
 /// Runs `cloister seal`.
 pub(crate) fn run(args: Args) -> ExitCode {
     let result = match &args.inspect {
         Some(file) => inspect(file, args.json),
         None => seal(&args),
     };
-    match result {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(Failure::Refused(msg)) => {
-            eprintln!("refused: {msg}");
-            ExitCode::from(EXIT_REJECTED)
-        }
-        Err(Failure::Usage(msg)) => {
-            eprintln!("error: {msg}");
-            ExitCode::from(EXIT_USAGE)
-        }
-    }
+    exit(result, "refused")
 }
 
 fn required<'a>(v: &'a Option<PathBuf>, flag: &str) -> Result<&'a Path, Failure> {

@@ -17,7 +17,7 @@ use cloister_attestation::sim::{
 use cloister_attestation::snp::report::TcbVersion;
 use cloister_attestation::snp::Product;
 
-use super::{EXIT_OK, EXIT_USAGE};
+use super::{exit, Failure};
 
 /// Arguments of `cloister sim`.
 #[derive(clap::Args)]
@@ -183,16 +183,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         SimCommand::Init(a) => init(&a),
         SimCommand::Report(a) => report(&a),
     };
-    match result {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  because: {cause}");
-            }
-            ExitCode::from(EXIT_USAGE)
-        }
-    }
+    exit(result.map_err(Failure::from), "refused")
 }
 
 fn init(a: &InitArgs) -> anyhow::Result<()> {

@@ -11,10 +11,10 @@ use cloister_attestation::snp::report::AttestationReport;
 use cloister_attestation::snp::view::ReportView;
 use cloister_attestation::snp::Product;
 use cloister_attestation::{verify, CertChain, Policy, VerifyOptions};
-use cloister_collateral::files::{self as chain_files, Error as InputError};
+use cloister_collateral::files as chain_files;
 use serde::Serialize;
 
-use super::{EXIT_OK, EXIT_REJECTED, EXIT_USAGE};
+use super::{Failure, EXIT_OK, EXIT_USAGE};
 
 /// Arguments of `cloister verify`.
 #[derive(clap::Args)]
@@ -68,17 +68,6 @@ pub(crate) fn print_usage_error_json(reason: &str) {
     };
     if let Ok(s) = serde_json::to_string(&out) {
         println!("{s}");
-    }
-}
-
-enum Failure {
-    Usage(String),
-    Rejected(String),
-}
-
-impl From<InputError> for Failure {
-    fn from(e: InputError) -> Self {
-        Failure::Usage(e.to_string())
     }
 }
 
@@ -154,8 +143,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             crls: &inputs.crls,
             simulated_root: inputs.sim_root.as_ref(),
         };
-        verify(&inputs.raw_report, &inputs.chain, &inputs.policy, &options)
-            .map_err(|e| Failure::Rejected(e.to_string()))
+        verify(&inputs.raw_report, &inputs.chain, &inputs.policy, &options).map_err(Failure::from)
     });
     let code = match result {
         Ok(verified) => {
@@ -189,15 +177,15 @@ pub(crate) fn run(args: Args) -> ExitCode {
             }
             EXIT_OK
         }
-        Err(Failure::Rejected(reason)) => {
-            eprintln!("rejected: {reason}");
-            out.reason = Some(reason);
-            EXIT_REJECTED
-        }
-        Err(Failure::Usage(reason)) => {
-            eprintln!("error: {reason}");
-            out.reason = Some(reason);
-            EXIT_USAGE
+        Err(failure) => {
+            // The JSON object carries the same reason; the message and the code come from `failure`.
+            let word = match failure {
+                Failure::Refused(_) => "rejected",
+                Failure::Usage(_) => "error",
+            };
+            eprintln!("{word}: {}", failure.message());
+            out.reason = Some(failure.message().to_owned());
+            failure.code()
         }
     };
     if args.json {

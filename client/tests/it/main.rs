@@ -6,4 +6,5 @@ mod keybroker_cli;
 mod measure;
 mod seal;
 mod sim;
+mod sim_state;
 mod verify_vectors;

@@ -8,9 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cloister_attestation::evidence::{
-    verify_evidence, EvidenceError, ExpectedSession, Platform, Sha384,
-};
+use cloister_attestation::evidence::{verify_evidence, ExpectedSession, Platform, Sha384};
 use cloister_attestation::sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use cloister_attestation::snp::certs::CertRole;
 use cloister_attestation::snp::report::AttestationReport;
@@ -270,7 +268,7 @@ fn options(root: &Path) -> ConfigfsTsmOptions {
 /// Evidence for fixed claims through `tsm`, checked with the production verifier.
 fn evidence_verifies(
     tsm: &ConfigfsTsm,
-) -> Result<cloister_attestation::evidence::Evidence, EvidenceError> {
+) -> Result<cloister_attestation::evidence::Evidence, cloister_attestation::Error> {
     let nonce = [7u8; 32];
     let exporter = [9u8; 32];
     let claims = firmware::claims(nonce, exporter, None, vec![], Sha384([1; 48]));
@@ -290,7 +288,7 @@ fn evidence_verifies(
     assert_eq!(evidence.platform, Platform::Snp);
     let err = verify_evidence(&evidence, &policy, &options, &expected).unwrap_err();
     assert!(
-        matches!(err, EvidenceError::PlatformMismatch { .. }),
+        matches!(err, cloister_attestation::Error::PlatformMismatch { .. }),
         "{err}"
     );
     // ... and with the honest label the very same report and chain pass the production verifier.

@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use cloister_attestation::evidence::{
-    verify_evidence, Evidence, EvidenceError, ExpectedSession, Platform,
-};
+use cloister_attestation::evidence::{verify_evidence, Evidence, ExpectedSession, Platform};
 use cloister_attestation::sim::{simulated_launch_measurement, SimConfig, SimPlatform};
 use cloister_attestation::snp::Product;
 use cloister_attestation::{Policy, VerifyOptions};
@@ -94,7 +92,7 @@ async fn simulated_evidence_verifies_and_binds_the_session() {
     )
     .unwrap_err();
     assert!(
-        matches!(err, EvidenceError::ExporterMismatch { .. }),
+        matches!(err, cloister_attestation::Error::ExporterMismatch { .. }),
         "{err}"
     );
     // Without the simulated root, the production verifier rejects it.

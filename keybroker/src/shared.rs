@@ -1,0 +1,72 @@
+//! What every connection of the broker shares: the owner's policy, CRLs and keystore, the audit log, the
+//! nonce book, the per-address accounting, the RNG and the clock.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use cloister_attestation::snp::certs::AmdCertificate;
+use cloister_attestation::snp::crl::AmdCrl;
+use cloister_attestation::Policy;
+use cloister_models::Keystore;
+use cloister_proto::key_release::Clock;
+use ring::rand::SystemRandom;
+
+use crate::audit::AuditLog;
+use crate::config::Limits;
+use crate::nonces::IssuedNonces;
+use crate::peers::PeerBook;
+
+pub(crate) struct Inner {
+    pub(crate) policy: Policy,
+    pub(crate) simulated_root: Option<AmdCertificate>,
+    /// The CRLs the owner's policy names (`crl`, `crls`), applied to every evidence.
+    pub(crate) crls: Vec<AmdCrl>,
+    pub(crate) keystore: Keystore,
+    pub(crate) audit: AuditLog,
+    pub(crate) nonces: Mutex<IssuedNonces>,
+    pub(crate) rng: SystemRandom,
+    /// The verification and audit clock (injected: tests pin it).
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) cert_sha256: [u8; 32],
+    pub(crate) limits: Limits,
+    pub(crate) peers: PeerBook,
+}
+
+impl Inner {
+    /// The current instant of the injected clock.
+    pub(crate) fn now_unix(&self) -> i64 {
+        self.clock.now_unix()
+    }
+
+    /// A refusal of a peer whose evidence did not verify (or that sent none): counted for the interval's
+    /// summary, or written at once when summaries are off.
+    pub(crate) fn refused_unverified(&self, peer: SocketAddr, code: &str, reason: &str) {
+        if self.limits.audit_summary_secs == 0 {
+            eprintln!("cloister keybroker: {peer}: {code}: {reason}");
+        } else {
+            self.peers.refused(peer.ip(), code, reason);
+        }
+    }
+}
+
+/// Writes the summary lines of the interval that just ended.
+pub(crate) async fn write_summaries(inner: &Arc<Inner>) {
+    let lines = inner.peers.take_summaries();
+    if lines.is_empty() {
+        return;
+    }
+    let inner = inner.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        lines
+            .iter()
+            .try_for_each(|line| inner.audit.append_json(line))
+            .map_err(|e| (inner.audit.path.clone(), e))
+    })
+    .await;
+    if let Ok(Err((path, e))) = written {
+        eprintln!(
+            "cloister keybroker: cannot write the audit log {}: {e}",
+            path.display()
+        );
+    }
+}
