@@ -1,1 +1,0 @@
-//! Workspace test crate (tests live in `it/`).

@@ -1,7 +1,12 @@
 //! Cloister attestation core: decides whether an AMD SEV-SNP attestation report is genuine and
 //! acceptable under a policy.
 //!
-//! Pure: no I/O, no clock, no randomness. The caller passes the instant at which certificates must be
+//! Who runs it: every party — the client, the key broker, `cloister verify`, the enclave (to make claims) and
+//! the host (to display evidence). Secrets it may hold: none of its own; `snp::measurement::id_block` signs
+//! with an ID or author key its caller passes in, and the `insecure-simulator` feature's software AMD-SP keeps
+//! simulated keys on disk for development.
+//!
+//! Pure: no I/O, no clock, no randomness (the simulator aside). The caller passes the instant at which certificates must be
 //! valid, and the bytes of reports, certificates, CRLs and policies.
 //!
 //! Entry point: [`snp::verify::verify`], which returns a [`snp::verify::VerifiedReport`] that nothing

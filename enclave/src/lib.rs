@@ -1,5 +1,10 @@
 //! Cloister enclave library: everything that runs inside the confidential VM (binary `cloister-enclave`).
 //!
+//! Who runs it: the confidential VM (or, with `insecure-simulator`, a local process on the simulated
+//! platform). Secrets it holds: released model keys (until the model is opened), plaintext weights (in tract),
+//! its TLS private keys, and the clients' inputs and outputs while requests run. Nothing of these leaves it:
+//! the host sees ciphertext, logs are capped, errors are narrow.
+//!
 //! Trust assumptions (DESIGN §1, `docs/architecture.md`):
 //! - The measured configuration ([`config`]) is trusted: a verifier that accepts the launch measurement
 //!   accepts it (its digest is in every claim). Launch arguments are not: they only say where bytes flow.

@@ -1,5 +1,8 @@
 //! Cloister host library: launcher, supervisor, relay and blob service. Untrusted by design.
 //!
+//! Who runs it: the operator of the machine that hosts the enclave. Secrets it may hold: none — only
+//! ciphertext, sealed blobs and public headers pass through it.
+//!
 //! `cloister-host` runs on the machine that hosts the enclave, and that machine is an adversary
 //! (see `docs/architecture.md` and the design's threat model): it can refuse service, delay,
 //! drop or reorder bytes, but it never holds a key, a plaintext weight, an input or an output.

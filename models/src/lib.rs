@@ -1,5 +1,10 @@
 //! Cloister sealed models: the sealed-model format and the model owner's keystore.
 //!
+//! Who runs it: the model owner (`cloister seal`, the key broker's keystore), the enclave (opening a released
+//! model), and the host (reading public headers only, without the `sealing` feature). Secrets it may hold,
+//! with the `sealing` feature: model keys ([`ModelKey`], zeroized on drop) and plaintext models while they are
+//! sealed or opened. Without it: none (the header is public).
+//!
 //! A model owner seals an ONNX model under a fresh [`ModelKey`] ([`seal`], [`seal_file`]) and
 //! files the key under the model's [`ModelDigest`] in a [`Keystore`]. The sealed blob may be
 //! stored anywhere, including on the untrusted host. An attested enclave that was released the

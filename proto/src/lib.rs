@@ -1,6 +1,9 @@
 //! Cloister wire protocol: length-prefixed postcard frames, the key-release messages between an enclave
 //! and a key broker, and the wrapping of a model key to an enclave's ephemeral X25519 key.
 //!
+//! Who runs it: the enclave and the key broker (the two ends of key release). Secrets it may hold: a model
+//! key while it wraps or unwraps it, and the enclave's ephemeral X25519 private key for one exchange.
+//!
 //! Everything read here comes from a peer that may be hostile (a compromised enclave talking to the
 //! broker, the network, the host relaying bytes): frames are bounded before any allocation, decoding never
 //! panics, and unknown trailing bytes are errors.
