@@ -243,7 +243,13 @@ pub fn verify_evidence(
     }
     let chain = evidence.chain()?;
     // 1. Genuine: the AMD chain, the report's signature, the leaf's binding to the report.
-    let genuine = verify_genuine(&evidence.report, &chain, options, None)?;
+    let genuine = verify_genuine(
+        &evidence.report,
+        &chain,
+        options,
+        None,
+        policy.crl_grace_secs(),
+    )?;
 
     let actual = if genuine.is_simulated() {
         Platform::SnpSimulated

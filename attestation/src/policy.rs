@@ -301,7 +301,7 @@ pub struct Policy {
     /// (cloud firmware-only measurements), this is how the configuration is pinned.
     pub config_digests: Option<BTreeSet<ModelDigestPin>>,
     /// Accept evidence from any workload: a policy that pins no workload identity (`measurements`,
-    /// `id_key_digests`, `author_key_digests` or `host_data`) is refused by the key broker and by client
+    /// `id_key_digests` or `author_key_digests`; `host_data` is chosen by the host, so it does not count) is refused by the key broker and by client
     /// sessions unless this is true, and then a warning is printed at every start.
     #[serde(default)]
     pub allow_any_workload: bool,
@@ -311,19 +311,65 @@ pub struct Policy {
     /// the verification instant, and not revoke the ASK/ASVK. Absent: no revocation check. Same as a
     /// one-element `crls`.
     pub crl: Option<PathBuf>,
+    /// How long past its nextUpdate a CRL is still accepted: a duration such as `"7d"`, `"12h"`, `"0s"`
+    /// (default 7 days). Past it the chain is rejected with the reason (`crl: … stale …`).
+    pub crl_max_staleness: Option<DurationText>,
     /// Paths of ARK-signed CRLs (AMD publishes one per product and signing key: `/vcek/v1/{product}/crl`
     /// and `/vlek/v1/{product}/crl`). Each applies to the chains its ARK signs; a chain whose ARK signed
     /// none of them is rejected, since revocation checking was asked for.
     pub crls: Option<Vec<PathBuf>>,
 }
 
+/// The default `crl_max_staleness`: 7 days past nextUpdate.
+pub const DEFAULT_CRL_MAX_STALENESS_SECS: i64 = 7 * 24 * 3600;
+
+/// A duration written `"30s"`, `"15m"`, `"12h"` or `"7d"` (seconds, minutes, hours, days).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(into = "String")]
+pub struct DurationText(pub i64);
+
+impl From<DurationText> for String {
+    fn from(d: DurationText) -> String {
+        format!("{}s", d.0)
+    }
+}
+
+impl std::str::FromStr for DurationText {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(split);
+        let n: i64 = n
+            .parse()
+            .map_err(|_| format!("duration {s:?}: expected a number then s, m, h or d"))?;
+        let factor = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(format!("duration {s:?}: expected a unit s, m, h or d")),
+        };
+        n.checked_mul(factor)
+            .map(DurationText)
+            .ok_or_else(|| format!("duration {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// The policy fields that pin a workload identity (what code runs), in the order messages list them.
-pub const WORKLOAD_PINS: [&str; 4] = [
-    "measurements",
-    "id_key_digests",
-    "author_key_digests",
-    "host_data",
-];
+///
+/// `host_data` is not one: the host chooses HOST_DATA when it launches the guest, so a policy pinning only it
+/// would accept any image the host launches with that value. It binds configuration *beside* a pin of the
+/// code (in Cloister's SNP flow it is the enclave configuration's digest).
+pub const WORKLOAD_PINS: [&str; 3] = ["measurements", "id_key_digests", "author_key_digests"];
 
 /// A policy that would release keys or data to any workload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -731,7 +777,6 @@ impl Policy {
                 .author_key_digests
                 .as_ref()
                 .is_some_and(|s| !s.is_empty())
-            || self.host_data.is_some()
     }
 
     /// For code that releases keys or data: the policy must pin a workload identity, or say explicitly
@@ -743,6 +788,12 @@ impl Policy {
             (false, true) => Ok(true),
             (false, false) => Err(NoWorkloadPin),
         }
+    }
+
+    /// The staleness tolerated past a CRL's nextUpdate, in seconds (`crl_max_staleness`, default 7 days).
+    pub fn crl_grace_secs(&self) -> i64 {
+        self.crl_max_staleness
+            .map_or(DEFAULT_CRL_MAX_STALENESS_SECS, |d| d.0)
     }
 
     /// Every CRL path the policy names (`crl`, then `crls`).

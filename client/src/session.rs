@@ -35,7 +35,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::danger::AttestedTlsVerifier;
-use cloister_collateral::files::{self as chain_files, Error as InputError};
+use cloister_collateral::files as chain_files;
+use cloister_collateral::Error as InputError;
 
 /// Largest response body accepted from an enclave (inference outputs included).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;

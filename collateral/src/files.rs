@@ -6,44 +6,7 @@ use cloister_attestation::snp::certs::AmdCertificate;
 use cloister_attestation::snp::crl::AmdCrl;
 use cloister_attestation::{CertChain, Policy};
 
-/// Errors reading or parsing verification inputs from disk. These are usage/I-O errors (exit 2), not
-/// verification failures.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A certificate or CRL file could not be parsed.
-    #[error("{path}: {source}")]
-    Certificate {
-        /// The file.
-        path: PathBuf,
-        /// Why (boxed: certificate errors carry names and values).
-        source: Box<cloister_attestation::snp::certs::CertError>,
-    },
-    /// The certificate directory is ambiguous (e.g. both ask.pem and asvk.pem, or vcek.pem and vcek.der).
-    #[error("{dir}: {detail}")]
-    Layout {
-        /// The directory.
-        dir: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-    /// The policy file is invalid.
-    #[error("{path}: {source}")]
-    Policy {
-        /// The file.
-        path: PathBuf,
-        /// Why (boxed: the verifier's error carries names and values).
-        source: Box<cloister_attestation::Error>,
-    },
-}
+use crate::Error;
 
 /// Reads a whole file, mapping errors to [`Error::Read`].
 pub fn read(path: &Path) -> Result<Vec<u8>, Error> {

@@ -76,8 +76,9 @@ pub enum KeyReleaseError {
     /// The broker refused to release the key.
     #[error("the key broker refused to release the key: {}", refusal_text(*.0))]
     Refused(RefusalCode),
-    /// The wrapped key did not unwrap (wrong binding or tampering).
-    #[error("the released key does not unwrap")]
+    /// The key exchange's cryptography failed: the enclave's key pair, the agreement, or the unwrap (wrong
+    /// binding or tampering); the source says which.
+    #[error("the key release's key exchange failed")]
     Unwrap(#[source] cloister_proto::Error),
     /// The host part of the broker address is not a valid TLS server name.
     #[error("key_broker.address has no valid host name")]
@@ -224,10 +225,9 @@ impl BrokerClient {
                         expected: "Challenge, Granted or Refused",
                     })
                 }
-                Err(cloister_proto::Error::KeyWrap(_)) => {
-                    break Err(KeyReleaseError::Unwrap(cloister_proto::Error::KeyWrap(
-                        "the released key does not unwrap",
-                    )))
+                // The proto error says which step failed (key generation, agreement, unwrap).
+                Err(e @ cloister_proto::Error::KeyWrap(_)) => {
+                    break Err(KeyReleaseError::Unwrap(e))
                 }
                 Err(e) => break Err(KeyReleaseError::Protocol(e)),
             }

@@ -12,7 +12,7 @@
 //! refusal.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ pub enum PoolError {
 
 /// A fixed number of threads that run jobs in arrival order.
 pub struct InferencePool {
-    jobs: Mutex<Sender<Job>>,
+    jobs: Mutex<SyncSender<Job>>,
     threads: Arc<Semaphore>,
     size: usize,
 }
@@ -64,7 +64,9 @@ impl InferencePool {
         } else {
             threads
         };
-        let (sender, receiver) = channel::<Job>();
+        // Bounded: a job is sent only with a thread permit, and the permit lives until the job ends, so at most
+        // `size` jobs are ever queued or running.
+        let (sender, receiver) = sync_channel::<Job>(size);
         let receiver = Arc::new(Mutex::new(receiver));
         for i in 0..size {
             let receiver = Arc::clone(&receiver);
@@ -85,6 +87,11 @@ impl InferencePool {
     }
 
     /// Runs `job` on a pool thread once one is free, waiting at most until `deadline`.
+    ///
+    /// The thread permit is moved into the job and released when the job ends, not when the caller stops
+    /// waiting: a client that disconnects mid-request cancels the waiting future, and if the permit were
+    /// released then, another job would start while this one still runs (a way past both the thread count
+    /// and the memory budget). A job whose caller is gone before it starts is skipped.
     pub async fn run<T: Send + 'static>(
         &self,
         deadline: Instant,
@@ -97,16 +104,21 @@ impl InferencePool {
             .map_err(|_| PoolError::Failed)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let boxed: Job = Box::new(move || {
+            let _permit = permit;
+            if tx.is_closed() {
+                return;
+            }
             let _ = tx.send(job());
         });
         self.jobs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .send(boxed)
-            .map_err(|_| PoolError::Failed)?;
-        let out = rx.await.map_err(|_| PoolError::Failed);
-        drop(permit);
-        out
+            .try_send(boxed)
+            .map_err(|e| match e {
+                // Cannot happen while permits bound the queue; refusing is the safe answer if it does.
+                TrySendError::Full(_) | TrySendError::Disconnected(_) => PoolError::Failed,
+            })?;
+        rx.await.map_err(|_| PoolError::Failed)
     }
 }
 
@@ -135,7 +147,25 @@ pub struct MemoryBudget {
 /// Memory held by one admitted run; released when dropped.
 #[derive(Debug)]
 pub struct MemoryGrant {
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl MemoryGrant {
+    /// Adds `other`'s memory to this grant (both are released together).
+    pub fn merge(&mut self, other: MemoryGrant) {
+        match (&mut self.permit, other.permit) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (None, theirs) => self.permit = theirs,
+            (Some(_), None) => {}
+        }
+    }
+
+    /// The bytes held (whole units).
+    pub fn bytes(&self) -> u64 {
+        self.permit
+            .as_ref()
+            .map_or(0, |p| p.num_permits() as u64 * UNIT)
+    }
 }
 
 const UNIT: u64 = 1024;
@@ -155,6 +185,27 @@ impl MemoryBudget {
         self.bytes
     }
 
+    /// Grows `grant` to `needed` bytes in all (it never shrinks), waiting until `deadline` for the difference:
+    /// [`PoolError::NeverFits`] at once when the whole budget is smaller than `needed`.
+    pub async fn grow(
+        &self,
+        grant: &mut MemoryGrant,
+        needed: u64,
+        deadline: Instant,
+    ) -> Result<(), PoolError> {
+        if needed > self.bytes {
+            return Err(PoolError::NeverFits {
+                needed,
+                budget: self.bytes,
+            });
+        }
+        let more = self
+            .admit(needed.saturating_sub(grant.bytes()), deadline)
+            .await?;
+        grant.merge(more);
+        Ok(())
+    }
+
     /// Reserves `needed` bytes, waiting until `deadline` for them: [`PoolError::NeverFits`] at once when the
     /// whole budget is smaller, [`PoolError::Busy`] if they did not become free in time.
     pub async fn admit(&self, needed: u64, deadline: Instant) -> Result<MemoryGrant, PoolError> {
@@ -166,7 +217,7 @@ impl MemoryBudget {
         }
         let units = needed.div_ceil(UNIT);
         if units == 0 {
-            return Ok(MemoryGrant { _permit: None });
+            return Ok(MemoryGrant { permit: None });
         }
         // units <= budget units <= MAX_PERMITS < u32::MAX on every target we build for.
         let units = u32::try_from(units).map_err(|_| PoolError::NeverFits {
@@ -180,7 +231,7 @@ impl MemoryBudget {
                 .map_err(|_| PoolError::Busy(waited))?
                 .map_err(|_| PoolError::Failed)?;
         Ok(MemoryGrant {
-            _permit: Some(permit),
+            permit: Some(permit),
         })
     }
 }
@@ -192,7 +243,7 @@ pub fn default_budget_bytes() -> u64 {
     visible_memory_bytes().map_or(1 << 30, |m| m / 2)
 }
 
-/// The smaller of the cgroup v2 (or v1) memory limit and MemTotal, if any can be read.
+/// The smaller of the cgroup memory limits that apply to this process and MemTotal, if any can be read.
 pub fn visible_memory_bytes() -> Option<u64> {
     let mem_total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
         t.lines()
@@ -201,26 +252,106 @@ pub fn visible_memory_bytes() -> Option<u64> {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|kb| kb.saturating_mul(1024))
     });
-    let cgroup = [
-        "/sys/fs/cgroup/memory.max",
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-    ]
-    .iter()
-    .find_map(|p| {
-        std::fs::read_to_string(p)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-    });
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let cgroup = cgroup_limit(&own, |p| std::fs::read_to_string(p).ok());
     match (mem_total, cgroup) {
         (Some(m), Some(c)) => Some(m.min(c)),
         (m, c) => m.or(c),
     }
 }
 
+/// The tightest memory limit on the way from this process's cgroup up to the root: a limit on any ancestor
+/// applies too, and a container usually sits in a nested cgroup whose own `memory.max` may be "max" while its
+/// parent's is not. `proc_self_cgroup` is `/proc/self/cgroup`; `read` reads a control file.
+fn cgroup_limit(proc_self_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    let parse = |t: Option<String>| t.and_then(|t| t.trim().parse::<u64>().ok());
+    let mut limits = Vec::new();
+    for line in proc_self_cgroup.lines() {
+        // v2: "0::/path"; v1: "N:memory:/path" (or with other controllers listed with it).
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (base, file) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = path.trim_end_matches('/').to_owned();
+        loop {
+            limits.extend(parse(read(&format!("{base}{dir}/{file}"))));
+            match dir.rfind('/') {
+                Some(i) => dir.truncate(i),
+                None => break,
+            }
+            if dir.is_empty() {
+                limits.extend(parse(read(&format!("{base}/{file}"))));
+                break;
+            }
+        }
+    }
+    limits.into_iter().min()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::sync::mpsc::channel;
+
     use super::*;
+
+    #[test]
+    fn the_tightest_limit_on_the_way_to_the_root_applies() {
+        let files = |p: &str| -> Option<String> {
+            match p {
+                "/sys/fs/cgroup/kubepods/pod1/c1/memory.max" => Some("max\n".into()),
+                "/sys/fs/cgroup/kubepods/pod1/memory.max" => Some("2147483648\n".into()),
+                "/sys/fs/cgroup/kubepods/memory.max" => Some("8589934592\n".into()),
+                "/sys/fs/cgroup/memory/docker/x/memory.limit_in_bytes" => Some("1073741824".into()),
+                _ => None,
+            }
+        };
+        assert_eq!(cgroup_limit("0::/kubepods/pod1/c1\n", files), Some(2 << 30));
+        assert_eq!(
+            cgroup_limit("5:cpu,cpuacct:/docker/x\n4:memory:/docker/x\n", files),
+            Some(1 << 30)
+        );
+        assert_eq!(cgroup_limit("0::/\n", files), None);
+        assert_eq!(cgroup_limit("garbage", files), None);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_caller_keeps_its_thread_until_the_job_ends() {
+        let pool = Arc::new(InferencePool::new(1).unwrap());
+        let long = Instant::now() + Duration::from_secs(5);
+        let (started_tx, started_rx) = channel();
+        let (release_tx, release_rx) = channel::<()>();
+        let p = Arc::clone(&pool);
+        let abandoned = tokio::spawn(async move {
+            p.run(long, move || {
+                started_tx.send(()).unwrap();
+                let _ = release_rx.recv_timeout(Duration::from_secs(5));
+            })
+            .await
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+            .await
+            .unwrap();
+        // The client goes away: its future is dropped while the job still runs.
+        abandoned.abort();
+        let _ = abandoned.await;
+        // The only thread is still taken: another job must wait, not start beside the running one.
+        let short = Instant::now() + Duration::from_millis(150);
+        assert!(matches!(
+            pool.run(short, || ()).await,
+            Err(PoolError::Busy(_))
+        ));
+        release_tx.send(()).unwrap();
+        assert_eq!(pool.run(long, || 7).await.unwrap(), 7);
+    }
 
     #[tokio::test]
     async fn pool_runs_jobs_and_survives_a_panic() {

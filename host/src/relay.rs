@@ -188,6 +188,7 @@ impl Sources {
     }
 
     fn open(&self, ip: IpAddr) -> Option<SourceGuard> {
+        let ip = source_of(ip);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -465,6 +466,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RecordWatch<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The source a connection is counted against: an IPv4 address, or the /64 network of an IPv6 address
+/// (one subscriber usually holds a whole /64, so counting single IPv6 addresses would give one peer
+/// 2^64 "sources"). IPv4-mapped IPv6 addresses count as their IPv4 address.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 

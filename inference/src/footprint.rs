@@ -53,7 +53,16 @@ fn tensor_bytes(fact: &TypedFact, values: &SymbolValues) -> Option<u64> {
     if matches!(fact.datum_type, DatumType::String | DatumType::Blob) {
         return None;
     }
-    dim_value(&fact.mem_size(), values)
+    // The plain size, multiplied dimension by dimension with saturation: tract evaluates `mem_size` as one
+    // i64 expression, which wraps for a shape the symbol bounds still allow (a cubic intermediate of a 2^24
+    // symbol), and a wrapped size could read as small and admit a run that cannot fit. The exotic part
+    // (packed operands) only ever adds to the plain size, so the larger of the two is taken.
+    let plain =
+        elements(fact.shape.iter(), values)?.saturating_mul(fact.datum_type.size_of() as u64);
+    Some(match dim_value(&fact.mem_size(), values) {
+        Some(with_exotic) if with_exotic > plain => with_exotic,
+        _ => plain,
+    })
 }
 
 /// The saturating product of the dimensions, `None` if one does not evaluate to a non-negative number.

@@ -280,9 +280,14 @@ fn decide(
     let nonce = &pending.nonce;
     let requested = &pending.requested;
     record.claimed_report(evidence);
+    // A refusal of evidence that did not verify (or an internal failure) ends the connection: a peer gets one
+    // full verification per connection for unverified input, not `max_exchanges`. A decision about verified
+    // evidence (genuine and fresh, refused by the policy; an unknown model) leaves it open for the next request.
     let refuse = |conn: &mut BrokerConnection, record: &mut AuditRecord, code, reason: String| {
+        let close =
+            !(record.evidence_verified || record.policy_decision) || code == RefusalCode::Internal;
         record.refuse(code, reason);
-        conn.refuse(code, false)
+        conn.refuse(code, close)
     };
 
     // Freshness first: it is cheap, and a wrong nonce is refused whatever else the evidence says.

@@ -96,6 +96,7 @@ impl PeerBook {
     /// Counts a new connection from `ip`, or refuses it (`None`) when that address already holds
     /// `max_per_source` connections.
     pub(crate) fn open(&self, ip: IpAddr) -> Option<OpenConnection> {
+        let ip = source_of(ip);
         let mut state = self.lock();
         let n = state.open.entry(ip).or_insert(0);
         if *n >= self.max_per_source {
@@ -156,6 +157,22 @@ fn now_rfc3339() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// The source a connection is counted against: an IPv4 address, or the /64 network of an IPv6 address
+/// (one subscriber usually holds a whole /64, so counting single IPv6 addresses would give one peer
+/// 2^64 "sources"). IPv4-mapped IPv6 addresses count as their IPv4 address.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -202,5 +219,15 @@ mod tests {
         assert_eq!(lines.len(), MAX_TRACKED_PEERS + 1);
         let other = lines.iter().find(|l| l.peer == "other").unwrap();
         assert_eq!(other.count, 100);
+    }
+
+    #[test]
+    fn ipv6_sources_are_counted_per_64_and_mapped_ipv4_as_ipv4() {
+        let book = PeerBook::new(1);
+        let _a = book.open("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        assert!(book.open("2001:db8:1:2:ffff::9".parse().unwrap()).is_none());
+        assert!(book.open("2001:db8:1:3::1".parse().unwrap()).is_some());
+        let _v4 = book.open("192.0.2.7".parse().unwrap()).unwrap();
+        assert!(book.open("::ffff:192.0.2.7".parse().unwrap()).is_none());
     }
 }

@@ -444,6 +444,17 @@ fn attach_binary(
                             available: rest.len(),
                         })
                     })?;
+                // The size must be the shape's before anything is allocated for it: a body can then never
+                // allocate more than its shape allows.
+                let elem = t.datatype.element_size() as u64;
+                let expected = t.element_count().unwrap_or(u64::MAX);
+                if size % elem == 0 && size / elem != expected {
+                    return Err(err(TensorProblem::ElementCount {
+                        shape: shape_text(&t.shape),
+                        expected,
+                        found: size / elem,
+                    }));
+                }
                 let (mine, after) = rest.split_at(n);
                 rest = after;
                 t.data = Some(TensorData::from_le_bytes(t.datatype, mine).map_err(err)?);

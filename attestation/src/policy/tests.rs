@@ -137,9 +137,10 @@ fn config_digests_and_workload_pins() {
         pinned(&format!("author_key_digests = [\"{m}\"]")),
         Ok(false)
     );
+    // HOST_DATA is the host's choice: pinning it alone would accept any code launched with that value.
     assert_eq!(
         pinned(&format!("host_data = \"{}\"", "00".repeat(32))),
-        Ok(false)
+        Err(NoWorkloadPin)
     );
     assert_eq!(pinned("measurements = []"), Err(NoWorkloadPin));
     assert_eq!(pinned("allow_any_workload = true"), Ok(true));

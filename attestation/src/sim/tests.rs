@@ -349,15 +349,16 @@ fn crl_signed_by_the_simulated_ark_revokes_the_ask() {
         .unwrap()
         .serial_number()
         .to_vec();
-    let run = |crl_der: &[u8], at: i64| {
+    let run_with = |crl_der: &[u8], at: i64, policy: &Policy| {
         let crl = crate::snp::crl::AmdCrl::from_der(crl_der).unwrap();
         let opts = VerifyOptions {
             at_unix: at,
             crls: std::slice::from_ref(&crl),
             simulated_root: Some(p.root()),
         };
-        verify(&raw, &chain, &Policy::baseline(), &opts)
+        verify(&raw, &chain, policy, &opts)
     };
+    let run = |crl_der: &[u8], at: i64| run_with(crl_der, at, &Policy::baseline());
     let revoking = p
         .issue_crl(&[&ask_serial], ISSUED_AT, ISSUED_AT + 86_400)
         .unwrap();
@@ -370,9 +371,20 @@ fn crl_signed_by_the_simulated_ark_revokes_the_ask() {
         .issue_crl(&[&[0x7f, 0x00, 0x01]], ISSUED_AT, ISSUED_AT + 86_400)
         .unwrap();
     run(&unrelated, AT).unwrap();
-    // Stale CRL: fail closed.
-    let err = run(&empty, ISSUED_AT + 86_401).unwrap_err();
+    // Past nextUpdate: tolerated for `crl_max_staleness` (default 7 days), then refused with the reason.
+    let next_update = ISSUED_AT + 86_400;
+    run(&empty, next_update + 1).unwrap();
+    run(&empty, next_update + 7 * 86_400).unwrap();
+    let err = run(&empty, next_update + 7 * 86_400 + 1).unwrap_err();
     assert!(err.to_string().starts_with("crl"), "{err}");
+    assert!(err.to_string().contains("crl_max_staleness"), "{err}");
+    let strict = Policy::from_toml("crl_max_staleness = \"0s\"").unwrap();
+    let err = run_with(&empty, next_update + 1, &strict).unwrap_err();
+    assert!(err.to_string().contains("stale"), "{err}");
+    let day = Policy::from_toml("crl_max_staleness = \"1d\"").unwrap();
+    run_with(&empty, next_update + 86_400, &day).unwrap();
+    run_with(&empty, next_update + 86_401, &day).unwrap_err();
+    assert!(Policy::from_toml("crl_max_staleness = \"7 days\"").is_err());
     // Another platform's CRL is not signed by this ARK.
     let other = platform(Product::Milan)
         .issue_crl(&[], ISSUED_AT, ISSUED_AT + 86_400)

@@ -16,6 +16,7 @@ use super::certs::{
     unix_seconds, verify_rsa_pss_sha384, AmdCertificate, CertError, IssuerUsage, SignedKind,
     SignedLayout, SignedParts,
 };
+use super::report::SigningKey;
 
 const PEM_LABEL_CRL: &str = "X509 CRL";
 
@@ -31,6 +32,8 @@ pub struct AmdCrl {
     next_update: Option<i64>,
     /// Revoked serial numbers, normalized as [`AmdCertificate::serial_number`].
     revoked: Vec<Vec<u8>>,
+    /// The signing key whose tree this CRL covers, when known ([`AmdCrl::for_signing_key`]).
+    scope: Option<SigningKey>,
 }
 
 impl AmdCrl {
@@ -69,7 +72,26 @@ impl AmdCrl {
             name,
             issuer_cn,
             revoked,
+            scope: None,
         })
+    }
+
+    /// Marks this CRL as covering only the chains of `key` (VCEK: ASK and VCEKs; VLEK: ASVK and VLEKs).
+    ///
+    /// Why: AMD publishes one CRL per product *and* signing key (`/vcek/v1/{product}/crl`,
+    /// `/vlek/v1/{product}/crl`), both signed by the same ARK, so the issuer alone cannot tell them apart. An
+    /// unscoped CRL (a file whose origin the verifier does not know) applies to every chain of its ARK; a
+    /// scoped one (fetched from a known KDS path) applies only to its own tree, so that a VCEK CRL cannot
+    /// stand in for the VLEK CRL a relying party asked to be checked.
+    #[must_use]
+    pub fn for_signing_key(mut self, key: SigningKey) -> Self {
+        self.scope = Some(key);
+        self
+    }
+
+    /// Whether this CRL covers chains whose leaf is a `key` (always, when unscoped).
+    pub fn covers(&self, key: SigningKey) -> bool {
+        self.scope.is_none_or(|s| s == key)
     }
 
     /// Parses a PEM CRL: exactly one `X509 CRL` block.
@@ -122,6 +144,13 @@ impl AmdCrl {
     /// Checks thisUpdate <= `unix_seconds` and, if nextUpdate is present, `unix_seconds` <=
     /// nextUpdate.
     pub fn check_current_at(&self, unix_seconds: i64) -> Result<(), CertError> {
+        self.check_current_within(unix_seconds, 0)
+    }
+
+    /// Like [`AmdCrl::check_current_at`], tolerating a CRL up to `grace` seconds past its nextUpdate (the
+    /// policy's `crl_max_staleness`: AMD publishes a new CRL rarely, and a verifier that cannot reach the
+    /// KDS may prefer a slightly stale CRL to none).
+    pub fn check_current_within(&self, unix_seconds: i64, grace: i64) -> Result<(), CertError> {
         if unix_seconds < self.this_update {
             return Err(CertError::CrlNotYetValid {
                 issuer: self.issuer_cn.clone(),
@@ -130,11 +159,14 @@ impl AmdCrl {
             });
         }
         match self.next_update {
-            Some(next_update) if unix_seconds > next_update => Err(CertError::CrlStale {
-                issuer: self.issuer_cn.clone(),
-                next_update,
-                at: unix_seconds,
-            }),
+            Some(next_update) if unix_seconds > next_update.saturating_add(grace.max(0)) => {
+                Err(CertError::CrlStale {
+                    issuer: self.issuer_cn.clone(),
+                    next_update,
+                    at: unix_seconds,
+                    grace: grace.max(0),
+                })
+            }
             _ => Ok(()),
         }
     }

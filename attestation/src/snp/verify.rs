@@ -169,7 +169,7 @@ fn verify_inner(
     options: &VerifyOptions<'_>,
     cache: Option<&ChainCache>,
 ) -> Result<VerifiedReport, Error> {
-    let genuine = verify_genuine(raw_report, chain, options, cache)?;
+    let genuine = verify_genuine(raw_report, chain, options, cache, policy.crl_grace_secs())?;
     genuine.apply_policy(policy)
 }
 
@@ -221,9 +221,10 @@ pub(crate) fn verify_genuine(
     chain: &CertChain,
     options: &VerifyOptions<'_>,
     cache: Option<&ChainCache>,
+    crl_grace: i64,
 ) -> Result<GenuineReport, Error> {
     let (report, product, simulated, leaf_extensions) =
-        verify_without_policy(raw_report, chain, options, cache)?;
+        verify_without_policy(raw_report, chain, options, cache, crl_grace)?;
     Ok(GenuineReport {
         report,
         product,
@@ -238,6 +239,7 @@ fn verify_without_policy(
     chain: &CertChain,
     options: &VerifyOptions<'_>,
     cache: Option<&ChainCache>,
+    crl_grace: i64,
 ) -> Result<(AttestationReport, Product, bool, AmdExtensions), Error> {
     // 1. Parse. SNP ABI: exactly 0x4A0 bytes, known version, reserved fields zero.
     let report = AttestationReport::from_bytes(raw_report)?;
@@ -349,13 +351,12 @@ fn verify_without_policy(
     //    applies, the check that was asked for cannot be made, and that is an error.
     if !options.crls.is_empty() {
         let mut applied = 0;
-        for crl in options
-            .crls
-            .iter()
-            .filter(|c| c.issuer_common_name() == ark.subject_common_name())
-        {
+        for crl in options.crls.iter().filter(|c| {
+            c.issuer_common_name() == ark.subject_common_name() && c.covers(report.signing_key)
+        }) {
             crl.verify_issued_by(ark).map_err(Error::Crl)?;
-            crl.check_current_at(options.at_unix).map_err(Error::Crl)?;
+            crl.check_current_within(options.at_unix, crl_grace)
+                .map_err(Error::Crl)?;
             for (role, cert) in [(intermediate_role, intermediate), (leaf_role, leaf)] {
                 if crl.revokes(cert) {
                     return Err(Error::Revoked {

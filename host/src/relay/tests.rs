@@ -292,3 +292,15 @@ async fn slow_handshakes_and_non_tls_bytes_are_closed() {
     .await
     .unwrap();
 }
+
+#[test]
+fn ipv6_sources_are_counted_per_64_and_mapped_ipv4_as_ipv4() {
+    let sources = Sources::new(1);
+    let _a = sources.open("2001:db8:1:2::1".parse().unwrap()).unwrap();
+    assert!(sources
+        .open("2001:db8:1:2:ffff::9".parse().unwrap())
+        .is_none());
+    assert!(sources.open("2001:db8:1:3::1".parse().unwrap()).is_some());
+    let _v4 = sources.open("192.0.2.7".parse().unwrap()).unwrap();
+    assert!(sources.open("::ffff:192.0.2.7".parse().unwrap()).is_none());
+}

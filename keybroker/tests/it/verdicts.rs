@@ -1,6 +1,8 @@
 //! Grants and refusals of evidence: what the owner's policy decides, and what the audit log says.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::Duration;
+
 use cloister_models::ModelDigest;
 use cloister_proto::key_release::{BrokerToEnclave, EnclaveKeyPair, RefusalCode};
 use ring::rand::SystemRandom;
@@ -168,7 +170,8 @@ async fn replayed_evidence_is_refused() {
         "{reason}"
     );
 
-    // …and on a new connection.
+    // …and on a new connection (the refusal of unverified evidence closed the first).
+    closed_within(&mut first, Duration::from_secs(5)).await;
     let mut second = connect(broker.addr, broker.pin).await;
     request(&mut second, &owner.digest).await;
     assert_eq!(refused(&attest(&mut second, ev).await), RefusalCode::Replay);
@@ -176,7 +179,11 @@ async fn replayed_evidence_is_refused() {
     assert_eq!(line.code.as_deref(), Some("Replay"));
     assert!(line.reason.unwrap().contains("replayed"));
 
+    // A refusal of evidence that did not verify ends the connection.
+    closed_within(&mut second, Duration::from_secs(5)).await;
+
     // A nonce the broker never issued.
+    let mut second = connect(broker.addr, broker.pin).await;
     let nonce = request(&mut second, &owner.digest).await;
     let mut made_up = nonce;
     made_up[0] ^= 1;

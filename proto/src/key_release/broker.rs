@@ -252,6 +252,12 @@ impl BrokerConnection {
                 "the verified evidence is not this exchange's (another nonce)",
             ));
         }
+        // Defence in depth: verification bound the evidence to an exporter; it must be this connection's.
+        if !cloister_attestation::ct_eq(&verified.claims().tls_exporter, &self.exporter) {
+            return Err(Error::KeyWrap(
+                "the verified evidence is bound to another TLS connection (exporter)",
+            ));
+        }
         let (broker_public, wrapped_key) = wrap_model_key(key, verified, &requested, rng)?;
         self.next_exchange();
         frame::encode(&BrokerToEnclave::Granted {

@@ -30,9 +30,10 @@ impl FrameReader {
         }
         // A peer may pipeline at most one frame ahead: the protocol is one message at a time.
         if self.buf.len() > 2 * (4 + MAX_FRAME_LEN) {
+            let len = self.buf.len();
             self.buf.clear();
             return Err(Error::FrameTooLarge {
-                len: self.buf.len(),
+                len,
                 max: MAX_FRAME_LEN,
             });
         }

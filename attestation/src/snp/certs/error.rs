@@ -77,8 +77,8 @@ pub enum CertError {
         /// The instant checked, unix seconds.
         at: i64,
     },
-    /// A CRL is used after its nextUpdate.
-    #[error("CRL of {issuer:?} is stale since {next_update} (unix), checked at {at}")]
+    /// A CRL is used after its nextUpdate plus the tolerated staleness.
+    #[error("CRL of {issuer:?} is stale since {next_update} (unix, its nextUpdate), checked at {at}; crl_max_staleness tolerates {grace} s past nextUpdate")]
     CrlStale {
         /// Issuer common name.
         issuer: String,
@@ -86,6 +86,8 @@ pub enum CertError {
         next_update: i64,
         /// The instant checked, unix seconds.
         at: i64,
+        /// The staleness tolerated past nextUpdate, seconds.
+        grace: i64,
     },
     /// The issuer name of a certificate or CRL is not the subject name of the presented issuer.
     #[error("{subject:?} names issuer {expected_issuer:?}, but the presented issuer is {found_issuer:?}")]

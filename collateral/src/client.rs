@@ -1,0 +1,413 @@
+//! The collateral client: VCEKs, chains and CRLs from, in order, memory, an offline bundle, the on-disk
+//! store, and a KDS (AMD's, a mirror, or the host's `/collateral` service).
+//!
+//! ```text
+//! get(item) ── memory ─ hit ──────────────────────────────────────────────────────────────▶ bytes
+//!     │ miss: one flight per path (concurrent callers wait for it, then read memory)
+//!     ├─ bundle, store ─ verified & current ─▶ memory ─────────────────────────────────────▶ bytes
+//!     └─ KDS GET base+path ── 200 ─ verified ─▶ store, memory ─────────────────────────────▶ bytes
+//!            │ 429/503: wait Retry-After (or backoff 1 s, 2 s, 4 s … ≤ max), while the budget lasts
+//!            │ 404: not found (no retry)      transport error / other 5xx: backoff, while the budget lasts
+//!            └ budget spent: Error::GaveUp naming the URL, the attempts and the last answer
+//! ```
+//!
+//! Nothing is kept that did not verify ([`crate::verify`]): a bad answer is an error naming the URL and the
+//! reason, and neither memory nor the store changes. What is read back from the store or a bundle is
+//! verified again (the directory may be shared). A CRL is current until its nextUpdate; after that it is
+//! refetched, and if that fails the stale one is returned with the reason, for the verifier's
+//! `crl_max_staleness` to judge. A refetched CRL older than the one held (thisUpdate) is refused: a mirror
+//! cannot roll revocations back.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use cloister_attestation::snp::certs::AmdCertificate;
+use cloister_attestation::snp::crl::AmdCrl;
+use cloister_attestation::snp::report::AttestationReport;
+use cloister_attestation::snp::roots;
+use cloister_attestation::snp::Product;
+
+use crate::bundle::Bundle;
+use crate::kds::{self, Item, KeyTree, VcekId};
+use crate::store::Store;
+use crate::verify::{self, IssuerChain};
+use crate::Error;
+
+/// How hard to try a KDS before giving up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total time one item may take, waits included.
+    pub budget: Duration,
+    /// Time one HTTP request may take.
+    pub request_timeout: Duration,
+    /// First wait after a failure without `Retry-After`; doubled each time.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts (a longer `Retry-After` than the budget allows ends the attempts).
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Two minutes per item: AMD's KDS allows about one VCEK per 10 s per address and answers 429 with a
+    /// `Retry-After` beyond that; a verifier behind a busy NAT may need several of those windows.
+    fn default() -> Self {
+        RetryPolicy {
+            budget: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(30),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where collateral may come from.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// A KDS base URL (`https://kdsintf.amd.com`, a mirror, `{blobs}/collateral`); `None`: no network.
+    pub kds_url: Option<String>,
+    /// The on-disk store (Trustee's layout), read and filled.
+    pub cache_dir: Option<PathBuf>,
+    /// An offline bundle, read only.
+    pub bundle: Option<PathBuf>,
+    /// A simulated ARK to trust besides AMD's (simulated platform only).
+    pub simulated_root: Option<AmdCertificate>,
+    /// Retries.
+    pub retry: RetryPolicy,
+}
+
+/// A CRL, and why it may be stale.
+#[derive(Clone, Debug)]
+pub struct CrlFetch {
+    /// The CRL, verified, scoped to its key tree.
+    pub crl: AmdCrl,
+    /// Set when the CRL is past its nextUpdate and refetching it failed: why.
+    pub refresh_failed: Option<String>,
+}
+
+/// The collateral client. Cheap to share (`Arc`); every method may be called concurrently.
+pub struct Collateral {
+    base: Option<String>,
+    store: Option<Store>,
+    bundle: Option<Bundle>,
+    simulated_root: Option<AmdCertificate>,
+    retry: RetryPolicy,
+    /// Verified bodies by KDS path.
+    memory: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    /// One gate per path: the single flight.
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    upstream: AtomicU64,
+}
+
+impl std::fmt::Debug for Collateral {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collateral")
+            .field("kds_url", &self.base)
+            .field("store", &self.store.as_ref().map(Store::root))
+            .field("bundle", &self.bundle.is_some())
+            .field("simulated_root", &self.simulated_root.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a body came from (for the stale-CRL path).
+enum Local {
+    Fresh(Arc<Vec<u8>>),
+    Stale(Arc<Vec<u8>>),
+    None,
+}
+
+impl Collateral {
+    /// A client over `sources`: validates the URL, opens the store, reads the bundle.
+    pub fn new(sources: Sources) -> Result<Self, Error> {
+        Ok(Collateral {
+            base: sources.kds_url.as_deref().map(kds::base_url).transpose()?,
+            store: sources.cache_dir.as_deref().map(Store::open).transpose()?,
+            bundle: sources.bundle.as_deref().map(Bundle::read).transpose()?,
+            simulated_root: sources.simulated_root,
+            retry: sources.retry,
+            memory: Mutex::default(),
+            flights: Mutex::default(),
+            upstream: AtomicU64::new(0),
+        })
+    }
+
+    /// HTTP requests sent so far (every attempt counts).
+    pub fn upstream_requests(&self) -> u64 {
+        self.upstream.load(Ordering::Relaxed)
+    }
+
+    /// The KDS base URL, if any.
+    pub fn kds_url(&self) -> Option<&str> {
+        self.base.as_deref()
+    }
+
+    /// The chain of `tree` for `product`, verified.
+    pub async fn chain(&self, tree: KeyTree, product: Product) -> Result<IssuerChain, Error> {
+        let item = Item::Chain(tree, product);
+        let bytes = self.get(&item).await?.0;
+        verify::chain(&bytes, tree, product, self.simulated_root.as_ref())
+            .map_err(|reason| self.untrusted(&item, reason))
+    }
+
+    /// The VCEK that signed `report` (a VCEK-signed report of `product`), verified against it.
+    pub async fn vcek(
+        &self,
+        report: &AttestationReport,
+        product: Product,
+    ) -> Result<AmdCertificate, Error> {
+        let id = VcekId::of(report, product)?;
+        let bytes = self.get(&Item::Vcek(id)).await?.0;
+        let issuers = self.vcek_issuers(product).await?;
+        let issuers: Vec<&AmdCertificate> = issuers.iter().collect();
+        verify::vcek(&bytes, &id, &issuers)
+            .map_err(|reason| self.untrusted(&Item::Vcek(id), reason))
+    }
+
+    /// The CRL of `tree` for `product`: current if it can be had; else the newest held, with the reason.
+    pub async fn crl(&self, tree: KeyTree, product: Product) -> Result<CrlFetch, Error> {
+        let item = Item::Crl(tree, product);
+        let (bytes, refresh_failed) = self.get(&item).await?;
+        let crl = verify::crl(&bytes, tree, product, self.simulated_root.as_ref())
+            .map_err(|reason| self.untrusted(&item, reason))?;
+        Ok(CrlFetch {
+            crl,
+            refresh_failed,
+        })
+    }
+
+    /// The verified body of the item at the KDS path `path` (for a mirror: the host's `/collateral`
+    /// service). `None` when `path` names nothing the KDS serves.
+    pub async fn by_path(&self, path: &str) -> Option<Result<Vec<u8>, Error>> {
+        let item = Item::from_path(path)?;
+        Some(self.get(&item).await.map(|(b, _)| b.as_ref().clone()))
+    }
+
+    /// Who may have issued a VCEK of `product`: AMD's ASK, and the simulated chain's when one is trusted.
+    async fn vcek_issuers(&self, product: Product) -> Result<Vec<AmdCertificate>, Error> {
+        let mut issuers = vec![roots::embedded(product).ask.clone()];
+        if self.simulated_root.is_some() {
+            issuers.push(self.chain(KeyTree::Vcek, product).await?.intermediate);
+        }
+        Ok(issuers)
+    }
+
+    fn untrusted(&self, item: &Item, reason: String) -> Error {
+        Error::Untrusted {
+            what: item.path(),
+            reason,
+        }
+    }
+
+    /// The verified body of `item`, and for a stale CRL why it could not be refreshed.
+    async fn get(&self, item: &Item) -> Result<(Arc<Vec<u8>>, Option<String>), Error> {
+        let path = item.path();
+        if let Some(bytes) = self.remembered(&path) {
+            if self.is_current(item, &bytes) {
+                return Ok((bytes, None));
+            }
+        }
+        let gate = {
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(flights.entry(path.clone()).or_default())
+        };
+        let _flight = gate.lock().await;
+        // Another caller's flight may have filled it while this one waited.
+        if let Some(bytes) = self.remembered(&path) {
+            if self.is_current(item, &bytes) {
+                return Ok((bytes, None));
+            }
+        }
+        let held = match self.local(item).await? {
+            Local::Fresh(bytes) => {
+                self.remember(&path, &bytes);
+                return Ok((bytes, None));
+            }
+            Local::Stale(bytes) => Some(bytes),
+            Local::None => None,
+        };
+        match self.fetch_verified(item, held.as_deref()).await {
+            Ok(bytes) => {
+                let bytes = Arc::new(bytes);
+                if let Some(store) = &self.store {
+                    store.put(item, &bytes)?;
+                }
+                self.remember(&path, &bytes);
+                Ok((bytes, None))
+            }
+            Err(e) => match held {
+                // A CRL past its nextUpdate is still the newest known: the verifier's policy judges it.
+                Some(held) => Ok((held, Some(e.to_string()))),
+                None => Err(e),
+            },
+        }
+    }
+
+    fn remembered(&self, path: &str) -> Option<Arc<Vec<u8>>> {
+        self.memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(path)
+            .cloned()
+    }
+
+    fn remember(&self, path: &str, bytes: &Arc<Vec<u8>>) {
+        self.memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(path.to_owned(), Arc::clone(bytes));
+    }
+
+    /// Whether held bytes may be used without asking the KDS: always, except a CRL past its nextUpdate.
+    fn is_current(&self, item: &Item, bytes: &[u8]) -> bool {
+        match item {
+            Item::Crl(..) => AmdCrl::from_der(bytes)
+                .is_ok_and(|crl| crl.next_update_unix().is_none_or(|next| now_unix() <= next)),
+            _ => true,
+        }
+    }
+
+    /// The bundle's copy, else the store's, verified; a copy that does not verify is ignored (and will be
+    /// replaced by a verified one).
+    async fn local(&self, item: &Item) -> Result<Local, Error> {
+        let mut candidates = Vec::new();
+        if let Some(bundle) = &self.bundle {
+            candidates.extend(bundle.get(&item.path()).map(<[u8]>::to_vec));
+        }
+        if let Some(store) = &self.store {
+            candidates.extend(store.get(item)?);
+        }
+        let mut stale = None;
+        for bytes in candidates {
+            if self.check(item, &bytes).await.is_err() {
+                continue;
+            }
+            let bytes = Arc::new(bytes);
+            if self.is_current(item, &bytes) {
+                return Ok(Local::Fresh(bytes));
+            }
+            let newer = |held: &Arc<Vec<u8>>| this_update(&bytes) > this_update(held);
+            if stale.as_ref().is_none_or(newer) {
+                stale = Some(bytes);
+            }
+        }
+        Ok(stale.map_or(Local::None, Local::Stale))
+    }
+
+    /// Verifies `bytes` as `item`.
+    async fn check(&self, item: &Item, bytes: &[u8]) -> Result<(), String> {
+        let sim = self.simulated_root.as_ref();
+        match item {
+            Item::Chain(tree, product) => verify::chain(bytes, *tree, *product, sim).map(drop),
+            Item::Crl(tree, product) => verify::crl(bytes, *tree, *product, sim).map(drop),
+            Item::Vcek(id) => {
+                let issuers = Box::pin(self.vcek_issuers(id.product))
+                    .await
+                    .map_err(|e| format!("its issuer: {e}"))?;
+                let issuers: Vec<&AmdCertificate> = issuers.iter().collect();
+                verify::vcek(bytes, id, &issuers).map(drop)
+            }
+        }
+    }
+
+    /// Fetches `item` from the KDS and verifies it; for a CRL, refuses one older than `held`.
+    async fn fetch_verified(&self, item: &Item, held: Option<&Vec<u8>>) -> Result<Vec<u8>, Error> {
+        let Some(base) = &self.base else {
+            return Err(Error::Offline { what: item.path() });
+        };
+        let url = format!("{base}{}", item.path());
+        let body = self.fetch(&url, item.max_body()).await?;
+        self.check(item, &body)
+            .await
+            .map_err(|reason| Error::Untrusted {
+                what: url.clone(),
+                reason,
+            })?;
+        if let Some(held) = held {
+            if this_update(&body) < this_update(held) {
+                return Err(Error::Untrusted {
+                    what: url,
+                    reason: "the CRL served is older (thisUpdate) than the one already held".into(),
+                });
+            }
+        }
+        Ok(body)
+    }
+
+    /// GET with retries: 429/503 wait `Retry-After` (or the backoff), transport errors and other 5xx back
+    /// off, 404 and other 4xx end at once; everything within the budget.
+    async fn fetch(&self, url: &str, max_body: usize) -> Result<Vec<u8>, Error> {
+        let policy = self.retry;
+        let started = tokio::time::Instant::now();
+        let deadline = started + policy.budget;
+        let mut backoff = policy.initial_backoff;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            self.upstream.fetch_add(1, Ordering::Relaxed);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let outcome = crate::http::get(url, policy.request_timeout.min(left), max_body).await;
+            let (last, wait) = match outcome {
+                Ok(r) if r.status == 200 => return Ok(r.body.to_vec()),
+                Ok(r) if r.status == 404 => return Err(Error::NotFound { url: url.into() }),
+                Ok(r) if r.status == 429 || r.status == 503 => (
+                    format!(
+                        "HTTP {}{}",
+                        r.status,
+                        r.retry_after
+                            .map(|d| format!(" (Retry-After {} s)", d.as_secs()))
+                            .unwrap_or_default()
+                    ),
+                    r.retry_after.unwrap_or(backoff),
+                ),
+                Ok(r) if r.status >= 500 => (format!("HTTP {}", r.status), backoff),
+                Ok(r) => {
+                    return Err(Error::Http {
+                        url: url.into(),
+                        status: r.status,
+                    })
+                }
+                Err(e) => (e, backoff),
+            };
+            if tokio::time::Instant::now() + wait >= deadline {
+                return Err(Error::GaveUp {
+                    url: url.into(),
+                    attempts,
+                    seconds: started.elapsed().as_secs(),
+                    last,
+                });
+            }
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(policy.max_backoff);
+        }
+    }
+}
+
+impl Store {
+    /// The stored body of `item`.
+    fn get(&self, item: &Item) -> Result<Option<Vec<u8>>, Error> {
+        match item {
+            Item::Vcek(id) => self.get_vcek(id),
+            Item::Chain(tree, product) => self.get_chain(*tree, *product),
+            Item::Crl(tree, product) => self.get_crl(*tree, *product),
+        }
+    }
+
+    /// Stores the verified body of `item`.
+    fn put(&self, item: &Item, bytes: &[u8]) -> Result<(), Error> {
+        match item {
+            Item::Vcek(id) => self.put_vcek(id, bytes),
+            Item::Chain(tree, product) => self.put_chain(*tree, *product, bytes),
+            Item::Crl(tree, product) => self.put_crl(*tree, *product, bytes),
+        }
+    }
+}
+
+fn this_update(crl_der: &[u8]) -> i64 {
+    AmdCrl::from_der(crl_der).map_or(i64::MIN, |c| c.this_update_unix())
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}

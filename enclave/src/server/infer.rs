@@ -1,0 +1,343 @@
+//! `POST /v2/models/{name}/infer`: decode, admit against the memory budget, run on the inference pool,
+//! encode. Every bound a request meets on the way is here, in the order it meets them.
+
+use super::*;
+
+pub(super) async fn infer(
+    enclave: &Enclave,
+    slot: &ModelSlot,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let model = loaded(slot)?;
+    // The permit is taken before the body is read, so that it also bounds the memory held by bodies.
+    let limits = *enclave.limits();
+    let Ok(permit) = Arc::clone(enclave.inference_permits()).try_acquire_owned() else {
+        return Err(busy(&format!(
+            "too many concurrent inference requests (limit {})",
+            limits.max_concurrent_requests
+        )));
+    };
+    let json_len = match req.headers().get(INFERENCE_HEADER_CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("Inference-Header-Content-Length must be an integer")
+                })?,
+        ),
+    };
+    let body = read_body(req, limits.max_body_bytes).await?;
+    // Decoded tensors can be larger than the body that carried them (JSON `0,` is two bytes and becomes an
+    // eight-byte INT64 or FP64): that much is reserved from the budget before decoding, so that requests
+    // waiting for admission are inside the budget too. The reservation grows into the run's grant below.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(limits.max_queue_wait_secs);
+    let mut grant = enclave
+        .memory()
+        .admit(
+            (body.len() as u64).saturating_mul(MAX_DECODE_GROWTH),
+            deadline,
+        )
+        .await
+        .map_err(pool_error)?;
+    let decode_limits = DecodeLimits {
+        max_tensor_elements: limits.max_tensor_elements,
+    };
+    let request =
+        InferRequest::decode_with(&body, json_len, &decode_limits).map_err(decode_error)?;
+    drop(body);
+
+    // Outputs: which, in what order, and how.
+    let model_outputs = model.outputs();
+    let selected: Vec<String> = match &request.outputs {
+        None => model_outputs.iter().map(|o| o.name.clone()).collect(),
+        Some(list) => {
+            let mut seen = HashSet::new();
+            for o in list {
+                if !model_outputs.iter().any(|m| m.name == o.name) {
+                    return Err(ApiError::bad_request(format!(
+                        "`{}` is not an output of this model (outputs: {})",
+                        truncate(&o.name, 64),
+                        names(model_outputs)
+                    )));
+                }
+                if !seen.insert(o.name.as_str()) {
+                    return Err(ApiError::bad_request(format!(
+                        "output `{}` is requested more than once",
+                        o.name
+                    )));
+                }
+            }
+            list.iter().map(|o| o.name.clone()).collect()
+        }
+    };
+    let binary: HashSet<String> = selected
+        .iter()
+        .filter_map(|n| match request.wants_binary_output(n) {
+            Ok(true) => Some(Ok(n.clone())),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+
+    let InferRequest { id, inputs, .. } = request;
+    let inputs = inputs
+        .into_iter()
+        .map(engine_tensor)
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Admission, before tract allocates anything for this request: the request is checked against the model
+    // and its cost read off the plan (on an inference thread: a per-shape model plans here), its response
+    // must fit `max_response_bytes`, and its estimated peak memory must fit the budget (waiting for it).
+    let run_limits = RunLimits {
+        max_tensor_elements: limits.max_tensor_elements,
+        max_batch: slot.max_batch(),
+    };
+    let prepare_model = Arc::clone(&model);
+    let prepared = enclave
+        .pool()
+        .run(deadline, move || prepare_model.prepare(inputs, &run_limits))
+        .await
+        .map_err(pool_error)?
+        .map_err(inference_error)?;
+    let footprint = prepared.footprint();
+    let response_bytes = response_estimate(model_outputs, footprint, &selected, &binary);
+    if response_bytes > limits.max_response_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the response to this request would be about {response_bytes} bytes; the limit is {}",
+                limits.max_response_bytes
+            ),
+        ));
+    }
+    enclave
+        .memory()
+        .grow(&mut grant, footprint.peak_bytes, deadline)
+        .await
+        .map_err(pool_error)?;
+    // The grant travels with the run and comes back with its outputs: if the client goes away while tract
+    // runs, the memory stays reserved until the run ends (dropped on the inference thread), not until the
+    // waiting future is cancelled.
+    let run_model = Arc::clone(&model);
+    let (outputs, grant) = enclave
+        .pool()
+        .run(deadline, move || (run_model.run_prepared(prepared), grant))
+        .await
+        .map_err(pool_error)?;
+    let outputs = outputs.map_err(inference_error)?;
+
+    let mut by_name: Vec<Option<NamedTensor>> = outputs.into_iter().map(Some).collect();
+    let mut wire = Vec::with_capacity(selected.len());
+    for name in &selected {
+        let tensor = by_name
+            .iter_mut()
+            .find(|t| t.as_ref().is_some_and(|t| &t.name == name))
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                tracing::error!("tract did not return a declared output");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
+            })?;
+        let elements = tensor.data.len() as u64;
+        if elements > limits.max_tensor_elements {
+            // A size the plan could not tell in advance (it depended on values computed while running).
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "output `{}` has {elements} elements; the limit is {}",
+                    truncate(name, 64),
+                    limits.max_tensor_elements
+                ),
+            ));
+        }
+        wire.push(wire_tensor(tensor));
+    }
+    drop(by_name);
+    let response = InferResponse {
+        model_name: slot.name().to_owned(),
+        model_version: Some(MODEL_VERSION.to_owned()),
+        id,
+        parameters: None,
+        outputs: wire,
+    };
+    let encoded = response
+        .encode(&|o| binary.contains(&o.name))
+        .map_err(|e| {
+            tracing::error!("response does not encode: {e}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
+        })?;
+    drop(response);
+    if encoded.bytes.len() as u64 > limits.max_response_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the response to this request is {} bytes; the limit is {}",
+                encoded.bytes.len(),
+                limits.max_response_bytes
+            ),
+        ));
+    }
+    let content_type = encoded.content_type();
+    // The memory grant and the request permit are released when hyper drops the body, after the last byte
+    // went out: a slow reader holds its response inside the budget, not beside it.
+    let body = Bytes::from_owner(HeldBody {
+        bytes: encoded.bytes,
+        _grant: grant,
+        _permit: permit,
+    });
+    Ok(bytes_response(
+        StatusCode::OK,
+        content_type,
+        body,
+        encoded.json_len,
+    ))
+}
+
+/// How much larger decoded tensors can be than the request body that carried them: JSON `0,` (two bytes)
+/// decodes to an eight-byte INT64 or FP64; binary data decodes one to one.
+const MAX_DECODE_GROWTH: u64 = 4;
+
+/// A response body that holds the request's memory grant and permit until hyper drops it.
+struct HeldBody {
+    bytes: Vec<u8>,
+    _grant: MemoryGrant,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for HeldBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Upper bound on the response body of a request, from the output sizes the plan knows: raw bytes for binary
+/// outputs, the longest JSON text per element otherwise, plus a fixed allowance per tensor for its name,
+/// shape and punctuation. Outputs whose size the plan cannot tell count as zero here and are checked after the
+/// run.
+fn response_estimate(
+    specs: &[TensorSpec],
+    footprint: &Footprint,
+    selected: &[String],
+    binary: &HashSet<String>,
+) -> u64 {
+    const PER_TENSOR: u64 = 512;
+    let mut total: u64 = PER_TENSOR;
+    for out in &footprint.outputs {
+        let Some(spec) = specs.get(out.index) else {
+            continue;
+        };
+        if !selected.contains(&spec.name) {
+            continue;
+        }
+        let per_element = if binary.contains(&spec.name) {
+            spec.datatype.element_size()
+        } else {
+            spec.datatype.max_json_element_len()
+        } as u64;
+        let elements = out.elements.unwrap_or(0);
+        total = total
+            .saturating_add(PER_TENSOR)
+            .saturating_add(elements.saturating_mul(per_element));
+    }
+    total
+}
+
+/// Maps a request decoding error: a tensor over the element limit is 413, anything else 400.
+fn decode_error(e: KserveError) -> ApiError {
+    match &e {
+        KserveError::Tensor {
+            problem: TensorProblem::ShapeTooLarge { .. },
+            ..
+        } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        _ => ApiError::bad_request(e.to_string()),
+    }
+}
+
+/// Maps an admission failure: busy is 503 (with `Retry-After`), never fitting is 413.
+fn pool_error(e: PoolError) -> ApiError {
+    match e {
+        PoolError::Busy(_) => busy(&e.to_string()),
+        PoolError::NeverFits { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        _ => {
+            tracing::error!("inference thread failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
+        }
+    }
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A request tensor for the engine. The decoder has bounded its shape and checked its element count.
+fn engine_tensor(t: InferTensor) -> Result<NamedTensor, ApiError> {
+    let shape = t
+        .shape
+        .iter()
+        .map(|d| usize::try_from(*d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "input `{}` has a dimension too large for this platform",
+                truncate(&t.name, 64)
+            ))
+        })?;
+    let data = match t.data {
+        Some(data) => data,
+        // InferRequest::decode guarantees data; defend anyway.
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "input `{}` has no data",
+                truncate(&t.name, 64)
+            )))
+        }
+    };
+    Ok(NamedTensor {
+        name: t.name,
+        datatype: data.datatype(),
+        shape,
+        data,
+    })
+}
+
+fn wire_tensor(t: NamedTensor) -> InferTensor {
+    let shape = t.shape.iter().map(|d| *d as u64).collect();
+    InferTensor::new(t.name, shape, t.data)
+}
+
+/// Maps an engine error: problems with the request are 400 with the engine's precise message (names,
+/// datatypes, shapes: never values); failures of the model are 500 with a generic message, logged without
+/// tract's chain (which can print tensor contents).
+fn inference_error(e: InferenceError) -> ApiError {
+    use InferenceError as I;
+    match &e {
+        I::UnknownInput { .. }
+        | I::DuplicateInput { .. }
+        | I::MissingInput { .. }
+        | I::InconsistentDatatype { .. }
+        | I::DatatypeMismatch { .. }
+        | I::RankMismatch { .. }
+        | I::DimMismatch { .. }
+        | I::SymbolMismatch { .. }
+        | I::ShapeOverflow { .. }
+        | I::ElementCount { .. }
+        | I::BatchTooLarge { .. } => ApiError::bad_request(e.to_string()),
+        I::SymbolVolume { .. } | I::OutputTooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        I::Run { .. } => {
+            tracing::info!("tract rejected a request at run time");
+            ApiError::bad_request("the model cannot run on these inputs (tract rejected them)")
+        }
+        _ => {
+            tracing::error!("inference failed: {e}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
+        }
+    }
+}
