@@ -128,8 +128,8 @@ impl Platform {
     }
 }
 
-/// The certificates that sign a report, as DER.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The certificates that sign a report, as DER. An empty field is absent (`Default`: none of the three).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertChainDer {
     /// ARK (DER); empty: use the embedded AMD root of the report's product.
     pub ark: Vec<u8>,

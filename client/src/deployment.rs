@@ -80,6 +80,8 @@ pub struct DeploymentOptions {
     /// TOML inserted into the enclave's measured configuration before its `[key_broker]` table: top-level
     /// keys (`log_level = "trace"`) and whole tables (`[limits]`). Empty by default.
     pub enclave_config_extra: String,
+    /// More `cloister-host` arguments (e.g. `--kds-url`, `--collateral-cache`). Empty by default.
+    pub host_args: Vec<OsString>,
 }
 
 /// How the host of a [`Deployment`] launches the enclave.
@@ -131,6 +133,7 @@ impl DeploymentOptions {
             record: None,
             backend: HostBackend::Sim,
             enclave_config_extra: String::new(),
+            host_args: Vec::new(),
         })
     }
 }
@@ -382,6 +385,7 @@ impl Deployment {
         if let Some(record) = &options.record {
             cmd.arg("--record").arg(record);
         }
+        cmd.args(&options.host_args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(

@@ -33,6 +33,7 @@ enum Command {
     Demo(cmd::demo::Args),
     Sim(cmd::sim::Args),
     Measure(cmd::measure::Args),
+    Fetch(cmd::fetch::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,5 +66,6 @@ fn main() -> ExitCode {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Measure(args) => cmd::measure::run(args),
+        Command::Fetch(args) => cmd::fetch::run(args),
     }
 }

@@ -36,7 +36,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::danger::AttestedTlsVerifier;
 use cloister_collateral::files as chain_files;
-use cloister_collateral::Error as InputError;
+use cloister_collateral::{Collateral, Error as InputError};
 
 /// Largest response body accepted from an enclave (inference outputs included).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -94,6 +94,9 @@ pub enum SessionError {
     /// The policy pins no workload identity (and does not say `allow_any_workload = true`): nothing is sent.
     #[error("policy: {0}")]
     NoWorkloadPin(#[from] NoWorkloadPin),
+    /// The evidence carries no VCEK and it could not be had from the collateral sources.
+    #[error("the evidence carries no VCEK: {0}")]
+    Collateral(String),
 }
 
 /// What the client trusts: its policy and, for development, a simulated root.
@@ -107,6 +110,9 @@ pub struct SessionPolicy {
     pub crls: Vec<AmdCrl>,
     /// Verification instant (Unix seconds); `None` means now.
     pub at_unix: Option<i64>,
+    /// Where a VCEK the evidence does not carry is fetched from (`--kds-url`, `--cache`, `--collateral`);
+    /// `None`: evidence without its VCEK is rejected.
+    pub collateral: Option<Arc<Collateral>>,
 }
 
 impl SessionPolicy {
@@ -120,6 +126,7 @@ impl SessionPolicy {
             simulated_root,
             crls,
             at_unix: None,
+            collateral: None,
         })
     }
 }
@@ -245,7 +252,15 @@ impl AttestedSession {
                 "attestation response has content type {content_type:?}, expected {EVIDENCE_CONTENT_TYPE}"
             )));
         }
-        let evidence = Evidence::from_bytes(&body)?;
+        let mut evidence = Evidence::from_bytes(&body)?;
+        // Evidence carries its VCEK; only when it does not, and the user said where from, is it fetched
+        // (and verified, as everything in the chain is).
+        if let Some(collateral) = &trust.collateral {
+            collateral
+                .complete(&evidence.report, &mut evidence.cert_chain)
+                .await
+                .map_err(|e| SessionError::Collateral(e.to_string()))?;
+        }
         let at_unix = trust
             .at_unix
             .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use cloister_attestation::evidence::CertChainDer;
 use cloister_attestation::snp::certs::AmdCertificate;
 use cloister_attestation::snp::crl::AmdCrl;
 use cloister_attestation::snp::report::AttestationReport;
@@ -47,6 +48,9 @@ pub struct RetryPolicy {
     pub initial_backoff: Duration,
     /// Longest wait between attempts (a longer `Retry-After` than the budget allows ends the attempts).
     pub max_backoff: Duration,
+    /// Attempts when the server cannot be reached at all (no answer, a refused connection): a KDS that
+    /// answers "later" is waited for, one that is not there is not.
+    pub max_unreachable_attempts: u32,
 }
 
 impl Default for RetryPolicy {
@@ -58,6 +62,7 @@ impl Default for RetryPolicy {
             request_timeout: Duration::from_secs(30),
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
+            max_unreachable_attempts: 3,
         }
     }
 }
@@ -165,10 +170,21 @@ impl Collateral {
             .map_err(|reason| self.untrusted(&Item::Vcek(id), reason))
     }
 
-    /// The CRL of `tree` for `product`: current if it can be had; else the newest held, with the reason.
+    /// The CRL of `tree` for `product`: current now if it can be had; else the newest held, with the reason.
     pub async fn crl(&self, tree: KeyTree, product: Product) -> Result<CrlFetch, Error> {
+        self.crl_at(tree, product, now_unix()).await
+    }
+
+    /// [`Collateral::crl`], current at `at_unix` (the instant a verifier verifies at): a held CRL whose
+    /// nextUpdate is not before it is used without asking the KDS.
+    pub async fn crl_at(
+        &self,
+        tree: KeyTree,
+        product: Product,
+        at_unix: i64,
+    ) -> Result<CrlFetch, Error> {
         let item = Item::Crl(tree, product);
-        let (bytes, refresh_failed) = self.get(&item).await?;
+        let (bytes, refresh_failed) = self.get_at(&item, at_unix).await?;
         let crl = verify::crl(&bytes, tree, product, self.simulated_root.as_ref())
             .map_err(|reason| self.untrusted(&item, reason))?;
         Ok(CrlFetch {
@@ -182,6 +198,31 @@ impl Collateral {
     pub async fn by_path(&self, path: &str) -> Option<Result<Vec<u8>, Error>> {
         let item = Item::from_path(path)?;
         Some(self.get(&item).await.map(|(b, _)| b.as_ref().clone()))
+    }
+
+    /// Completes the chain of evidence whose leaf is absent: the VCEK of `raw_report` (by its CHIP_ID and
+    /// REPORTED_TCB; the product from its CPUID fields), and with a trusted simulated root the simulated ASK
+    /// and ARK too. A chain with a leaf is left alone: evidence normally carries its VCEK, and the verifier
+    /// checks whatever it carries. Errors say why the leaf cannot be had (a VLEK, a version 2 report).
+    pub async fn complete(&self, raw_report: &[u8], chain: &mut CertChainDer) -> Result<(), Error> {
+        if !chain.leaf.is_empty() {
+            return Ok(());
+        }
+        let report = AttestationReport::from_bytes(raw_report)
+            .map_err(|e| Error::Kds(format!("the report does not parse: {e}")))?;
+        let product = kds::product_of(&report).ok_or_else(|| {
+            Error::Kds(format!(
+                "the evidence carries no VCEK, and a version {} report does not name its product",
+                report.version
+            ))
+        })?;
+        chain.leaf = self.vcek(&report, product).await?.der().to_vec();
+        if self.simulated_root.is_some() && chain.intermediate.is_empty() {
+            let issuers = self.chain(KeyTree::Vcek, product).await?;
+            chain.intermediate = issuers.intermediate.der().to_vec();
+            chain.ark = issuers.ark.der().to_vec();
+        }
+        Ok(())
     }
 
     /// Who may have issued a VCEK of `product`: AMD's ASK, and the simulated chain's when one is trusted.
@@ -200,11 +241,16 @@ impl Collateral {
         }
     }
 
-    /// The verified body of `item`, and for a stale CRL why it could not be refreshed.
     async fn get(&self, item: &Item) -> Result<(Arc<Vec<u8>>, Option<String>), Error> {
+        self.get_at(item, now_unix()).await
+    }
+
+    /// The verified body of `item` (a CRL: current at `at`), and for a stale CRL why it could not be
+    /// refreshed.
+    async fn get_at(&self, item: &Item, at: i64) -> Result<(Arc<Vec<u8>>, Option<String>), Error> {
         let path = item.path();
         if let Some(bytes) = self.remembered(&path) {
-            if self.is_current(item, &bytes) {
+            if is_current(item, &bytes, at) {
                 return Ok((bytes, None));
             }
         }
@@ -215,11 +261,11 @@ impl Collateral {
         let _flight = gate.lock().await;
         // Another caller's flight may have filled it while this one waited.
         if let Some(bytes) = self.remembered(&path) {
-            if self.is_current(item, &bytes) {
+            if is_current(item, &bytes, at) {
                 return Ok((bytes, None));
             }
         }
-        let held = match self.local(item).await? {
+        let held = match self.local(item, at).await? {
             Local::Fresh(bytes) => {
                 self.remember(&path, &bytes);
                 return Ok((bytes, None));
@@ -259,18 +305,9 @@ impl Collateral {
             .insert(path.to_owned(), Arc::clone(bytes));
     }
 
-    /// Whether held bytes may be used without asking the KDS: always, except a CRL past its nextUpdate.
-    fn is_current(&self, item: &Item, bytes: &[u8]) -> bool {
-        match item {
-            Item::Crl(..) => AmdCrl::from_der(bytes)
-                .is_ok_and(|crl| crl.next_update_unix().is_none_or(|next| now_unix() <= next)),
-            _ => true,
-        }
-    }
-
     /// The bundle's copy, else the store's, verified; a copy that does not verify is ignored (and will be
     /// replaced by a verified one).
-    async fn local(&self, item: &Item) -> Result<Local, Error> {
+    async fn local(&self, item: &Item, at: i64) -> Result<Local, Error> {
         let mut candidates = Vec::new();
         if let Some(bundle) = &self.bundle {
             candidates.extend(bundle.get(&item.path()).map(<[u8]>::to_vec));
@@ -284,7 +321,7 @@ impl Collateral {
                 continue;
             }
             let bytes = Arc::new(bytes);
-            if self.is_current(item, &bytes) {
+            if is_current(item, &bytes, at) {
                 return Ok(Local::Fresh(bytes));
             }
             let newer = |held: &Arc<Vec<u8>>| this_update(&bytes) > this_update(held);
@@ -343,6 +380,7 @@ impl Collateral {
         let deadline = started + policy.budget;
         let mut backoff = policy.initial_backoff;
         let mut attempts = 0u32;
+        let mut unreachable = 0u32;
         loop {
             attempts += 1;
             self.upstream.fetch_add(1, Ordering::Relaxed);
@@ -368,9 +406,14 @@ impl Collateral {
                         status: r.status,
                     })
                 }
-                Err(e) => (e, backoff),
+                Err(e) => {
+                    unreachable += 1;
+                    (e, backoff)
+                }
             };
-            if tokio::time::Instant::now() + wait >= deadline {
+            if tokio::time::Instant::now() + wait >= deadline
+                || unreachable >= policy.max_unreachable_attempts
+            {
                 return Err(Error::GaveUp {
                     url: url.into(),
                     attempts,
@@ -401,6 +444,15 @@ impl Store {
             Item::Chain(tree, product) => self.put_chain(*tree, *product, bytes),
             Item::Crl(tree, product) => self.put_crl(*tree, *product, bytes),
         }
+    }
+}
+
+/// Whether held bytes may be used without asking the KDS: always, except a CRL past its nextUpdate at `at`.
+fn is_current(item: &Item, bytes: &[u8], at: i64) -> bool {
+    match item {
+        Item::Crl(..) => AmdCrl::from_der(bytes)
+            .is_ok_and(|crl| crl.next_update_unix().is_none_or(|next| at <= next)),
+        _ => true,
     }
 }
 

@@ -29,12 +29,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// The store at `root` (created if missing).
+    /// The store at `root` (its directories are created when something is first stored).
     pub fn open(root: &Path) -> Result<Self, Error> {
-        fs::create_dir_all(root).map_err(|source| Error::Read {
-            path: root.to_path_buf(),
-            source,
-        })?;
         Ok(Store {
             root: root.to_path_buf(),
         })

@@ -28,6 +28,7 @@ fn fast_retry() -> RetryPolicy {
         request_timeout: Duration::from_secs(5),
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_millis(400),
+        max_unreachable_attempts: 3,
     }
 }
 

@@ -50,11 +50,16 @@ pub enum ConfigError {
     /// `vmpl` is not 0..=3.
     #[error("configuration: vmpl must be 0, 1, 2 or 3 (found {0})")]
     Vmpl(u32),
-    /// `firmware = "sev-guest"` without `vcek_cache`: that backend gets no certificates from the host.
-    #[error("configuration: firmware = \"sev-guest\" needs `vcek_cache` (a directory with the VCEK or VLEK \
-             and optionally the ARK and ASK/ASVK, snpguest layout): it takes no certificates from the host; \
-             use firmware = \"configfs-tsm\" for the host's certificates")]
+    /// `firmware = "sev-guest"` without `vcek_cache` and with `collateral = "off"`: no certificate source.
+    #[error("configuration: firmware = \"sev-guest\" takes no certificates from the host's certificate table, \
+             and collateral = \"off\": set `vcek_cache` (a directory with the VCEK or VLEK, snpguest layout) \
+             or collateral = \"host\" (the VCEK fetched through the host's /collateral service)")]
     SevGuestNeedsVcekCache,
+    /// `sim_withhold_certificates` with a hardware firmware.
+    #[error(
+        "configuration: `sim_withhold_certificates` is only allowed with firmware = \"simulated\""
+    )]
+    SimulatedOnly,
     /// `key_broker.address` is not `host:port`.
     #[error("configuration: key_broker.address must be HOST:PORT")]
     BrokerAddress,
@@ -106,11 +111,29 @@ pub enum FirmwareConfig {
     Simulated {
         /// The simulated platform's state directory.
         sim_dir: PathBuf,
+        /// `sim_withhold_certificates` (default false): the simulated firmware returns reports without
+        /// certificates, as a real host without a certificate table does (today's upstream KVM), so that the
+        /// collateral path is exercised on the simulated platform.
+        withhold_certificates: bool,
     },
     /// Linux configfs-tsm (`/sys/kernel/config/tsm/report`).
     ConfigfsTsm(HardwareOptions),
     /// The `/dev/sev-guest` ioctl interface.
     SevGuest(HardwareOptions),
+}
+
+/// Where the enclave gets the endorsement key certificate the firmware did not give (`collateral = …`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+pub enum CollateralSource {
+    /// `"host"` (default): fetched through the host's `/collateral` service (a KDS mirror: the host fetches
+    /// from AMD's KDS and caches). The host is untrusted and that is fine: the enclave verifies what it gets
+    /// against AMD's root, the report's CHIP_ID and its REPORTED_TCB before it puts it in evidence.
+    #[default]
+    #[serde(rename = "host")]
+    Host,
+    /// `"off"`: only the firmware's own certificates (the host's table, `vcek_cache`); none is an error.
+    #[serde(rename = "off")]
+    Off,
 }
 
 /// Options of the hardware firmware backends.
@@ -283,6 +306,8 @@ impl LogLevel {
 pub struct Config {
     /// The firmware backend.
     pub firmware: FirmwareConfig,
+    /// Where a missing endorsement key certificate comes from.
+    pub collateral: CollateralSource,
     /// The pinned key broker.
     pub key_broker: KeyBrokerConfig,
     /// The models, in configuration order.
@@ -302,6 +327,8 @@ struct RawConfig {
     sim_dir: Option<PathBuf>,
     vcek_cache: Option<PathBuf>,
     vmpl: Option<u32>,
+    sim_withhold_certificates: Option<bool>,
+    collateral: Option<CollateralSource>,
     key_broker: RawKeyBroker,
     #[serde(default)]
     models: Vec<RawModel>,
@@ -353,6 +380,7 @@ impl Config {
                 vmpl,
             })
         };
+        let collateral = raw.collateral.unwrap_or_default();
         let firmware = match (raw.firmware, raw.sim_dir) {
             (RawFirmware::Simulated, sim_dir) => {
                 if raw.vcek_cache.is_some() {
@@ -363,12 +391,16 @@ impl Config {
                 }
                 FirmwareConfig::Simulated {
                     sim_dir: sim_dir.ok_or(ConfigError::MissingSimDir)?,
+                    withhold_certificates: raw.sim_withhold_certificates.unwrap_or(false),
                 }
+            }
+            (_, None) if raw.sim_withhold_certificates.is_some() => {
+                return Err(ConfigError::SimulatedOnly)
             }
             (RawFirmware::ConfigfsTsm, None) => FirmwareConfig::ConfigfsTsm(hardware()?),
             (RawFirmware::SevGuest, None) => {
                 let options = hardware()?;
-                if options.vcek_cache.is_none() {
+                if options.vcek_cache.is_none() && collateral == CollateralSource::Off {
                     return Err(ConfigError::SevGuestNeedsVcekCache);
                 }
                 FirmwareConfig::SevGuest(options)
@@ -447,6 +479,7 @@ impl Config {
 
         Ok(Config {
             firmware,
+            collateral,
             key_broker,
             models,
             limits,
@@ -523,7 +556,8 @@ digest = "{DIGEST}"
         assert_eq!(
             c.firmware,
             FirmwareConfig::Simulated {
-                sim_dir: "/tmp/sim".into()
+                sim_dir: "/tmp/sim".into(),
+                withhold_certificates: false,
             }
         );
         assert_eq!(c.key_broker.host, "127.0.0.1");
@@ -632,7 +666,25 @@ digest = "{DIGEST}"
             })
         );
         let err = |r: Result<FirmwareConfig, ConfigError>| r.unwrap_err().to_string();
-        assert!(err(hw("sev-guest", "")).contains("needs `vcek_cache`"));
+        // sev-guest without a VCEK cache gets its VCEK through the host's collateral service, unless that
+        // is off too.
+        assert!(hw("sev-guest", "").is_ok());
+        assert!(err(hw("sev-guest", "collateral = \"off\"\n")).contains("set `vcek_cache`"));
+        assert!(err(hw("configfs-tsm", "collateral = \"kds\"\n")).contains("collateral"));
+        assert!(
+            err(hw("configfs-tsm", "sim_withhold_certificates = true\n"))
+                .contains("only allowed with firmware = \"simulated\"")
+        );
+        let withheld = g.replace("sim_dir =", "sim_withhold_certificates = true\nsim_dir =");
+        let c = Config::from_bytes(withheld.as_bytes()).unwrap();
+        assert!(matches!(
+            c.firmware,
+            FirmwareConfig::Simulated {
+                withhold_certificates: true,
+                ..
+            }
+        ));
+        assert_eq!(c.collateral, CollateralSource::Host);
         assert!(err(hw("configfs-tsm", "vmpl = 4\n")).contains("vmpl must be"));
         let sim = g.replace("sim_dir =", "vmpl = 0\nsim_dir =");
         assert!(Config::from_bytes(sim.as_bytes())

@@ -12,8 +12,10 @@
 //! - `sev-guest` ([`sev_guest`]): SNP_GET_REPORT on `/dev/sev-guest`, certificates from the VCEK cache.
 //!
 //! Certificates of the hardware backends ([`chain`]): the host's table first, then the measured
-//! configuration's `vcek_cache`, else an error. A missing interface is an error that names it; no backend
-//! ever falls back to another.
+//! configuration's `vcek_cache`; failing both, [`Attester`] fetches the VCEK through the host's
+//! `/collateral` service (`collateral = "host"`, the default) and verifies it against AMD's root, the
+//! report's CHIP_ID and its REPORTED_TCB before the evidence carries it — verifiers then need no KDS of their
+//! own. A missing interface is an error that names it; no backend ever falls back to another.
 
 pub mod cert_table;
 pub mod chain;
@@ -27,7 +29,9 @@ use cloister_attestation::evidence::{
     CertChainDer, Claims, EnclaveKey, Evidence, Platform, Sha384, CLAIMS_VERSION,
 };
 
-use cloister_attestation::snp::report::REPORT_LEN;
+use cloister_attestation::snp::certs::AmdCertificate;
+use cloister_attestation::snp::report::{AttestationReport, SigningKey, REPORT_LEN};
+use cloister_collateral::{Collateral, KeyTree};
 
 use crate::config::FirmwareConfig;
 
@@ -36,8 +40,111 @@ pub trait Firmware: Send + Sync {
     /// The platform the reports come from (carried in the evidence, for clear error messages only).
     fn platform(&self) -> Platform;
 
-    /// A report whose REPORT_DATA is exactly `report_data`, and the certificates that sign it.
+    /// A report whose REPORT_DATA is exactly `report_data`, and the certificates that sign it. An empty
+    /// leaf means the firmware has no certificate for the key that signed it ([`Attester`] completes it).
     fn attest(&self, report_data: &[u8; 64]) -> Result<(Vec<u8>, CertChainDer), FirmwareError>;
+
+    /// The simulated ARK this firmware's reports chain to (simulated platform only): what the collateral
+    /// path must trust besides AMD's roots for them.
+    fn simulated_root(&self) -> Option<AmdCertificate> {
+        None
+    }
+}
+
+/// The firmware, and where a certificate it did not give comes from.
+#[derive(Clone)]
+pub struct Attester {
+    firmware: Arc<dyn Firmware>,
+    collateral: Option<Arc<Collateral>>,
+}
+
+impl std::fmt::Debug for Attester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attester")
+            .field("collateral", &self.collateral)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<Arc<dyn Firmware>> for Attester {
+    /// The firmware alone (`collateral = "off"`).
+    fn from(firmware: Arc<dyn Firmware>) -> Self {
+        Attester::new(firmware, None)
+    }
+}
+
+impl<F: Firmware + 'static> From<Arc<F>> for Attester {
+    /// The firmware alone (`collateral = "off"`).
+    fn from(firmware: Arc<F>) -> Self {
+        Attester::new(firmware, None)
+    }
+}
+
+impl Attester {
+    /// `firmware`, completed from `collateral` when it gives no leaf certificate.
+    pub fn new(firmware: Arc<dyn Firmware>, collateral: Option<Arc<Collateral>>) -> Self {
+        Attester {
+            firmware,
+            collateral,
+        }
+    }
+
+    /// Evidence for `claims` ([`make_evidence`]), its chain completed: the leaf from the collateral path
+    /// when the firmware gave none (and, on the simulated platform, the simulated ASK and ARK with it).
+    pub async fn evidence(&self, claims: Claims) -> Result<Evidence, FirmwareError> {
+        let mut evidence = make_evidence_async(Arc::clone(&self.firmware), claims).await?;
+        if evidence.cert_chain.leaf.is_empty() {
+            self.complete(&mut evidence).await?;
+        }
+        Ok(evidence)
+    }
+
+    async fn complete(&self, evidence: &mut Evidence) -> Result<(), FirmwareError> {
+        let report = AttestationReport::from_bytes(&evidence.report)
+            .map_err(|e| FirmwareError::BadReport(e.to_string()))?;
+        let key = match report.signing_key {
+            SigningKey::Vcek => "VCEK",
+            SigningKey::Vlek => "VLEK",
+            SigningKey::None => return Err(FirmwareError::UnsignedReport),
+        };
+        let no_certificate = |detail: &str| FirmwareError::NoCertificate {
+            key,
+            detail: detail.to_owned(),
+        };
+        let Some(collateral) = &self.collateral else {
+            return Err(no_certificate(
+                "the firmware gave none (no certificate table from the host, no `vcek_cache`) and \
+                 collateral = \"off\"",
+            ));
+        };
+        if report.signing_key == SigningKey::Vlek {
+            return Err(no_certificate(
+                "the firmware gave none, and AMD's KDS does not serve VLEKs (a VLEK comes from the host's \
+                 certificate table or `vcek_cache`)",
+            ));
+        }
+        let product = report.cpuid_product().ok_or_else(|| {
+            no_certificate(
+                "the firmware gave none, and a version 2 report does not name its product, so its VCEK \
+                 cannot be looked up",
+            )
+        })?;
+        let vcek = collateral
+            .vcek(&report, product)
+            .await
+            .map_err(|e| FirmwareError::Collateral(e.to_string()))?;
+        evidence.cert_chain.leaf = vcek.der().to_vec();
+        // A simulated chain ends in a root no verifier embeds: its ASK and ARK travel with the evidence.
+        if self.firmware.simulated_root().is_some() && evidence.cert_chain.intermediate.is_empty() {
+            let chain = collateral
+                .chain(KeyTree::Vcek, product)
+                .await
+                .map_err(|e| FirmwareError::Collateral(e.to_string()))?;
+            evidence.cert_chain.intermediate = chain.intermediate.der().to_vec();
+            evidence.cert_chain.ark = chain.ark.der().to_vec();
+        }
+        Ok(())
+    }
 }
 
 /// Errors of the firmware layer.
@@ -145,6 +252,9 @@ pub enum FirmwareError {
         /// Where we looked.
         detail: String,
     },
+    /// The collateral path (the host's `/collateral` service) did not give a certificate that verifies.
+    #[error("the VCEK through the host's collateral service: {0}")]
+    Collateral(String),
     /// A certificate of the VCEK cache cannot be read or parsed.
     #[error("VCEK cache: {}: {detail}", path.display())]
     CertCache {
@@ -172,9 +282,13 @@ pub fn open(
     config_bytes: &[u8],
 ) -> Result<Arc<dyn Firmware>, FirmwareError> {
     match config {
-        FirmwareConfig::Simulated { sim_dir } => Ok(Arc::new(sim::SimulatedFirmware::open(
+        FirmwareConfig::Simulated {
+            sim_dir,
+            withhold_certificates,
+        } => Ok(Arc::new(sim::SimulatedFirmware::open(
             sim_dir,
             config_bytes,
+            *withhold_certificates,
         )?)),
         FirmwareConfig::ConfigfsTsm(options) => Ok(Arc::new(configfs_tsm::ConfigfsTsm::open(
             configfs_tsm::ConfigfsTsmOptions {
@@ -183,16 +297,10 @@ pub fn open(
                 ..configfs_tsm::ConfigfsTsmOptions::default()
             },
         )?)),
-        FirmwareConfig::SevGuest(options) => {
-            let cache = options
-                .vcek_cache
-                .clone()
-                .ok_or(FirmwareError::NoCertificate {
-                    key: "VCEK",
-                    detail: "firmware = \"sev-guest\" needs `vcek_cache`".to_owned(),
-                })?;
-            Ok(Arc::new(sev_guest::SevGuest::open(options.vmpl, cache)?))
-        }
+        FirmwareConfig::SevGuest(options) => Ok(Arc::new(sev_guest::SevGuest::open(
+            options.vmpl,
+            options.vcek_cache.clone(),
+        )?)),
     }
 }
 
@@ -247,17 +355,22 @@ mod sim {
         simulated_launch_measurement, ReportRequest, SimPlatform, SimSigningKey,
     };
 
-    use super::{CertChainDer, Firmware, FirmwareError, Platform};
+    use super::{AmdCertificate, CertChainDer, Firmware, FirmwareError, Platform};
 
     /// The simulated AMD-SP, with the measurement of this launch.
     pub(super) struct SimulatedFirmware {
         platform: SimPlatform,
         measurement: [u8; 48],
         chain: CertChainDer,
+        withhold_certificates: bool,
     }
 
     impl SimulatedFirmware {
-        pub(super) fn open(sim_dir: &Path, config_bytes: &[u8]) -> Result<Self, FirmwareError> {
+        pub(super) fn open(
+            sim_dir: &Path,
+            config_bytes: &[u8],
+            withhold_certificates: bool,
+        ) -> Result<Self, FirmwareError> {
             let platform =
                 SimPlatform::open(sim_dir).map_err(|e| FirmwareError::Simulator(Box::new(e)))?;
             let chain = platform
@@ -277,6 +390,7 @@ mod sim {
                 platform,
                 measurement,
                 chain,
+                withhold_certificates,
             })
         }
     }
@@ -295,7 +409,14 @@ mod sim {
                     ..ReportRequest::default()
                 })
                 .map_err(|e| FirmwareError::Simulator(Box::new(e)))?;
+            if self.withhold_certificates {
+                return Ok((report.to_vec(), CertChainDer::default()));
+            }
             Ok((report.to_vec(), self.chain.clone()))
+        }
+
+        fn simulated_root(&self) -> Option<AmdCertificate> {
+            Some(self.platform.root().clone())
         }
     }
 }
@@ -310,7 +431,7 @@ mod sim {
     pub(super) enum SimulatedFirmware {}
 
     impl SimulatedFirmware {
-        pub(super) fn open(_: &Path, _: &[u8]) -> Result<Self, FirmwareError> {
+        pub(super) fn open(_: &Path, _: &[u8], _: bool) -> Result<Self, FirmwareError> {
             Err(FirmwareError::Unavailable {
                 backend: "simulated",
                 missing: "this build was made without the `insecure-simulator` feature (a production build: \

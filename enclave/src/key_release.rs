@@ -31,7 +31,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::KeyBrokerConfig;
 use crate::danger::PinnedCertificate;
-use crate::firmware::{self, Firmware, FirmwareError};
+use crate::firmware::{self, Attester, FirmwareError};
 
 /// How long one step (connect, handshake, one message) may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -154,10 +154,11 @@ impl BrokerClient {
     /// connection, with timeouts, and asks the firmware for the evidence.
     pub async fn request_key(
         &self,
-        firmware: Arc<dyn Firmware>,
+        attester: impl Into<Attester>,
         model_digest: &ModelDigest,
         config_digest: Sha384,
     ) -> Result<ModelKey, KeyReleaseError> {
+        let attester = attester.into();
         let tcp = timeout(STEP_TIMEOUT, TcpStream::connect(&self.address))
             .await
             .map_err(|_| KeyReleaseError::Timeout("connect"))?
@@ -211,8 +212,7 @@ impl BrokerClient {
                         vec![digest],
                         config_digest,
                     );
-                    let evidence =
-                        firmware::make_evidence_async(Arc::clone(&firmware), claims).await?;
+                    let evidence = attester.evidence(claims).await?;
                     let attest = exchange
                         .attest(evidence)
                         .map_err(KeyReleaseError::Protocol)?;

@@ -15,8 +15,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use cloister_collateral::{Collateral, RetryPolicy as CollateralRetry, Sources};
 use cloister_enclave::blobs::BlobService;
-use cloister_enclave::config::{Config, LogLevel};
+use cloister_enclave::config::{CollateralSource, Config, LogLevel};
+use cloister_enclave::firmware::Attester;
 use cloister_enclave::key_release::BrokerClient;
 use cloister_enclave::runtime::{self, Enclave, RetryPolicy};
 use cloister_enclave::{firmware, server};
@@ -188,7 +190,27 @@ async fn run(args: Args, config_bytes: Vec<u8>, config: Config) -> anyhow::Resul
             .context("cannot write to stdout")?;
     }
 
-    let enclave = Arc::new(Enclave::new(&config, firmware)?);
+    // A missing VCEK comes through the host's /collateral service (a KDS mirror), and is verified here.
+    // The host fetches from AMD with its own retries (a 429 may take minutes): one request waits for them.
+    let collateral = match config.collateral {
+        CollateralSource::Off => None,
+        CollateralSource::Host => Some(Arc::new(
+            Collateral::new(Sources {
+                kds_url: Some(format!("{}/collateral", args.blobs.trim_end_matches('/'))),
+                simulated_root: firmware.simulated_root(),
+                retry: CollateralRetry {
+                    budget: std::time::Duration::from_secs(300),
+                    request_timeout: std::time::Duration::from_secs(150),
+                    initial_backoff: std::time::Duration::from_secs(1),
+                    max_backoff: std::time::Duration::from_secs(10),
+                    max_unreachable_attempts: 5,
+                },
+                ..Sources::default()
+            })
+            .context("invalid --blobs for the collateral service")?,
+        )),
+    };
+    let enclave = Arc::new(Enclave::new(&config, Attester::new(firmware, collateral))?);
     tracing::info!(
         inference_threads = enclave.pool().size(),
         memory_budget = enclave.memory().bytes(),

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::blobs::BlobService;
 use crate::config::{Config, Limits, MemoryBudget as BudgetSetting};
-use crate::firmware::Firmware;
+use crate::firmware::{self, Attester};
 use crate::inference::LoadedModel;
 use crate::key_release::{refusal_text, BrokerClient, KeyReleaseError};
 use crate::pool::{default_budget_bytes, InferencePool, MemoryBudget};
@@ -100,7 +100,7 @@ impl ModelSlot {
 
 /// The enclave: its firmware, its measured configuration's digest, its models and limits.
 pub struct Enclave {
-    firmware: Arc<dyn Firmware>,
+    attester: Attester,
     config_digest: Sha384,
     limits: Limits,
     models: Vec<ModelSlot>,
@@ -127,7 +127,7 @@ pub struct InstallError(pub String);
 
 impl Enclave {
     /// The enclave of a validated configuration; no model loaded yet. Starts the inference threads.
-    pub fn new(config: &Config, firmware: Arc<dyn Firmware>) -> Result<Self, crate::Error> {
+    pub fn new(config: &Config, attester: impl Into<Attester>) -> Result<Self, crate::Error> {
         let pool = InferencePool::new(
             usize::try_from(config.limits.inference_threads).unwrap_or(usize::MAX),
         )
@@ -137,7 +137,7 @@ impl Enclave {
             BudgetSetting::Bytes(b) => b,
         });
         Ok(Enclave {
-            firmware,
+            attester: attester.into(),
             config_digest: config.digest,
             limits: config.limits,
             models: config
@@ -160,9 +160,9 @@ impl Enclave {
         })
     }
 
-    /// The firmware.
-    pub fn firmware(&self) -> &Arc<dyn Firmware> {
-        &self.firmware
+    /// The firmware, with the collateral path that completes its certificates.
+    pub fn attester(&self) -> &Attester {
+        &self.attester
     }
 
     /// SHA-384 of the measured configuration.
@@ -260,6 +260,13 @@ pub async fn provision(
     blobs: BlobService,
     retry: RetryPolicy,
 ) {
+    // The first evidence fetches the endorsement key certificate when the firmware has none: done once
+    // here, it is not paid for inside a key release's deadlines, and a missing certificate shows up at once.
+    let warm_up = firmware::claims([0; 32], [0; 32], None, Vec::new(), enclave.config_digest);
+    match enclave.attester.evidence(warm_up).await {
+        Ok(_) => tracing::info!("attestation ready: the report's certificate chain is complete"),
+        Err(e) => tracing::warn!("attestation is not ready yet: {}", error_chain(&e)),
+    }
     for index in 0..enclave.models.len() {
         provision_one(&enclave, index, &broker, &blobs, retry).await;
     }
@@ -284,11 +291,7 @@ async fn provision_one(
     let key: Arc<ModelKey> = loop {
         slot.set_status(ModelStatus::AwaitingKey);
         match broker
-            .request_key(
-                Arc::clone(&enclave.firmware),
-                &digest,
-                enclave.config_digest,
-            )
+            .request_key(enclave.attester.clone(), &digest, enclave.config_digest)
             .await
         {
             Ok(key) => {

@@ -315,12 +315,10 @@ async fn attestation(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, A
         enclave.model_digests(),
         enclave.config_digest(),
     );
-    let evidence = firmware::make_evidence_async(Arc::clone(enclave.firmware()), claims)
-        .await
-        .map_err(|e| {
-            tracing::error!("attestation failed: {}", error_chain(&e));
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "attestation failed")
-        })?;
+    let evidence = enclave.attester().evidence(claims).await.map_err(|e| {
+        tracing::error!("attestation failed: {}", error_chain(&e));
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "attestation failed")
+    })?;
     let bytes = evidence.to_bytes().map_err(|_| {
         tracing::error!("evidence does not encode");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "attestation failed")

@@ -33,6 +33,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use cloister_collateral::Collateral;
+
 use crate::record::{Recorder, Tap};
 
 /// Path prefix of blob requests.
@@ -215,12 +217,21 @@ pub enum Route {
     Malformed,
     /// Any other path: `404`.
     NotFound,
-    /// A method other than `GET` or `HEAD` on a blob path: `405`.
+    /// A method other than `GET` or `HEAD` on a blob path (or other than `GET` on a collateral path): `405`.
     MethodNotAllowed,
+    /// `GET /collateral/<KDS path>`: the KDS mirror ([`crate::collateral`]).
+    Collateral,
 }
 
 /// Routes a request.
 pub fn route(method: &Method, path: &str) -> Route {
+    if path.starts_with(crate::collateral::PREFIX) {
+        return if *method == Method::GET {
+            Route::Collateral
+        } else {
+            Route::MethodNotAllowed
+        };
+    }
     let Some(rest) = path.strip_prefix(BLOBS_PREFIX) else {
         return Route::NotFound;
     };
@@ -242,6 +253,7 @@ pub struct BlobServer {
     listener: TcpListener,
     index: Arc<BlobIndex>,
     recorder: Option<Recorder>,
+    collateral: Option<Arc<Collateral>>,
 }
 
 impl BlobServer {
@@ -262,7 +274,15 @@ impl BlobServer {
             listener,
             index: Arc::new(index),
             recorder,
+            collateral: None,
         })
+    }
+
+    /// Serves `GET /collateral/<KDS path>` from `collateral` (without: 404 on those paths).
+    #[must_use]
+    pub fn with_collateral(mut self, collateral: Option<Arc<Collateral>>) -> Self {
+        self.collateral = collateral;
+        self
     }
 
     /// The bound address.
@@ -292,11 +312,21 @@ impl BlobServer {
             };
             let _ = stream.set_nodelay(true);
             let index = Arc::clone(&self.index);
+            let collateral = self.collateral.clone();
             let io = TokioIo::new(Tap::new(stream, self.recorder.clone()));
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let index = Arc::clone(&index);
-                    async move { Ok::<_, Infallible>(respond(&index, &req).await) }
+                    let collateral = collateral.clone();
+                    async move {
+                        let resp = match route(req.method(), req.uri().path()) {
+                            Route::Collateral => {
+                                crate::collateral::respond(collateral.as_deref(), req.uri()).await
+                            }
+                            _ => respond(&index, &req).await,
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -321,7 +351,7 @@ pub async fn respond<B>(index: &BlobIndex, req: &Request<B>) -> Response<BlobBod
                 "malformed blob path: expected /blobs/sha384:<96 lowercase hex digits>\n",
             )
         }
-        Route::NotFound => return text(StatusCode::NOT_FOUND, "not found\n"),
+        Route::NotFound | Route::Collateral => return text(StatusCode::NOT_FOUND, "not found\n"),
         Route::MethodNotAllowed => {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             resp.headers_mut()
@@ -400,8 +430,13 @@ impl BlobBody {
     }
 
     fn text(msg: &'static str) -> Self {
+        Self::bytes(Bytes::from_static(msg.as_bytes()))
+    }
+
+    /// A body of these bytes.
+    pub(crate) fn bytes(bytes: impl Into<Bytes>) -> Self {
         Self {
-            kind: BodyKind::Text(Some(Bytes::from_static(msg.as_bytes()))),
+            kind: BodyKind::Text(Some(bytes.into())),
         }
     }
 

@@ -169,6 +169,21 @@ pub struct Config {
     pub restart: RestartPolicy,
     /// What one client may hold of the relay.
     pub relay: crate::relay::RelayLimits,
+    /// Where the `/collateral` service gets what the enclave asks for.
+    pub collateral: CollateralSettings,
+}
+
+/// The `/collateral` service's sources ([`crate::collateral`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CollateralSettings {
+    /// `--kds-url`: the KDS (AMD's by default, a mirror); `None` (`--kds-url off`): no network.
+    pub kds_url: Option<String>,
+    /// `--collateral-cache`: the on-disk cache (Trustee's layout), shared with other tools.
+    pub cache: Option<PathBuf>,
+    /// `--collateral`: an offline bundle (`cloister fetch bundle`).
+    pub bundle: Option<PathBuf>,
+    /// `--collateral-sim-root`: a simulated ARK to accept (simulated platform, development only).
+    pub simulated_root: Option<PathBuf>,
 }
 
 /// A configuration that cannot work; reported as a usage error.
@@ -389,6 +404,7 @@ mod tests {
                 record: None,
                 restart: RestartPolicy::default(),
                 relay: crate::relay::RelayLimits::default(),
+                collateral: CollateralSettings::default(),
             }
         }
     }

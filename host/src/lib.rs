@@ -11,6 +11,7 @@
 //!
 //! The pieces:
 //! - [`blobs`]: the loopback HTTP service the enclave fetches sealed models from, by digest;
+//! - [`collateral`]: on the same service, a KDS mirror the enclave fetches its VCEK from;
 //! - [`launcher`]: how the enclave is started ([`launcher::Launcher`]; the `sim` backend);
 //! - [`qemu`]: the `snp-qemu` backend (an SEV-SNP VM) and its insecure TCG variant for tests;
 //! - [`supervisor`]: keeps one enclave up, restarting it with backoff, and publishes its address;
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blobs;
+pub mod collateral;
 pub mod config;
 pub mod launcher;
 pub mod qemu;
@@ -37,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
-pub use crate::config::{Backend, Config, ConfigError, QemuSettings};
+pub use crate::config::{Backend, CollateralSettings, Config, ConfigError, QemuSettings};
 
 use crate::blobs::{BlobIndex, BlobServer, IndexError};
 use crate::launcher::{LaunchError, Launcher, SimLauncher};
@@ -114,6 +116,29 @@ pub enum Error {
     /// The enclave could not be launched.
     #[error("cannot launch the enclave")]
     Launch(#[from] LaunchError),
+    /// The collateral service's sources are unusable (a bad URL, an unreadable bundle or root).
+    #[error("cannot set up the collateral service")]
+    Collateral(#[from] cloister_collateral::Error),
+}
+
+/// The collateral client of the `/collateral` service.
+fn collateral_client(
+    settings: &CollateralSettings,
+) -> Result<std::sync::Arc<cloister_collateral::Collateral>, Error> {
+    let simulated_root = settings
+        .simulated_root
+        .as_deref()
+        .map(cloister_collateral::files::read_certificate)
+        .transpose()?;
+    Ok(std::sync::Arc::new(cloister_collateral::Collateral::new(
+        cloister_collateral::Sources {
+            kds_url: settings.kds_url.clone(),
+            cache_dir: settings.cache.clone(),
+            bundle: settings.bundle.clone(),
+            simulated_root,
+            retry: cloister_collateral::RetryPolicy::default(),
+        },
+    )?))
 }
 
 /// Runs the host until SIGINT/SIGTERM (then `Ok`) or a failure.
@@ -137,9 +162,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
         None => None,
     };
+    let collateral = collateral_client(&config.collateral)?;
     let blob_server = BlobServer::bind_port(index, recorder.clone(), config.blobs_port)
         .await
-        .map_err(Error::Blobs)?;
+        .map_err(Error::Blobs)?
+        .with_collateral(Some(collateral));
     let blobs_url = blob_server.url().map_err(Error::Blobs)?;
     tracing::info!(url = %blobs_url, "blob service listening");
     let listener = TcpListener::bind(config.listen)

@@ -196,6 +196,25 @@ struct Args {
     /// record); slower connections, and bytes that are not TLS records, are closed and counted.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     handshake_timeout_secs: u64,
+
+    /// Collateral: the KDS the `/collateral` service fetches VCEKs, chains and CRLs from for the enclave
+    /// (AMD's, or a mirror); `off`: no network (cache and bundle only). What it fetches is verified
+    /// before it is cached, and again by the enclave.
+    #[arg(long, value_name = "URL", default_value = cloister_collateral::DEFAULT_KDS_URL, help_heading = "Collateral")]
+    kds_url: String,
+
+    /// Collateral: the on-disk cache, in Trustee's layout (shared with `cloister fetch --cache` and
+    /// other tools). Default: memory only.
+    #[arg(long, value_name = "DIR", help_heading = "Collateral")]
+    collateral_cache: Option<PathBuf>,
+
+    /// Collateral: an offline bundle (`cloister fetch bundle`), for hosts without access to the KDS.
+    #[arg(long = "collateral", value_name = "FILE", help_heading = "Collateral")]
+    collateral_bundle: Option<PathBuf>,
+
+    /// Collateral: also accept this simulated ARK (from `cloister sim init`): development only.
+    #[arg(long, value_name = "FILE", help_heading = "Collateral")]
+    collateral_sim_root: Option<PathBuf>,
 }
 
 impl Args {
@@ -229,6 +248,12 @@ impl Args {
             restart: RestartPolicy {
                 max_restarts: self.restart_max,
                 ..RestartPolicy::default()
+            },
+            collateral: cloister_host::CollateralSettings {
+                kds_url: (self.kds_url != "off").then_some(self.kds_url),
+                cache: self.collateral_cache,
+                bundle: self.collateral_bundle,
+                simulated_root: self.collateral_sim_root,
             },
             relay: cloister_host::relay::RelayLimits {
                 max_connections: self.max_connections.max(1),

@@ -80,6 +80,11 @@ impl Default for Limits {
 /// remembered_nonces = 100000
 /// max_connections_per_source = 16
 /// audit_summary_secs = 60
+///
+/// [collateral]                          # optional: for evidence that carries no VCEK (Cloister's does)
+/// kds_url = "https://kdsintf.amd.com"   # AMD's KDS or a mirror; absent: no network
+/// cache = "collateral"                  # Trustee's layout, shared with `cloister fetch --cache`
+/// bundle = "collateral.json"            # an offline bundle (`cloister fetch bundle`)
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +97,20 @@ struct ConfigFile {
     audit_log: PathBuf,
     #[serde(default)]
     limits: Limits,
+    collateral: Option<CollateralConfig>,
+}
+
+/// Where the broker gets a VCEK that evidence does not carry (`[collateral]`). Everything fetched is
+/// verified against AMD's roots before use. Absent: such evidence is refused (no VCEK to check it with).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CollateralConfig {
+    /// AMD's KDS or a mirror; `None`: cache and bundle only.
+    pub kds_url: Option<String>,
+    /// The on-disk cache (relative: to the configuration file).
+    pub cache: Option<PathBuf>,
+    /// An offline bundle (relative: to the configuration file).
+    pub bundle: Option<PathBuf>,
 }
 
 /// What a [`KeyBroker`] is built from: file locations (the owner's files) and limits.
@@ -112,6 +131,8 @@ pub struct BrokerConfig {
     pub audit_log: PathBuf,
     /// Timeouts and bounds.
     pub limits: Limits,
+    /// Where a VCEK evidence does not carry comes from; `None`: nowhere.
+    pub collateral: Option<CollateralConfig>,
 }
 
 impl BrokerConfig {
@@ -134,6 +155,11 @@ impl BrokerConfig {
             tls_key: resolve(file.tls_key),
             audit_log: resolve(file.audit_log),
             limits: file.limits,
+            collateral: file.collateral.map(|c| CollateralConfig {
+                kds_url: c.kds_url,
+                cache: c.cache.map(resolve),
+                bundle: c.bundle.map(resolve),
+            }),
         })
     }
 }

@@ -171,7 +171,8 @@ async fn serve(
                     )
                     .await?;
                 }
-                BrokerEvent::Verify(pending) => {
+                BrokerEvent::Verify(mut pending) => {
+                    complete_chain(inner, &mut pending).await;
                     // Signature checks are CPU work: off the async workers, with the machine.
                     let decide_inner = inner.clone();
                     let mut taken = std::mem::replace(conn, BrokerConnection::new([0; 32], 1));
@@ -257,6 +258,38 @@ async fn answer(
 
 fn sha384_text(d: &Sha384) -> String {
     format!("sha384:{}", hex::encode(d.0))
+}
+
+/// Fetches the VCEK of evidence that carries none, when the broker has collateral sources. Only for
+/// evidence that answers this exchange's nonce and is bound to this connection (cheap checks that keep
+/// strangers from making the broker fetch for CHIP_IDs of their choosing), and at most
+/// `MAX_COLLATERAL_FETCHES` at once. A failure leaves the chain as it was: verification then refuses
+/// it, and the reason is logged here.
+async fn complete_chain(inner: &Inner, pending: &mut AttestToVerify) {
+    let Some(collateral) = &inner.collateral else {
+        return;
+    };
+    let evidence = &mut pending.evidence;
+    if !evidence.cert_chain.leaf.is_empty()
+        || !cloister_attestation::ct_eq(&evidence.claims.nonce, &pending.nonce)
+        || !cloister_attestation::ct_eq(&evidence.claims.tls_exporter, &pending.exporter)
+    {
+        return;
+    }
+    let Ok(_permit) = inner.collateral_fetches.try_acquire() else {
+        eprintln!(
+            "cloister keybroker: collateral: too many fetches in flight; not fetching a VCEK"
+        );
+        return;
+    };
+    if let Err(e) = collateral
+        .complete(&evidence.report, &mut evidence.cert_chain)
+        .await
+    {
+        eprintln!(
+            "cloister keybroker: collateral: the evidence carries no VCEK and none was had: {e}"
+        );
+    }
 }
 
 /// The coarse code for a verification failure.

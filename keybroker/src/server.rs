@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloister_collateral::files;
+use cloister_collateral::{files, Collateral, RetryPolicy, Sources};
 use cloister_models::Keystore;
 use cloister_proto::key_release::{Clock, SystemClock};
 use ring::rand::SystemRandom;
@@ -27,6 +27,9 @@ use crate::Error;
 
 /// How long in-flight connections may finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Collateral fetches in flight at once, across all peers.
+const MAX_COLLATERAL_FETCHES: usize = 4;
 
 /// A key broker ready to serve: policy, keystore, TLS identity and audit log loaded.
 pub struct KeyBroker {
@@ -77,6 +80,24 @@ impl KeyBroker {
                 ),
             })?;
         let audit = AuditLog::open(&config.audit_log)?;
+        let collateral = config
+            .collateral
+            .as_ref()
+            .map(|c| {
+                Collateral::new(Sources {
+                    kds_url: c.kds_url.clone(),
+                    cache_dir: c.cache.clone(),
+                    bundle: c.bundle.clone(),
+                    simulated_root: simulated_root.clone(),
+                    // A peer waits for this inside its connection's deadline: short, not AMD's minutes.
+                    retry: RetryPolicy {
+                        budget: Duration::from_secs(20),
+                        request_timeout: Duration::from_secs(10),
+                        ..RetryPolicy::default()
+                    },
+                })
+            })
+            .transpose()?;
         let limits = config.limits;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -91,6 +112,8 @@ impl KeyBroker {
                 cert_sha256,
                 peers: PeerBook::new(limits.max_connections_per_source),
                 limits,
+                collateral,
+                collateral_fetches: Semaphore::new(MAX_COLLATERAL_FETCHES),
             }),
             acceptor: TlsAcceptor::from(Arc::new(tls_config)),
             any_workload,

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use cloister_attestation::snp::certs::AmdCertificate;
 use cloister_attestation::snp::crl::AmdCrl;
 use cloister_attestation::Policy;
+use cloister_collateral::Collateral;
 use cloister_models::Keystore;
 use cloister_proto::key_release::Clock;
 use ring::rand::SystemRandom;
@@ -30,6 +31,11 @@ pub(crate) struct Inner {
     pub(crate) cert_sha256: [u8; 32],
     pub(crate) limits: Limits,
     pub(crate) peers: PeerBook,
+    /// Where a VCEK evidence does not carry comes from, if anywhere.
+    pub(crate) collateral: Option<Collateral>,
+    /// Collateral fetches in flight for unverified peers: bounded, since any peer can send evidence without
+    /// a VCEK and with a CHIP_ID of its choosing.
+    pub(crate) collateral_fetches: tokio::sync::Semaphore,
 }
 
 impl Inner {

@@ -15,7 +15,7 @@ use cloister_kserve::{InferRequest, InferTensor, TensorData};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const READY: Duration = Duration::from_secs(90);
+pub(crate) const READY: Duration = Duration::from_secs(90);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -25,11 +25,11 @@ fn magika() -> PathBuf {
     repo().join("models/sample/magika/model.onnx")
 }
 
-fn mlp() -> PathBuf {
+pub(crate) fn mlp() -> PathBuf {
     repo().join("models/sample/mlp/model.onnx")
 }
 
-async fn deploy(
+pub(crate) async fn deploy(
     dir: &Path,
     model: &Path,
     name: &str,
@@ -65,7 +65,7 @@ fn magika_input() -> (InferRequest, Vec<NamedTensor>) {
 }
 
 /// One row for the synthetic MLP (`x` f32 [N,16]).
-fn mlp_input() -> InferRequest {
+pub(crate) fn mlp_input() -> InferRequest {
     InferRequest {
         inputs: vec![InferTensor::new(
             "x",

@@ -73,10 +73,15 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-/// A collateral or policy file that cannot be read is a usage error.
+/// A collateral or policy file that cannot be read, or a KDS that cannot be reached, is a usage error;
+/// collateral that was served but did not verify is a refusal.
 impl From<cloister_collateral::Error> for Failure {
     fn from(e: cloister_collateral::Error) -> Self {
-        Failure::usage(e)
+        if e.is_refusal() {
+            Failure::refused(e)
+        } else {
+            Failure::usage(e)
+        }
     }
 }
 

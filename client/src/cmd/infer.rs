@@ -38,6 +38,12 @@ pub(crate) struct Args {
     /// Send tensors with the binary tensor extension instead of JSON.
     #[arg(long)]
     binary: bool,
+    /// An offline bundle (`cloister fetch bundle`): where a VCEK the evidence does not carry is looked up
+    /// first. Evidence from Cloister's enclaves carries its VCEK; this is for enclaves that cannot.
+    #[arg(long, value_name = "FILE")]
+    collateral: Option<PathBuf>,
+    #[command(flatten)]
+    kds: super::collateral::KdsArgs,
 }
 
 /// Runs `cloister infer`.
@@ -88,8 +94,14 @@ pub(crate) fn describe_session(session: &AttestedSession) -> Vec<String> {
 }
 
 async fn infer(args: &Args) -> Result<(), Failure> {
-    let trust =
+    let mut trust =
         SessionPolicy::from_file(&args.policy).map_err(|e| Failure::Usage(e.to_string()))?;
+    // Used only when the evidence carries no VCEK.
+    trust.collateral = Some(std::sync::Arc::new(args.kds.client(
+        true,
+        args.collateral.clone(),
+        trust.simulated_root.clone(),
+    )?));
     match trust.policy.require_workload_pin() {
         Ok(false) => {}
         Ok(true) => super::warn_any_workload(&args.policy),

@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub(crate) mod collateral;
 pub(crate) mod demo;
 pub(crate) mod failure;
+pub(crate) mod fetch;
 pub(crate) mod infer;
 pub(crate) mod keybroker;
 pub(crate) mod measure;

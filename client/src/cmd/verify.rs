@@ -12,8 +12,10 @@ use cloister_attestation::snp::view::ReportView;
 use cloister_attestation::snp::Product;
 use cloister_attestation::{verify, CertChain, Policy, VerifyOptions};
 use cloister_collateral::files as chain_files;
+use cloister_collateral::KeyTree;
 use serde::Serialize;
 
+use super::collateral::{product_of, KdsArgs};
 use super::{Failure, EXIT_OK, EXIT_USAGE};
 
 /// Arguments of `cloister verify`.
@@ -36,8 +38,23 @@ pub(crate) struct Args {
     at: Option<String>,
     /// An ARK-signed CRL (DER or PEM); the ASK/ASVK and leaf must not be revoked. Repeat for CRLs of other
     /// products or signing keys: each applies to the chains its ARK signs. Replaces the policy's CRLs.
-    #[arg(long, value_name = "FILE")]
+    /// `auto`: the current CRL of the report's product and signing key, from the bundle, the cache or the
+    /// KDS (a file named auto: ./auto).
+    #[arg(long, value_name = "FILE|auto")]
     crl: Vec<PathBuf>,
+    /// Fetch the certificates --certs does not give: the VCEK (by the report's CHIP_ID and REPORTED_TCB)
+    /// and the ASK or ASVK chain, from the bundle, the cache or the KDS, verified before use. A VLEK is not
+    /// fetched: it comes with its report.
+    #[arg(long)]
+    fetch: bool,
+    /// The product, for fetching for a version 2 report (later ones name it in their CPUID fields).
+    #[arg(long, value_name = "PRODUCT")]
+    product: Option<String>,
+    /// An offline bundle (`cloister fetch bundle`): certificates and CRLs looked up there first.
+    #[arg(long, value_name = "FILE")]
+    collateral: Option<PathBuf>,
+    #[command(flatten)]
+    kds: KdsArgs,
     /// Trust this simulated ARK (from `cloister sim init`) in addition to AMD's roots. For development only.
     #[arg(long, value_name = "FILE")]
     sim_root: Option<PathBuf>,
@@ -95,12 +112,17 @@ fn load(args: &Args) -> Result<Inputs, Failure> {
         None => super::now_unix(),
     };
     // --crl, else the CRLs the policy names.
+    let crl_auto = args.crl.iter().any(|p| p.as_os_str() == "auto");
     let crl_paths: Vec<PathBuf> = if args.crl.is_empty() {
         policy.crl_paths().cloned().collect()
     } else {
-        args.crl.clone()
+        args.crl
+            .iter()
+            .filter(|p| p.as_os_str() != "auto")
+            .cloned()
+            .collect()
     };
-    let crls = crl_paths
+    let mut crls = crl_paths
         .iter()
         .map(|p| chain_files::read_crl(p))
         .collect::<Result<Vec<_>, _>>()?;
@@ -111,6 +133,21 @@ fn load(args: &Args) -> Result<Inputs, Failure> {
         .as_deref()
         .map(chain_files::read_certificate)
         .transpose()?;
+    let mut chain = chain;
+    if args.fetch || crl_auto || args.collateral.is_some() {
+        let wanted = Wanted {
+            crl: crl_auto,
+            at_unix,
+        };
+        complete(
+            args,
+            &raw_report,
+            &mut chain,
+            &mut crls,
+            wanted,
+            sim_root.as_ref(),
+        )?;
+    }
     Ok(Inputs {
         raw_report,
         chain,
@@ -118,6 +155,79 @@ fn load(args: &Args) -> Result<Inputs, Failure> {
         at_unix,
         crls,
         sim_root,
+    })
+}
+
+/// What `--crl auto` asks for: a CRL current at the verification instant.
+#[derive(Clone, Copy)]
+struct Wanted {
+    crl: bool,
+    at_unix: i64,
+}
+
+/// Completes `chain` and `crls` from the collateral sources: the bundle and the cache always, the KDS with
+/// `--fetch` or `--crl auto`. A report that does not parse is left to the verifier, which says why.
+fn complete(
+    args: &Args,
+    raw_report: &[u8],
+    chain: &mut CertChain,
+    crls: &mut Vec<cloister_attestation::snp::crl::AmdCrl>,
+    wanted: Wanted,
+    sim_root: Option<&AmdCertificate>,
+) -> Result<(), Failure> {
+    let Wanted {
+        crl: crl_auto,
+        at_unix,
+    } = wanted;
+    let Ok(report) = AttestationReport::from_bytes(raw_report) else {
+        return Ok(());
+    };
+    let Some(tree) = KeyTree::of(&report) else {
+        return Ok(());
+    };
+    // The product: the leaf's productName when a leaf was given, else the report's CPUID or --product.
+    let from_leaf = chain
+        .leaf
+        .as_ref()
+        .and_then(|l| l.amd_extensions().ok())
+        .and_then(|e| Product::from_name(&e.product_name));
+    let product = match from_leaf {
+        Some(p) => p,
+        None => product_of(&report, args.product.as_deref())?,
+    };
+    let network = args.fetch || crl_auto;
+    let client = args
+        .kds
+        .client(network, args.collateral.clone(), sim_root.cloned())?;
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        if chain.leaf.is_none() {
+            if tree == KeyTree::Vlek {
+                return Err(Failure::Usage(
+                    "the report is signed by a VLEK, which the KDS serves only to the cloud provider: give \
+                     the VLEK that came with the report (--certs DIR with vlek.der)"
+                        .into(),
+                ));
+            }
+            chain.leaf = Some(client.vcek(&report, product).await?);
+        }
+        if chain.intermediate.is_none() {
+            let fetched = client.chain(tree, product).await?;
+            chain.intermediate = Some(fetched.intermediate);
+            chain.ark.get_or_insert(fetched.ark);
+        }
+        if crl_auto {
+            let fetched = client.crl_at(tree, product, at_unix).await?;
+            if let Some(why) = &fetched.refresh_failed {
+                eprintln!(
+                    "warning: the {} CRL of {product} is past its nextUpdate and could not be refreshed \
+                     ({why}); the policy's crl_max_staleness decides",
+                    tree.path_name()
+                );
+            }
+            crls.push(fetched.crl);
+        }
+        Ok(())
     })
 }
 

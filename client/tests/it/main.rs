@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
+mod fetch;
 mod keybroker_cli;
 mod measure;
 mod seal;

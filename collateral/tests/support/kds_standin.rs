@@ -27,8 +27,11 @@ pub(crate) struct Behaviour {
     pub(crate) delay: Duration,
 }
 
+/// Answers a path (with query) with a body, or `None` (404).
+pub(crate) type Router = Box<dyn Fn(&str) -> Option<Vec<u8>> + Send + Sync>;
+
 struct Shared {
-    routes: HashMap<String, Vec<u8>>,
+    routes: Router,
     behaviour: Behaviour,
     throttled: AtomicU32,
     requests: Mutex<Vec<String>>,
@@ -45,6 +48,11 @@ pub(crate) struct KdsStandIn {
 impl KdsStandIn {
     /// Serves `routes` (exact path with query → body).
     pub(crate) fn start(routes: HashMap<String, Vec<u8>>, behaviour: Behaviour) -> Self {
+        Self::start_with(Box::new(move |path| routes.get(path).cloned()), behaviour)
+    }
+
+    /// Serves what `routes` answers, asked at each request (for collateral that exists only later).
+    pub(crate) fn start_with(routes: Router, behaviour: Behaviour) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
@@ -124,6 +132,7 @@ fn answer(s: &Shared, conn: TcpStream) {
     s.requests.lock().unwrap().push(target.to_owned());
     std::thread::sleep(s.behaviour.delay);
     let mut conn = conn;
+    let found: Vec<u8>;
     let throttle = s.throttled.fetch_add(1, Ordering::SeqCst) < s.behaviour.throttle_first;
     let (status, extra, body): (&str, String, &[u8]) = if method != "GET" {
         ("405 Method Not Allowed", String::new(), b"")
@@ -135,8 +144,11 @@ fn answer(s: &Shared, conn: TcpStream) {
             .unwrap_or_default();
         ("429 Too Many Requests", extra, b"rate limited\n")
     } else {
-        match s.routes.get(target) {
-            Some(b) => ("200 OK", String::new(), b.as_slice()),
+        match (s.routes)(target) {
+            Some(b) => {
+                found = b;
+                ("200 OK", String::new(), found.as_slice())
+            }
             None => ("404 Not Found", String::new(), b"not found\n"),
         }
     };

@@ -1,5 +1,6 @@
 //! Which certificates go with a hardware report: the host's certificate table first, then the VCEK
-//! cache directory of the measured configuration, else a clear error.
+//! cache directory of the measured configuration; with neither, the chain comes back without a leaf, for
+//! the collateral path ([`super::Attester`]) to complete or refuse.
 //!
 //! Nothing here decides trust: the verifier checks the chain against AMD's embedded roots (an empty ARK or
 //! ASK/ASVK in [`CertChainDer`] means "use the embedded one"). What this module guarantees is that the
@@ -23,11 +24,13 @@ pub enum ChainSource {
     HostTable,
     /// The configured VCEK cache directory.
     Cache(PathBuf),
+    /// Neither has the leaf: why (the chain returned has no leaf).
+    Missing(String),
 }
 
 /// The chain for a report signed by `key`: the leaf (VCEK or VLEK) from `table` if it has one, else from
 /// `cache`; the ARK and ASK/ASVK from the same place when present there (else empty: the verifier uses
-/// its embedded AMD certificates).
+/// its embedded AMD certificates). Neither having the leaf is [`ChainSource::Missing`], with an empty chain.
 pub fn select(
     key: SigningKey,
     table: &CertTable,
@@ -53,34 +56,30 @@ pub fn select(
         check_parses(&chain, "the host's certificate table")?;
         return Ok((chain, ChainSource::HostTable));
     }
+    let missing = |detail: String| Ok((CertChainDer::default(), ChainSource::Missing(detail)));
     let Some(dir) = cache else {
-        return Err(FirmwareError::NoCertificate {
-            key: name,
-            detail: if table.is_empty() {
-                "the host attached no certificate table and no `vcek_cache` is configured"
-                    .to_owned()
-            } else {
-                format!(
-                    "the host's certificate table has only {} and no `vcek_cache` is configured",
-                    table
-                        .entries
-                        .iter()
-                        .map(|e| cert_table::describe(e.guid))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            },
+        return missing(if table.is_empty() {
+            format!("no {name}: the host attached no certificate table and no `vcek_cache` is configured")
+        } else {
+            format!(
+                "no {name}: the host's certificate table has only {} and no `vcek_cache` is configured",
+                table
+                    .entries
+                    .iter()
+                    .map(|e| cert_table::describe(e.guid))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         });
     };
-    let leaf = one_of(dir, &leaf_names)?.ok_or_else(|| FirmwareError::NoCertificate {
-        key: name,
-        detail: format!(
-            "the host's certificate table has none and {} has neither {} nor {}",
+    let Some(leaf) = one_of(dir, &leaf_names)? else {
+        return missing(format!(
+            "no {name}: the host's certificate table has none and {} has neither {} nor {}",
             dir.display(),
             leaf_names[0],
             leaf_names[1]
-        ),
-    })?;
+        ));
+    };
     let intermediate_names: &[&str] = match key {
         SigningKey::Vlek => &["asvk.pem", "asvk.der", "ask.pem", "ask.der"],
         _ => &["ask.pem", "ask.der"],

@@ -317,8 +317,12 @@ impl Firmware for ConfigfsTsm {
             &table,
             self.options.vcek_cache.as_deref(),
         )?;
-        if let ChainSource::Cache(dir) = &source {
-            tracing::debug!(dir = %dir.display(), "certificates from the VCEK cache");
+        match &source {
+            ChainSource::Cache(dir) => {
+                tracing::debug!(dir = %dir.display(), "certificates from the VCEK cache");
+            }
+            ChainSource::Missing(why) => tracing::debug!("{why}"),
+            ChainSource::HostTable => {}
         }
         Ok((report, chain))
     }

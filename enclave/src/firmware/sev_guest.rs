@@ -7,9 +7,9 @@
 //! certificate table with raw pointer arithmetic (`CertTableEntry::parse_table`) that follows the host's
 //! offsets and lengths without checking them against the buffer, so a hostile or buggy host can make it
 //! read outside the buffer (undefined behaviour inside the enclave). We do not call it. The certificates
-//! come from the measured configuration's `vcek_cache` instead (required with this backend), and the
-//! host's table, when wanted, from configfs-tsm, whose `auxblob` the kernel bounds and our strict parser
-//! ([`super::cert_table`]) reads.
+//! come from the measured configuration's `vcek_cache`, or else through the collateral path (the host's
+//! `/collateral` service, verified in the enclave: [`super::Attester`]); the host's table, when wanted, from
+//! configfs-tsm, whose `auxblob` the kernel bounds and our strict parser ([`super::cert_table`]) reads.
 //!
 //! Trust: the ioctl talks to the AMD-SP through the kernel's encrypted guest channel (VMPCK); the host
 //! relays the messages but cannot read or forge them.
@@ -30,7 +30,7 @@ pub const DEVICE: &str = "/dev/sev-guest";
 pub struct SevGuest {
     device: Mutex<sev::firmware::guest::Firmware>,
     vmpl: u32,
-    vcek_cache: PathBuf,
+    vcek_cache: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SevGuest {
@@ -43,9 +43,9 @@ impl std::fmt::Debug for SevGuest {
 }
 
 impl SevGuest {
-    /// Opens `/dev/sev-guest`. `vcek_cache` is where the certificates come from (see the module
+    /// Opens `/dev/sev-guest`. `vcek_cache` is where the certificates come from, if anywhere (see the module
     /// documentation); it is checked at the first report, when the signing key is known.
-    pub fn open(vmpl: u32, vcek_cache: PathBuf) -> Result<Self, FirmwareError> {
+    pub fn open(vmpl: u32, vcek_cache: Option<PathBuf>) -> Result<Self, FirmwareError> {
         if vmpl > 3 {
             return Err(FirmwareError::Vmpl(vmpl));
         }
@@ -94,7 +94,7 @@ impl Firmware for SevGuest {
         let (chain, _) = chain::select(
             parsed.signing_key,
             &CertTable::default(),
-            Some(&self.vcek_cache),
+            self.vcek_cache.as_deref(),
         )?;
         Ok((report, chain))
     }

@@ -66,9 +66,9 @@ fn fatal_configuration_errors_exit_non_zero_with_the_chain() {
         (
             good.replace(
                 "firmware = \"simulated\"\nsim_dir = \"/nonexistent\"\n",
-                "firmware = \"sev-guest\"\n",
+                "firmware = \"sev-guest\"\ncollateral = \"off\"\n",
             ),
-            "firmware = \"sev-guest\" needs `vcek_cache`",
+            "firmware = \"sev-guest\" takes no certificates",
         ),
         // This machine is no SNP guest: the hardware backends say what is missing, never fall back.
         (

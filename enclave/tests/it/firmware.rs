@@ -344,11 +344,20 @@ fn configfs_tsm_certificates_from_the_vcek_cache() {
     kernel.host_certs = HostCerts::None;
     let kernel = Arc::new(kernel);
 
-    // No table and no cache: a clear error naming both.
+    // No table and no cache: the report comes without a leaf, and with the collateral path off, evidence is
+    // a clear error naming where it looked.
     let tsm = ConfigfsTsm::open_with(options(&root), kernel.clone()).unwrap();
-    let err = tsm.attest(&[0; 64]).unwrap_err().to_string();
+    let (_, chain) = tsm.attest(&[0; 64]).unwrap();
+    assert!(chain.leaf.is_empty());
+    let attester = firmware::Attester::new(Arc::new(tsm), None);
+    let claims = firmware::claims([0; 32], [0; 32], None, vec![], Sha384([0; 48]));
+    let err = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(attester.evidence(claims))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no VCEK certificate"), "{err}");
-    assert!(err.contains("no `vcek_cache`"), "{err}");
+    assert!(err.contains("no `vcek_cache`") && err.contains("collateral = \"off\""), "{err}");
 
     // The simulated platform's certs/ directory is in the snpguest layout (ark.pem, ask.pem, vcek.pem).
     let tsm = ConfigfsTsm::open_with(

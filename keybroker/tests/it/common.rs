@@ -95,6 +95,7 @@ pub(crate) fn owner(policy: &str) -> Owner {
         tls_certificate: dir.join("broker.crt.pem"),
         tls_key: dir.join("broker.key.pem"),
         audit_log: dir.join("audit.log"),
+        collateral: None,
         limits: Limits {
             handshake_timeout_secs: 1,
             read_timeout_secs: 1,
