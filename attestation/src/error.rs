@@ -99,7 +99,7 @@ pub enum Error {
         ark: String,
     },
     /// A certificate the report needs was not supplied (and none is embedded for it).
-    #[error("certificate: the {role:?} certificate is missing")]
+    #[error("certificate: the {role} certificate is missing")]
     MissingCertificate {
         /// Which certificate.
         role: CertRole,

@@ -57,7 +57,8 @@ mod shared;
 pub use audit::{AuditRecord, AuditSummary};
 pub use cloister_proto::key_release::BrokerConnection;
 pub use config::{
-    certificate_sha256, generate_tls_identity, BrokerConfig, Limits, CERTIFICATE_NAME,
+    certificate_sha256, generate_tls_identity, BrokerConfig, CollateralConfig, Limits,
+    CERTIFICATE_NAME,
 };
 pub use server::{BoundBroker, KeyBroker};
 

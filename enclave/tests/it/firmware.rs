@@ -357,7 +357,10 @@ fn configfs_tsm_certificates_from_the_vcek_cache() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no VCEK certificate"), "{err}");
-    assert!(err.contains("no `vcek_cache`") && err.contains("collateral = \"off\""), "{err}");
+    assert!(
+        err.contains("no `vcek_cache`") && err.contains("collateral = \"off\""),
+        "{err}"
+    );
 
     // The simulated platform's certs/ directory is in the snpguest layout (ark.pem, ask.pem, vcek.pem).
     let tsm = ConfigfsTsm::open_with(

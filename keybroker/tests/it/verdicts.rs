@@ -319,3 +319,72 @@ async fn simulated_evidence_needs_the_simulated_root_in_the_policy() {
     assert_eq!(line.simulated, Some(true)); // what the evidence claims
     broker.stop().await;
 }
+
+/// Evidence normally carries its VCEK; when it does not, a broker with `[collateral]` fetches it (here from
+/// an offline bundle), verifies it with the rest of the chain, and grants. Without `[collateral]` the same
+/// evidence is refused: nothing to check its signature with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_without_its_vcek_is_completed_from_the_brokers_collateral() {
+    use cloister_attestation::evidence::CertChainDer;
+    use cloister_attestation::sim::{ReportRequest, SimSigningKey};
+    use cloister_attestation::snp::report::AttestationReport;
+    use cloister_collateral::{Bundle, Item, KeyTree, VcekId};
+    use cloister_keybroker::CollateralConfig;
+
+    let report = sim().report(&ReportRequest::default()).unwrap();
+    let parsed = AttestationReport::from_bytes(&report).unwrap();
+    let product = parsed.cpuid_product().unwrap();
+    let chain = sim().certificate_chain(SimSigningKey::Vcek).unwrap();
+    let mut bundle = Bundle::default();
+    bundle.insert(
+        &Item::Vcek(VcekId::of(&parsed, product).unwrap()),
+        chain.leaf.clone(),
+    );
+    let certs = sim().certs_dir();
+    let mut pem = std::fs::read(certs.join("ask.pem")).unwrap();
+    pem.extend(std::fs::read(certs.join("ark.pem")).unwrap());
+    bundle.insert(&Item::Chain(KeyTree::Vcek, product), pem);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("collateral.json");
+    bundle.write(&file).unwrap();
+
+    let without_vcek = |nonce, exporter, digest: &ModelDigest| {
+        let mut ev = evidence(
+            nonce,
+            exporter,
+            Some(pair_public_fresh()),
+            vec![sha(digest)],
+            MEASUREMENT,
+        );
+        ev.cert_chain = CertChainDer::default();
+        ev
+    };
+
+    let owner = owner(&sim_policy(&MEASUREMENT, ""));
+    let mut config = owner.config.clone();
+    config.collateral = Some(CollateralConfig {
+        bundle: Some(file),
+        ..CollateralConfig::default()
+    });
+    let broker = start(config).await;
+    let mut s = connect(broker.addr, broker.pin).await;
+    let nonce = request(&mut s, &owner.digest).await;
+    let ev = without_vcek(nonce, exporter(&s), &owner.digest);
+    assert!(matches!(
+        attest(&mut s, ev).await,
+        BrokerToEnclave::Granted { .. }
+    ));
+    broker.stop().await;
+
+    let broker = start(owner.config.clone()).await;
+    let mut s = connect(broker.addr, broker.pin).await;
+    let nonce = request(&mut s, &owner.digest).await;
+    let ev = without_vcek(nonce, exporter(&s), &owner.digest);
+    assert_eq!(
+        refused(&attest(&mut s, ev).await),
+        RefusalCode::EvidenceRejected
+    );
+    let reason = last_audit(&owner).reason.unwrap();
+    assert!(reason.contains("VCEK"), "{reason}");
+    broker.stop().await;
+}
