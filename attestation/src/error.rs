@@ -113,6 +113,9 @@ pub enum Error {
     /// A policy check failed.
     #[error("policy: {0}")]
     Policy(#[from] PolicyViolation),
+    /// Azure vTPM evidence failed a check (named first in the message).
+    #[error("{0}")]
+    Azure(#[from] crate::azure::AzureError),
 
     /// The evidence bytes do not decode.
     #[error("evidence: malformed encoding")]

@@ -116,15 +116,26 @@ pub enum Platform {
     Snp,
     /// The simulated AMD-SP of `cloister sim`.
     SnpSimulated,
+    /// An Azure confidential VM: the paravisor's HCL report and its vTPM's quote.
+    AzureVtpm,
+    /// The simulated Azure CVM: an HCL report signed by the simulated AMD-SP, a quote from swtpm.
+    AzureVtpmSimulated,
 }
 
 impl Platform {
-    /// "snp" or "snp-simulated".
+    /// "snp", "snp-simulated", "azure-vtpm" or "azure-vtpm-simulated".
     pub fn name(self) -> &'static str {
         match self {
             Platform::Snp => "snp",
             Platform::SnpSimulated => "snp-simulated",
+            Platform::AzureVtpm => "azure-vtpm",
+            Platform::AzureVtpmSimulated => "azure-vtpm-simulated",
         }
+    }
+
+    /// Whether the report is an Azure HCL report with a vTPM quote.
+    pub fn is_azure(self) -> bool {
+        matches!(self, Platform::AzureVtpm | Platform::AzureVtpmSimulated)
     }
 }
 
@@ -144,12 +155,14 @@ pub struct CertChainDer {
 pub struct Evidence {
     /// The platform that made the report.
     pub platform: Platform,
-    /// The raw 1184-byte report.
+    /// The raw report: the 1184-byte SNP report, or on Azure the HCL report that holds it.
     pub report: Vec<u8>,
     /// Its certificate chain.
     pub cert_chain: CertChainDer,
-    /// The claims REPORT_DATA commits to.
+    /// The claims REPORT_DATA (bare SNP) or the quote's qualifying data and user-data (Azure) commit to.
     pub claims: Claims,
+    /// Azure: the vTPM quote (TPMS_ATTEST, TPMT_SIGNATURE, the quoted PCR values); absent on bare SNP.
+    pub vtpm: Option<crate::azure::TpmQuote>,
 }
 
 impl Evidence {
@@ -174,6 +187,15 @@ impl Evidence {
             });
         }
         Ok(ev)
+    }
+
+    /// The SNP report: the report itself, or on Azure the one inside the HCL report.
+    pub fn snp_report(&self) -> Result<&[u8], Error> {
+        if self.platform.is_azure() {
+            Ok(crate::azure::hcl::HclReport::parse(&self.report)?.snp_report)
+        } else {
+            Ok(&self.report)
+        }
     }
 
     fn chain(&self) -> Result<CertChain, Error> {
@@ -209,6 +231,7 @@ pub struct ExpectedSession<'a> {
 pub struct VerifiedEvidence {
     report: VerifiedReport,
     claims: Claims,
+    azure: Option<crate::azure::AzureFacts>,
 }
 
 impl VerifiedEvidence {
@@ -219,6 +242,10 @@ impl VerifiedEvidence {
     /// The claims, now known to be the enclave's.
     pub fn claims(&self) -> &Claims {
         &self.claims
+    }
+    /// On Azure, what the vTPM quote established (PCRs, VM configuration).
+    pub fn azure(&self) -> Option<&crate::azure::AzureFacts> {
+        self.azure.as_ref()
     }
 }
 
@@ -242,6 +269,15 @@ pub fn verify_evidence(
         });
     }
     let chain = evidence.chain()?;
+    if evidence.platform.is_azure() {
+        return verify_azure_evidence(evidence, &chain, policy, options, expected);
+    }
+    if evidence.vtpm.is_some() {
+        return Err(Error::PlatformMismatch {
+            claimed: evidence.platform.name(),
+            actual: "a vTPM quote, which only Azure evidence carries",
+        });
+    }
     // 1. Genuine: the AMD chain, the report's signature, the leaf's binding to the report.
     let genuine = verify_genuine(
         &evidence.report,
@@ -276,6 +312,21 @@ pub fn verify_evidence(
             found: hex::encode(got),
         });
     }
+    check_session(claims, expected)?;
+
+    // 3. The policy: the report's fields, then the claims' model and configuration digests.
+    let report = genuine.apply_policy(policy)?;
+    policy.check_no_tpm()?;
+    check_claims_policy(claims, policy)?;
+    Ok(VerifiedEvidence {
+        report,
+        claims: claims.clone(),
+        azure: None,
+    })
+}
+
+/// The nonce ours, the exporter our connection's.
+fn check_session(claims: &Claims, expected: &ExpectedSession<'_>) -> Result<(), Error> {
     if !crate::ct_eq(expected.nonce, &claims.nonce) {
         return Err(Error::NonceMismatch {
             expected: hex::encode(expected.nonce),
@@ -288,16 +339,62 @@ pub fn verify_evidence(
             found: hex::encode(claims.tls_exporter),
         });
     }
+    Ok(())
+}
 
-    // 3. The policy: the report's fields, then the claims' model and configuration digests.
-    let report = genuine.apply_policy(policy)?;
+fn check_claims_policy(claims: &Claims, policy: &Policy) -> Result<(), Error> {
     for d in &claims.model_digests {
         policy.check_model_digest(&d.0)?;
     }
     policy.check_config_digest(&claims.config_digest.0)?;
+    Ok(())
+}
+
+/// Azure: the claims' 64 bytes are the quote's qualifying data and the HCL report's user-data (the paravisor
+/// put what the enclave wrote to NV 0x01400002 there before the AMD-SP signed the report), so the binding is
+/// the same as on bare SNP, one layer down: AMD signs the paravisor's report, which names the vTPM's AK, which
+/// signs the quote of these claims.
+fn verify_azure_evidence(
+    evidence: &Evidence,
+    chain: &CertChain,
+    policy: &Policy,
+    options: &VerifyOptions<'_>,
+    expected: &ExpectedSession<'_>,
+) -> Result<VerifiedEvidence, Error> {
+    let claims = &evidence.claims;
+    let quote = evidence.vtpm.as_ref().ok_or(Error::PlatformMismatch {
+        claimed: evidence.platform.name(),
+        actual: "evidence without a vTPM quote",
+    })?;
+    let want = claims.report_data()?;
+    let genuine = crate::azure::verify_genuine_azure(
+        &evidence.report,
+        quote,
+        chain,
+        options,
+        policy.crl_grace_secs(),
+        Some(&want),
+        crate::azure::UserDataRule::Exact,
+    )?;
+    let actual = if genuine.snp.is_simulated() {
+        Platform::AzureVtpmSimulated
+    } else {
+        Platform::AzureVtpm
+    };
+    if actual != evidence.platform {
+        return Err(Error::PlatformMismatch {
+            claimed: evidence.platform.name(),
+            actual: actual.name(),
+        });
+    }
+    check_session(claims, expected)?;
+    let report = genuine.snp.apply_policy(policy)?;
+    policy.check_tpm(&genuine.facts)?;
+    check_claims_policy(claims, policy)?;
     Ok(VerifiedEvidence {
         report,
         claims: claims.clone(),
+        azure: Some(genuine.facts),
     })
 }
 
@@ -348,6 +445,7 @@ mod tests {
                 leaf: vec![3],
             },
             claims: claims(),
+            vtpm: None,
         };
         let bytes = ev.to_bytes().unwrap();
         assert_eq!(Evidence::from_bytes(&bytes).unwrap(), ev);

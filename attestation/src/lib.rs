@@ -13,6 +13,7 @@
 //! else can construct.
 #![forbid(unsafe_code)]
 
+pub mod azure;
 pub mod error;
 pub mod evidence;
 pub mod guid;

@@ -27,10 +27,16 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::snp::report::{AttestationReport, FirmwareVersion, SigningKey, TcbVersion};
 use crate::snp::Product;
+
+mod tpm;
+mod values;
+
+pub use tpm::{PcrBank, TpmPolicy};
+pub use values::{DurationText, HexBytes, ModelDigestPin, ProductName, VersionPin};
 
 /// A failed policy check: which field, what the policy expected, what the report holds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,120 +94,6 @@ pub struct PlatformRequirements {
     pub ciphertext_hiding_enabled: Option<bool>,
     /// Required ALIAS_CHECK_COMPLETE.
     pub alias_check_complete: Option<bool>,
-}
-
-/// Fixed-size bytes written as hex in TOML (an optional `0x` prefix is accepted).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(into = "String")]
-pub struct HexBytes<const N: usize>(pub [u8; N]);
-
-impl<const N: usize> From<HexBytes<N>> for String {
-    fn from(h: HexBytes<N>) -> String {
-        hex::encode(h.0)
-    }
-}
-impl<const N: usize> fmt::Debug for HexBytes<N> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-impl<const N: usize> std::str::FromStr for HexBytes<N> {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let s = s.strip_prefix("0x").unwrap_or(s);
-        let v = hex::decode(s).map_err(|e| format!("invalid hex {s:?}: {e}"))?;
-        let arr: [u8; N] = v
-            .try_into()
-            .map_err(|v: Vec<u8>| format!("expected {N} bytes of hex, found {}", v.len()))?;
-        Ok(HexBytes(arr))
-    }
-}
-impl<'de, const N: usize> Deserialize<'de> for HexBytes<N> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// A SHA-384 model digest as written in policies: `sha384:<96 hex digits>`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ModelDigestPin(pub [u8; 48]);
-
-impl fmt::Debug for ModelDigestPin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha384:{}", hex::encode(self.0))
-    }
-}
-impl fmt::Display for ModelDigestPin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha384:{}", hex::encode(self.0))
-    }
-}
-impl std::str::FromStr for ModelDigestPin {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let hexpart = s
-            .strip_prefix("sha384:")
-            .ok_or_else(|| format!("digest {s:?} must start with \"sha384:\""))?;
-        Ok(ModelDigestPin(hexpart.parse::<HexBytes<48>>()?.0))
-    }
-}
-impl<'de> Deserialize<'de> for ModelDigestPin {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-impl serde::Serialize for ModelDigestPin {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-/// A firmware version written `major.minor` or `major.minor.build`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-pub struct VersionPin {
-    /// Major.
-    pub major: u8,
-    /// Minor.
-    pub minor: u8,
-    /// Build (0 when omitted).
-    pub build: u8,
-}
-impl<'de> Deserialize<'de> for VersionPin {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let parts: Vec<&str> = s.split('.').collect();
-        let parse = |p: &str| {
-            p.parse::<u8>()
-                .map_err(|e| serde::de::Error::custom(format!("version {s:?}: {e}")))
-        };
-        match parts.as_slice() {
-            [maj, min] => Ok(VersionPin {
-                major: parse(maj)?,
-                minor: parse(min)?,
-                build: 0,
-            }),
-            [maj, min, b] => Ok(VersionPin {
-                major: parse(maj)?,
-                minor: parse(min)?,
-                build: parse(b)?,
-            }),
-            _ => Err(serde::de::Error::custom(format!(
-                "version {s:?}: expected MAJOR.MINOR or MAJOR.MINOR.BUILD"
-            ))),
-        }
-    }
-}
-impl serde::Serialize for VersionPin {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!(
-            "{}.{}.{}",
-            self.major, self.minor, self.build
-        ))
-    }
 }
 
 /// Facts established about the report before the policy is applied; handed to [`Policy::check`].
@@ -301,7 +193,7 @@ pub struct Policy {
     /// (cloud firmware-only measurements), this is how the configuration is pinned.
     pub config_digests: Option<BTreeSet<ModelDigestPin>>,
     /// Accept evidence from any workload: a policy that pins no workload identity (`measurements`,
-    /// `id_key_digests` or `author_key_digests`; `host_data` is chosen by the host, so it does not count) is refused by the key broker and by client
+    /// `id_key_digests`, `author_key_digests` or `tpm.pcrs`; `host_data` is chosen by the host, so it does not count) is refused by the key broker and by client
     /// sessions unless this is true, and then a warning is printed at every start.
     #[serde(default)]
     pub allow_any_workload: bool,
@@ -318,58 +210,25 @@ pub struct Policy {
     /// and `/vlek/v1/{product}/crl`). Each applies to the chains its ARK signs; a chain whose ARK signed
     /// none of them is rejected, since revocation checking was asked for.
     pub crls: Option<Vec<PathBuf>>,
+    /// `[tpm]`: what a vTPM quote must show (Azure): PCR values, the paravisor's VM configuration.
+    pub tpm: Option<TpmPolicy>,
 }
 
 /// The default `crl_max_staleness`: 7 days past nextUpdate.
 pub const DEFAULT_CRL_MAX_STALENESS_SECS: i64 = 7 * 24 * 3600;
-
-/// A duration written `"30s"`, `"15m"`, `"12h"` or `"7d"` (seconds, minutes, hours, days).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(into = "String")]
-pub struct DurationText(pub i64);
-
-impl From<DurationText> for String {
-    fn from(d: DurationText) -> String {
-        format!("{}s", d.0)
-    }
-}
-
-impl std::str::FromStr for DurationText {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (n, unit) = t.split_at(split);
-        let n: i64 = n
-            .parse()
-            .map_err(|_| format!("duration {s:?}: expected a number then s, m, h or d"))?;
-        let factor = match unit {
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            _ => return Err(format!("duration {s:?}: expected a unit s, m, h or d")),
-        };
-        n.checked_mul(factor)
-            .map(DurationText)
-            .ok_or_else(|| format!("duration {s:?} is too large"))
-    }
-}
-
-impl<'de> Deserialize<'de> for DurationText {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
 
 /// The policy fields that pin a workload identity (what code runs), in the order messages list them.
 ///
 /// `host_data` is not one: the host chooses HOST_DATA when it launches the guest, so a policy pinning only it
 /// would accept any image the host launches with that value. It binds configuration *beside* a pin of the
 /// code (in Cloister's SNP flow it is the enclave configuration's digest).
-pub const WORKLOAD_PINS: [&str; 3] = ["measurements", "id_key_digests", "author_key_digests"];
+/// On Azure, `tpm.pcrs` is the workload's identity (MEASUREMENT is the paravisor's).
+pub const WORKLOAD_PINS: [&str; 4] = [
+    "measurements",
+    "id_key_digests",
+    "author_key_digests",
+    "tpm.pcrs",
+];
 
 /// A policy that would release keys or data to any workload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -379,26 +238,6 @@ pub const WORKLOAD_PINS: [&str; 3] = ["measurements", "id_key_digests", "author_
     WORKLOAD_PINS.join(", ")
 )]
 pub struct NoWorkloadPin;
-
-/// A product name in a policy, validated at parse time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ProductName(pub Product);
-
-impl<'de> Deserialize<'de> for ProductName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Product::from_name(&s).map(ProductName).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "unknown product {s:?}: expected Milan, Genoa or Turin"
-            ))
-        })
-    }
-}
-impl serde::Serialize for ProductName {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.0.name())
-    }
-}
 
 fn violation(
     field: &'static str,
@@ -777,6 +616,7 @@ impl Policy {
                 .author_key_digests
                 .as_ref()
                 .is_some_and(|s| !s.is_empty())
+            || self.tpm.as_ref().is_some_and(TpmPolicy::pins_pcrs)
     }
 
     /// For code that releases keys or data: the policy must pin a workload identity, or say explicitly

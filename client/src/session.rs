@@ -256,10 +256,13 @@ impl AttestedSession {
         // Evidence carries its VCEK; only when it does not, and the user said where from, is it fetched
         // (and verified, as everything in the chain is).
         if let Some(collateral) = &trust.collateral {
-            collateral
-                .complete(&evidence.report, &mut evidence.cert_chain)
-                .await
-                .map_err(|e| SessionError::Collateral(e.to_string()))?;
+            if evidence.cert_chain.leaf.is_empty() {
+                let snp = evidence.snp_report()?.to_vec();
+                collateral
+                    .complete(&snp, &mut evidence.cert_chain)
+                    .await
+                    .map_err(|e| SessionError::Collateral(e.to_string()))?;
+            }
         }
         let at_unix = trust
             .at_unix

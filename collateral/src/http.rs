@@ -23,12 +23,26 @@ pub(crate) struct Response {
 
 /// GETs `url` within `timeout`, reading at most `max_body` bytes of body.
 pub(crate) async fn get(url: &str, timeout: Duration, max_body: usize) -> Result<Response, String> {
-    tokio::time::timeout(timeout, get_inner(url, max_body))
+    get_with(url, &[], timeout, max_body).await
+}
+
+/// [`get`] with extra request headers.
+pub(crate) async fn get_with(
+    url: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+    max_body: usize,
+) -> Result<Response, String> {
+    tokio::time::timeout(timeout, get_inner(url, headers, max_body))
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
-async fn get_inner(url: &str, max_body: usize) -> Result<Response, String> {
+async fn get_inner(
+    url: &str,
+    headers: &[(&str, &str)],
+    max_body: usize,
+) -> Result<Response, String> {
     let uri: Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
     let host = uri.host().ok_or("URL without a host")?.to_owned();
     let https = match uri.scheme_str() {
@@ -49,8 +63,11 @@ async fn get_inner(url: &str, max_body: usize) -> Result<Response, String> {
     let authority = uri
         .authority()
         .map_or_else(|| host.clone(), |a| a.as_str().to_owned());
-    let request = Request::builder()
-        .method("GET")
+    let mut request = Request::builder().method("GET");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .uri(path)
         .header("host", authority)
         .header(

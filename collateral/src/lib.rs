@@ -21,6 +21,7 @@ pub mod files;
 mod http;
 pub mod kds;
 pub mod store;
+pub mod thim;
 pub mod verify;
 
 pub use bundle::Bundle;

@@ -34,7 +34,7 @@ pub enum ConfigError {
     #[error("configuration: `sim_dir` is required with firmware = \"simulated\"")]
     MissingSimDir,
     /// `sim_dir` is given with a hardware firmware.
-    #[error("configuration: `sim_dir` is only allowed with firmware = \"simulated\" (firmware is \"{firmware}\")")]
+    #[error("configuration: `sim_dir` is only allowed with firmware = \"simulated\", or \"azure-vtpm\" with `tpm_swtpm` (firmware is \"{firmware}\")")]
     UnexpectedSimDir {
         /// The configured firmware.
         firmware: &'static str,
@@ -55,6 +55,9 @@ pub enum ConfigError {
              and collateral = \"off\": set `vcek_cache` (a directory with the VCEK or VLEK, snpguest layout) \
              or collateral = \"host\" (the VCEK fetched through the host's /collateral service)")]
     SevGuestNeedsVcekCache,
+    /// A key of the `azure-vtpm` backend with another backend, or one it does not take.
+    #[error("configuration: {0}")]
+    Azure(&'static str),
     /// `sim_withhold_certificates` with a hardware firmware.
     #[error(
         "configuration: `sim_withhold_certificates` is only allowed with firmware = \"simulated\""
@@ -120,6 +123,18 @@ pub enum FirmwareConfig {
     ConfigfsTsm(HardwareOptions),
     /// The `/dev/sev-guest` ioctl interface.
     SevGuest(HardwareOptions),
+    /// An Azure confidential VM's paravisor vTPM.
+    AzureVtpm(AzureOptions),
+}
+
+/// Options of the `azure-vtpm` backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AzureOptions {
+    /// `tpm_device` (default `/dev/tpmrm0`): the vTPM.
+    pub tpm_device: PathBuf,
+    /// `tpm_swtpm` + `sim_dir` (INSECURE, simulator builds only): the simulated Azure CVM, with swtpm at this
+    /// `HOST:PORT` as the vTPM and the simulated AMD-SP in `sim_dir` as the paravisor's.
+    pub simulated: Option<(String, PathBuf)>,
 }
 
 /// Where the enclave gets the endorsement key certificate the firmware did not give (`collateral = …`).
@@ -134,6 +149,10 @@ pub enum CollateralSource {
     /// `"off"`: only the firmware's own certificates (the host's table, `vcek_cache`); none is an error.
     #[serde(rename = "off")]
     Off,
+    /// `"thim"` (Azure): Azure's Trusted Hardware Identity Management endpoint in the VM
+    /// (`http://169.254.169.254/metadata/THIM/amd/certification`), verified the same way.
+    #[serde(rename = "thim")]
+    Thim,
 }
 
 /// Options of the hardware firmware backends.
@@ -154,6 +173,7 @@ impl FirmwareConfig {
             Self::Simulated { .. } => "simulated",
             Self::ConfigfsTsm(_) => "configfs-tsm",
             Self::SevGuest(_) => "sev-guest",
+            Self::AzureVtpm(_) => "azure-vtpm",
         }
     }
 }
@@ -328,6 +348,8 @@ struct RawConfig {
     vcek_cache: Option<PathBuf>,
     vmpl: Option<u32>,
     sim_withhold_certificates: Option<bool>,
+    tpm_device: Option<PathBuf>,
+    tpm_swtpm: Option<String>,
     collateral: Option<CollateralSource>,
     key_broker: RawKeyBroker,
     #[serde(default)]
@@ -345,6 +367,8 @@ enum RawFirmware {
     ConfigfsTsm,
     #[serde(rename = "sev-guest")]
     SevGuest,
+    #[serde(rename = "azure-vtpm")]
+    AzureVtpm,
 }
 
 #[derive(Deserialize)]
@@ -381,7 +405,50 @@ impl Config {
             })
         };
         let collateral = raw.collateral.unwrap_or_default();
+        let azure = matches!(raw.firmware, RawFirmware::AzureVtpm);
+        if !azure && (raw.tpm_device.is_some() || raw.tpm_swtpm.is_some()) {
+            return Err(ConfigError::Azure(
+                "`tpm_device` and `tpm_swtpm` are only allowed with firmware = \"azure-vtpm\"",
+            ));
+        }
+        if !azure && collateral == CollateralSource::Thim {
+            return Err(ConfigError::Azure(
+                "collateral = \"thim\" (Azure's endpoint) is only allowed with firmware = \"azure-vtpm\"",
+            ));
+        }
         let firmware = match (raw.firmware, raw.sim_dir) {
+            (RawFirmware::AzureVtpm, sim_dir) => {
+                if raw.vcek_cache.is_some()
+                    || raw.vmpl.is_some()
+                    || raw.sim_withhold_certificates.is_some()
+                {
+                    return Err(ConfigError::Azure(
+                        "firmware = \"azure-vtpm\" takes `tpm_device`, or `tpm_swtpm` with `sim_dir`: not \
+                         `vcek_cache`, `vmpl` or `sim_withhold_certificates` (the VCEK comes from `collateral`)",
+                    ));
+                }
+                let simulated = match (raw.tpm_swtpm.clone(), sim_dir) {
+                    (Some(swtpm), Some(dir)) => Some((swtpm, dir)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ConfigError::Azure(
+                            "`tpm_swtpm` and `sim_dir` go together (the simulated Azure CVM)",
+                        ))
+                    }
+                };
+                if simulated.is_some() && raw.tpm_device.is_some() {
+                    return Err(ConfigError::Azure(
+                        "`tpm_device` and `tpm_swtpm` name two vTPMs: keep one",
+                    ));
+                }
+                FirmwareConfig::AzureVtpm(AzureOptions {
+                    tpm_device: raw
+                        .tpm_device
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("/dev/tpmrm0")),
+                    simulated,
+                })
+            }
             (RawFirmware::Simulated, sim_dir) => {
                 if raw.vcek_cache.is_some() {
                     return Err(ConfigError::HardwareOnly { key: "vcek_cache" });
@@ -526,188 +593,4 @@ fn split_host_port(address: &str) -> Result<(String, u16), ConfigError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    const DIGEST: &str = "sha384:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f";
-
-    fn good() -> String {
-        format!(
-            r#"firmware = "simulated"
-sim_dir = "/tmp/sim"
-
-[key_broker]
-address = "127.0.0.1:7443"
-certificate_sha256 = "{}"
-
-[[models]]
-name = "mlp"
-digest = "{DIGEST}"
-"#,
-            "ab".repeat(32)
-        )
-    }
-
-    #[test]
-    fn parses_with_defaults_and_digest_of_exact_bytes() {
-        let text = good();
-        let c = Config::from_bytes(text.as_bytes()).unwrap();
-        assert_eq!(
-            c.firmware,
-            FirmwareConfig::Simulated {
-                sim_dir: "/tmp/sim".into(),
-                withhold_certificates: false,
-            }
-        );
-        assert_eq!(c.key_broker.host, "127.0.0.1");
-        assert_eq!(c.key_broker.port, 7443);
-        assert_eq!(c.key_broker.certificate_sha256, [0xab; 32]);
-        assert_eq!(c.models[0].name, "mlp");
-        assert_eq!(c.models[0].digest.to_string(), DIGEST);
-        assert_eq!(c.limits, Limits::default());
-        assert_eq!(c.limits.max_concurrent_requests, 64);
-        assert_eq!(c.log_level, LogLevel::Info);
-        // One more byte (a trailing newline) changes the digest, not the meaning.
-        let c2 = Config::from_bytes(format!("{text}\n").as_bytes()).unwrap();
-        assert_ne!(c.digest, c2.digest);
-        assert_eq!(c.models, c2.models);
-        let with_limits = format!("{text}\n[limits]\nmax_body_bytes = 100\n");
-        let c3 = Config::from_bytes(with_limits.as_bytes()).unwrap();
-        assert_eq!(c3.limits.max_body_bytes, 100);
-        assert_eq!(c3.limits.max_tensor_elements, 16 * 1024 * 1024);
-    }
-
-    #[test]
-    fn rejects_precisely() {
-        let g = good();
-        let cases: Vec<(String, &str)> = vec![
-            (
-                g.replace("firmware = \"simulated\"\n", ""),
-                "missing field `firmware`",
-            ),
-            (
-                g.replace("\"simulated\"", "\"snp\""),
-                "unknown variant `snp`",
-            ),
-            (
-                g.replace("sim_dir = \"/tmp/sim\"\n", ""),
-                "`sim_dir` is required",
-            ),
-            (
-                g.replace("\"simulated\"", "\"sev-guest\""),
-                "`sim_dir` is only allowed",
-            ),
-            (format!("{g}extra = 1\n"), "unknown field `extra`"),
-            (g.replace("address =", "addr ="), "unknown field `addr`"),
-            (g.replace("127.0.0.1:7443", "127.0.0.1"), "HOST:PORT"),
-            (g.replace("127.0.0.1:7443", "127.0.0.1:0"), "HOST:PORT"),
-            (g.replace(&"ab".repeat(32), "abcd"), "64 hex digits"),
-            (
-                g.replace("name = \"mlp\"", "name = \"a/b\""),
-                "models[0].name",
-            ),
-            (g.replace("sha384:00", "sha384:zz"), "models[0].digest"),
-            (g.replace("sha384:", "sha256:"), "models[0].digest"),
-            (
-                g.split("[[models]]").next().unwrap().to_owned(),
-                "at least one [[models]]",
-            ),
-            (
-                format!("{g}\n[[models]]\nname = \"mlp\"\ndigest = \"{DIGEST}\"\n"),
-                "appears twice",
-            ),
-            (
-                format!("{g}\n[limits]\nmax_body_bytes = 0\n"),
-                "limits.max_body_bytes",
-            ),
-            (
-                format!("{g}\n[limits]\nmax_bodies = 1\n"),
-                "unknown field `max_bodies`",
-            ),
-        ];
-        for (text, want) in cases {
-            let err = Config::from_bytes(text.as_bytes()).unwrap_err().to_string();
-            assert!(err.contains(want), "{err}\nwanted: {want}\n{text}");
-        }
-        let hw = g
-            .replace("\"simulated\"", "\"configfs-tsm\"")
-            .replace("sim_dir = \"/tmp/sim\"\n", "");
-        assert_eq!(
-            Config::from_bytes(hw.as_bytes()).unwrap().firmware,
-            FirmwareConfig::ConfigfsTsm(HardwareOptions::default())
-        );
-    }
-
-    #[test]
-    fn hardware_options() {
-        let g = good();
-        let hw = |fw: &str, extra: &str| {
-            let text = g
-                .replace(
-                    "firmware = \"simulated\"\n",
-                    &format!("firmware = \"{fw}\"\n{extra}"),
-                )
-                .replace("sim_dir = \"/tmp/sim\"\n", "");
-            Config::from_bytes(text.as_bytes()).map(|c| c.firmware)
-        };
-        assert_eq!(
-            hw("configfs-tsm", "vcek_cache = \"/var/vcek\"\nvmpl = 2\n").unwrap(),
-            FirmwareConfig::ConfigfsTsm(HardwareOptions {
-                vcek_cache: Some("/var/vcek".into()),
-                vmpl: 2
-            })
-        );
-        assert_eq!(
-            hw("sev-guest", "vcek_cache = \"/var/vcek\"\n").unwrap(),
-            FirmwareConfig::SevGuest(HardwareOptions {
-                vcek_cache: Some("/var/vcek".into()),
-                vmpl: 0
-            })
-        );
-        let err = |r: Result<FirmwareConfig, ConfigError>| r.unwrap_err().to_string();
-        // sev-guest without a VCEK cache gets its VCEK through the host's collateral service, unless that
-        // is off too.
-        assert!(hw("sev-guest", "").is_ok());
-        assert!(err(hw("sev-guest", "collateral = \"off\"\n")).contains("set `vcek_cache`"));
-        assert!(err(hw("configfs-tsm", "collateral = \"kds\"\n")).contains("collateral"));
-        assert!(
-            err(hw("configfs-tsm", "sim_withhold_certificates = true\n"))
-                .contains("only allowed with firmware = \"simulated\"")
-        );
-        let withheld = g.replace("sim_dir =", "sim_withhold_certificates = true\nsim_dir =");
-        let c = Config::from_bytes(withheld.as_bytes()).unwrap();
-        assert!(matches!(
-            c.firmware,
-            FirmwareConfig::Simulated {
-                withhold_certificates: true,
-                ..
-            }
-        ));
-        assert_eq!(c.collateral, CollateralSource::Host);
-        assert!(err(hw("configfs-tsm", "vmpl = 4\n")).contains("vmpl must be"));
-        let sim = g.replace("sim_dir =", "vmpl = 0\nsim_dir =");
-        assert!(Config::from_bytes(sim.as_bytes())
-            .unwrap_err()
-            .to_string()
-            .contains("`vmpl` is only allowed"));
-        let sim = g.replace("sim_dir =", "vcek_cache = \"/x\"\nsim_dir =");
-        assert!(Config::from_bytes(sim.as_bytes())
-            .unwrap_err()
-            .to_string()
-            .contains("`vcek_cache` is only allowed"));
-    }
-
-    #[test]
-    fn ipv6_broker() {
-        assert_eq!(
-            split_host_port("[::1]:7443").unwrap(),
-            ("::1".to_owned(), 7443)
-        );
-        assert!(split_host_port("::1:7443").is_err());
-        assert_eq!(
-            split_host_port("broker.example:443").unwrap(),
-            ("broker.example".to_owned(), 443)
-        );
-    }
-}
+mod tests;

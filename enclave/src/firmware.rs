@@ -17,6 +17,7 @@
 //! report's CHIP_ID and its REPORTED_TCB before the evidence carries it — verifiers then need no KDS of their
 //! own. A missing interface is an error that names it; no backend ever falls back to another.
 
+pub mod azure;
 pub mod cert_table;
 pub mod chain;
 pub mod configfs_tsm;
@@ -44,6 +45,15 @@ pub trait Firmware: Send + Sync {
     /// leaf means the firmware has no certificate for the key that signed it ([`Attester`] completes it).
     fn attest(&self, report_data: &[u8; 64]) -> Result<(Vec<u8>, CertChainDer), FirmwareError>;
 
+    /// The vTPM quote that goes with a report made by [`Firmware::attest`] for the same `report_data`
+    /// (Azure); `None` for bare SEV-SNP.
+    fn attest_vtpm(
+        &self,
+        _report_data: &[u8; 64],
+    ) -> Result<Option<cloister_attestation::azure::TpmQuote>, FirmwareError> {
+        Ok(None)
+    }
+
     /// The simulated ARK this firmware's reports chain to (simulated platform only): what the collateral
     /// path must trust besides AMD's roots for them.
     fn simulated_root(&self) -> Option<AmdCertificate> {
@@ -56,6 +66,7 @@ pub trait Firmware: Send + Sync {
 pub struct Attester {
     firmware: Arc<dyn Firmware>,
     collateral: Option<Arc<Collateral>>,
+    thim: Option<String>,
 }
 
 impl std::fmt::Debug for Attester {
@@ -86,6 +97,16 @@ impl Attester {
         Attester {
             firmware,
             collateral,
+            thim: None,
+        }
+    }
+
+    /// `firmware`, its VCEK from Azure's THIM endpoint at `url` when it gives none (`collateral = "thim"`).
+    pub fn with_thim(firmware: Arc<dyn Firmware>, url: &str) -> Self {
+        Attester {
+            firmware,
+            collateral: None,
+            thim: Some(url.to_owned()),
         }
     }
 
@@ -100,7 +121,10 @@ impl Attester {
     }
 
     async fn complete(&self, evidence: &mut Evidence) -> Result<(), FirmwareError> {
-        let report = AttestationReport::from_bytes(&evidence.report)
+        let snp = evidence
+            .snp_report()
+            .map_err(|e| FirmwareError::BadReport(e.to_string()))?;
+        let report = AttestationReport::from_bytes(snp)
             .map_err(|e| FirmwareError::BadReport(e.to_string()))?;
         let key = match report.signing_key {
             SigningKey::Vcek => "VCEK",
@@ -111,12 +135,12 @@ impl Attester {
             key,
             detail: detail.to_owned(),
         };
-        let Some(collateral) = &self.collateral else {
+        if self.collateral.is_none() && self.thim.is_none() {
             return Err(no_certificate(
                 "the firmware gave none (no certificate table from the host, no `vcek_cache`) and \
                  collateral = \"off\"",
             ));
-        };
+        }
         if report.signing_key == SigningKey::Vlek {
             return Err(no_certificate(
                 "the firmware gave none, and AMD's KDS does not serve VLEKs (a VLEK comes from the host's \
@@ -129,6 +153,24 @@ impl Attester {
                  cannot be looked up",
             )
         })?;
+        if let Some(url) = &self.thim {
+            let offered = cloister_collateral::thim::fetch_vcek(url)
+                .await
+                .map_err(|e| FirmwareError::Collateral(e.to_string()))?;
+            let id = cloister_collateral::VcekId::of(&report, product)
+                .map_err(|e| FirmwareError::Collateral(e.to_string()))?;
+            let ask = &cloister_attestation::snp::roots::embedded(product).ask;
+            let vcek = cloister_collateral::verify::vcek(offered.der(), &id, &[ask]).map_err(
+                |reason| {
+                    FirmwareError::Collateral(format!("refused what THIM ({url}) served: {reason}"))
+                },
+            )?;
+            evidence.cert_chain.leaf = vcek.der().to_vec();
+            return Ok(());
+        }
+        let Some(collateral) = &self.collateral else {
+            return Ok(());
+        };
         let vcek = collateral
             .vcek(&report, product)
             .await
@@ -252,6 +294,9 @@ pub enum FirmwareError {
         /// Where we looked.
         detail: String,
     },
+    /// The Azure vTPM failed (the message says which step).
+    #[error("Azure vTPM: {0}")]
+    Azure(String),
     /// The collateral path (the host's `/collateral` service) did not give a certificate that verifies.
     #[error("the VCEK through the host's collateral service: {0}")]
     Collateral(String),
@@ -301,6 +346,22 @@ pub fn open(
             options.vmpl,
             options.vcek_cache.clone(),
         )?)),
+        FirmwareConfig::AzureVtpm(options) => match &options.simulated {
+            None => Ok(Arc::new(azure::AzureVtpm::open_device(
+                &options.tpm_device,
+            )?)),
+            #[cfg(feature = "insecure-simulator")]
+            Some((swtpm, sim_dir)) => Ok(Arc::new(azure::AzureVtpm::open_simulated(
+                swtpm,
+                sim_dir,
+                config_bytes,
+            )?)),
+            #[cfg(not(feature = "insecure-simulator"))]
+            Some(_) => Err(FirmwareError::Unavailable {
+                backend: "azure-vtpm (simulated, tpm_swtpm)",
+                missing: "this build was made without the `insecure-simulator` feature",
+            }),
+        },
     }
 }
 
@@ -323,16 +384,18 @@ pub fn claims(
 }
 
 /// Builds evidence for `claims`: REPORT_DATA = SHA-512("cloister-evidence-v1" || postcard(claims)), a report
-/// from the firmware with exactly that REPORT_DATA, its chain, and the claims. Used by key release and by
-/// `POST /v2/attestation` alike.
+/// from the firmware with exactly that REPORT_DATA (on Azure: in the vTPM quote and the HCL report's
+/// user-data), its chain, and the claims. Used by key release and by `POST /v2/attestation` alike.
 pub fn make_evidence(firmware: &dyn Firmware, claims: Claims) -> Result<Evidence, FirmwareError> {
     let report_data = claims.report_data().map_err(|_| FirmwareError::Claims)?;
     let (report, cert_chain) = firmware.attest(&report_data)?;
+    let vtpm = firmware.attest_vtpm(&report_data)?;
     Ok(Evidence {
         platform: firmware.platform(),
         report,
         cert_chain,
         claims,
+        vtpm,
     })
 }
 

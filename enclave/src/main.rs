@@ -193,7 +193,7 @@ async fn run(args: Args, config_bytes: Vec<u8>, config: Config) -> anyhow::Resul
     // A missing VCEK comes through the host's /collateral service (a KDS mirror), and is verified here.
     // The host fetches from AMD with its own retries (a 429 may take minutes): one request waits for them.
     let collateral = match config.collateral {
-        CollateralSource::Off => None,
+        CollateralSource::Off | CollateralSource::Thim => None,
         CollateralSource::Host => Some(Arc::new(
             Collateral::new(Sources {
                 kds_url: Some(format!("{}/collateral", args.blobs.trim_end_matches('/'))),
@@ -210,7 +210,12 @@ async fn run(args: Args, config_bytes: Vec<u8>, config: Config) -> anyhow::Resul
             .context("invalid --blobs for the collateral service")?,
         )),
     };
-    let enclave = Arc::new(Enclave::new(&config, Attester::new(firmware, collateral))?);
+    let attester = if config.collateral == CollateralSource::Thim {
+        Attester::with_thim(firmware, cloister_collateral::thim::DEFAULT_THIM_URL)
+    } else {
+        Attester::new(firmware, collateral)
+    };
+    let enclave = Arc::new(Enclave::new(&config, attester)?);
     tracing::info!(
         inference_threads = enclave.pool().size(),
         memory_budget = enclave.memory().bytes(),

@@ -282,10 +282,10 @@ async fn complete_chain(inner: &Inner, pending: &mut AttestToVerify) {
         );
         return;
     };
-    if let Err(e) = collateral
-        .complete(&evidence.report, &mut evidence.cert_chain)
-        .await
-    {
+    let Ok(snp) = evidence.snp_report().map(<[u8]>::to_vec) else {
+        return;
+    };
+    if let Err(e) = collateral.complete(&snp, &mut evidence.cert_chain).await {
         eprintln!(
             "cloister keybroker: collateral: the evidence carries no VCEK and none was had: {e}"
         );

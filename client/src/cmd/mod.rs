@@ -10,6 +10,7 @@ pub(crate) mod measure;
 pub(crate) mod seal;
 pub(crate) mod sim;
 pub(crate) mod verify;
+pub(crate) mod verify_azure;
 
 pub(crate) use failure::{exit, runtime, Failure, EXIT_OK, EXIT_USAGE};
 

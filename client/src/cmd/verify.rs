@@ -22,55 +22,80 @@ use super::{Failure, EXIT_OK, EXIT_USAGE};
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// The 1184-byte attestation report (raw binary).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present_any = ["azure_evidence", "hcl_report"],
+        conflicts_with_all = ["azure_evidence", "hcl_report"]
+    )]
+    pub(crate) report: Option<PathBuf>,
+    /// Azure confidential VM evidence in Trustee's az-snp-vtpm JSON (v0, v1 or v2): the paravisor's HCL
+    /// report, the vTPM quote and the VCEK. The JSON object gains `azure` (docs/evidence.md, "Azure").
+    #[arg(long, value_name = "FILE", conflicts_with = "hcl_report")]
+    pub(crate) azure_evidence: Option<PathBuf>,
+    /// Azure evidence in parts: the HCL report (vTPM NV index 0x01400001, raw) ...
+    #[arg(long, value_name = "FILE", requires = "tpm_quote")]
+    pub(crate) hcl_report: Option<PathBuf>,
+    /// ... and the quote (JSON {signature, message, pcrs} in hex, as Trustee writes it).
+    #[arg(long, value_name = "FILE", requires = "hcl_report")]
+    pub(crate) tpm_quote: Option<PathBuf>,
+    /// Azure: the VCEK as PEM (optionally followed by the ASK and the ARK), when the evidence has none.
     #[arg(long, value_name = "FILE")]
-    report: PathBuf,
+    pub(crate) vcek: Option<PathBuf>,
+    /// Azure: the report data the quote must carry (its extraData; v2 evidence: also the HCL report's
+    /// user-data), hex. Without it the quote's report data is shown, not checked.
+    #[arg(long, value_name = "HEX")]
+    pub(crate) report_data: Option<String>,
     /// Directory with the chain in the snpguest layout: ark.pem, ask.pem or asvk.pem, vcek.pem|vcek.der or
     /// vlek.pem|vlek.der. ARK and ASK/ASVK may be omitted (AMD's embedded ones are used); an ARK given must
     /// be AMD's, byte for byte.
     #[arg(long, value_name = "DIR")]
-    certs: Option<PathBuf>,
+    pub(crate) certs: Option<PathBuf>,
     /// TOML policy. Without one, the baseline applies: genuine, no debug, no migration agent, no CXL, VMPL 0,
     /// no provisional firmware, REPORTED_TCB not above CURRENT_TCB (README, "Policy").
     #[arg(long, value_name = "FILE")]
-    policy: Option<PathBuf>,
+    pub(crate) policy: Option<PathBuf>,
     /// Instant at which certificates must be valid, RFC 3339 (e.g. 2025-01-01T00:00:00Z). Default: now.
     #[arg(long, value_name = "RFC3339")]
-    at: Option<String>,
+    pub(crate) at: Option<String>,
     /// An ARK-signed CRL (DER or PEM); the ASK/ASVK and leaf must not be revoked. Repeat for CRLs of other
     /// products or signing keys: each applies to the chains its ARK signs. Replaces the policy's CRLs.
     /// `auto`: the current CRL of the report's product and signing key, from the bundle, the cache or the
     /// KDS (a file named auto: ./auto).
     #[arg(long, value_name = "FILE|auto")]
-    crl: Vec<PathBuf>,
+    pub(crate) crl: Vec<PathBuf>,
     /// Fetch the certificates --certs does not give: the VCEK (by the report's CHIP_ID and REPORTED_TCB)
     /// and the ASK or ASVK chain, from the bundle, the cache or the KDS, verified before use. A VLEK is not
     /// fetched: it comes with its report.
     #[arg(long)]
-    fetch: bool,
+    pub(crate) fetch: bool,
     /// The product, for fetching for a version 2 report (later ones name it in their CPUID fields).
     #[arg(long, value_name = "PRODUCT")]
-    product: Option<String>,
+    pub(crate) product: Option<String>,
     /// An offline bundle (`cloister fetch bundle`): certificates and CRLs looked up there first.
     #[arg(long, value_name = "FILE")]
-    collateral: Option<PathBuf>,
+    pub(crate) collateral: Option<PathBuf>,
     #[command(flatten)]
-    kds: KdsArgs,
+    pub(crate) kds: KdsArgs,
     /// Trust this simulated ARK (from `cloister sim init`) in addition to AMD's roots. For development only.
     #[arg(long, value_name = "FILE")]
-    sim_root: Option<PathBuf>,
+    pub(crate) sim_root: Option<PathBuf>,
     /// Print one JSON object on stdout, whatever the outcome.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Serialize)]
-struct JsonOutcome {
-    verified: bool,
-    reason: Option<String>,
-    product: Option<&'static str>,
-    signing_key: Option<&'static str>,
-    simulated: bool,
-    report: Option<ReportView>,
+pub(crate) struct JsonOutcome {
+    pub(crate) verified: bool,
+    pub(crate) reason: Option<String>,
+    pub(crate) product: Option<&'static str>,
+    pub(crate) signing_key: Option<&'static str>,
+    pub(crate) simulated: bool,
+    pub(crate) report: Option<ReportView>,
+    /// Azure evidence only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) azure: Option<super::verify_azure::AzureJson>,
 }
 
 /// Prints the `--json` object for a command line that did not parse (exit code 2 follows).
@@ -82,27 +107,43 @@ pub(crate) fn print_usage_error_json(reason: &str) {
         signing_key: None,
         simulated: false,
         report: None,
+        azure: None,
     };
     if let Ok(s) = serde_json::to_string(&out) {
         println!("{s}");
     }
 }
 
-struct Inputs {
-    raw_report: Vec<u8>,
-    chain: CertChain,
-    policy: Policy,
-    at_unix: i64,
-    crls: Vec<cloister_attestation::snp::crl::AmdCrl>,
-    sim_root: Option<AmdCertificate>,
+/// What a verification needs, loaded from the command line.
+pub(crate) struct Inputs {
+    pub(crate) raw_report: Vec<u8>,
+    pub(crate) chain: CertChain,
+    pub(crate) policy: Policy,
+    pub(crate) at_unix: i64,
+    pub(crate) crls: Vec<cloister_attestation::snp::crl::AmdCrl>,
+    pub(crate) sim_root: Option<AmdCertificate>,
 }
 
 fn load(args: &Args) -> Result<Inputs, Failure> {
-    let raw_report = chain_files::read(&args.report)?;
+    let report_path = args
+        .report
+        .as_deref()
+        .ok_or_else(|| Failure::Usage("--report FILE is required".into()))?;
+    let raw_report = chain_files::read(report_path)?;
     let chain = match &args.certs {
         Some(dir) => chain_files::read_cert_dir(dir)?,
         None => CertChain::default(),
     };
+    load_with(args, raw_report, chain)
+}
+
+/// The policy, instant, CRLs and simulated root of the command line, and `chain` completed from the
+/// collateral sources when asked (`raw_report` is the SNP report whose VCEK is wanted).
+pub(crate) fn load_with(
+    args: &Args,
+    raw_report: Vec<u8>,
+    chain: CertChain,
+) -> Result<Inputs, Failure> {
     let policy = match &args.policy {
         Some(p) => chain_files::read_policy(p)?,
         None => Policy::baseline(),
@@ -233,6 +274,9 @@ fn complete(
 
 /// Runs `cloister verify`.
 pub(crate) fn run(args: Args) -> ExitCode {
+    if args.azure_evidence.is_some() || args.hcl_report.is_some() {
+        return super::verify_azure::run(&args);
+    }
     let mut out = JsonOutcome {
         verified: false,
         reason: None,
@@ -240,6 +284,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         signing_key: None,
         simulated: false,
         report: None,
+        azure: None,
     };
     let result = load(&args).and_then(|inputs| {
         // Fill in what can be shown even if verification fails: the decoded report is display-only.

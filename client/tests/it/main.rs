@@ -1,6 +1,7 @@
 //! Integration tests of the `cloister` command, run as a user runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod azure_vectors;
 mod common;
 mod fetch;
 mod keybroker_cli;

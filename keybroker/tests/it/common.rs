@@ -292,6 +292,7 @@ pub(crate) fn evidence(
         report: report.to_vec(),
         cert_chain: sim().certificate_chain(SimSigningKey::Vcek).unwrap(),
         claims,
+        vtpm: None,
     }
 }
 

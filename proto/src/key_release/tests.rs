@@ -63,6 +63,7 @@ fn evidence(nonce: [u8; 32], exporter: [u8; 32], key: [u8; 32], digest: Sha384) 
         report: report.to_vec(),
         cert_chain: sim().certificate_chain(SimSigningKey::Vcek).unwrap(),
         claims,
+        vtpm: None,
     }
 }
 
