@@ -82,6 +82,11 @@ pub struct DeploymentOptions {
     pub enclave_config_extra: String,
     /// More `cloister-host` arguments (e.g. `--kds-url`, `--collateral-cache`). Empty by default.
     pub host_args: Vec<OsString>,
+    /// The firmware lines of the enclave's configuration, replacing `firmware = "simulated"` and `sim_dir`
+    /// (e.g. the simulated Azure CVM: `firmware = "azure-vtpm"`, `sim_dir`, `tpm_swtpm`). Sim backend only.
+    pub enclave_firmware: Option<String>,
+    /// TOML appended to the model owner's and the client's policies (e.g. a `[tpm]` section).
+    pub policy_extra: String,
 }
 
 /// How the host of a [`Deployment`] launches the enclave.
@@ -134,6 +139,8 @@ impl DeploymentOptions {
             backend: HostBackend::Sim,
             enclave_config_extra: String::new(),
             host_args: Vec::new(),
+            enclave_firmware: None,
+            policy_extra: String::new(),
         })
     }
 }
@@ -284,10 +291,12 @@ impl Deployment {
                 format!("{VM_HOST_ADDR}:{}", broker_addr.port()),
             ),
         };
+        let firmware = options.enclave_firmware.clone().unwrap_or_else(|| {
+            format!("firmware = \"simulated\"\nsim_dir = \"{enclave_sim_dir}\"\n")
+        });
         let config_text = format!(
             "# Measured configuration of cloister-enclave (its SHA-384 is in every claim).\n\
-             firmware = \"simulated\"\n\
-             sim_dir = \"{}\"\n\
+             {firmware}\
              {}\n\
              [key_broker]\n\
              address = \"{broker_seen_by_enclave}\"\n\
@@ -295,7 +304,6 @@ impl Deployment {
              [[models]]\n\
              name = \"{}\"\n\
              digest = \"{model_digest}\"\n",
-            enclave_sim_dir,
             options.enclave_config_extra,
             hex::encode(cloister_keybroker::certificate_sha256(&cert_der)),
             options.model_name,
@@ -315,9 +323,10 @@ impl Deployment {
                  measurements = [\"{}\"]\n\
                  model_digests = [\"{model_digest}\"]\n\
                  vmpls = [0]\n\
-                 simulated_root = \"{}\"\n",
+                 simulated_root = \"{}\"\n{}",
                 hex::encode(owner_measurement),
-                sim_root.display()
+                sim_root.display(),
+                options.policy_extra
             ),
         )?;
         let audit_log = owner.join("audit.log");
@@ -348,9 +357,10 @@ impl Deployment {
                 "# Client: send inputs only to this enclave build, serving this model.\n\
                  measurements = [\"{}\"]\n\
                  model_digests = [\"{model_digest}\"]\n\
-                 simulated_root = \"{}\"\n",
+                 simulated_root = \"{}\"\n{}",
                 hex::encode(measurement),
-                sim_root.display()
+                sim_root.display(),
+                options.policy_extra
             ),
         )?;
 

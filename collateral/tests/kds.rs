@@ -338,3 +338,38 @@ async fn a_bundle_serves_offline_and_a_tampered_entry_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn thim_answers_are_read_and_garbage_is_an_error() {
+    let vcek_pem = std::fs::read_to_string(vectors().join("oak_genoa_vcek_v5/vcek.pem")).unwrap();
+    let body = serde_json::json!({
+        "vcekCert": vcek_pem,
+        "certificateChain": "",
+        "tcbm": "5419000000000010",
+        "cacheControl": "86400"
+    });
+    let mut routes = std::collections::HashMap::new();
+    routes.insert(
+        "/metadata/THIM/amd/certification".to_owned(),
+        serde_json::to_vec(&body).unwrap(),
+    );
+    routes.insert("/garbage".to_owned(), b"{\"vcekCert\": 3}".to_vec());
+    let thim = KdsStandIn::start(routes, Behaviour::default());
+    let cert = cloister_collateral::thim::fetch_vcek(&format!(
+        "{}/metadata/THIM/amd/certification",
+        thim.url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(cert.der(), vcek_der("oak_genoa_vcek_v5"));
+    assert!(
+        cloister_collateral::thim::fetch_vcek(&format!("{}/garbage", thim.url()))
+            .await
+            .is_err()
+    );
+    assert!(
+        cloister_collateral::thim::fetch_vcek(&format!("{}/none", thim.url()))
+            .await
+            .is_err()
+    );
+}

@@ -1,6 +1,7 @@
 //! End-to-end scenarios.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod azure;
 mod collateral;
 mod e2e;
 mod edges;

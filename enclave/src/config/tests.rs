@@ -182,3 +182,56 @@ fn ipv6_broker() {
         ("broker.example".to_owned(), 443)
     );
 }
+
+#[test]
+fn azure_vtpm_keys() {
+    let g = good();
+    let azure = |extra: &str| {
+        let text = g
+            .replace(
+                "firmware = \"simulated\"\n",
+                &format!("firmware = \"azure-vtpm\"\n{extra}"),
+            )
+            .replace("sim_dir = \"/tmp/sim\"\n", "");
+        Config::from_bytes(text.as_bytes())
+    };
+    let c = azure("").unwrap();
+    assert_eq!(
+        c.firmware,
+        FirmwareConfig::AzureVtpm(AzureOptions {
+            tpm_device: "/dev/tpmrm0".into(),
+            simulated: None
+        })
+    );
+    assert_eq!(c.firmware.name(), "azure-vtpm");
+    assert_eq!(
+        azure("collateral = \"thim\"\n").unwrap().collateral,
+        CollateralSource::Thim
+    );
+    let simulated = azure("tpm_swtpm = \"127.0.0.1:2321\"\nsim_dir = \"/tmp/sim2\"\n").unwrap();
+    assert!(matches!(
+        simulated.firmware,
+        FirmwareConfig::AzureVtpm(AzureOptions {
+            simulated: Some(_),
+            ..
+        })
+    ));
+    let err = |extra: &str| azure(extra).unwrap_err().to_string();
+    assert!(err("tpm_swtpm = \"127.0.0.1:2321\"\n").contains("go together"));
+    assert!(err("vcek_cache = \"/x\"\n").contains("not"));
+    assert!(
+        err("tpm_device = \"/dev/tpm0\"\ntpm_swtpm = \"a:1\"\nsim_dir = \"/s\"\n")
+            .contains("two vTPMs")
+    );
+    // Azure's keys with another backend.
+    let sim = g.replace("sim_dir =", "tpm_device = \"/dev/tpmrm0\"\nsim_dir =");
+    assert!(Config::from_bytes(sim.as_bytes())
+        .unwrap_err()
+        .to_string()
+        .contains("azure-vtpm"));
+    let sim = g.replace("sim_dir =", "collateral = \"thim\"\nsim_dir =");
+    assert!(Config::from_bytes(sim.as_bytes())
+        .unwrap_err()
+        .to_string()
+        .contains("thim"));
+}

@@ -7,6 +7,7 @@
     dead_code
 )]
 
+mod azure;
 mod binary;
 mod common;
 mod firmware;

@@ -293,7 +293,7 @@ fn a_policy_without_a_workload_pin_is_refused_at_start() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("measurements, id_key_digests, author_key_digests (or"),
+        err.contains("measurements, id_key_digests, author_key_digests, tpm.pcrs (or"),
         "{err}"
     );
     std::fs::write(

@@ -21,6 +21,8 @@
 
 #[cfg(feature = "insecure-simulator")]
 pub mod sim_paravisor;
+#[cfg(feature = "insecure-simulator")]
+pub mod swtpm;
 pub mod tpm;
 
 use std::sync::Mutex;
