@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! Claims      { version, nonce[32], tls_exporter[32], enclave_key (optional), model_digests[sha384; n],
-//!               config_digest[sha384] }
+//!               config_digest[sha384], receipt_key (optional: SEC1 P-384, the key of receipts and audit) }
 //! REPORT_DATA = SHA-512("cloister-evidence-v1" || postcard(Claims))       // all 64 bytes
 //! Evidence    { platform: snp | snp-simulated, report[1184], cert_chain { ark, intermediate, leaf } (DER),
 //!               claims }
@@ -26,8 +26,10 @@ use crate::Error;
 
 /// Domain separator hashed before the claims.
 pub const EVIDENCE_DOMAIN: &[u8] = b"cloister-evidence-v1";
-/// The claims format version this code writes and accepts.
-pub const CLAIMS_VERSION: u16 = 1;
+/// The claims format version this code writes and accepts (2: with `receipt_key`).
+pub const CLAIMS_VERSION: u16 = 2;
+/// Length of a `receipt_key` (an uncompressed P-384 point).
+pub const RECEIPT_KEY_LEN: usize = 97;
 /// Label of the TLS exporter (RFC 8446 §7.5) that binds evidence to a session. Labels outside the IANA
 /// "TLS Exporter Labels" registry must begin with `EXPERIMENTAL` (RFC 5705 §4).
 pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPERIMENTAL-cloister-attestation";
@@ -92,6 +94,10 @@ pub struct Claims {
     pub model_digests: Vec<Sha384>,
     /// SHA-384 of the enclave's measured configuration.
     pub config_digest: Sha384,
+    /// The enclave's record-signing key (ECDSA P-384, SEC1 uncompressed): what signs its inference receipts
+    /// and audit checkpoints. Attested here, so a record verifies only with the key of an enclave the verifier
+    /// accepted.
+    pub receipt_key: Option<Vec<u8>>,
 }
 
 impl Claims {
@@ -257,6 +263,27 @@ pub fn verify_evidence(
     options: &VerifyOptions<'_>,
     expected: &ExpectedSession<'_>,
 ) -> Result<VerifiedEvidence, Error> {
+    verify_inner(evidence, policy, options, Some(expected))
+}
+
+/// Verifies evidence kept with a record (an inference receipt, an audit log), after its session: the report,
+/// chain, policy, REPORT_DATA = hash of the claims, and the claims' digests — everything but freshness (the
+/// nonce and exporter against a live session), which the live session checked. The claims' exporter still
+/// names the session, and records carry its id.
+pub fn verify_recorded_evidence(
+    evidence: &Evidence,
+    policy: &Policy,
+    options: &VerifyOptions<'_>,
+) -> Result<VerifiedEvidence, Error> {
+    verify_inner(evidence, policy, options, None)
+}
+
+fn verify_inner(
+    evidence: &Evidence,
+    policy: &Policy,
+    options: &VerifyOptions<'_>,
+    expected: Option<&ExpectedSession<'_>>,
+) -> Result<VerifiedEvidence, Error> {
     let claims = &evidence.claims;
     if claims.version != CLAIMS_VERSION {
         return Err(Error::ClaimsVersion {
@@ -267,6 +294,13 @@ pub fn verify_evidence(
         return Err(Error::EvidenceTooLarge {
             what: "model_digests",
         });
+    }
+    if claims
+        .receipt_key
+        .as_ref()
+        .is_some_and(|k| k.len() != RECEIPT_KEY_LEN || k[0] != 4)
+    {
+        return Err(Error::EvidenceEncoding);
     }
     let chain = evidence.chain()?;
     if evidence.platform.is_azure() {
@@ -312,7 +346,9 @@ pub fn verify_evidence(
             found: hex::encode(got),
         });
     }
-    check_session(claims, expected)?;
+    if let Some(expected) = expected {
+        check_session(claims, expected)?;
+    }
 
     // 3. The policy: the report's fields, then the claims' model and configuration digests.
     let report = genuine.apply_policy(policy)?;
@@ -359,7 +395,7 @@ fn verify_azure_evidence(
     chain: &CertChain,
     policy: &Policy,
     options: &VerifyOptions<'_>,
-    expected: &ExpectedSession<'_>,
+    expected: Option<&ExpectedSession<'_>>,
 ) -> Result<VerifiedEvidence, Error> {
     let claims = &evidence.claims;
     let quote = evidence.vtpm.as_ref().ok_or(Error::PlatformMismatch {
@@ -387,7 +423,9 @@ fn verify_azure_evidence(
             actual: actual.name(),
         });
     }
-    check_session(claims, expected)?;
+    if let Some(expected) = expected {
+        check_session(claims, expected)?;
+    }
     let report = genuine.snp.apply_policy(policy)?;
     policy.check_tpm(&genuine.facts)?;
     check_claims_policy(claims, policy)?;
@@ -411,6 +449,7 @@ mod tests {
             enclave_key: Some(EnclaveKey::X25519([3; 32])),
             model_digests: vec![Sha384([4; 48])],
             config_digest: Sha384([5; 48]),
+            receipt_key: None,
         }
     }
 

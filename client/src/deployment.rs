@@ -87,6 +87,10 @@ pub struct DeploymentOptions {
     pub enclave_firmware: Option<String>,
     /// TOML appended to the model owner's and the client's policies (e.g. a `[tpm]` section).
     pub policy_extra: String,
+    /// TOML added to the model's `[[models]]` table (e.g. `top_k = 2`).
+    pub model_config_extra: String,
+    /// The client certificate the deployment's own sessions present (`[clients]` of the enclave).
+    pub client_identity: Option<std::sync::Arc<crate::session::ClientIdentity>>,
 }
 
 /// How the host of a [`Deployment`] launches the enclave.
@@ -141,6 +145,8 @@ impl DeploymentOptions {
             host_args: Vec::new(),
             enclave_firmware: None,
             policy_extra: String::new(),
+            model_config_extra: String::new(),
+            client_identity: None,
         })
     }
 }
@@ -204,6 +210,8 @@ pub struct Deployment {
     pub initrd: Option<PathBuf>,
     /// VM backends: the guest's serial console.
     pub serial_log: Option<PathBuf>,
+    /// The client certificate this deployment's sessions present.
+    pub client_identity: Option<std::sync::Arc<crate::session::ClientIdentity>>,
     host: Option<Child>,
     broker: JoinHandle<()>,
 }
@@ -303,10 +311,11 @@ impl Deployment {
              certificate_sha256 = \"{}\"\n\n\
              [[models]]\n\
              name = \"{}\"\n\
-             digest = \"{model_digest}\"\n",
+             digest = \"{model_digest}\"\n{}",
             options.enclave_config_extra,
             hex::encode(cloister_keybroker::certificate_sha256(&cert_der)),
             options.model_name,
+            options.model_config_extra,
         );
         write(&enclave_config, &config_text)?;
         let enclave_bytes = std::fs::read(&enclave_bin).map_err(step("read the enclave binary"))?;
@@ -450,6 +459,7 @@ impl Deployment {
             host_log: dir.join("host.log"),
             initrd,
             serial_log,
+            client_identity: options.client_identity.clone(),
             host: Some(host),
             broker,
         })
@@ -457,7 +467,8 @@ impl Deployment {
 
     /// Opens an attested session with the client's policy.
     pub async fn session(&self) -> Result<AttestedSession, SessionError> {
-        let trust = SessionPolicy::from_file(&self.client_policy)?;
+        let mut trust = SessionPolicy::from_file(&self.client_policy)?;
+        trust.client_identity.clone_from(&self.client_identity);
         AttestedSession::connect(&self.endpoint, &trust).await
     }
 

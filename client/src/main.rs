@@ -34,6 +34,8 @@ enum Command {
     Sim(cmd::sim::Args),
     Measure(cmd::measure::Args),
     Fetch(cmd::fetch::Args),
+    Receipt(cmd::records::ReceiptArgs),
+    Audit(cmd::records::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,5 +69,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => cmd::sim::run(args),
         Command::Measure(args) => cmd::measure::run(args),
         Command::Fetch(args) => cmd::fetch::run(args),
+        Command::Receipt(args) => cmd::records::run_receipt(args),
+        Command::Audit(args) => cmd::records::run_audit(args),
     }
 }

@@ -113,6 +113,40 @@ pub struct SessionPolicy {
     /// Where a VCEK the evidence does not carry is fetched from (`--kds-url`, `--cache`, `--collateral`);
     /// `None`: evidence without its VCEK is rejected.
     pub collateral: Option<Arc<Collateral>>,
+    /// A TLS client certificate and key to present (`[clients]` in the enclave's configuration).
+    pub client_identity: Option<Arc<ClientIdentity>>,
+}
+
+/// A TLS client certificate chain and its private key.
+pub struct ClientIdentity {
+    /// The chain, leaf first.
+    pub certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The key.
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("certificates", &self.certificates.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientIdentity {
+    /// Reads a PEM certificate (chain) and a PEM private key.
+    pub fn from_pem_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
+        let certificates = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", cert.display()))?;
+        if certificates.is_empty() {
+            return Err(format!("{}: no certificate", cert.display()));
+        }
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| format!("{}: {e}", key.display()))?;
+        Ok(ClientIdentity { certificates, key })
+    }
 }
 
 impl SessionPolicy {
@@ -127,6 +161,7 @@ impl SessionPolicy {
             crls,
             at_unix: None,
             collateral: None,
+            client_identity: None,
         })
     }
 }
@@ -135,7 +170,11 @@ impl SessionPolicy {
 pub struct AttestedSession {
     sender: SendRequest<Full<Bytes>>,
     evidence: VerifiedEvidence,
+    /// The evidence as it travelled (what receipts point to).
+    evidence_bytes: Bytes,
     policy: Policy,
+    /// The receipt of the last inference.
+    last_receipt: Option<cloister_governance::Receipt>,
 }
 
 impl std::fmt::Debug for AttestedSession {
@@ -146,15 +185,19 @@ impl std::fmt::Debug for AttestedSession {
     }
 }
 
-fn tls_config() -> Result<rustls::ClientConfig, SessionError> {
+fn tls_config(identity: Option<&ClientIdentity>) -> Result<rustls::ClientConfig, SessionError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| SessionError::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AttestedTlsVerifier::new(provider)))
-        .with_no_client_auth();
-    Ok(config)
+        .with_custom_certificate_verifier(Arc::new(AttestedTlsVerifier::new(provider)));
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some(id) => builder
+            .with_client_auth_cert(id.certificates.clone(), id.key.clone_key())
+            .map_err(|e| SessionError::Tls(format!("client certificate: {e}"))),
+    }
 }
 
 async fn read_body(
@@ -200,7 +243,7 @@ impl AttestedSession {
             })?;
         // Latency: requests are small and interactive.
         tcp.set_nodelay(true).ok();
-        let connector = TlsConnector::from(Arc::new(tls_config()?));
+        let connector = TlsConnector::from(Arc::new(tls_config(trust.client_identity.as_deref())?));
         let server_name = rustls::pki_types::ServerName::try_from("cloister-enclave")
             .map_err(|e| SessionError::Tls(e.to_string()))?;
         let tls = connector
@@ -284,13 +327,30 @@ impl AttestedSession {
         Ok(AttestedSession {
             sender,
             evidence: verified,
+            evidence_bytes: body,
             policy: trust.policy.clone(),
+            last_receipt: None,
         })
     }
 
     /// The verified evidence of this session.
     pub fn evidence(&self) -> &VerifiedEvidence {
         &self.evidence
+    }
+
+    /// The evidence as it travelled (postcard bytes).
+    pub fn evidence_bytes(&self) -> &[u8] {
+        &self.evidence_bytes
+    }
+
+    /// The receipt of the last inference with the evidence it points to, for `cloister receipt verify`.
+    pub fn receipt_file(&self) -> Option<cloister_governance::ReceiptFile> {
+        self.last_receipt
+            .clone()
+            .map(|receipt| cloister_governance::ReceiptFile {
+                receipt,
+                evidence: self.evidence_bytes.to_vec(),
+            })
     }
 
     async fn exchange(
@@ -330,11 +390,17 @@ impl AttestedSession {
                     })?,
             ),
         };
+        let receipt = response
+            .headers()
+            .get(cloister_governance::receipt::RECEIPT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let (status, body) = read_body(response, MAX_RESPONSE_BYTES).await?;
         Ok(Reply {
             status,
             body,
             json_len,
+            receipt,
         })
     }
 
@@ -415,6 +481,13 @@ impl AttestedSession {
         if reply.status != StatusCode::OK {
             return Err(status_error(reply.status, &reply.body));
         }
+        self.last_receipt = match reply.receipt.as_deref() {
+            Some(h) => Some(
+                cloister_governance::Receipt::from_header(h)
+                    .map_err(|e| SessionError::Malformed(e.to_string()))?,
+            ),
+            None => None,
+        };
         InferResponse::decode(&reply.body, reply.json_len)
             .map_err(|e| SessionError::Malformed(format!("inference response: {e}")))
     }
@@ -449,6 +522,7 @@ struct Reply {
     status: StatusCode,
     body: Bytes,
     json_len: Option<usize>,
+    receipt: Option<String>,
 }
 
 /// Model names go into a URL path: only unreserved characters are allowed; anything else is refused

@@ -17,6 +17,9 @@ use cloister_models::ModelDigest;
 use ring::digest::{digest, SHA384};
 use serde::Deserialize;
 
+mod governance;
+pub use governance::{AuditConfig, Budget, BudgetsConfig, ClientsConfig};
+
 /// Upper bound on the number of models in one configuration (the claims carry at most this many digests).
 pub const MAX_MODELS: usize = cloister_attestation::evidence::MAX_MODEL_DIGESTS;
 
@@ -58,6 +61,9 @@ pub enum ConfigError {
     /// A key of the `azure-vtpm` backend with another backend, or one it does not take.
     #[error("configuration: {0}")]
     Azure(&'static str),
+    /// A governance section (`[clients]`, `[budgets]`, `[audit]`, a model's hardening) is invalid.
+    #[error("configuration: {0}")]
+    Governance(&'static str),
     /// `sim_withhold_certificates` with a hardware firmware.
     #[error(
         "configuration: `sim_withhold_certificates` is only allowed with firmware = \"simulated\""
@@ -201,6 +207,11 @@ pub struct ModelConfig {
     /// Largest batch (axis 0 of the inputs whose axis 0 is symbolic) a request may have; `None`: bounded
     /// by the element and memory limits only.
     pub max_batch: Option<u64>,
+    /// Output hardening against model extraction: keep the `top_k` largest values of each row of a
+    /// floating-point output (the others become 0).
+    pub top_k: Option<u32>,
+    /// Output hardening: round floating-point outputs to this many decimals.
+    pub round_decimals: Option<u8>,
 }
 
 /// Request limits (`[limits]`).
@@ -336,6 +347,14 @@ pub struct Config {
     pub limits: Limits,
     /// The stderr log level.
     pub log_level: LogLevel,
+    /// `[audit]`.
+    pub audit: AuditConfig,
+    /// `[clients]`.
+    pub clients: ClientsConfig,
+    /// `[budgets]`.
+    pub budgets: BudgetsConfig,
+    /// The allowed client certificates (`[clients] certificate_sha256`, parsed).
+    pub client_pins: Vec<[u8; 32]>,
     /// SHA-384 of the exact file bytes.
     pub digest: Sha384,
 }
@@ -357,6 +376,12 @@ struct RawConfig {
     #[serde(default)]
     limits: Limits,
     log_level: Option<LogLevel>,
+    #[serde(default)]
+    audit: AuditConfig,
+    #[serde(default)]
+    clients: ClientsConfig,
+    #[serde(default)]
+    budgets: BudgetsConfig,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -384,6 +409,8 @@ struct RawModel {
     name: String,
     digest: String,
     max_batch: Option<u64>,
+    top_k: Option<u32>,
+    round_decimals: Option<u8>,
 }
 
 impl Config {
@@ -521,10 +548,22 @@ impl Config {
                     field: "max_batch (of a model)",
                 });
             }
+            if m.top_k == Some(0) {
+                return Err(ConfigError::ZeroLimit {
+                    field: "top_k (of a model)",
+                });
+            }
+            if m.round_decimals.is_some_and(|d| d > 9) {
+                return Err(ConfigError::Governance(
+                    "round_decimals (of a model) must be 0 to 9",
+                ));
+            }
             models.push(ModelConfig {
                 name: m.name,
                 digest,
                 max_batch: m.max_batch,
+                top_k: m.top_k,
+                round_decimals: m.round_decimals,
             });
         }
 
@@ -544,9 +583,26 @@ impl Config {
             }
         }
 
+        let client_pins = governance::parse_pins(&raw.clients.certificate_sha256).ok_or(
+            ConfigError::Governance("[clients] certificate_sha256: expected 64 hex digits each"),
+        )?;
+        if raw.clients.require_certificate && client_pins.is_empty() {
+            return Err(ConfigError::Governance(
+                "[clients] require_certificate = true needs certificate_sha256 (no client could connect)",
+            ));
+        }
+        if raw.audit.checkpoint_every == 0 {
+            return Err(ConfigError::ZeroLimit {
+                field: "[audit] checkpoint_every",
+            });
+        }
         Ok(Config {
             firmware,
             collateral,
+            audit: raw.audit,
+            clients: raw.clients,
+            budgets: raw.budgets,
+            client_pins,
             key_broker,
             models,
             limits,

@@ -37,4 +37,7 @@ pub enum Error {
     /// The inference threads could not be started.
     #[error("cannot start the inference threads")]
     Threads(#[source] std::io::Error),
+    /// The record-signing key or the audit log could not be set up.
+    #[error("governance: {0}")]
+    Governance(String),
 }

@@ -67,6 +67,7 @@ pub struct Attester {
     firmware: Arc<dyn Firmware>,
     collateral: Option<Arc<Collateral>>,
     thim: Option<String>,
+    receipt_key: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Attester {
@@ -98,7 +99,13 @@ impl Attester {
             firmware,
             collateral,
             thim: None,
+            receipt_key: None,
         }
+    }
+
+    /// Puts `key` (the enclave's record-signing key) in the claims of every evidence from now on.
+    pub fn set_receipt_key(&mut self, key: Vec<u8>) {
+        self.receipt_key = Some(key);
     }
 
     /// `firmware`, its VCEK from Azure's THIM endpoint at `url` when it gives none (`collateral = "thim"`).
@@ -107,12 +114,16 @@ impl Attester {
             firmware,
             collateral: None,
             thim: Some(url.to_owned()),
+            receipt_key: None,
         }
     }
 
     /// Evidence for `claims` ([`make_evidence`]), its chain completed: the leaf from the collateral path
     /// when the firmware gave none (and, on the simulated platform, the simulated ASK and ARK with it).
-    pub async fn evidence(&self, claims: Claims) -> Result<Evidence, FirmwareError> {
+    pub async fn evidence(&self, mut claims: Claims) -> Result<Evidence, FirmwareError> {
+        if claims.receipt_key.is_none() {
+            claims.receipt_key.clone_from(&self.receipt_key);
+        }
         let mut evidence = make_evidence_async(Arc::clone(&self.firmware), claims).await?;
         if evidence.cert_chain.leaf.is_empty() {
             self.complete(&mut evidence).await?;
@@ -380,6 +391,7 @@ pub fn claims(
         enclave_key,
         model_digests,
         config_digest,
+        receipt_key: None,
     }
 }
 

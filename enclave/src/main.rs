@@ -134,9 +134,31 @@ fn read_config(path: &std::path::Path) -> anyhow::Result<(Vec<u8>, Config)> {
     Ok((config_bytes, config))
 }
 
+/// Seals the audit log (its signed `stop`) and exits: the host is gone or asked the enclave to stop.
+fn seal_and_exit(enclave: &std::sync::OnceLock<Arc<Enclave>>, why: &str) -> ! {
+    if let Some(e) = enclave.get() {
+        e.governance().audit().stop();
+    }
+    // Not eprintln!: stderr may be a pipe to a host that is gone; eprintln! would panic on the write.
+    let _ = writeln!(std::io::stderr(), "cloister-enclave: {why}: exiting");
+    std::process::exit(0);
+}
+
 async fn run(args: Args, config_bytes: Vec<u8>, config: Config) -> anyhow::Result<()> {
+    let running: Arc<std::sync::OnceLock<Arc<Enclave>>> = Arc::default();
+    {
+        let running = Arc::clone(&running);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot install the SIGTERM handler")?;
+        tokio::spawn(async move {
+            if term.recv().await.is_some() {
+                seal_and_exit(&running, "SIGTERM");
+            }
+        });
+    }
     if args.exit_on_stdin_eof {
-        std::thread::spawn(|| {
+        let running = Arc::clone(&running);
+        std::thread::spawn(move || {
             let mut sink = [0u8; 64];
             let mut stdin = std::io::stdin().lock();
             // Read until end of file, then stop the process. Interrupted or would-block reads are
@@ -152,13 +174,10 @@ async fn run(args: Args, config_bytes: Vec<u8>, config: Config) -> anyhow::Resul
                     Err(_) => break,
                 }
             }
-            // Not eprintln!: stderr is usually a pipe to the host that just died, and eprintln!
-            // panics when the write fails, which would end this thread instead of the process.
-            let _ = writeln!(
-                std::io::stderr(),
-                "cloister-enclave: standard input closed (the host is gone): exiting"
+            seal_and_exit(
+                &running,
+                "standard input closed (the host is gone or stops it)",
             );
-            std::process::exit(0);
         });
     }
     let blobs = BlobService::parse(&args.blobs).context("invalid --blobs")?;
@@ -176,7 +195,8 @@ async fn run(args: Args, config_bytes: Vec<u8>, config: Config) -> anyhow::Resul
         "configuration loaded"
     );
 
-    let tls = server::tls_config().context("cannot set up TLS")?;
+    let tls =
+        server::tls_config(&config.clients, &config.client_pins).context("cannot set up TLS")?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -216,6 +236,7 @@ async fn run(args: Args, config_bytes: Vec<u8>, config: Config) -> anyhow::Resul
         Attester::new(firmware, collateral)
     };
     let enclave = Arc::new(Enclave::new(&config, attester)?);
+    let _ = running.set(Arc::clone(&enclave));
     tracing::info!(
         inference_threads = enclave.pool().size(),
         memory_budget = enclave.memory().bytes(),

@@ -53,6 +53,8 @@ pub struct ModelSlot {
     name: String,
     digest: ModelDigest,
     max_batch: Option<u64>,
+    top_k: Option<u32>,
+    round_decimals: Option<u8>,
     loaded: OnceLock<Arc<LoadedModel>>,
     status: Mutex<ModelStatus>,
 }
@@ -83,6 +85,11 @@ impl ModelSlot {
         self.max_batch
     }
 
+    /// The configured output hardening: `top_k` and `round_decimals`.
+    pub fn hardening(&self) -> (Option<u32>, Option<u8>) {
+        (self.top_k, self.round_decimals)
+    }
+
     /// The loaded model, once ready.
     pub fn model(&self) -> Option<&Arc<LoadedModel>> {
         self.loaded.get()
@@ -101,6 +108,8 @@ impl ModelSlot {
 /// The enclave: its firmware, its measured configuration's digest, its models and limits.
 pub struct Enclave {
     attester: Attester,
+    governance: crate::governance::Governance,
+    metrics: crate::metrics::Metrics,
     config_digest: Sha384,
     limits: Limits,
     models: Vec<ModelSlot>,
@@ -136,8 +145,13 @@ impl Enclave {
             BudgetSetting::Auto => default_budget_bytes(),
             BudgetSetting::Bytes(b) => b,
         });
+        let governance = crate::governance::Governance::new(config)?;
+        let mut attester = attester.into();
+        attester.set_receipt_key(governance.signer().public_key());
         Ok(Enclave {
-            attester: attester.into(),
+            attester,
+            governance,
+            metrics: crate::metrics::Metrics::default(),
             config_digest: config.digest,
             limits: config.limits,
             models: config
@@ -147,6 +161,8 @@ impl Enclave {
                     name: m.name.clone(),
                     digest: m.digest,
                     max_batch: m.max_batch,
+                    top_k: m.top_k,
+                    round_decimals: m.round_decimals,
                     loaded: OnceLock::new(),
                     status: Mutex::new(ModelStatus::AwaitingKey),
                 })
@@ -158,6 +174,16 @@ impl Enclave {
             pool,
             memory,
         })
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Receipts, audit log, budgets.
+    pub fn governance(&self) -> &crate::governance::Governance {
+        &self.governance
     }
 
     /// The firmware, with the collateral path that completes its certificates.

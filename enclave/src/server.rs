@@ -39,6 +39,7 @@ use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::ClientsConfig;
 use crate::firmware;
 use crate::inference::{
     Error as InferenceError, Footprint, LoadedModel, NamedTensor, RunLimits, TensorSpec,
@@ -73,21 +74,32 @@ pub enum ServerError {
 
 /// The server's TLS configuration: TLS 1.3 only, ring, a fresh self-signed P-384 certificate (the client
 /// authenticates the enclave by attestation inside the session, not by this certificate), no session
-/// tickets, no early data.
-pub fn tls_config() -> Result<Arc<ServerConfig>, ServerError> {
+/// tickets, no early data; client certificates by pin when `[clients]` lists any (required when it says so).
+pub fn tls_config(
+    clients: &ClientsConfig,
+    pins: &[[u8; 32]],
+) -> Result<Arc<ServerConfig>, ServerError> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)
         .map_err(ServerError::Certificate)?;
     let params = rcgen::CertificateParams::new(vec!["cloister-enclave".to_owned()])
         .map_err(ServerError::Certificate)?;
     let cert = params.self_signed(&key).map_err(ServerError::Certificate)?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let mut config =
+    let config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(ServerError::Tls)?
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], key_der)
             .map_err(ServerError::Tls)?;
+    let config = if pins.is_empty() {
+        config.with_no_client_auth()
+    } else {
+        config.with_client_cert_verifier(Arc::new(crate::governance::PinnedClients::new(
+            pins.to_vec(),
+            clients.require_certificate,
+        )))
+    };
+    let mut config = config
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .map_err(ServerError::Tls)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.send_tls13_tickets = 0;
     config.max_early_data_size = 0;
@@ -152,7 +164,24 @@ async fn serve_connection(
                 return;
             }
         };
-    let ctx = Arc::new(Connection { exporter, enclave });
+    // The client's identity: its certificate's SHA-256 when it presented one (verified by pin), else
+    // anonymous.
+    let client = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map_or_else(
+            || "anonymous".to_owned(),
+            |c| crate::governance::client_id(c.as_ref()),
+        );
+    let ctx = Arc::new(Connection {
+        exporter,
+        enclave,
+        client,
+        evidence_digest: std::sync::Mutex::new(None),
+        seq: std::sync::atomic::AtomicU64::new(0),
+    });
     let service = hyper::service::service_fn(move |req| {
         let ctx = Arc::clone(&ctx);
         async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
@@ -173,6 +202,52 @@ async fn serve_connection(
 struct Connection {
     exporter: [u8; 32],
     enclave: Arc<Enclave>,
+    /// `sha256:<client certificate>` or `anonymous`.
+    client: String,
+    /// SHA-384 of the last evidence this connection was served (what receipts point to).
+    evidence_digest: std::sync::Mutex<Option<[u8; 48]>>,
+    /// Inferences answered on this connection (receipts' `seq`).
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl Connection {
+    /// The session id, hex, once the client attested on this connection.
+    fn session_hex(&self) -> Option<String> {
+        self.evidence_digest
+            .lock()
+            .ok()
+            .and_then(|d| d.map(|_| hex::encode(cloister_governance::session_id(&self.exporter))))
+    }
+
+    /// A signed receipt for an inference of `slot` on this connection; `None` when the client did not attest
+    /// the session (a receipt names the evidence it was served; a client that did not ask for evidence has
+    /// nothing to check a receipt against, and gets none).
+    fn receipt(
+        &self,
+        slot: &ModelSlot,
+        request: [u8; 32],
+        response: [u8; 32],
+    ) -> Result<Option<cloister_governance::Receipt>, ApiError> {
+        let Some(evidence) = self.evidence_digest.lock().ok().and_then(|d| *d) else {
+            return Ok(None);
+        };
+        let payload = cloister_governance::ReceiptPayload {
+            evidence,
+            model: slot.name().to_owned(),
+            model_digest: *slot.digest().as_bytes(),
+            request,
+            response,
+            time: crate::governance::unix_now(),
+            session: cloister_governance::session_id(&self.exporter),
+            seq: self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+        };
+        cloister_governance::Receipt::sign(self.enclave.governance().signer(), &payload)
+            .map(Some)
+            .map_err(|e| {
+                tracing::error!("cannot sign a receipt: {e}");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
+            })
+    }
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -182,6 +257,8 @@ type Resp = Response<Full<Bytes>>;
 struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds for `Retry-After` (429).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -189,6 +266,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
     fn bad_request(message: impl Into<String>) -> Self {
@@ -258,12 +336,13 @@ async fn route(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, ApiErro
         }
         ["v2", "models", name, "infer"] if method == Method::POST => {
             let slot = slot(enclave, name)?;
-            infer(enclave, slot, req).await
+            governed_infer(ctx, slot, req).await
         }
         ["v2", "models", name, "versions", MODEL_VERSION, "infer"] if method == Method::POST => {
             let slot = slot(enclave, name)?;
-            infer(enclave, slot, req).await
+            governed_infer(ctx, slot, req).await
         }
+        ["metrics"] if is_get => Ok(metrics_response(enclave)),
         ["v2"]
         | ["v2", "health", "live" | "ready"]
         | ["v2", "models", _]
@@ -323,6 +402,11 @@ async fn attestation(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, A
         tracing::error!("evidence does not encode");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "attestation failed")
     })?;
+    // Receipts of this connection point to the evidence it was last served.
+    if let Ok(mut d) = ctx.evidence_digest.lock() {
+        *d = Some(cloister_governance::evidence_digest(&bytes));
+    }
+    enclave.metrics().attestation();
     Ok(bytes_response(
         StatusCode::OK,
         EVIDENCE_CONTENT_TYPE,
@@ -360,7 +444,7 @@ fn metadata(slot: &ModelSlot) -> Result<Resp, ApiError> {
 }
 
 mod infer;
-use infer::infer;
+use infer::governed_infer;
 
 // ---- HTTP plumbing -------------------------------------------------------------------------------------
 
@@ -421,6 +505,10 @@ fn error_response(e: &ApiError) -> Resp {
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        StatusCode::TOO_MANY_REQUESTS => {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(e.retry_after.unwrap_or(1)));
+        }
         StatusCode::METHOD_NOT_ALLOWED => {
             let allow = if e.message.contains("POST") {
                 "POST"
@@ -450,6 +538,23 @@ fn bytes_response(
             .insert(INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(n));
     }
     resp
+}
+
+/// `GET /metrics`: counts and timings (`crate::metrics`).
+fn metrics_response(enclave: &Enclave) -> Resp {
+    enclave.metrics().set_ready(
+        enclave
+            .models()
+            .iter()
+            .filter(|m| m.model().is_some())
+            .count(),
+    );
+    bytes_response(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        enclave.metrics().render(),
+        None,
+    )
 }
 
 /// A peer-supplied string, cut for messages and logs.

@@ -321,9 +321,17 @@ impl BlobServer {
                     async move {
                         let resp = match route(req.method(), req.uri().path()) {
                             Route::Collateral => {
-                                crate::collateral::respond(collateral.as_deref(), req.uri()).await
+                                let r =
+                                    crate::collateral::respond(collateral.as_deref(), req.uri())
+                                        .await;
+                                crate::metrics::metrics().collateral(r.status().as_u16());
+                                r
                             }
-                            _ => respond(&index, &req).await,
+                            _ => {
+                                let r = respond(&index, &req).await;
+                                crate::metrics::metrics().blob(r.status().as_u16());
+                                r
+                            }
                         };
                         Ok::<_, Infallible>(resp)
                     }

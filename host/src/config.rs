@@ -171,6 +171,10 @@ pub struct Config {
     pub relay: crate::relay::RelayLimits,
     /// Where the `/collateral` service gets what the enclave asks for.
     pub collateral: CollateralSettings,
+    /// Where the enclave's audit log is stored (`--audit-log`).
+    pub audit_log: Option<PathBuf>,
+    /// Where the host serves its metrics (`--metrics`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The `/collateral` service's sources ([`crate::collateral`]).
@@ -405,6 +409,8 @@ mod tests {
                 restart: RestartPolicy::default(),
                 relay: crate::relay::RelayLimits::default(),
                 collateral: CollateralSettings::default(),
+                audit_log: None,
+                metrics: None,
             }
         }
     }

@@ -209,9 +209,11 @@ impl SimLauncher {
         match outcome {
             Ok(addr) => {
                 // Keep draining stdout so the enclave never blocks on a full pipe.
-                tokio::spawn(forward_lines(stdout));
+                let forwarder = tokio::spawn(forward_lines(stdout));
                 tracing::info!(pid, %addr, "enclave is listening");
-                Ok(ChildInstance::new(child, addr, "the enclave"))
+                let mut instance = ChildInstance::new(child, addr, "the enclave");
+                instance.stdout_forwarder = Some(forwarder);
+                Ok(instance)
             }
             Err(e) => Err(abandon(child, "the enclave", e, Duration::from_secs(1)).await),
         }
@@ -241,6 +243,9 @@ pub struct ChildInstance {
     /// dies. Held outside `child`: tokio's `Child::wait` closes the child's stdin before waiting, which
     /// would tell a `sim` enclave (`--exit-on-stdin-eof`) that the host is gone.
     _stdin: Option<ChildStdin>,
+    /// The task that forwards the child's stdout (audit lines included): awaited at termination, so that
+    /// the last lines (the audit log's signed `stop`) are stored before the host goes on.
+    stdout_forwarder: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ChildInstance {
@@ -252,6 +257,7 @@ impl ChildInstance {
             addr,
             what,
             _stdin: stdin,
+            stdout_forwarder: None,
         }
     }
 
@@ -273,7 +279,17 @@ impl Instance for ChildInstance {
         }
     }
 
+    /// Closes the child's stdin first (an enclave started with `--exit-on-stdin-eof` seals its audit log
+    /// with a signed `stop` and exits), waits up to [`STOP_GRACE`], then kills.
     async fn terminate(&mut self) {
+        if self._stdin.take().is_some() {
+            if let Ok(Ok(_)) = tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
+                if let Some(forwarder) = self.stdout_forwarder.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), forwarder).await;
+                }
+                return;
+            }
+        }
         kill(&mut self.child, self.what).await;
     }
 }
@@ -296,8 +312,12 @@ pub(crate) async fn abandon(
     error
 }
 
-/// SIGKILL and reap. The enclave holds no state worth a graceful shutdown: keys and plaintext live only
-/// in its memory (a VM's guest memory, and under SNP its key, go with QEMU), which the kernel discards.
+/// How long an enclave gets to seal its audit log after its stdin closes.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// SIGKILL and reap. Keys and plaintext live only in the enclave's memory (a VM's guest memory, and under
+/// SNP its key, go with QEMU), which the kernel discards; [`ChildInstance::terminate`] first gives the
+/// enclave [`STOP_GRACE`] to seal its audit log.
 async fn kill(child: &mut Child, what: &'static str) {
     if let Err(e) = child.kill().await {
         tracing::warn!(error = %e, "killing {what} failed");
@@ -346,6 +366,9 @@ async fn forward_lines<R: AsyncRead + Unpin>(reader: R) {
 fn forward(line: &[u8]) {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if crate::audit::take(line) {
+        return;
+    }
     let mut err = io::stderr().lock();
     let _ = err
         .write_all(FORWARD_PREFIX.as_bytes())

@@ -21,10 +21,12 @@
 //! [`run`] wires them together.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod blobs;
 pub mod collateral;
 pub mod config;
 pub mod launcher;
+pub mod metrics;
 pub mod qemu;
 pub mod record;
 pub mod relay;
@@ -159,6 +161,25 @@ pub async fn run(config: Config) -> Result<(), Error> {
             })?;
             tracing::info!(path = %path.display(), "recording every byte the host relays or serves");
             Some(recorder)
+        }
+        None => None,
+    };
+    match &config.audit_log {
+        Some(path) => audit::open(path).map_err(|source| Error::Record {
+            path: path.clone(),
+            source,
+        })?,
+        None => tracing::warn!(
+            "no --audit-log: the enclave's audit lines are forwarded to stderr, not stored"
+        ),
+    }
+    let _metrics = match config.metrics {
+        Some(addr) => {
+            let listener = metrics::bind(addr)
+                .await
+                .map_err(|source| Error::Listen { addr, source })?;
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            Some(AbortOnDrop(tokio::spawn(metrics::serve(listener))))
         }
         None => None,
     };

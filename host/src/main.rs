@@ -215,6 +215,15 @@ struct Args {
     /// Collateral: also accept this simulated ARK (from `cloister sim init`): development only.
     #[arg(long, value_name = "FILE", help_heading = "Collateral")]
     collateral_sim_root: Option<PathBuf>,
+
+    /// Append the enclave's audit log (hash-chained JSON lines with signed checkpoints) to FILE, created
+    /// 0600. `cloister audit verify --log FILE --evidence E` checks it. Without it the lines go to stderr.
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+
+    /// Serve the host's metrics (Prometheus text exposition, counts only) on ADDR, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 impl Args {
@@ -249,6 +258,8 @@ impl Args {
                 max_restarts: self.restart_max,
                 ..RestartPolicy::default()
             },
+            audit_log: self.audit_log,
+            metrics: self.metrics,
             collateral: cloister_host::CollateralSettings {
                 kds_url: (self.kds_url != "off").then_some(self.kds_url),
                 cache: self.collateral_cache,

@@ -568,7 +568,7 @@ async fn forward_lines<R: AsyncRead + Unpin>(reader: R, prefix: &'static str) {
 }
 
 fn forward(prefix: &str, line: &[u8]) {
-    if line.is_empty() {
+    if line.is_empty() || crate::audit::take(line) {
         return;
     }
     let mut err = io::stderr().lock();

@@ -133,6 +133,7 @@ impl Relay {
                 }
             };
             let Some(source) = sources.open(peer.ip()) else {
+                crate::metrics::metrics().connection("over_limit");
                 counts.over_limit.fetch_add(1, Ordering::Relaxed);
                 counts.note_address(peer.ip());
                 drop(client);
@@ -143,15 +144,22 @@ impl Relay {
             let handshake = self.limits.handshake_timeout;
             let counts = Arc::clone(&counts);
             tokio::spawn(async move {
+                let m = crate::metrics::metrics();
                 match relay_one_with(client, target, recorder, handshake).await {
-                    Ok((up, down)) => tracing::debug!(%peer, up, down, "relay: connection closed"),
+                    Ok((up, down)) => {
+                        m.connection("accepted");
+                        m.relayed(up, down);
+                        tracing::debug!(%peer, up, down, "relay: connection closed");
+                    }
                     Err(e) => {
                         match e.kind() {
                             io::ErrorKind::TimedOut if e.to_string().contains("handshake") => {
+                                m.connection("slow_handshake");
                                 counts.slow_handshakes.fetch_add(1, Ordering::Relaxed);
                                 counts.note_address(peer.ip());
                             }
                             io::ErrorKind::InvalidData => {
+                                m.connection("not_tls");
                                 counts.not_tls.fetch_add(1, Ordering::Relaxed);
                                 counts.note_address(peer.ip());
                             }

@@ -184,6 +184,7 @@ impl<L: Launcher> Supervisor<L> {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), SupervisorError> {
         tokio::pin!(shutdown);
         let mut backoff = Backoff::new(self.policy);
+        let mut first = true;
         loop {
             // Dropping an unfinished launch kills its child (kill_on_drop).
             let launched = tokio::select! {
@@ -193,6 +194,8 @@ impl<L: Launcher> Supervisor<L> {
             let (stopped, uptime) = match launched {
                 Ok(mut instance) => {
                     let up_since = Instant::now();
+                    crate::metrics::metrics().enclave_started(first);
+                    first = false;
                     self.publish.send_replace(Some(instance.addr()));
                     let stopped = tokio::select! {
                         () = &mut shutdown => {
@@ -203,6 +206,7 @@ impl<L: Launcher> Supervisor<L> {
                         }
                         stopped = instance.stopped() => stopped,
                     };
+                    crate::metrics::metrics().enclave_stopped();
                     self.publish.send_replace(None);
                     (stopped, up_since.elapsed())
                 }

@@ -45,12 +45,19 @@ pub struct PreparedRun {
     plan: Arc<TypedRunnableModel>,
     tensors: TVec<TValue>,
     footprint: Footprint,
+    plan_cached: Option<bool>,
 }
 
 impl PreparedRun {
     /// What the run will cost, from the plan: output sizes and the estimated peak memory.
     pub fn footprint(&self) -> &Footprint {
         &self.footprint
+    }
+
+    /// For a model planned per shape: whether the plan for these shapes came from the cache (`Some(true)`)
+    /// or was made for this request (`Some(false)`); `None` for a model with one symbolic plan.
+    pub fn plan_cached(&self) -> Option<bool> {
+        self.plan_cached
     }
 }
 
@@ -242,6 +249,7 @@ impl LoadedModel {
     ) -> Result<PreparedRun, Error> {
         let (tensors, bound) = self.validate(inputs)?;
         self.check_symbols(&bound, limits)?;
+        let mut plan_cached = None;
         let (plan, values) = match &self.engine {
             Engine::Symbolic(plan) => {
                 let mut values = SymbolValues::default();
@@ -254,6 +262,7 @@ impl LoadedModel {
                 let PerShapePlans { template, cache } = plans.as_ref();
                 let shapes: Vec<Vec<usize>> = tensors.iter().map(|t| t.shape().to_vec()).collect();
                 let cached = lock(cache).get(&shapes);
+                plan_cached = Some(cached.is_some());
                 let plan = match cached {
                     Some(plan) => plan,
                     None => {
@@ -289,6 +298,7 @@ impl LoadedModel {
             plan,
             tensors,
             footprint,
+            plan_cached,
         })
     }
 

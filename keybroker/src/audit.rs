@@ -104,6 +104,8 @@ pub struct AuditRecord {
     pub enclave_key: Option<String>,
     /// Public id of the released key (`cloister seal --inspect` shows the same), when granted.
     pub key_id: Option<String>,
+    /// The policy file that decided (the model's own, or the broker's default).
+    pub policy: Option<String>,
     /// The evidence was genuine, fresh and bound, and the policy refused it: a decision about a real
     /// enclave, written in full like a grant (not part of the line).
     #[serde(skip)]
@@ -138,6 +140,7 @@ impl AuditRecord {
             simulated: None,
             enclave_key: None,
             key_id: None,
+            policy: None,
             policy_decision: false,
             source: Some(peer.ip()),
         }

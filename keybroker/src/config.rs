@@ -81,6 +81,9 @@ impl Default for Limits {
 /// max_connections_per_source = 16
 /// audit_summary_secs = 60
 ///
+/// [models."sha384:…"]                   # optional: this model's own policy (residency: its chips, products,
+/// policy = "eu-hardware.toml"           # TCB, signing key); other models use `policy`
+///
 /// [collateral]                          # optional: for evidence that carries no VCEK (Cloister's does)
 /// kds_url = "https://kdsintf.amd.com"   # AMD's KDS or a mirror; absent: no network
 /// cache = "collateral"                  # Trustee's layout, shared with `cloister fetch --cache`
@@ -98,6 +101,14 @@ struct ConfigFile {
     #[serde(default)]
     limits: Limits,
     collateral: Option<CollateralConfig>,
+    #[serde(default)]
+    models: std::collections::BTreeMap<String, ModelPolicyFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelPolicyFile {
+    policy: PathBuf,
 }
 
 /// Where the broker gets a VCEK that evidence does not carry (`[collateral]`). Everything fetched is
@@ -133,6 +144,9 @@ pub struct BrokerConfig {
     pub limits: Limits,
     /// Where a VCEK evidence does not carry comes from; `None`: nowhere.
     pub collateral: Option<CollateralConfig>,
+    /// Per-model policies (`[models."sha384:…"] policy = …`): the policy that decides for that model
+    /// instead of `policy`.
+    pub model_policies: Vec<(cloister_models::ModelDigest, PathBuf)>,
 }
 
 impl BrokerConfig {
@@ -160,6 +174,20 @@ impl BrokerConfig {
                 cache: c.cache.map(resolve),
                 bundle: c.bundle.map(resolve),
             }),
+            model_policies: file
+                .models
+                .into_iter()
+                .map(|(digest, m)| {
+                    digest
+                        .parse::<cloister_models::ModelDigest>()
+                        .map(|d| (d, resolve(m.policy)))
+                        .map_err(|_| {
+                            config_error(format!(
+                                "[models.{digest:?}]: the key must be a model digest, sha384:<96 hex digits>"
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }

@@ -345,12 +345,15 @@ fn decide(
         );
     }
 
+    // Residency: the requested model's own policy decides, if it has one.
+    let decides = inner.policy_for(&requested.0);
+    record.policy = Some(decides.name.clone());
     let options = VerifyOptions {
         at_unix: pending.at_unix,
-        crls: &inner.crls,
-        simulated_root: inner.simulated_root.as_ref(),
+        crls: &decides.crls,
+        simulated_root: decides.simulated_root.as_ref(),
     };
-    let verified = match verify_evidence(evidence, &inner.policy, &options, &pending.expected()) {
+    let verified = match verify_evidence(evidence, &decides.policy, &options, &pending.expected()) {
         Ok(v) => v,
         Err(e) => {
             record.policy_decision = e.is_policy_decision();
@@ -382,7 +385,7 @@ fn decide(
             ),
         );
     }
-    if let Err(v) = inner.policy.check_model_digest(&requested.0) {
+    if let Err(v) = decides.policy.check_model_digest(&requested.0) {
         return refuse(conn, record, RefusalCode::PolicyRejected, v.to_string());
     }
     let enclave_public = match &claims.enclave_key {

@@ -22,7 +22,7 @@ use crate::config::{certificate_sha256, load_tls_identity, BrokerConfig};
 use crate::exchange::handle_connection;
 use crate::nonces::IssuedNonces;
 use crate::peers::PeerBook;
-use crate::shared::{write_summaries, Inner};
+use crate::shared::{write_summaries, Inner, LoadedPolicy};
 use crate::Error;
 
 /// How long in-flight connections may finish after a shutdown request.
@@ -47,6 +47,29 @@ impl std::fmt::Debug for KeyBroker {
     }
 }
 
+/// Loads a policy and its files; a policy that pins no workload is refused unless it says
+/// `allow_any_workload = true` (returned, for the warning).
+fn load_policy(path: &std::path::Path) -> Result<(LoadedPolicy, bool), Error> {
+    let policy = files::read_policy(path)?;
+    // A key for any code is not a policy: refuse to start unless the owner said so explicitly.
+    let any_workload = policy
+        .require_workload_pin()
+        .map_err(|source| Error::NoWorkloadPin {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let (simulated_root, crls) = files::read_policy_files(&policy)?;
+    Ok((
+        LoadedPolicy {
+            name: path.display().to_string(),
+            policy,
+            simulated_root,
+            crls,
+        },
+        any_workload,
+    ))
+}
+
 impl KeyBroker {
     /// Loads everything the broker needs; fails early and precisely on any missing or unsafe file.
     pub fn new(config: BrokerConfig) -> Result<Self, Error> {
@@ -55,16 +78,14 @@ impl KeyBroker {
 
     /// [`KeyBroker::new`] with an injected clock (the instant evidence is verified at, and audit times).
     pub fn with_clock(config: BrokerConfig, clock: Arc<dyn Clock>) -> Result<Self, Error> {
-        let policy = files::read_policy(&config.policy)?;
-        // A key for any code is not a policy: refuse to start unless the owner said so explicitly.
-        let any_workload =
-            policy
-                .require_workload_pin()
-                .map_err(|source| Error::NoWorkloadPin {
-                    path: config.policy.clone(),
-                    source,
-                })?;
-        let (simulated_root, crls) = files::read_policy_files(&policy)?;
+        let (policy, mut any_workload) = load_policy(&config.policy)?;
+        let mut model_policies = std::collections::HashMap::new();
+        for (digest, path) in &config.model_policies {
+            let (loaded, any) = load_policy(path)?;
+            any_workload |= any;
+            model_policies.insert(*digest.as_bytes(), loaded);
+        }
+        let simulated_root = policy.simulated_root.clone();
         let keystore = Keystore::open(&config.keystore).map_err(Error::Keystore)?;
         let (cert, key) = load_tls_identity(&config.tls_certificate, &config.tls_key)?;
         let cert_sha256 = certificate_sha256(cert.as_ref());
@@ -102,8 +123,7 @@ impl KeyBroker {
         Ok(Self {
             inner: Arc::new(Inner {
                 policy,
-                simulated_root,
-                crls,
+                model_policies,
                 keystore,
                 audit,
                 nonces: Mutex::new(IssuedNonces::new(limits.remembered_nonces)),

@@ -17,11 +17,21 @@ use crate::config::Limits;
 use crate::nonces::IssuedNonces;
 use crate::peers::PeerBook;
 
-pub(crate) struct Inner {
+/// A policy and the files it names, loaded.
+pub(crate) struct LoadedPolicy {
+    /// The file, for the audit log.
+    pub(crate) name: String,
     pub(crate) policy: Policy,
     pub(crate) simulated_root: Option<AmdCertificate>,
-    /// The CRLs the owner's policy names (`crl`, `crls`), applied to every evidence.
+    /// The CRLs the policy names (`crl`, `crls`), applied to every evidence it decides.
     pub(crate) crls: Vec<AmdCrl>,
+}
+
+pub(crate) struct Inner {
+    /// The owner's policy: it decides for every model without its own.
+    pub(crate) policy: LoadedPolicy,
+    /// Per-model policies (`[models."sha384:…"]`), by model digest.
+    pub(crate) model_policies: std::collections::HashMap<[u8; 48], LoadedPolicy>,
     pub(crate) keystore: Keystore,
     pub(crate) audit: AuditLog,
     pub(crate) nonces: Mutex<IssuedNonces>,
@@ -39,6 +49,11 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The policy that decides for the model `digest`.
+    pub(crate) fn policy_for(&self, digest: &[u8; 48]) -> &LoadedPolicy {
+        self.model_policies.get(digest).unwrap_or(&self.policy)
+    }
+
     /// The current instant of the injected clock.
     pub(crate) fn now_unix(&self) -> i64 {
         self.clock.now_unix()

@@ -5,5 +5,6 @@ mod azure;
 mod collateral;
 mod e2e;
 mod edges;
+mod governance;
 mod models;
 mod vm;

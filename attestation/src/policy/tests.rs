@@ -155,6 +155,8 @@ fn unknown_fields_and_bad_values_are_errors() {
     assert!(Policy::from_toml("[minimum_tcb]\nsnpp = 1").is_err());
     assert!(Policy::from_toml("model_digests = [\"sha256:00\"]").is_err());
     assert!(Policy::from_toml("minimum_abi = \"1\"").is_err());
+    assert!(Policy::from_toml("crl_max_staleness = \"7 days\"").is_err());
+    assert!(Policy::from_toml("crl_max_staleness = \"7d\"").is_ok());
 }
 
 #[test]

@@ -480,6 +480,31 @@ impl SimPlatform {
         Ok(der)
     }
 
+    /// A second chip of this platform, under the same ARK and ASK: its own CHIP_ID (Turin: 8 bytes, then
+    /// zeros) and its own VCEK (a fresh key, kept in memory only; nothing is written). Its reports verify
+    /// with the same simulated root: for policies that tell chips apart (`chip_ids`).
+    pub fn other_chip(&self, chip_id: [u8; 64]) -> Result<SimPlatform, SimError> {
+        let hw_id_len = x509::hw_id_len(self.state.product);
+        if chip_id[hw_id_len..].iter().any(|&b| b != 0) {
+            return Err(SimError::ChipIdLayout);
+        }
+        let mut other = SimPlatform::open(&self.dir)?;
+        other.state.chip_id = chip_id;
+        let (pkcs8, public) = keys::generate_ecdsa(&other.rng)?;
+        let der = x509::issue_leaf(
+            &other.state,
+            CertRole::Vcek,
+            &public,
+            &other.ask,
+            &other.ask_key,
+            &other.rng,
+        )?;
+        other.vcek = AmdCertificate::from_der(&der)?;
+        other.vcek_key = keys::ecdsa_from_pkcs8(&pkcs8, "VCEK", &other.rng)?;
+        other.check_consistency()?;
+        Ok(other)
+    }
+
     /// A VLEK certificate for a fresh key (thrown away), issued by this platform's ASVK: "another
     /// VLEK, validly signed by the same ASVK".
     pub fn issue_vlek_for_other_key(&self) -> Result<Vec<u8>, SimError> {

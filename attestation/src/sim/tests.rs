@@ -384,7 +384,6 @@ fn crl_signed_by_the_simulated_ark_revokes_the_ask() {
     let day = Policy::from_toml("crl_max_staleness = \"1d\"").unwrap();
     run_with(&empty, next_update + 86_400, &day).unwrap();
     run_with(&empty, next_update + 86_401, &day).unwrap_err();
-    assert!(Policy::from_toml("crl_max_staleness = \"7 days\"").is_err());
     // Another platform's CRL is not signed by this ARK.
     let other = platform(Product::Milan)
         .issue_crl(&[], ISSUED_AT, ISSUED_AT + 86_400)

@@ -111,8 +111,16 @@ async fn demo(args: &Args) -> Result<(), String> {
         start,
         "Cloister demo on the SIMULATED SEV-SNP platform (nothing here is secure hardware)",
     );
-    let options =
+    let mut options =
         DeploymentOptions::new(&workdir, &model_path, "magika").map_err(|e| e.to_string())?;
+    // Governance, in the measured configuration: a per-client budget the demo will hit on purpose, and the
+    // enclave's audit log, stored by the host.
+    let budget = (inputs.len() + 3).max(8);
+    options.enclave_config_extra = format!(
+        "[audit]\ncheckpoint_every = 4\n\n[budgets.per_client]\nrequests_per_minute = {budget}\n"
+    );
+    let enclave_audit = workdir.join("enclave-audit.jsonl");
+    options.host_args = vec!["--audit-log".into(), enclave_audit.clone().into()];
     let deployment = Deployment::start(&options)
         .await
         .map_err(|e| e.to_string())?;
@@ -149,11 +157,25 @@ async fn demo(args: &Args) -> Result<(), String> {
     say(start, "shutting down host, enclave and key broker");
     let audit = std::fs::read_to_string(&deployment.audit_log).unwrap_or_default();
     deployment.stop().await;
-    result?;
+    let receipt_key = result?;
     let grants = audit.lines().filter(|l| l.contains("\"granted\"")).count();
     say(
         start,
         &format!("key broker audit log: {grants} key release(s) granted"),
+    );
+    let log = std::fs::read_to_string(&enclave_audit)
+        .map_err(|e| format!("the enclave's audit log: {e}"))?;
+    let report = cloister_governance::audit::verify_log(&log, &receipt_key)
+        .map_err(|e| format!("the enclave's audit log does not verify: {e}"))?;
+    say(
+        start,
+        &format!(
+            "enclave audit log (stored by the host): {} lines, {} requests, {} signed checkpoints{}: verified",
+            report.lines,
+            report.requests,
+            report.checkpoints,
+            if report.stopped { ", sealed at shutdown" } else { "" }
+        ),
     );
     if let Some(dir) = &args.keep {
         say(start, &format!("state kept in {}", dir.display()));
@@ -162,11 +184,12 @@ async fn demo(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs the client side; returns the enclave's record key (from its attested claims), to check its audit log.
 async fn run_client(
     deployment: &Deployment,
     inputs: &[(String, Vec<u8>)],
     start: Instant,
-) -> Result<(), String> {
+) -> Result<Vec<u8>, String> {
     let mut session = deployment
         .wait_ready(Duration::from_secs(60))
         .await
@@ -192,6 +215,7 @@ async fn run_client(
         .first()
         .map(|i| i.name.clone())
         .ok_or("the model has no inputs")?;
+    let mut last: Option<(InferRequest, cloister_kserve::InferResponse)> = None;
     for (name, bytes) in inputs {
         let prediction = match config.analyze(bytes) {
             Analysis::Decided(p) => *p,
@@ -213,7 +237,9 @@ async fn run_client(
                     Some(TensorData::Fp32(v)) => v.clone(),
                     _ => return Err("unexpected model output".into()),
                 };
-                config.decode(&scores).map_err(|e| e.to_string())?
+                let decoded = config.decode(&scores).map_err(|e| e.to_string())?;
+                last = Some((request, response));
+                decoded
             }
         };
         say(
@@ -226,6 +252,57 @@ async fn run_client(
             ),
         );
     }
+
+    // The last answer's receipt, checked offline as an auditor would: the evidence under the client's
+    // policy, the enclave's signature, and the request and response it names.
+    if let (Some((request, response)), Some(file)) = (&last, session.receipt_file()) {
+        let trust =
+            SessionPolicy::from_file(&deployment.client_policy).map_err(|e| e.to_string())?;
+        let options = cloister_attestation::VerifyOptions {
+            at_unix: super::now_unix(),
+            crls: &trust.crls,
+            simulated_root: trust.simulated_root.as_ref(),
+        };
+        let v = cloister_governance::receipt::verify_receipt(
+            &file,
+            &trust.policy,
+            &options,
+            Some(&request.inputs),
+            Some(&response.outputs),
+        )
+        .map_err(|e| format!("the receipt does not verify: {e}"))?;
+        say(
+            start,
+            &format!(
+                "receipt #{} verified offline: signed by the attested enclave, names model {} and this request and response",
+                v.payload.seq, v.payload.model
+            ),
+        );
+    }
+
+    // The budget (measured configuration: requests per minute per client): spent on purpose.
+    let request = last
+        .as_ref()
+        .map(|(r, _)| r.clone())
+        .ok_or("no input reached the model")?;
+    let mut hit = None;
+    for _ in 0..64 {
+        match session
+            .infer_attested(&deployment.model_name, &request, true)
+            .await
+        {
+            Ok(_) => {}
+            Err(cloister_client::session::SessionError::Status { status, message })
+                if status.as_u16() == 429 =>
+            {
+                hit = Some(message);
+                break;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let message = hit.ok_or("the per-client budget was never hit")?;
+    say(start, &format!("client: budget hit, HTTP 429: {message}"));
 
     // What a client that expects another build sees: a refusal before any input is sent.
     let mut trust =
@@ -240,5 +317,10 @@ async fn run_client(
             &format!("client pinning another measurement refuses to send anything: {e}"),
         ),
     }
-    Ok(())
+    session
+        .evidence()
+        .claims()
+        .receipt_key
+        .clone()
+        .ok_or_else(|| "the enclave's claims carry no record key".to_owned())
 }

@@ -44,6 +44,16 @@ pub(crate) struct Args {
     collateral: Option<PathBuf>,
     #[command(flatten)]
     kds: super::collateral::KdsArgs,
+    /// Save the inference's signed receipt, with the session's evidence, to FILE (JSON); `cloister receipt
+    /// verify --receipt FILE` checks it offline.
+    #[arg(long, value_name = "FILE")]
+    receipt: Option<PathBuf>,
+    /// Present this TLS client certificate (PEM) inside the attested session (`[clients]` of the enclave).
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
 }
 
 /// Runs `cloister infer`.
@@ -102,6 +112,12 @@ async fn infer(args: &Args) -> Result<(), Failure> {
         args.collateral.clone(),
         trust.simulated_root.clone(),
     )?));
+    if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+        trust.client_identity = Some(std::sync::Arc::new(
+            cloister_client::session::ClientIdentity::from_pem_files(cert, key)
+                .map_err(Failure::Usage)?,
+        ));
+    }
     match trust.policy.require_workload_pin() {
         Ok(false) => {}
         Ok(true) => super::warn_any_workload(&args.policy),
@@ -148,6 +164,7 @@ async fn infer(args: &Args) -> Result<(), Failure> {
         let response = session
             .infer_attested(&args.model, &request, args.binary)
             .await?;
+        save_receipt(args, &session)?;
         if args.json {
             print_claims(true);
             print_json(&response)?;
@@ -200,8 +217,23 @@ async fn infer(args: &Args) -> Result<(), Failure> {
     let prediction = config
         .decode(scores)
         .map_err(|e| Failure::Refused(format!("cannot decode the model output: {e}")))?;
+    save_receipt(args, &session)?;
     print_claims(args.json);
     print_prediction(args, &prediction, Some(&response))?;
+    Ok(())
+}
+
+/// Writes the last inference's receipt file (`--receipt`).
+fn save_receipt(args: &Args, session: &AttestedSession) -> Result<(), Failure> {
+    let Some(path) = &args.receipt else {
+        return Ok(());
+    };
+    let file = session
+        .receipt_file()
+        .ok_or_else(|| Failure::Refused("the enclave sent no receipt with its answer".into()))?;
+    std::fs::write(path, file.to_json())
+        .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", path.display())))?;
+    eprintln!("receipt saved to {}", path.display());
     Ok(())
 }
 

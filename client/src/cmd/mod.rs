@@ -7,6 +7,7 @@ pub(crate) mod fetch;
 pub(crate) mod infer;
 pub(crate) mod keybroker;
 pub(crate) mod measure;
+pub(crate) mod records;
 pub(crate) mod seal;
 pub(crate) mod sim;
 pub(crate) mod verify;

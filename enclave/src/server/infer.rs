@@ -1,13 +1,82 @@
 //! `POST /v2/models/{name}/infer`: decode, admit against the memory budget, run on the inference pool,
 //! encode. Every bound a request meets on the way is here, in the order it meets them.
 
-use super::*;
+use cloister_governance::audit::RequestRecord;
+use cloister_governance::digest::{tensors_digest, Side};
+use cloister_governance::receipt::RECEIPT_HEADER;
 
-pub(super) async fn infer(
-    enclave: &Enclave,
+use super::*;
+use crate::governance::{harden, OverBudget};
+
+/// What the audit log records of a request, filled as the request goes.
+#[derive(Debug, Default)]
+pub(super) struct Stats {
+    pub(super) input_elements: u64,
+    pub(super) output_elements: u64,
+    pub(super) budget: Option<String>,
+}
+
+/// An inference under the enclave's governance: the client's budget first (429 with `Retry-After` when
+/// over), then [`infer`]; every outcome is one audit line.
+pub(super) async fn governed_infer(
+    ctx: &Connection,
     slot: &ModelSlot,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
+    let started = Instant::now();
+    let governance = ctx.enclave.governance();
+    let mut stats = Stats::default();
+    let result = match governance.budgets().admit(&ctx.client) {
+        Err(over) => Err(over_budget(&over)),
+        Ok(state) => {
+            stats.budget = state;
+            infer(ctx, slot, req, &mut stats).await
+        }
+    };
+    let status = match &result {
+        Ok(r) => r.status(),
+        Err(e) => e.status,
+    };
+    governance.audit().record(RequestRecord {
+        session: ctx.session_hex(),
+        client: ctx.client.clone(),
+        model: slot.name().to_owned(),
+        model_digest: slot.digest().to_string(),
+        input_elements: stats.input_elements,
+        output_elements: stats.output_elements,
+        latency_ms: started.elapsed().as_millis() as u64,
+        outcome: if status == StatusCode::OK {
+            "ok".into()
+        } else {
+            format!("refused:{}", status.as_u16())
+        },
+        budget: stats.budget,
+    });
+    ctx.enclave
+        .metrics()
+        .request(slot.name(), status.as_u16(), started.elapsed());
+    result
+}
+
+fn over_budget(over: &OverBudget) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "over budget: {} (retry after {} s)",
+            over.reason, over.retry_after
+        ),
+    );
+    e.retry_after = Some(over.retry_after);
+    e
+}
+
+pub(super) async fn infer(
+    ctx: &Connection,
+    slot: &ModelSlot,
+    req: Request<Incoming>,
+    stats: &mut Stats,
+) -> Result<Resp, ApiError> {
+    let enclave = &*ctx.enclave;
     let model = loaded(slot)?;
     // The permit is taken before the body is read, so that it also bounds the memory held by bodies.
     let limits = *enclave.limits();
@@ -83,6 +152,17 @@ pub(super) async fn infer(
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
 
     let InferRequest { id, inputs, .. } = request;
+    // What the receipt names, and what the budget counts: the inputs as the client sent them.
+    let request_digest = tensors_digest(Side::Request, &inputs);
+    stats.input_elements = inputs
+        .iter()
+        .map(|t| t.data.as_ref().map_or(0, |d| d.len() as u64))
+        .sum();
+    ctx.enclave
+        .governance()
+        .budgets()
+        .charge_elements(&ctx.client, stats.input_elements)
+        .map_err(|over| over_budget(&over))?;
     let inputs = inputs
         .into_iter()
         .map(engine_tensor)
@@ -102,6 +182,9 @@ pub(super) async fn infer(
         .await
         .map_err(pool_error)?
         .map_err(inference_error)?;
+    if let Some(hit) = prepared.plan_cached() {
+        enclave.metrics().plan(slot.name(), hit);
+    }
     let footprint = prepared.footprint();
     let response_bytes = response_estimate(model_outputs, footprint, &selected, &binary);
     if response_bytes > limits.max_response_bytes {
@@ -129,6 +212,13 @@ pub(super) async fn infer(
         .map_err(pool_error)?;
     let outputs = outputs.map_err(inference_error)?;
 
+    let (top_k, decimals) = slot.hardening();
+    let mut outputs = outputs;
+    if top_k.is_some() || decimals.is_some() {
+        for t in &mut outputs {
+            harden(t, top_k, decimals);
+        }
+    }
     let mut by_name: Vec<Option<NamedTensor>> = outputs.into_iter().map(Some).collect();
     let mut wire = Vec::with_capacity(selected.len());
     for name in &selected {
@@ -155,6 +245,11 @@ pub(super) async fn infer(
         wire.push(wire_tensor(tensor));
     }
     drop(by_name);
+    stats.output_elements = wire
+        .iter()
+        .map(|t| t.data.as_ref().map_or(0, |d| d.len() as u64))
+        .sum();
+    let receipt = ctx.receipt(slot, request_digest, tensors_digest(Side::Response, &wire))?;
     let response = InferResponse {
         model_name: slot.name().to_owned(),
         model_version: Some(MODEL_VERSION.to_owned()),
@@ -187,12 +282,11 @@ pub(super) async fn infer(
         _grant: grant,
         _permit: permit,
     });
-    Ok(bytes_response(
-        StatusCode::OK,
-        content_type,
-        body,
-        encoded.json_len,
-    ))
+    let mut resp = bytes_response(StatusCode::OK, content_type, body, encoded.json_len);
+    if let Some(value) = receipt.and_then(|r| HeaderValue::from_str(&r.to_header()).ok()) {
+        resp.headers_mut().insert(RECEIPT_HEADER, value);
+    }
+    Ok(resp)
 }
 
 /// How much larger decoded tensors can be than the request body that carried them: JSON `0,` (two bytes)

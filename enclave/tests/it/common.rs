@@ -141,7 +141,7 @@ pub async fn start_server(config_text: &str, firmware: Arc<dyn Firmware>) -> Tes
     let enclave = Arc::new(Enclave::new(&config, firmware).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let tls = server::tls_config().unwrap();
+    let tls = server::tls_config(&config.clients, &config.client_pins).unwrap();
     let task = tokio::spawn(server::serve(listener, tls, Arc::clone(&enclave)));
     TestServer {
         addr,

@@ -96,6 +96,7 @@ pub(crate) fn owner(policy: &str) -> Owner {
         tls_key: dir.join("broker.key.pem"),
         audit_log: dir.join("audit.log"),
         collateral: None,
+        model_policies: Vec::new(),
         limits: Limits {
             handshake_timeout_secs: 1,
             read_timeout_secs: 1,
@@ -272,6 +273,25 @@ pub(crate) fn evidence(
     model_digests: Vec<Sha384>,
     measurement: [u8; 48],
 ) -> Evidence {
+    evidence_from(
+        sim(),
+        nonce,
+        tls_exporter,
+        enclave_key,
+        model_digests,
+        measurement,
+    )
+}
+
+/// [`evidence`] from `platform` (e.g. a second chip of the simulated platform).
+pub(crate) fn evidence_from(
+    platform: &SimPlatform,
+    nonce: [u8; 32],
+    tls_exporter: [u8; 32],
+    enclave_key: Option<[u8; 32]>,
+    model_digests: Vec<Sha384>,
+    measurement: [u8; 48],
+) -> Evidence {
     let claims = Claims {
         version: CLAIMS_VERSION,
         nonce,
@@ -279,8 +299,9 @@ pub(crate) fn evidence(
         enclave_key: enclave_key.map(EnclaveKey::X25519),
         model_digests,
         config_digest: Sha384([7; 48]),
+        receipt_key: None,
     };
-    let report = sim()
+    let report = platform
         .report(&ReportRequest {
             report_data: claims.report_data().unwrap(),
             measurement,
@@ -290,7 +311,7 @@ pub(crate) fn evidence(
     Evidence {
         platform: Platform::SnpSimulated,
         report: report.to_vec(),
-        cert_chain: sim().certificate_chain(SimSigningKey::Vcek).unwrap(),
+        cert_chain: platform.certificate_chain(SimSigningKey::Vcek).unwrap(),
         claims,
         vtpm: None,
     }

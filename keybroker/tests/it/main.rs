@@ -3,4 +3,5 @@
 
 mod common;
 mod peers;
+mod residency;
 mod verdicts;

@@ -50,6 +50,7 @@ fn evidence(nonce: [u8; 32], exporter: [u8; 32], key: [u8; 32], digest: Sha384) 
         enclave_key: Some(EnclaveKey::X25519(key)),
         model_digests: vec![digest],
         config_digest: Sha384([7; 48]),
+        receipt_key: None,
     };
     let report = sim()
         .report(&ReportRequest {

@@ -1,0 +1,88 @@
+//! The governance sections of the measured configuration: the audit log's checkpoints, which clients may
+//! connect, and their budgets. Measured: a verifier who pins the configuration digest knows these rules were
+//! applied.
+//!
+//! ```toml
+//! [audit]
+//! checkpoint_every = 100            # a signed checkpoint every N lines (and a signed stop at shutdown)
+//!
+//! [clients]
+//! require_certificate = true        # TLS client certificates inside the attested session
+//! certificate_sha256 = ["…64 hex…"] # SHA-256 of each allowed client certificate (DER)
+//!
+//! [budgets.per_client]              # each client (certificate), or all anonymous clients together
+//! requests_per_minute = 60          # token bucket: 60 per minute, bursts of up to 60
+//! requests_per_day = 10000
+//! input_elements_per_day = 100000000
+//! [budgets.global]                  # all clients together; same keys
+//! requests_per_minute = 6000
+//! ```
+
+use serde::Deserialize;
+
+/// `[audit]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// A signed checkpoint every this many lines (at least 1).
+    pub checkpoint_every: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            checkpoint_every: 100,
+        }
+    }
+}
+
+/// `[clients]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientsConfig {
+    /// Connections without an allowed client certificate are refused in the handshake.
+    pub require_certificate: bool,
+    /// SHA-256 (hex) of each allowed client certificate's DER.
+    pub certificate_sha256: Vec<String>,
+}
+
+/// One budget: any of the three limits (absent: unlimited).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Budget {
+    /// Requests per minute (token bucket, bursts up to this many).
+    pub requests_per_minute: Option<u32>,
+    /// Requests per UTC day.
+    pub requests_per_day: Option<u64>,
+    /// Input tensor elements per UTC day.
+    pub input_elements_per_day: Option<u64>,
+}
+
+impl Budget {
+    /// Whether any limit is set.
+    pub fn is_limited(&self) -> bool {
+        self.requests_per_minute.is_some()
+            || self.requests_per_day.is_some()
+            || self.input_elements_per_day.is_some()
+    }
+}
+
+/// `[budgets]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetsConfig {
+    /// Each client's own budget.
+    pub per_client: Budget,
+    /// All clients together.
+    pub global: Budget,
+}
+
+/// Parses the certificate pins (64 hex digits each).
+pub(crate) fn parse_pins(pins: &[String]) -> Option<Vec<[u8; 32]>> {
+    pins.iter()
+        .map(|p| {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(p, &mut out).ok().map(|()| out)
+        })
+        .collect()
+}
