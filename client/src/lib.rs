@@ -12,6 +12,7 @@ pub mod deployment;
 mod error;
 
 pub mod magika;
+pub mod proxy;
 pub mod seal_check;
 pub mod session;
 

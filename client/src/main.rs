@@ -35,6 +35,8 @@ enum Command {
     Measure(cmd::measure::Args),
     Fetch(cmd::fetch::Args),
     Receipt(cmd::records::ReceiptArgs),
+    Bench(cmd::bench::Args),
+    Proxy(cmd::proxy::Args),
     Audit(cmd::records::AuditArgs),
 }
 
@@ -70,6 +72,8 @@ fn main() -> ExitCode {
         Command::Measure(args) => cmd::measure::run(args),
         Command::Fetch(args) => cmd::fetch::run(args),
         Command::Receipt(args) => cmd::records::run_receipt(args),
+        Command::Bench(args) => cmd::bench::run(args),
+        Command::Proxy(args) => cmd::proxy::run(args),
         Command::Audit(args) => cmd::records::run_audit(args),
     }
 }

@@ -395,12 +395,18 @@ impl AttestedSession {
             .get(cloister_governance::receipt::RECEIPT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let (status, body) = read_body(response, MAX_RESPONSE_BYTES).await?;
         Ok(Reply {
             status,
             body,
             json_len,
             receipt,
+            content_type,
         })
     }
 
@@ -492,6 +498,18 @@ impl AttestedSession {
             .map_err(|e| SessionError::Malformed(format!("inference response: {e}")))
     }
 
+    /// Sends a request on the attested connection and returns the enclave's answer unchanged (the proxy).
+    /// For an inference, check the model first with [`AttestedSession::attested_model`].
+    pub async fn forward(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Reply, SessionError> {
+        self.exchange(method, path, headers, body).await
+    }
+
     /// Sends a raw request on the attested connection (tests, benchmarks, endpoints without a typed
     /// helper). Nothing is checked beyond what [`AttestedSession::connect`] already verified: use
     /// [`AttestedSession::attested_model`] before sending inputs for a model.
@@ -518,23 +536,37 @@ impl AttestedSession {
     }
 }
 
-struct Reply {
-    status: StatusCode,
-    body: Bytes,
-    json_len: Option<usize>,
-    receipt: Option<String>,
+/// An answer of the enclave as it came: status, the headers that carry meaning, body.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The body, unchanged.
+    pub body: Bytes,
+    /// `Inference-Header-Content-Length` (binary tensor extension).
+    pub json_len: Option<usize>,
+    /// The receipt header.
+    pub receipt: Option<String>,
+    /// `Content-Type`.
+    pub content_type: Option<String>,
 }
 
-/// Model names go into a URL path: only unreserved characters are allowed; anything else is refused
-/// rather than silently changed.
-fn model_path(name: &str, suffix: &str) -> Result<String, SessionError> {
-    let valid = !name.is_empty()
+/// Model names go into a URL path: unreserved characters only, and not a dot segment (`..` would name
+/// another path once normalised).
+pub(crate) fn is_valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !valid {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A model's URL path; an invalid name is refused rather than silently changed.
+fn model_path(name: &str, suffix: &str) -> Result<String, SessionError> {
+    if !is_valid_model_name(name) {
         return Err(SessionError::Malformed(format!(
-            "model name {name:?}: only letters, digits, '-', '_' and '.' are allowed"
+            "model name {name:?}: only letters, digits, '-', '_' and '.' are allowed (not `.` or `..`)"
         )));
     }
     Ok(format!("/v2/models/{name}{suffix}"))

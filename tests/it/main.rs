@@ -7,4 +7,5 @@ mod e2e;
 mod edges;
 mod governance;
 mod models;
+mod proxy;
 mod vm;

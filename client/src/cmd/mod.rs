@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod bench;
 pub(crate) mod collateral;
 pub(crate) mod demo;
 pub(crate) mod failure;
@@ -7,6 +8,7 @@ pub(crate) mod fetch;
 pub(crate) mod infer;
 pub(crate) mod keybroker;
 pub(crate) mod measure;
+pub(crate) mod proxy;
 pub(crate) mod records;
 pub(crate) mod seal;
 pub(crate) mod sim;
