@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! Claims      { version, nonce[32], tls_exporter[32], enclave_key (optional), model_digests[sha384; n],
-//!               config_digest[sha384], receipt_key (optional: SEC1 P-384, the key of receipts and audit) }
+//!               config_digest[sha384], receipt_key (optional: Ed25519, the key of receipts and audit) }
 //! REPORT_DATA = SHA-512("cloister-evidence-v1" || postcard(Claims))       // all 64 bytes
 //! Evidence    { platform: snp | snp-simulated, report[1184], cert_chain { ark, intermediate, leaf } (DER),
 //!               claims }
@@ -28,8 +28,8 @@ use crate::Error;
 pub const EVIDENCE_DOMAIN: &[u8] = b"cloister-evidence-v1";
 /// The claims format version this code writes and accepts (2: with `receipt_key`).
 pub const CLAIMS_VERSION: u16 = 2;
-/// Length of a `receipt_key` (an uncompressed P-384 point).
-pub const RECEIPT_KEY_LEN: usize = 97;
+/// Length of a `receipt_key` (an Ed25519 public key).
+pub const RECEIPT_KEY_LEN: usize = 32;
 /// Label of the TLS exporter (RFC 8446 §7.5) that binds evidence to a session. Labels outside the IANA
 /// "TLS Exporter Labels" registry must begin with `EXPERIMENTAL` (RFC 5705 §4).
 pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPERIMENTAL-cloister-attestation";
@@ -298,7 +298,7 @@ fn verify_inner(
     if claims
         .receipt_key
         .as_ref()
-        .is_some_and(|k| k.len() != RECEIPT_KEY_LEN || k[0] != 4)
+        .is_some_and(|k| k.len() != RECEIPT_KEY_LEN)
     {
         return Err(Error::EvidenceEncoding);
     }

@@ -212,6 +212,8 @@ pub struct Deployment {
     pub serial_log: Option<PathBuf>,
     /// The client certificate this deployment's sessions present.
     pub client_identity: Option<std::sync::Arc<crate::session::ClientIdentity>>,
+    /// When `cloister-host` was spawned: the start of a cold-start measurement.
+    pub host_started: Instant,
     host: Option<Child>,
     broker: JoinHandle<()>,
 }
@@ -411,6 +413,7 @@ impl Deployment {
                 std::fs::File::create(dir.join("host.log")).map_err(step("create host.log"))?,
             ))
             .kill_on_drop(true);
+        let host_started = Instant::now();
         let mut host = cmd.spawn().map_err(step("start cloister-host"))?;
         let stdout = host.stdout.take().ok_or_else(|| DeploymentError::Step {
             step: "start cloister-host",
@@ -460,6 +463,7 @@ impl Deployment {
             initrd,
             serial_log,
             client_identity: options.client_identity.clone(),
+            host_started,
             host: Some(host),
             broker,
         })

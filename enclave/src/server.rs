@@ -384,8 +384,20 @@ async fn attestation(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, A
     let request: AttestationRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed attestation request: {e}")))?;
     let enclave = &ctx.enclave;
-    let Ok(_permit) = Arc::clone(enclave.attestation_permits()).try_acquire_owned() else {
-        return Err(busy("too many concurrent attestation requests"));
+    // Queued, not refused: a burst of new sessions (64 clients connecting at once) waits its turn for the
+    // firmware, in arrival order, up to the queue deadline. Waiting costs a connection (bounded by
+    // MAX_CONNECTIONS) and a body of at most MAX_ATTESTATION_BODY bytes.
+    let wait = Duration::from_secs(enclave.limits().max_queue_wait_secs);
+    let Ok(Ok(_permit)) = timeout(
+        wait,
+        Arc::clone(enclave.attestation_permits()).acquire_owned(),
+    )
+    .await
+    else {
+        return Err(busy(&format!(
+            "too many concurrent attestation requests (no turn within {} s)",
+            wait.as_secs()
+        )));
     };
     let claims = firmware::claims(
         request.nonce,

@@ -7,7 +7,7 @@
 //! {"seq":1,"prev":"<sha256 of line 0>","time":T,"kind":"request","session":"<hex16>"|null,
 //!  "client":"sha256:<cert>"|"anonymous","model":"…","model_digest":"sha384:…","input_elements":N,
 //!  "output_elements":N,"latency_ms":N,"outcome":"ok"|"refused:<status>","budget":"…"|null}
-//! {"seq":k,"prev":"…","time":T,"kind":"checkpoint"|"stop","signature":"<hex ES384 r‖s>"}
+//! {"seq":k,"prev":"…","time":T,"kind":"checkpoint"|"stop","signature":"<hex Ed25519, 64 bytes>"}
 //!   signature over "cloister-audit-checkpoint-v1" ‖ seq (u64 LE) ‖ prev (32 bytes)
 //! ```
 //!

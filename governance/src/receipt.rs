@@ -2,12 +2,12 @@
 //! response (`cloister-receipt` header, base64url), over a CBOR map:
 //!
 //! ```text
-//! protected  { 1 (alg): -35 (ES384), 4 (kid): SHA-256 of the public key }
+//! protected  { 1 (alg): -8 (EdDSA), 4 (kid): SHA-256 of the public key }
 //! payload    { "v": 1, "evidence": bstr(48) SHA-384 of the session's evidence bytes,
 //!              "model": tstr, "model_digest": bstr(48), "request": bstr(32), "response": bstr(32)
 //!              (canonical tensor digests, crate::digest), "time": uint (unix seconds),
 //!              "session": bstr(16) (crate::session_id), "seq": uint (the session's request counter) }
-//! signature  ECDSA P-384, r ‖ s
+//! signature  Ed25519, 64 bytes
 //! ```
 //!
 //! The evidence binds the key (its claims carry `receipt_key`), so a receipt verifies only against an
@@ -159,7 +159,7 @@ impl Receipt {
     /// Signs `payload` with the enclave's key.
     pub fn sign(signer: &RecordSigner, payload: &ReceiptPayload) -> Result<Self, Error> {
         let protected = HeaderBuilder::new()
-            .algorithm(iana::Algorithm::ES384)
+            .algorithm(iana::Algorithm::EdDSA)
             .key_id(key_id(&signer.public_key()))
             .build();
         let mut failure = None;
@@ -193,10 +193,10 @@ impl Receipt {
         let alg = sign1.protected.header.alg.clone();
         if alg
             != Some(coset::RegisteredLabelWithPrivate::Assigned(
-                iana::Algorithm::ES384,
+                iana::Algorithm::EdDSA,
             ))
         {
-            return Err(Error::mismatch("receipt.alg", "ES384", format!("{alg:?}")));
+            return Err(Error::mismatch("receipt.alg", "EdDSA", format!("{alg:?}")));
         }
         if sign1.protected.header.key_id != key_id(public_key) {
             return Err(Error::mismatch(

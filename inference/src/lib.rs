@@ -46,7 +46,9 @@ mod tensors;
 pub use decoded::DecodedModel;
 pub use error::{Error, Stage};
 pub use footprint::{Footprint, OutputSize, SCRATCH_FACTOR};
-pub use model::{LoadedModel, Planning, PreparedRun, RunLimits, PLAN_CACHE_CAPACITY};
+pub use model::{
+    LoadedModel, Planning, PreparedRun, RunLimits, FOOTPRINT_CACHE_CAPACITY, PLAN_CACHE_CAPACITY,
+};
 pub use tensors::{ModelMetadata, NamedTensor, TensorRole, TensorSpec};
 
 /// The engine speaks the protocol's tensor types (`cloister_kserve`); re-exported for its users.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 use tract_onnx::prelude::{
@@ -107,7 +107,21 @@ pub struct LoadedModel {
     pub(crate) engine: Engine,
     inputs: Vec<InputSpec>,
     metadata: ModelMetadata,
+    footprints: Mutex<FootprintCache>,
 }
+
+/// Footprints kept at most ([`FootprintCache`]).
+pub const FOOTPRINT_CACHE_CAPACITY: usize = 64;
+
+/// Footprints already computed, by the request's input shapes (in model input order).
+///
+/// Why: the liveness sweep evaluates every tensor's symbolic shape of the plan; on MiniLM-L3 that is 1.8 ms,
+/// a tenth of the run, paid again by every request of the same shapes (`docs/performance.md`). The footprint
+/// is a pure function of the plan and the shapes (a per-shape plan is re-made the same way after eviction),
+/// so a cached one is exact. Bounded: when full, it is emptied (a client cycling through shapes only gets the
+/// uncached cost back, and the memory stays at most this many small entries).
+#[derive(Default)]
+struct FootprintCache(HashMap<Vec<Vec<usize>>, Footprint>);
 
 pub(crate) enum Engine {
     Symbolic(Arc<TypedRunnableModel>),
@@ -179,6 +193,7 @@ impl LoadedModel {
                 engine: Engine::Symbolic(plan),
                 inputs,
                 metadata,
+                footprints: Mutex::default(),
             });
         }
         // Fallback: plan per input shapes. Plan once now with every symbol at 1, so that a model tract cannot
@@ -200,6 +215,7 @@ impl LoadedModel {
             })),
             inputs,
             metadata,
+            footprints: Mutex::default(),
         })
     }
 
@@ -249,6 +265,7 @@ impl LoadedModel {
     ) -> Result<PreparedRun, Error> {
         let (tensors, bound) = self.validate(inputs)?;
         self.check_symbols(&bound, limits)?;
+        let shapes: Vec<Vec<usize>> = tensors.iter().map(|t| t.shape().to_vec()).collect();
         let mut plan_cached = None;
         let (plan, values) = match &self.engine {
             Engine::Symbolic(plan) => {
@@ -260,7 +277,6 @@ impl LoadedModel {
             }
             Engine::PerShape(plans) => {
                 let PerShapePlans { template, cache } = plans.as_ref();
-                let shapes: Vec<Vec<usize>> = tensors.iter().map(|t| t.shape().to_vec()).collect();
                 let cached = lock(cache).get(&shapes);
                 plan_cached = Some(cached.is_some());
                 let plan = match cached {
@@ -274,7 +290,7 @@ impl LoadedModel {
                                 other => other,
                             },
                         )?;
-                        lock(cache).insert(shapes, Arc::clone(&plan));
+                        lock(cache).insert(shapes.clone(), Arc::clone(&plan));
                         plan
                     }
                 };
@@ -282,7 +298,28 @@ impl LoadedModel {
                 (plan, SymbolValues::default())
             }
         };
-        let footprint = footprint::footprint(&plan, &values);
+        let known = self
+            .footprints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .get(&shapes)
+            .cloned();
+        let footprint = match known {
+            Some(f) => f,
+            None => {
+                let f = footprint::footprint(&plan, &values);
+                let mut cache = self
+                    .footprints
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if cache.0.len() >= FOOTPRINT_CACHE_CAPACITY {
+                    cache.0.clear();
+                }
+                cache.0.insert(shapes, f.clone());
+                f
+            }
+        };
         for out in &footprint.outputs {
             if let Some(elements) = out.elements {
                 if elements > limits.max_tensor_elements {

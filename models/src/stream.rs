@@ -11,6 +11,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::mpsc;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag};
 use ring::rand::SecureRandom;
@@ -341,8 +342,11 @@ fn open_inner<R: Read>(
         .try_reserve_exact(len_usize)
         .map_err(|_| Error::OutOfMemory { len })?;
     let count = header.chunk_count();
-    let mut hasher = Hasher::new();
-    for index in 0..count {
+    // Ciphertext is read through this buffer and appended to `bytes`: appending grows the
+    // plaintext buffer a chunk at a time without first writing zeros over it, and a header that
+    // lies about its length (caught at chunk 0, whose AAD is the header's hash) costs one chunk.
+    let mut io_buf = vec![0u8; IO_BUF_LEN];
+    let mut decrypt_next = |index: u64, bytes: &mut Vec<u8>| -> Result<(), Error> {
         let index32 = chunk_index(index, &header)?;
         let truncated = || Error::Truncated {
             at: Part::Chunk {
@@ -350,25 +354,84 @@ fn open_inner<R: Read>(
                 count,
             },
         };
-        let n = header.chunk_plaintext_len(index);
-        let start = bytes.0.len();
-        // Within the reserved capacity: never reallocates, so no unzeroized copy is left behind.
-        debug_assert!(start + n <= bytes.0.capacity());
-        bytes.0.resize(start + n, 0);
-        let chunk = &mut bytes.0[start..];
-        read_sealed(&mut sealed, chunk, truncated)?;
+        let start = bytes.len();
+        let mut left = header.chunk_plaintext_len(index);
+        while left > 0 {
+            let n = left.min(io_buf.len());
+            read_sealed(&mut sealed, &mut io_buf[..n], truncated)?;
+            // Within the reserved capacity: never reallocates, so no unzeroized copy is left.
+            debug_assert!(bytes.len() + n <= bytes.capacity());
+            bytes.extend_from_slice(&io_buf[..n]);
+            left -= n;
+        }
         let mut tag = [0u8; TAG_LEN];
         read_sealed(&mut sealed, &mut tag, truncated)?;
         let nonce = Nonce::assume_unique_for_key(header.nonce(index32, index + 1 == count));
-        aead.open_in_place_separate_tag(nonce, Aad::from(&aad[..]), Tag::from(tag), chunk, 0..)
-            .map_err(|_| Error::ChunkAuthFailed { index: index32 })?;
-        hasher.update(chunk);
-    }
+        aead.open_in_place_separate_tag(
+            nonce,
+            Aad::from(&aad[..]),
+            Tag::from(tag),
+            &mut bytes[start..],
+            0..,
+        )
+        .map_err(|_| Error::ChunkAuthFailed { index: index32 })?;
+        Ok(())
+    };
+
+    let found = if len_usize <= HASH_PIECE_LEN {
+        // Small: a thread would cost more than it saves.
+        let mut hasher = Hasher::new();
+        for index in 0..count {
+            let start = bytes.0.len();
+            decrypt_next(index, &mut bytes.0)?;
+            hasher.update(&bytes.0[start..]);
+        }
+        hasher.finish()
+    } else {
+        // SHA-384 of the plaintext runs on a second thread, behind the decryption: on a core of
+        // its own it hides the reading, decrypting and copying, so opening runs at about the
+        // speed of SHA-384 alone (docs/performance.md, "Opening a sealed model"). The hasher
+        // gets copies of the plaintext in small pieces (the buffer being filled cannot be
+        // shared while it grows); the pieces are recycled and zeroized when dropped.
+        std::thread::scope(|scope| -> Result<ModelDigest, Error> {
+            let (to_hasher, pieces) = mpsc::sync_channel::<Piece>(HASH_PIECES);
+            let (free_tx, free_pieces) = mpsc::sync_channel::<Piece>(HASH_PIECES);
+            for _ in 0..HASH_PIECES {
+                let piece = Zeroizing::new(Vec::with_capacity(HASH_PIECE_LEN));
+                free_tx.send(piece).map_err(|_| hasher_gone())?;
+            }
+            let hashing = scope.spawn(move || {
+                let mut hasher = Hasher::new();
+                for piece in pieces {
+                    hasher.update(&piece);
+                    // The decrypting side may have stopped on an error: nobody to return it to.
+                    let _ = free_tx.send(piece);
+                }
+                hasher.finish()
+            });
+            let decrypted = (|| -> Result<(), Error> {
+                for index in 0..count {
+                    let start = bytes.0.len();
+                    decrypt_next(index, &mut bytes.0)?;
+                    for plain in bytes.0[start..].chunks(HASH_PIECE_LEN) {
+                        let mut piece = free_pieces.recv().map_err(|_| hasher_gone())?;
+                        piece.clear();
+                        piece.extend_from_slice(plain);
+                        to_hasher.send(piece).map_err(|_| hasher_gone())?;
+                    }
+                }
+                Ok(())
+            })();
+            // Dropping the sender ends the hasher's loop, on success and on error alike.
+            drop(to_hasher);
+            let digest = hashing.join().map_err(|_| hasher_gone())?;
+            decrypted.map(|()| digest)
+        })?
+    };
     let mut probe = [0u8; 1];
     if read_full(&mut sealed, &mut probe)? != 0 {
         return Err(Error::TrailingData);
     }
-    let found = hasher.finish();
     if !found.ct_eq(header.digest()) {
         return Err(Error::DigestMismatch {
             expected: *header.digest(),
@@ -376,6 +439,23 @@ fn open_inner<R: Read>(
         });
     }
     Ok(Plaintext { header, bytes })
+}
+
+/// Ciphertext read per `read` call while opening (not secret).
+const IO_BUF_LEN: usize = 64 * 1024;
+/// Plaintext handed to the hashing thread per message, and the size under which opening hashes
+/// on its own thread of control.
+const HASH_PIECE_LEN: usize = 256 * 1024;
+/// Pieces in flight between the decrypting and the hashing thread (1 MiB of copies).
+const HASH_PIECES: usize = 4;
+
+/// A copy of some plaintext on its way to the hasher.
+type Piece = Zeroizing<Vec<u8>>;
+
+/// The hashing thread ended early: only a panic in SHA-384 could do it, so this is an internal
+/// error, never a verdict on the model.
+fn hasher_gone() -> Error {
+    Error::Io(io::Error::other("the SHA-384 thread of open() stopped"))
 }
 
 fn chunk_len(chunk_size: u32, total: u64, index: u64) -> usize {

@@ -7,62 +7,15 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cloister_client::deployment::{Deployment, DeploymentOptions};
-use cloister_enclave::inference::{LoadedModel, NamedTensor};
-use cloister_kserve::{InferRequest, InferTensor, MetadataTensor, TensorData};
+use cloister_enclave::inference::LoadedModel;
+use cloister_kserve::MetadataTensor;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Inputs for batch 1: fixed dims as declared, symbolic dims (-1) as `seq` (sequence length or width).
-fn inputs_for(meta: &[MetadataTensor], seq: u64) -> Vec<(String, Vec<u64>, TensorData)> {
-    meta.iter()
-        .map(|t| {
-            let shape: Vec<u64> = t
-                .shape
-                .iter()
-                .enumerate()
-                .map(|(i, &d)| {
-                    if d >= 0 {
-                        d as u64
-                    } else if i == 0 {
-                        1
-                    } else {
-                        seq
-                    }
-                })
-                .collect();
-            let n: u64 = shape.iter().product();
-            let n = n as usize;
-            let data = match t.datatype.name() {
-                "FP32" => TensorData::Fp32((0..n).map(|i| ((i % 97) as f32) / 97.0).collect()),
-                "INT64" if t.name.contains("mask") => TensorData::Int64(vec![1; n]),
-                "INT64" if t.name.contains("type") => TensorData::Int64(vec![0; n]),
-                "INT64" => TensorData::Int64((0..n).map(|i| 1000 + (i as i64 % 2000)).collect()),
-                "INT32" => TensorData::Int32((0..n).map(|i| (i % 256) as i32).collect()),
-                other => panic!("benchmark input type {other} not handled"),
-            };
-            (t.name.clone(), shape, data)
-        })
-        .collect()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
+mod common;
+use common::{enclave_pid, engine_inputs, inputs_for, models, percentile, request_for, vm_hwm_kib};
 
 /// Child mode: load the model with the engine, run it `runs` times, print VmHWM (KiB).
 fn plain_child(model: &Path, seq: u64) {
@@ -74,12 +27,9 @@ fn plain_child(model: &Path, seq: u64) {
         .iter()
         .map(|s| serde_json::from_value(serde_json::to_value(s).expect("spec")).expect("spec"))
         .collect();
+    let inputs = inputs_for(&meta, seq);
     for _ in 0..20 {
-        let inputs = inputs_for(&meta, seq)
-            .into_iter()
-            .map(|(n, s, d)| NamedTensor::new(n, s.iter().map(|&x| x as usize).collect(), d))
-            .collect();
-        engine.run(inputs).expect("run");
+        engine.run(engine_inputs(&inputs)).expect("run");
     }
     println!("{}", vm_hwm_kib(std::process::id()).unwrap_or(0));
 }
@@ -105,28 +55,11 @@ async fn bench_model(name: &'static str, path: &Path, seq: u64, iters: usize) ->
         .expect("ready");
     let meta = session.attested_model(name).await.expect("model");
     let inputs = inputs_for(&meta.inputs, seq);
-    let request = InferRequest {
-        inputs: inputs
-            .iter()
-            .map(|(n, s, d)| InferTensor::new(n.clone(), s.clone(), d.clone()))
-            .collect(),
-        ..InferRequest::default()
-    };
+    let request = request_for(&inputs);
 
     // In-process: the same engine on the same input, in this process.
     let engine = LoadedModel::load(&std::fs::read(path).expect("model")).expect("load");
-    let engine_inputs = || -> Vec<NamedTensor> {
-        inputs
-            .iter()
-            .map(|(n, s, d)| {
-                NamedTensor::new(
-                    n.clone(),
-                    s.iter().map(|&x| x as usize).collect(),
-                    d.clone(),
-                )
-            })
-            .collect()
-    };
+    let engine_inputs = || engine_inputs(&inputs);
     for _ in 0..10 {
         engine.run(engine_inputs()).expect("warm-up");
         session
@@ -157,19 +90,7 @@ async fn bench_model(name: &'static str, path: &Path, seq: u64, iters: usize) ->
 
     let enclave_peak_kib = deployment
         .host_pid()
-        .and_then(|host| {
-            let out = std::process::Command::new("pgrep")
-                .arg("-P")
-                .arg(host.to_string())
-                .output()
-                .ok()?;
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .next()?
-                .trim()
-                .parse::<u32>()
-                .ok()
-        })
+        .and_then(enclave_pid)
         .and_then(vm_hwm_kib)
         .unwrap_or(0);
     let plain = std::process::Command::new(std::env::current_exe().expect("exe"))
@@ -212,23 +133,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let minilm = repo().join(".cache/models/paraphrase-MiniLM-L3-v2.onnx");
-    let mut cases: Vec<(&'static str, PathBuf, u64, usize)> = vec![
-        ("mlp", repo().join("models/sample/mlp/model.onnx"), 1, 500),
-        (
-            "magika",
-            repo().join("models/sample/magika/model.onnx"),
-            1,
-            200,
-        ),
-    ];
-    if minilm.exists() {
-        cases.push(("minilm", minilm, 128, 60));
-    } else {
-        eprintln!(
-            "SKIP minilm: run scripts/fetch-models.sh to include the transformer encoder row"
-        );
-    }
+    let cases = models(true).into_iter().map(|(name, path, seq)| {
+        let iters = match name {
+            "mlp" => 500,
+            "magika" => 200,
+            _ => 60,
+        };
+        (name, path, seq, iters)
+    });
     println!("model   | in-process p50 / mean | full path p50 / mean / p99        | overhead p50      | enclave peak / plain peak");
     for (name, path, seq, iters) in cases {
         let r = runtime.block_on(bench_model(name, &path, seq, iters));

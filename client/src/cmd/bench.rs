@@ -124,7 +124,8 @@ impl Shared {
     /// Claims the next request, or says the run is over.
     fn next(&self) -> bool {
         if let Some(d) = self.duration {
-            return self.start.get().is_some_and(|s| s.elapsed() < d);
+            // The first to ask after the barrier starts the clock (the main task may not have yet).
+            return self.start.get_or_init(Instant::now).elapsed() < d;
         }
         self.remaining.as_ref().is_some_and(|r| {
             r.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -248,8 +249,7 @@ async fn bench(args: &Args) -> Result<(), Failure> {
     // Every session attested and warm first, then the clock starts: the run measures inference, not
     // attestation.
     shared.ready.wait().await;
-    let started = Instant::now();
-    let _ = shared.start.set(started);
+    let started = *shared.start.get_or_init(Instant::now);
     let mut attest_failures = Vec::new();
     for t in tasks {
         match t.await {
@@ -280,6 +280,12 @@ async fn bench(args: &Args) -> Result<(), Failure> {
         .clone();
     if !attest_failures.is_empty() {
         errors.insert("session".into(), attest_failures.len() as u64);
+        let mut distinct = attest_failures.clone();
+        distinct.sort();
+        distinct.dedup();
+        for reason in distinct {
+            eprintln!("cloister bench: a worker's session failed: {reason}");
+        }
     }
     let ok = latencies.len() as u64;
     let report = Report {

@@ -4,6 +4,9 @@
 //! broker and `cloister-host` (which launches `cloister-enclave`), attests the enclave from a client,
 //! classifies a few files through the attested session, shows that a client pinning another measurement
 //! refuses to send anything, and shuts everything down. Exits non-zero if any step fails.
+//!
+//! `--serve` keeps a simulated deployment (Magika, or `--model FILE`) up instead, without the demo's budget,
+//! and prints what `cloister infer`, `cloister proxy` and `cloister bench` need, until Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +18,9 @@ use cloister_client::session::{AttestedSession, SessionPolicy};
 use cloister_kserve::{InferRequest, InferTensor, TensorData};
 
 use super::{exit, runtime, Failure};
+
+mod serve;
+use serve::serve;
 
 /// The Magika sample model, embedded so that the demo runs from any directory with nothing but the binary
 /// and its siblings (`cloister-host`, `cloister-enclave`).
@@ -30,6 +36,17 @@ pub(crate) struct Args {
     /// temporary one that is deleted at the end.
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
+    /// Do not run the demo's client: keep the simulated deployment serving (no per-client budget) and print its
+    /// endpoint, the client's policy and example `cloister infer|proxy|bench` commands; Ctrl-C stops it and
+    /// checks the enclave's audit log.
+    #[arg(long, conflicts_with = "files")]
+    serve: bool,
+    /// With --serve: the ONNX model to seal and serve instead of Magika.
+    #[arg(long, value_name = "FILE", requires = "serve")]
+    model: Option<PathBuf>,
+    /// With --serve: the name the model is served under (default: the file's stem, or `magika`).
+    #[arg(long, value_name = "NAME", requires = "serve")]
+    model_name: Option<String>,
     /// Files to classify (default: a few built-in samples).
     #[arg(value_name = "FILE")]
     files: Vec<PathBuf>,
@@ -104,6 +121,9 @@ async fn demo(args: &Args) -> Result<(), String> {
     };
 
     std::fs::create_dir_all(&workdir).map_err(|e| e.to_string())?;
+    if args.serve {
+        return serve(args, &workdir, start).await;
+    }
     let model_path = workdir.join("magika.onnx");
     std::fs::write(&model_path, MAGIKA_ONNX).map_err(|e| e.to_string())?;
 

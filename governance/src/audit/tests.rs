@@ -90,7 +90,7 @@ fn dropped_reordered_edited_and_truncated_lines_are_found() {
         .position(|l| l.contains("\"checkpoint\""))
         .unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&forged[cp]).unwrap();
-    v["signature"] = "00".repeat(96).into();
+    v["signature"] = "00".repeat(64).into();
     forged[cp] = serde_json::to_string(&v).unwrap();
     assert!(
         err(&forged, &signer).contains("signature"),

@@ -450,8 +450,15 @@ fn plaintext_len_lie() {
 
 #[test]
 fn digest_mismatch_when_header_lies_under_the_right_key() {
-    // Only a key holder can produce this: chunks authentic, header digest wrong.
-    let pt = data(CSU + 1);
+    // Only a key holder can produce this: chunks authentic, header digest wrong. Both paths: hashed
+    // inline (small) and on the hashing thread (large).
+    for len in [CSU + 1, 3 * HASH_PIECE_LEN + 5] {
+        digest_mismatch_of_len(len);
+    }
+}
+
+fn digest_mismatch_of_len(len: usize) {
+    let pt = data(len);
     let k = key(1);
     let header = SealedHeader::new(
         "m",
@@ -483,6 +490,31 @@ fn digest_mismatch_when_header_lies_under_the_right_key() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn large_models_open_with_the_hashing_thread() {
+    // Above HASH_PIECE_LEN the digest is computed on a second thread; the verdicts are the same.
+    let pt = data(HASH_PIECE_LEN * 2 + 3 * CSU + 11);
+    let (sealed, header) = seal_vec(&pt, &key(1), "big", CS);
+    let opened = open_expecting(&sealed[..], &key(1), &ModelDigest::of(&pt), NO_LIMIT).unwrap();
+    assert_eq!(opened.as_bytes(), &pt[..]);
+    let last = (header.chunk_count() - 1) as u32;
+    let mut flipped = sealed.clone();
+    let at = flipped.len() - TAG_LEN - 1;
+    flipped[at] ^= 1;
+    assert!(
+        matches!(open_err(&flipped, &key(1)), Error::ChunkAuthFailed { index } if index == last)
+    );
+    let truncated = &sealed[..sealed.len() - 1];
+    assert!(matches!(
+        open_err(truncated, &key(1)),
+        Error::Truncated { .. }
+    ));
+    assert!(matches!(
+        open_err(&[&sealed[..], b"x"].concat(), &key(1)),
+        Error::TrailingData
+    ));
 }
 
 /// A reader that counts the bytes taken from it.
