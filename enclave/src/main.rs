@@ -146,13 +146,20 @@ fn seal_and_exit(enclave: &std::sync::OnceLock<Arc<Enclave>>, why: &str) -> ! {
 
 async fn run(args: Args, config_bytes: Vec<u8>, config: Config) -> anyhow::Result<()> {
     let running: Arc<std::sync::OnceLock<Arc<Enclave>>> = Arc::default();
-    {
+    // SIGTERM (a supervisor) and SIGINT (Ctrl-C in a terminal reaches the whole foreground process
+    // group, enclave included) both stop the enclave with a signed `stop`: dying on the default
+    // SIGINT action would leave the audit log with an unsigned tail.
+    use tokio::signal::unix::{signal, SignalKind};
+    for (kind, name) in [
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::interrupt(), "SIGINT"),
+    ] {
         let running = Arc::clone(&running);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot install the SIGTERM handler")?;
+        let mut stream =
+            signal(kind).with_context(|| format!("cannot install the {name} handler"))?;
         tokio::spawn(async move {
-            if term.recv().await.is_some() {
-                seal_and_exit(&running, "SIGTERM");
+            if stream.recv().await.is_some() {
+                seal_and_exit(&running, name);
             }
         });
     }

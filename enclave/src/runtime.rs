@@ -312,7 +312,8 @@ async fn provision_one(
     let name = slot.name.as_str();
     let digest = slot.digest;
 
-    // 1. Key release.
+    // 1. Key release. Each step's time goes into its log line: cold start is measured in them.
+    let started = std::time::Instant::now();
     let mut backoff = retry.initial;
     let key: Arc<ModelKey> = loop {
         slot.set_status(ModelStatus::AwaitingKey);
@@ -321,7 +322,12 @@ async fn provision_one(
             .await
         {
             Ok(key) => {
-                tracing::info!(model = name, %digest, "model key released");
+                tracing::info!(
+                    model = name,
+                    %digest,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "model key released"
+                );
                 break Arc::new(key);
             }
             Err(KeyReleaseError::Refused(code)) => {
@@ -352,6 +358,7 @@ async fn provision_one(
 
     // 2. Sealed blob, opened against the digest the key was released for.
     slot.set_status(ModelStatus::Fetching);
+    let started = std::time::Instant::now();
     let mut backoff = retry.initial;
     let plaintext: Plaintext = loop {
         match blobs.fetch_and_open(&digest, Arc::clone(&key)).await {
@@ -370,10 +377,17 @@ async fn provision_one(
     };
     // The key has done its job: this was the last reference, so it is zeroized here.
     drop(key);
+    tracing::info!(
+        model = name,
+        bytes = plaintext.len(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "sealed model fetched and opened"
+    );
 
     // 3. tract, once, optimised; the plaintext is zeroized as soon as tract has its own copy.
     slot.set_status(ModelStatus::Loading);
     let len = plaintext.len();
+    let started = std::time::Instant::now();
     let loaded = tokio::task::spawn_blocking(move || {
         let model = LoadedModel::load(plaintext.as_bytes());
         drop(plaintext); // zeroizes the plaintext buffer
@@ -382,7 +396,14 @@ async fn provision_one(
     .await;
     match loaded {
         Ok(Ok(model)) => {
-            tracing::info!(model = name, %digest, bytes = len, planning = ?model.planning(), "model loaded");
+            tracing::info!(
+                model = name,
+                %digest,
+                bytes = len,
+                planning = ?model.planning(),
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "model loaded"
+            );
             if enclave.install(name, model).is_err() {
                 tracing::error!(model = name, "model was already installed");
             }
