@@ -18,6 +18,9 @@ use crate::snp::report::{ReportError, SigningKey};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A Confidential Containers initdata document is malformed (`crate::initdata`).
+    #[error("initdata: {0}")]
+    InitData(String),
     /// The report bytes are malformed.
     #[error("report_parse: {0}")]
     Report(#[from] ReportError),

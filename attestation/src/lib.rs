@@ -17,6 +17,7 @@ pub mod azure;
 pub mod error;
 pub mod evidence;
 pub mod guid;
+pub mod initdata;
 pub mod policy;
 #[cfg(feature = "insecure-simulator")]
 pub mod sim;

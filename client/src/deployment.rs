@@ -91,6 +91,10 @@ pub struct DeploymentOptions {
     pub model_config_extra: String,
     /// The client certificate the deployment's own sessions present (`[clients]` of the enclave).
     pub client_identity: Option<std::sync::Arc<crate::session::ClientIdentity>>,
+    /// Sim backend: deliver the configuration as a Confidential Containers initdata document (sha384), as on
+    /// Kubernetes: the launch measures the enclave alone, HOST_DATA is the document's digest, and both
+    /// policies pin `host_data`.
+    pub initdata: bool,
 }
 
 /// How the host of a [`Deployment`] launches the enclave.
@@ -147,6 +151,7 @@ impl DeploymentOptions {
             policy_extra: String::new(),
             model_config_extra: String::new(),
             client_identity: None,
+            initdata: false,
         })
     }
 }
@@ -214,8 +219,42 @@ pub struct Deployment {
     pub client_identity: Option<std::sync::Arc<crate::session::ClientIdentity>>,
     /// When `cloister-host` was spawned: the start of a cold-start measurement.
     pub host_started: Instant,
+    /// With [`DeploymentOptions::initdata`]: the initdata document the host hands to the enclave, and the
+    /// HOST_DATA its launch gets.
+    pub initdata: Option<(PathBuf, [u8; 32])>,
     host: Option<Child>,
     broker: JoinHandle<()>,
+    host_command: HostCommand,
+}
+
+/// How to start one more `cloister-host` for the same enclave configuration and sealed model.
+#[derive(Clone, Debug)]
+struct HostCommand {
+    host_bin: PathBuf,
+    args: Vec<OsString>,
+    dir: PathBuf,
+}
+
+/// Another host (and its enclave) of a fleet: [`Deployment::start_another_host`].
+#[derive(Debug)]
+pub struct ExtraHost {
+    /// Its public relay endpoint, `127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// Its log.
+    pub host_log: PathBuf,
+    child: Child,
+}
+
+impl ExtraHost {
+    /// The host's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Stops it as [`Deployment::stop`] stops the first.
+    pub async fn stop(mut self) {
+        terminate(&mut self.child).await;
+    }
 }
 
 impl std::fmt::Debug for Deployment {
@@ -321,8 +360,30 @@ impl Deployment {
         );
         write(&enclave_config, &config_text)?;
         let enclave_bytes = std::fs::read(&enclave_bin).map_err(step("read the enclave binary"))?;
-        let measurement = simulated_launch_measurement(&enclave_bytes, config_text.as_bytes());
+        // With initdata the launch measures the enclave alone and HOST_DATA binds the configuration.
+        let (measurement, initdata) = if options.initdata {
+            let doc = cloister_attestation::initdata::InitData::new(
+                cloister_attestation::initdata::InitDataAlgorithm::Sha384,
+                [(
+                    cloister_attestation::initdata::ENCLAVE_CONFIG_KEY.to_owned(),
+                    config_text.clone(),
+                )]
+                .into(),
+            )
+            .map_err(step("write the initdata document"))?;
+            let path = dir.join("host/initdata.toml");
+            std::fs::write(&path, doc.as_bytes()).map_err(step("write the initdata document"))?;
+            let measurement = simulated_launch_measurement(&enclave_bytes, b"");
+            (measurement, Some((path, doc.snp_host_data())))
+        } else {
+            let measurement = simulated_launch_measurement(&enclave_bytes, config_text.as_bytes());
+            (measurement, None)
+        };
         drop(enclave_bytes);
+        let host_data_pin = initdata
+            .as_ref()
+            .map(|(_, h)| format!("host_data = \"{}\"\n", hex::encode(h)))
+            .unwrap_or_default();
 
         // The owner's policy: this measurement, this model, the simulated root.
         let owner_measurement = options.owner_measurement_override.unwrap_or(measurement);
@@ -334,7 +395,7 @@ impl Deployment {
                  measurements = [\"{}\"]\n\
                  model_digests = [\"{model_digest}\"]\n\
                  vmpls = [0]\n\
-                 simulated_root = \"{}\"\n{}",
+                 simulated_root = \"{}\"\n{host_data_pin}{}",
                 hex::encode(owner_measurement),
                 sim_root.display(),
                 options.policy_extra
@@ -368,7 +429,7 @@ impl Deployment {
                 "# Client: send inputs only to this enclave build, serving this model.\n\
                  measurements = [\"{}\"]\n\
                  model_digests = [\"{model_digest}\"]\n\
-                 simulated_root = \"{}\"\n{}",
+                 simulated_root = \"{}\"\n{host_data_pin}{}",
                 hex::encode(measurement),
                 sim_root.display(),
                 options.policy_extra
@@ -376,77 +437,56 @@ impl Deployment {
         )?;
 
         // 5. The host.
-        let mut cmd = Command::new(&host_bin);
+        let mut args: Vec<OsString> = Vec::new();
         let (mut initrd, mut serial_log) = (None, None);
         match &options.backend {
             HostBackend::Sim => {
-                cmd.arg("--enclave-bin").arg(&enclave_bin);
+                args.extend(["--enclave-bin".into(), enclave_bin.clone().into()]);
             }
             HostBackend::QemuTcgInsecure(vm) => {
                 let image = dir.join("host/initrd.gz");
                 build_initrd(vm, &enclave_bin, &enclave_config, &sim_dir, &image).await?;
                 let log = dir.join("serial.log");
-                cmd.args(["--backend", "qemu-tcg-insecure", "--qemu-kernel"])
-                    .arg(&vm.kernel)
-                    .arg("--qemu-initrd")
-                    .arg(&image)
-                    .arg("--qemu-serial-log")
-                    .arg(&log)
-                    .args(&vm.host_args);
+                args.extend([
+                    "--backend".into(),
+                    "qemu-tcg-insecure".into(),
+                    "--qemu-kernel".into(),
+                    vm.kernel.clone().into(),
+                    "--qemu-initrd".into(),
+                    image.clone().into(),
+                    "--qemu-serial-log".into(),
+                    log.clone().into(),
+                ]);
+                args.extend(vm.host_args.iter().cloned());
                 initrd = Some(image);
                 serial_log = Some(log);
             }
         }
-        cmd.arg("--enclave-config")
-            .arg(&enclave_config)
-            .arg("--sealed-model")
-            .arg(&sealed_model)
-            .arg("--listen")
-            .arg("127.0.0.1:0");
-        if let Some(record) = &options.record {
-            cmd.arg("--record").arg(record);
+        match &initdata {
+            Some((document, _)) => args.extend([
+                "--enclave-config".into(),
+                document.clone().into(),
+                "--initdata".into(),
+            ]),
+            None => args.extend(["--enclave-config".into(), enclave_config.clone().into()]),
         }
-        cmd.args(&options.host_args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("host.log")).map_err(step("create host.log"))?,
-            ))
-            .kill_on_drop(true);
+        args.extend([
+            "--sealed-model".into(),
+            sealed_model.clone().into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ]);
+        if let Some(record) = &options.record {
+            args.extend(["--record".into(), record.clone().into()]);
+        }
+        args.extend(options.host_args.iter().cloned());
+        let host_command = HostCommand {
+            host_bin,
+            args,
+            dir: dir.clone(),
+        };
         let host_started = Instant::now();
-        let mut host = cmd.spawn().map_err(step("start cloister-host"))?;
-        let stdout = host.stdout.take().ok_or_else(|| DeploymentError::Step {
-            step: "start cloister-host",
-            detail: "no stdout".into(),
-        })?;
-        let mut lines = BufReader::new(stdout).lines();
-        let announce = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-            .await
-            .map_err(|_| DeploymentError::Step {
-                step: "start cloister-host",
-                detail: format!(
-                    "no 'listening on' line within 120 s (see {})",
-                    dir.join("host.log").display()
-                ),
-            })?
-            .map_err(step("start cloister-host"))?
-            .ok_or_else(|| DeploymentError::Step {
-                step: "start cloister-host",
-                detail: format!(
-                    "cloister-host exited before listening (see {})",
-                    dir.join("host.log").display()
-                ),
-            })?;
-        let endpoint = announce
-            .strip_prefix("cloister-host: listening on ")
-            .ok_or_else(|| DeploymentError::Step {
-                step: "start cloister-host",
-                detail: format!("unexpected first line {announce:?}"),
-            })?
-            .trim()
-            .to_string();
-        // Keep draining the host's stdout so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (host, endpoint) = host_command.spawn(&dir.join("host.log")).await?;
 
         Ok(Deployment {
             sim_dir,
@@ -464,8 +504,10 @@ impl Deployment {
             serial_log,
             client_identity: options.client_identity.clone(),
             host_started,
+            initdata,
             host: Some(host),
             broker,
+            host_command,
         })
     }
 
@@ -505,6 +547,69 @@ impl Deployment {
             terminate(&mut host).await;
         }
         self.broker.abort();
+    }
+}
+
+impl HostCommand {
+    /// Spawns `cloister-host` with its stderr in `log`; returns it and its relay's endpoint once it
+    /// announces it.
+    async fn spawn(&self, log: &Path) -> Result<(Child, String), DeploymentError> {
+        let mut cmd = Command::new(&self.host_bin);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(log).map_err(step("create the host's log"))?,
+            ))
+            .kill_on_drop(true);
+        let mut host = cmd.spawn().map_err(step("start cloister-host"))?;
+        let stdout = host.stdout.take().ok_or_else(|| DeploymentError::Step {
+            step: "start cloister-host",
+            detail: "no stdout".into(),
+        })?;
+        let mut lines = BufReader::new(stdout).lines();
+        let announce = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .map_err(|_| DeploymentError::Step {
+                step: "start cloister-host",
+                detail: format!(
+                    "no 'listening on' line within 120 s (see {})",
+                    log.display()
+                ),
+            })?
+            .map_err(step("start cloister-host"))?
+            .ok_or_else(|| DeploymentError::Step {
+                step: "start cloister-host",
+                detail: format!(
+                    "cloister-host exited before listening (see {})",
+                    log.display()
+                ),
+            })?;
+        let endpoint = announce
+            .strip_prefix("cloister-host: listening on ")
+            .ok_or_else(|| DeploymentError::Step {
+                step: "start cloister-host",
+                detail: format!("unexpected first line {announce:?}"),
+            })?
+            .trim()
+            .to_string();
+        // Keep draining the host's stdout so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok((host, endpoint))
+    }
+}
+
+impl Deployment {
+    /// Starts one more host with the same enclave configuration, sealed model and broker: a fleet of
+    /// identical enclaves (as replicas of one Kubernetes Deployment are). Its log is `host-N.log`.
+    pub async fn start_another_host(&self, n: usize) -> Result<ExtraHost, DeploymentError> {
+        let host_log = self.host_command.dir.join(format!("host-{n}.log"));
+        let (child, endpoint) = self.host_command.spawn(&host_log).await?;
+        Ok(ExtraHost {
+            endpoint,
+            host_log,
+            child,
+        })
     }
 }
 

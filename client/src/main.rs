@@ -38,6 +38,7 @@ enum Command {
     Bench(cmd::bench::Args),
     Proxy(cmd::proxy::Args),
     Audit(cmd::records::AuditArgs),
+    Initdata(cmd::initdata::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,5 +76,6 @@ fn main() -> ExitCode {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::Audit(args) => cmd::records::run_audit(args),
+        Command::Initdata(args) => cmd::initdata::run(args),
     }
 }

@@ -1,5 +1,6 @@
 //! Fetching and opening a sealed model from the host's blob service (`docs/architecture.md`, "Blob
-//! service").
+//! service"), or from any HTTP(S) server that holds the sealed blobs under `<base>/blobs/<digest>`: an
+//! object store, a plain web server, a volume served by a sidecar (`docs/kubernetes.md`).
 //!
 //! ```text
 //! GET {blobs}/blobs/sha384:<hex>  → 200 sealed blob | 404
@@ -38,9 +39,19 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BlobError {
-    /// `--blobs` is not `http://HOST:PORT[/PREFIX]`.
-    #[error("--blobs must be an http://HOST:PORT[/PREFIX] URL")]
+    /// `--blobs` is not `http(s)://HOST[:PORT][/PREFIX]`.
+    #[error("--blobs must be an http(s)://HOST[:PORT][/PREFIX] URL (no user, query or fragment)")]
     Url,
+    /// The TLS handshake with an `https://` blob store failed (its certificate must chain to a public root:
+    /// the bytes are verified anyway, TLS only keeps the store's ciphertext from passers-by).
+    #[error("TLS with the blob store {host} failed")]
+    Tls {
+        /// The host name.
+        host: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// TCP connection failed.
     #[error("cannot connect to the blob service at {authority}")]
     Connect {
@@ -98,29 +109,76 @@ pub enum BlobError {
     Task,
 }
 
-/// The host's blob service (`--blobs`).
+/// The host's blob service, or any HTTP(S) blob store (`--blobs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobService {
+    /// `https://` (verified against public roots) or plain `http://`.
+    tls: bool,
+    /// `host:port` to connect to.
     authority: String,
+    /// The host name (TLS server name, `Host` header without a default port).
+    host: String,
+    /// The `Host` header.
+    host_header: String,
     prefix: String,
 }
 
 impl BlobService {
-    /// Parses `http://HOST:PORT[/PREFIX]`.
+    /// Parses `http(s)://HOST[:PORT][/PREFIX]` (default ports 80 and 443).
     pub fn parse(url: &str) -> Result<Self, BlobError> {
-        let rest = url.strip_prefix("http://").ok_or(BlobError::Url)?;
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            return Err(BlobError::Url);
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let port_ok = authority
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
-        if !port_ok || authority.contains('@') || path.contains(['?', '#']) {
+        if authority.contains('@') || path.contains(['?', '#']) {
             return Err(BlobError::Url);
         }
+        // A bracketed IPv6 literal keeps its colons; otherwise a colon starts the port.
+        let (host, port) = match authority.find(']') {
+            Some(end) if authority.starts_with('[') => (&authority[..=end], &authority[end + 1..]),
+            _ => match authority.find(':') {
+                Some(i) => (&authority[..i], &authority[i..]),
+                None => (authority, ""),
+            },
+        };
+        let port = match port.strip_prefix(':') {
+            None if port.is_empty() => None,
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or(BlobError::Url)?,
+            ),
+            None => return Err(BlobError::Url),
+        };
+        let valid_host = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+        if !valid_host {
+            return Err(BlobError::Url);
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let port = port.unwrap_or(default_port);
         Ok(BlobService {
-            authority: authority.to_owned(),
+            tls,
+            authority: format!("{host}:{port}"),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            host_header: if port == default_port {
+                host.to_owned()
+            } else {
+                format!("{host}:{port}")
+            },
             prefix: path.trim_end_matches('/').to_owned(),
         })
     }
@@ -144,12 +202,37 @@ impl BlobService {
                 authority: self.authority.clone(),
                 source,
             })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        if !self.tls {
+            return self.fetch_over(tcp, digest, key).await;
+        }
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(public_roots_client()));
+        let server_name = rustls::pki_types::ServerName::try_from(self.host.clone())
+            .map_err(|_| BlobError::Url)?;
+        let tls = timeout(IO_TIMEOUT, connector.connect(server_name, tcp))
+            .await
+            .map_err(|_| BlobError::Timeout("TLS handshake"))?
+            .map_err(|source| BlobError::Tls {
+                host: self.host.clone(),
+                source,
+            })?;
+        self.fetch_over(tls, digest, key).await
+    }
+
+    async fn fetch_over<IO>(
+        &self,
+        io: IO,
+        digest: &ModelDigest,
+        key: Arc<ModelKey>,
+    ) -> Result<Plaintext, BlobError>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(BlobError::Http)?;
         let driver = tokio::spawn(conn);
         let request = Request::get(self.path(digest))
-            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::HOST, &self.host_header)
             .header(hyper::header::ACCEPT, "application/octet-stream")
             .body(Empty::<Bytes>::new())
             .map_err(BlobError::Request)?;
@@ -165,6 +248,22 @@ impl BlobService {
         driver.abort();
         result
     }
+}
+
+/// TLS for `https://` blob stores: Mozilla's roots (webpki-roots), ring, TLS 1.2 and 1.3.
+fn public_roots_client() -> rustls::ClientConfig {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|_| {
+            // ring supports the safe defaults: unreachable, but no panic either.
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
 }
 
 /// Streams the body into `open_expecting` after checking the header.
@@ -332,10 +431,23 @@ mod tests {
         assert_eq!(s.path(&d), format!("/blobs/sha384:{}", "ab".repeat(48)));
         let s = BlobService::parse("http://host:1/x/").unwrap();
         assert_eq!(s.path(&d), format!("/x/blobs/sha384:{}", "ab".repeat(48)));
+        let s = BlobService::parse("https://models.example.com/store").unwrap();
+        assert!(s.tls);
+        assert_eq!(s.authority, "models.example.com:443");
+        assert_eq!(s.host_header, "models.example.com");
+        assert_eq!(
+            s.path(&d),
+            format!("/store/blobs/sha384:{}", "ab".repeat(48))
+        );
+        let s = BlobService::parse("http://blobs.svc:8080").unwrap();
+        assert_eq!((s.tls, s.host_header.as_str()), (false, "blobs.svc:8080"));
+        assert_eq!(BlobService::parse("http://h").unwrap().authority, "h:80");
         for bad in [
-            "https://h:1",
-            "http://h",
+            "ftp://h:1",
+            "http://",
             "http://:1",
+            "http://h:x",
+            "http://h h:1",
             "http://h:0",
             "http://u@h:1",
             "http://h:1/?q",
@@ -343,5 +455,28 @@ mod tests {
         ] {
             assert!(BlobService::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// An `https://` store that does not complete a TLS handshake with a publicly rooted certificate is an
+    /// error naming TLS, never a plaintext fallback.
+    #[tokio::test]
+    async fn https_fails_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            if let Ok((mut s, _)) = listener.accept().await {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let store = BlobService::parse(&format!("https://localhost:{port}")).unwrap();
+        let key = Arc::new(ModelKey::from_bytes(&[7; 32]));
+        let err = store
+            .fetch_and_open(&ModelDigest::from_bytes([1; 48]), key)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BlobError::Tls { .. }), "{err:?}");
     }
 }

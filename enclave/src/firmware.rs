@@ -432,10 +432,16 @@ mod sim {
 
     use super::{AmdCertificate, CertChainDer, Firmware, FirmwareError, Platform};
 
-    /// The simulated AMD-SP, with the measurement of this launch.
+    /// The environment variable through which the simulated hypervisor (cloister-host's sim launcher, or a
+    /// test) sets this launch's HOST_DATA, 64 hex digits; unset means zeros. Kata sets HOST_DATA from the
+    /// initdata annotation the same way, outside the guest's control.
+    pub(super) const SIM_HOST_DATA_ENV: &str = "CLOISTER_SIM_HOST_DATA";
+
+    /// The simulated AMD-SP, with the measurement and HOST_DATA of this launch.
     pub(super) struct SimulatedFirmware {
         platform: SimPlatform,
         measurement: [u8; 48],
+        host_data: [u8; 32],
         chain: CertChainDer,
         withhold_certificates: bool,
     }
@@ -457,6 +463,19 @@ mod sim {
                 .or_else(|_| std::env::current_exe().and_then(std::fs::read))
                 .map_err(FirmwareError::ReadExecutable)?;
             let measurement = simulated_launch_measurement(&exe, config_bytes);
+            let host_data = match std::env::var(SIM_HOST_DATA_ENV) {
+                Err(_) => [0; 32],
+                Ok(v) => {
+                    let mut out = [0u8; 32];
+                    hex::decode_to_slice(v.trim(), &mut out).map_err(|_| {
+                        FirmwareError::Simulator(
+                            format!("{SIM_HOST_DATA_ENV} must be 64 hex digits, found {v:?}")
+                                .into(),
+                        )
+                    })?;
+                    out
+                }
+            };
             tracing::info!(
                 measurement = %hex::encode(measurement),
                 "simulated platform opened (SIMULATED: no hardware protection)"
@@ -464,6 +483,7 @@ mod sim {
             Ok(SimulatedFirmware {
                 platform,
                 measurement,
+                host_data,
                 chain,
                 withhold_certificates,
             })
@@ -481,6 +501,7 @@ mod sim {
                 .report(&ReportRequest {
                     report_data: *report_data,
                     measurement: self.measurement,
+                    host_data: self.host_data,
                     ..ReportRequest::default()
                 })
                 .map_err(|e| FirmwareError::Simulator(Box::new(e)))?;

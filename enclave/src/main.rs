@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use cloister_attestation::initdata::{InitData, ENCLAVE_CONFIG_KEY};
 use cloister_collateral::{Collateral, RetryPolicy as CollateralRetry, Sources};
 use cloister_enclave::blobs::BlobService;
 use cloister_enclave::config::{CollateralSource, Config, LogLevel};
@@ -30,8 +31,26 @@ use cloister_enclave::{firmware, server};
 struct Args {
     /// The measured configuration (TOML): firmware backend, pinned key broker, model digests, limits.
     /// Its SHA-384 is the config_digest of every claim; changing a byte changes what verifiers see.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "config_from_initdata"
+    )]
+    config: Option<PathBuf>,
+
+    /// Read the configuration from a Confidential Containers initdata document (its `[data]` entry
+    /// "cloister-enclave.toml") instead of --config, and refuse to start unless the document's digest,
+    /// fitted to 32 bytes, equals the HOST_DATA of this guest's attestation report: the document may come
+    /// through an untrusted path (a ConfigMap), HOST_DATA is what the launch bound. Without a value: where
+    /// Kata's agent writes it in the guest.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "config",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_INITDATA_PATH
+    )]
+    config_from_initdata: Option<PathBuf>,
 
     /// Address to accept TLS connections on (the host relays its public port here); port 0 picks one.
     /// The address actually bound is printed on stdout.
@@ -52,6 +71,9 @@ struct Args {
     #[arg(long)]
     exit_on_stdin_eof: bool,
 }
+
+/// Where Kata's agent writes the initdata document inside the pod VM.
+const DEFAULT_INITDATA_PATH: &str = "/run/confidential-containers/initdata/initdata.toml";
 
 /// The crates whose logs follow `log_level`; every other target (tract, which prints graphs and tensor
 /// values at `trace`; hyper; rustls) is capped at `warn`, whatever the level.
@@ -88,7 +110,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // The configuration is read before logging starts: its `log_level` decides what may be logged.
-    let (config_bytes, config) = match read_config(&args.config) {
+    let (config_bytes, config, initdata) = match read_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cloister-enclave: error: {e}");
@@ -114,7 +136,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, config_bytes, config)) {
+    match runtime.block_on(run(args, config_bytes, config, initdata)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cloister-enclave: error: {e}");
@@ -126,12 +148,61 @@ fn main() -> ExitCode {
     }
 }
 
-fn read_config(path: &std::path::Path) -> anyhow::Result<(Vec<u8>, Config)> {
-    let config_bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+/// The configuration's bytes and meaning, and the initdata document it came from (if it did).
+fn read_config(args: &Args) -> anyhow::Result<(Vec<u8>, Config, Option<InitData>)> {
+    let (path, config_bytes, initdata) = match (&args.config, &args.config_from_initdata) {
+        (Some(path), None) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+            (path, bytes, None)
+        }
+        (None, Some(path)) => {
+            let doc = std::fs::read(path)
+                .with_context(|| format!("cannot read the initdata document {}", path.display()))?;
+            let doc = InitData::parse(&doc)
+                .with_context(|| format!("invalid initdata document {}", path.display()))?;
+            let bytes = doc
+                .entry(ENCLAVE_CONFIG_KEY)
+                .with_context(|| {
+                    format!(
+                        "the initdata document {} has no [data] entry \"{ENCLAVE_CONFIG_KEY}\"",
+                        path.display()
+                    )
+                })?
+                .as_bytes()
+                .to_vec();
+            (path, bytes, Some(doc))
+        }
+        _ => anyhow::bail!("give exactly one of --config and --config-from-initdata"),
+    };
     let config = Config::from_bytes(&config_bytes)
         .with_context(|| format!("invalid configuration {}", path.display()))?;
-    Ok((config_bytes, config))
+    Ok((config_bytes, config, initdata))
+}
+
+/// Refuses to go on unless this guest's HOST_DATA is the initdata document's digest: the check that makes a
+/// configuration read from an untrusted path the one the launch bound (and that verifiers pin).
+fn check_host_data(firmware: &dyn firmware::Firmware, initdata: &InitData) -> anyhow::Result<()> {
+    let (report, _) = firmware
+        .attest(&[0; 64])
+        .context("cannot get a report to read HOST_DATA")?;
+    let report = cloister_attestation::snp::report::AttestationReport::from_bytes(&report)
+        .context("cannot parse this guest's report to read HOST_DATA")?;
+    let expected = initdata.snp_host_data();
+    anyhow::ensure!(
+        report.host_data == expected,
+        "the initdata document does not match this guest's HOST_DATA: its {} digest fitted to 32 bytes is \
+         {}, HOST_DATA is {} (the pod was launched with another initdata annotation, or the document was \
+         changed on its way into the container)",
+        initdata.algorithm().name(),
+        hex::encode(expected),
+        hex::encode(report.host_data)
+    );
+    tracing::info!(
+        host_data = %hex::encode(expected),
+        "configuration from initdata: its digest equals HOST_DATA"
+    );
+    Ok(())
 }
 
 /// Seals the audit log (its signed `stop`) and exits: the host is gone or asked the enclave to stop.
@@ -144,7 +215,12 @@ fn seal_and_exit(enclave: &std::sync::OnceLock<Arc<Enclave>>, why: &str) -> ! {
     std::process::exit(0);
 }
 
-async fn run(args: Args, config_bytes: Vec<u8>, config: Config) -> anyhow::Result<()> {
+async fn run(
+    args: Args,
+    config_bytes: Vec<u8>,
+    config: Config,
+    initdata: Option<InitData>,
+) -> anyhow::Result<()> {
     let running: Arc<std::sync::OnceLock<Arc<Enclave>>> = Arc::default();
     // SIGTERM (a supervisor) and SIGINT (Ctrl-C in a terminal reaches the whole foreground process
     // group, enclave included) both stop the enclave with a signed `stop`: dying on the default
@@ -189,12 +265,23 @@ async fn run(args: Args, config_bytes: Vec<u8>, config: Config) -> anyhow::Resul
     }
     let blobs = BlobService::parse(&args.blobs).context("invalid --blobs")?;
     let broker = BrokerClient::new(&config.key_broker).context("invalid key_broker")?;
-    let firmware = firmware::open(&config.firmware, &config_bytes).with_context(|| {
+    // What a launch measures besides the executable: the configuration when it is given as a file (the
+    // simulator folds it into MEASUREMENT); nothing when it comes through initdata, which HOST_DATA binds
+    // instead, as on Kata, where one pod-VM measurement serves every deployment.
+    let measured_config: &[u8] = if initdata.is_some() {
+        b""
+    } else {
+        &config_bytes
+    };
+    let firmware = firmware::open(&config.firmware, measured_config).with_context(|| {
         format!(
             "cannot open the firmware backend \"{}\"",
             config.firmware.name()
         )
     })?;
+    if let Some(initdata) = &initdata {
+        check_host_data(firmware.as_ref(), initdata)?;
+    }
     tracing::info!(
         firmware = config.firmware.name(),
         config_digest = %hex::encode(config.digest.0),

@@ -152,6 +152,10 @@ pub struct Config {
     /// The enclave's measured configuration, handed over unchanged (sim), or the file whose
     /// SHA-256 is the VM's HOST_DATA (snp-qemu; the VM reads its copy from the initrd).
     pub enclave_config: PathBuf,
+    /// `enclave_config` is a Confidential Containers initdata document (sim only): the enclave reads its
+    /// configuration from it (`--config-from-initdata`) and the simulated launch's HOST_DATA is its digest,
+    /// as Kata sets HOST_DATA from a pod's initdata annotation.
+    pub initdata: bool,
     /// The sealed models to serve (at least one).
     pub sealed_models: Vec<PathBuf>,
     /// The public relay address (port 0: any free port).
@@ -260,6 +264,12 @@ impl Config {
             (None, _) => {}
         }
         is_file("--enclave-config", &self.enclave_config)?;
+        if self.initdata && backend != Backend::Sim {
+            return Err(ConfigError::NotForBackend {
+                backend,
+                flag: "--initdata",
+            });
+        }
         if self.sealed_models.is_empty() {
             return Err(ConfigError::NoModels);
         }
@@ -391,6 +401,7 @@ mod tests {
             Config {
                 enclave_bin: (backend == Backend::Sim).then(|| self.path("enclave")),
                 enclave_config: self.path("enclave.toml"),
+                initdata: false,
                 sealed_models: vec![self.path("m.sealed")],
                 listen: "127.0.0.1:0".parse().unwrap(),
                 backend,

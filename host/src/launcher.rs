@@ -140,6 +140,8 @@ pub struct SimLauncher {
     config: PathBuf,
     blobs_url: String,
     start_timeout: Duration,
+    /// The simulated HOST_DATA when `config` is an initdata document.
+    initdata_host_data: Option<[u8; 32]>,
 }
 
 impl SimLauncher {
@@ -152,7 +154,16 @@ impl SimLauncher {
             config: config.to_owned(),
             blobs_url: blobs_url.to_owned(),
             start_timeout: DEFAULT_START_TIMEOUT,
+            initdata_host_data: None,
         }
+    }
+
+    /// The configuration is a Confidential Containers initdata document: the enclave gets
+    /// `--config-from-initdata` instead of `--config`, and its simulated launch the document's digest as
+    /// HOST_DATA (what Kata does with a pod's initdata annotation).
+    pub fn with_initdata(mut self, document: &cloister_attestation::initdata::InitData) -> Self {
+        self.initdata_host_data = Some(document.snp_host_data());
+        self
     }
 
     /// Runs `program prefix_args...` followed by the enclave's arguments instead of the enclave
@@ -171,10 +182,16 @@ impl SimLauncher {
     }
 
     async fn launch_child(&self) -> Result<SimInstance, LaunchError> {
-        let mut child = Command::new(&self.program)
-            .args(&self.prefix_args)
-            .arg("--config")
-            .arg(&self.config)
+        let mut command = Command::new(&self.program);
+        command.args(&self.prefix_args);
+        match self.initdata_host_data {
+            None => command.arg("--config").arg(&self.config),
+            Some(host_data) => command
+                .arg("--config-from-initdata")
+                .arg(&self.config)
+                .env("CLOISTER_SIM_HOST_DATA", hex::encode(host_data)),
+        };
+        let mut child = command
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--blobs")

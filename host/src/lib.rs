@@ -211,7 +211,18 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     let outcome = match (config.backend, &config.enclave_bin) {
         (Backend::Sim, Some(enclave_bin)) => {
-            let launcher = SimLauncher::new(enclave_bin, &config.enclave_config, &blobs_url);
+            let mut launcher = SimLauncher::new(enclave_bin, &config.enclave_config, &blobs_url);
+            if config.initdata {
+                let bytes =
+                    std::fs::read(&config.enclave_config).map_err(|source| Error::Read {
+                        flag: "--enclave-config",
+                        path: config.enclave_config.clone(),
+                        source,
+                    })?;
+                let document = cloister_attestation::initdata::InitData::parse(&bytes)
+                    .map_err(|e| Error::Task(format!("--enclave-config with --initdata: {e}")))?;
+                launcher = launcher.with_initdata(&document);
+            }
             supervise(
                 launcher,
                 &config,

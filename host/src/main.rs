@@ -48,6 +48,13 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     enclave_config: PathBuf,
 
+    /// --enclave-config is a Confidential Containers initdata document (`cloister initdata`), not a bare
+    /// configuration (sim only): the enclave reads its configuration from it and checks it against
+    /// HOST_DATA, which the simulated launch sets to the document's digest as Kata does from a pod's
+    /// initdata annotation.
+    #[arg(long)]
+    initdata: bool,
+
     /// A sealed model to serve, indexed by the digest in its header; repeat for several.
     #[arg(long = "sealed-model", value_name = "PATH", required = true)]
     sealed_models: Vec<PathBuf>,
@@ -231,6 +238,7 @@ impl Args {
         Config {
             enclave_bin: self.enclave_bin,
             enclave_config: self.enclave_config,
+            initdata: self.initdata,
             sealed_models: self.sealed_models,
             listen: self.listen,
             backend: self.backend,

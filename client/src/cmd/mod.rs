@@ -6,6 +6,7 @@ pub(crate) mod demo;
 pub(crate) mod failure;
 pub(crate) mod fetch;
 pub(crate) mod infer;
+pub(crate) mod initdata;
 pub(crate) mod keybroker;
 pub(crate) mod measure;
 pub(crate) mod proxy;
