@@ -61,6 +61,9 @@ pub enum ConfigError {
     /// A key of the `azure-vtpm` backend with another backend, or one it does not take.
     #[error("configuration: {0}")]
     Azure(&'static str),
+    /// A key of the `coco-aa` backend with another backend, or one it does not take.
+    #[error("configuration: {0}")]
+    CocoAa(&'static str),
     /// A governance section (`[clients]`, `[budgets]`, `[audit]`, a model's hardening) is invalid.
     #[error("configuration: {0}")]
     Governance(&'static str),
@@ -131,6 +134,8 @@ pub enum FirmwareConfig {
     SevGuest(HardwareOptions),
     /// An Azure confidential VM's paravisor vTPM.
     AzureVtpm(AzureOptions),
+    /// Confidential Containers' attestation agent, through its REST API in the pod VM.
+    CocoAa(crate::firmware::coco_aa::CocoAaOptions),
 }
 
 /// Options of the `azure-vtpm` backend.
@@ -180,6 +185,7 @@ impl FirmwareConfig {
             Self::ConfigfsTsm(_) => "configfs-tsm",
             Self::SevGuest(_) => "sev-guest",
             Self::AzureVtpm(_) => "azure-vtpm",
+            Self::CocoAa(_) => "coco-aa",
         }
     }
 }
@@ -369,6 +375,7 @@ struct RawConfig {
     sim_withhold_certificates: Option<bool>,
     tpm_device: Option<PathBuf>,
     tpm_swtpm: Option<String>,
+    aa_url: Option<String>,
     collateral: Option<CollateralSource>,
     key_broker: RawKeyBroker,
     #[serde(default)]
@@ -394,6 +401,8 @@ enum RawFirmware {
     SevGuest,
     #[serde(rename = "azure-vtpm")]
     AzureVtpm,
+    #[serde(rename = "coco-aa")]
+    CocoAa,
 }
 
 #[derive(Deserialize)]
@@ -443,7 +452,27 @@ impl Config {
                 "collateral = \"thim\" (Azure's endpoint) is only allowed with firmware = \"azure-vtpm\"",
             ));
         }
+        let coco = matches!(raw.firmware, RawFirmware::CocoAa);
+        if !coco && raw.aa_url.is_some() {
+            return Err(ConfigError::CocoAa(
+                "`aa_url` is only allowed with firmware = \"coco-aa\"",
+            ));
+        }
         let firmware = match (raw.firmware, raw.sim_dir) {
+            (RawFirmware::CocoAa, None) => {
+                if raw.vmpl.is_some_and(|v| v != 0) {
+                    return Err(ConfigError::CocoAa(
+                        "firmware = \"coco-aa\" reports at VMPL 0 (the agent asks for VMPL 0)",
+                    ));
+                }
+                FirmwareConfig::CocoAa(crate::firmware::coco_aa::CocoAaOptions {
+                    url: raw
+                        .aa_url
+                        .clone()
+                        .unwrap_or_else(|| crate::firmware::coco_aa::DEFAULT_AA_URL.to_owned()),
+                    vcek_cache: raw.vcek_cache.clone(),
+                })
+            }
             (RawFirmware::AzureVtpm, sim_dir) => {
                 if raw.vcek_cache.is_some()
                     || raw.vmpl.is_some()
@@ -503,6 +532,7 @@ impl Config {
                 return Err(ConfigError::UnexpectedSimDir {
                     firmware: match other {
                         RawFirmware::ConfigfsTsm => "configfs-tsm",
+                        RawFirmware::CocoAa => "coco-aa",
                         _ => "sev-guest",
                     },
                 })

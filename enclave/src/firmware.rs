@@ -20,6 +20,7 @@
 pub mod azure;
 pub mod cert_table;
 pub mod chain;
+pub mod coco_aa;
 pub mod configfs_tsm;
 pub mod sev_guest;
 
@@ -224,6 +225,9 @@ pub enum FirmwareError {
     /// The blocking attestation task failed.
     #[error("attestation task failed")]
     Task,
+    /// Confidential Containers' attestation agent did not give a usable report (`coco-aa`).
+    #[error("attestation agent: {0}")]
+    CocoAa(String),
     /// The configfs-tsm report directory does not exist.
     #[error("no {}: kernel without configfs-tsm or not an SNP guest (Linux >= 6.7 with the sev-guest driver \
              provides it; is configfs mounted at /sys/kernel/config?)", root.display())]
@@ -353,6 +357,7 @@ pub fn open(
                 ..configfs_tsm::ConfigfsTsmOptions::default()
             },
         )?)),
+        FirmwareConfig::CocoAa(options) => Ok(Arc::new(coco_aa::CocoAa::open(options)?)),
         FirmwareConfig::SevGuest(options) => Ok(Arc::new(sev_guest::SevGuest::open(
             options.vmpl,
             options.vcek_cache.clone(),

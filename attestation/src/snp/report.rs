@@ -78,6 +78,9 @@ const KEY_INFO_RESERVED_MBZ: u32 = !((1 << 5) - 1);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReportError {
+    /// SNP evidence in the attestation agent's JSON form is malformed ([`sev_json`]).
+    #[error("sev_json: {0}")]
+    SevJson(String),
     /// The report is not exactly 1184 bytes.
     #[error("report length: expected {expected} bytes (0x4A0), found {found}")]
     Length {
@@ -746,6 +749,8 @@ impl AttestationReport {
 pub fn signed_bytes(raw_report: &[u8]) -> Option<&[u8]> {
     raw_report.get(..SIGNED_LEN)
 }
+
+pub mod sev_json;
 
 #[cfg(test)]
 mod tests;

@@ -137,6 +137,15 @@ fn hardware_options() {
             vmpl: 0
         })
     );
+    assert_eq!(
+        hw("coco-aa", "").unwrap(),
+        FirmwareConfig::CocoAa(crate::firmware::coco_aa::CocoAaOptions {
+            url: "http://127.0.0.1:8006".into(),
+            vcek_cache: None
+        })
+    );
+    assert!(hw("coco-aa", "vmpl = 1\n").is_err());
+    assert!(hw("configfs-tsm", "aa_url = \"http://127.0.0.1:1\"\n").is_err());
     let err = |r: Result<FirmwareConfig, ConfigError>| r.unwrap_err().to_string();
     // sev-guest without a VCEK cache gets its VCEK through the host's collateral service, unless that
     // is off too.

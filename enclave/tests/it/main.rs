@@ -9,6 +9,7 @@
 
 mod azure;
 mod binary;
+mod coco_aa;
 mod common;
 mod firmware;
 mod provisioning;
