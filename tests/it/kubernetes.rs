@@ -192,6 +192,86 @@ async fn enclave_configured_by_initdata_serves_and_refuses_another_document() {
     d.stop().await;
 }
 
+/// As in a pod: no `cloister-host`. The enclave reads its initdata document, checks HOST_DATA, gets its key
+/// from the broker, and fetches its sealed model from a plain web server (Python's http.server) holding it
+/// under `store/blobs/<digest>`; a client attests it directly and infers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enclave_without_cloister_host_fetches_from_a_plain_web_server() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let d = deploy(&dir.path().join("run"), &mlp(), "mlp", |o| {
+        o.initdata = true
+    })
+    .await;
+    let (document, host_data) = d.initdata.clone().unwrap();
+    let blobs = dir.path().join("www/store/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::copy(&d.sealed_model, blobs.join(d.model_digest.to_string())).unwrap();
+
+    let mut www = tokio::process::Command::new("python3")
+        .args([
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(dir.path().join("www"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 (http.server)");
+    let mut lines = BufReader::new(www.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().unwrap();
+    // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+    let port = line
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .unwrap_or_else(|| panic!("http.server said {line:?}"))
+        .to_owned();
+
+    let mut enclave = tokio::process::Command::new(bin("cloister-enclave"))
+        .arg("--config-from-initdata")
+        .arg(&document)
+        .args(["--listen", "127.0.0.1:0", "--blobs"])
+        .arg(format!("http://127.0.0.1:{port}/store"))
+        .env("CLOISTER_SIM_HOST_DATA", hex::encode(host_data))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(enclave.stdout.take().unwrap()).lines();
+    let announce = out.next_line().await.unwrap().unwrap();
+    let addr = announce
+        .strip_prefix("cloister-enclave: listening on ")
+        .unwrap_or_else(|| panic!("enclave said {announce:?}"))
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+
+    let trust = cloister_client::session::SessionPolicy::from_file(&d.client_policy).unwrap();
+    let deadline = std::time::Instant::now() + READY;
+    let mut session = loop {
+        if let Ok(mut s) = AttestedSession::connect(&addr, &trust).await {
+            if s.ready().await.unwrap_or(false) {
+                break s;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    session.infer("mlp", &mlp_input(), false).await.unwrap();
+    drop(session);
+    let _ = enclave.kill().await;
+    let _ = www.kill().await;
+    d.stop().await;
+}
+
 /// The manifests rendered from the committed values validate (`deploy/kubernetes/check.py`).
 #[test]
 fn rendered_manifests_validate() {
