@@ -461,6 +461,12 @@ def find_enclave_config(doc: dict) -> tuple[str, dict] | None:
 
 def cross_check(values: Values, doc: dict, path: Path) -> None:
     """What the values repeat from the measured configuration must agree with it."""
+    if "policy.rego" not in doc["data"]:
+        values.warnings.append(
+            f"initdata: {path} has no Kata agent policy (policy.rego): it binds the enclave's configuration "
+            "but not the container image, so the host can run another image under the same HOST_DATA "
+            "(docs/kubernetes.md; cloister initdata --policy-rego)"
+        )
     found = find_enclave_config(doc)
     if found is None:
         values.warnings.append(

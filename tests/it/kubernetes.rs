@@ -57,6 +57,8 @@ fn initdata(config: &Path, out: &Path, algorithm: &str) -> Value {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    // Without an agent policy the image is not bound: said every time.
+    assert!(String::from_utf8_lossy(&run.stderr).contains("WARNING: no Kata agent policy"));
     serde_json::from_slice(&run.stdout).unwrap()
 }
 
@@ -89,6 +91,30 @@ fn initdata_document_annotation_and_host_data() {
         assert_eq!(parsed.algorithm, alg);
         assert_eq!(parsed.config, text);
     }
+    // With an agent policy: carried as "policy.rego", no warning.
+    let rego = dir.path().join("policy.rego");
+    std::fs::write(
+        &rego,
+        "package agent_policy\ndefault ExecProcessRequest := false\n",
+    )
+    .unwrap();
+    let with_policy = Command::new(bin("cloister"))
+        .args(["initdata", "--enclave-config"])
+        .arg(&config)
+        .arg("--policy-rego")
+        .arg(&rego)
+        .arg("--out")
+        .arg(dir.path().join("with-policy.toml"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(with_policy.status.success());
+    assert!(!String::from_utf8_lossy(&with_policy.stderr).contains("WARNING"));
+    let json: Value = serde_json::from_slice(&with_policy.stdout).unwrap();
+    assert_eq!(
+        json["data_keys"],
+        serde_json::json!(["cloister-enclave.toml", "policy.rego"])
+    );
     // An existing output is never overwritten (exit 2), and a configuration that is not TOML is refused.
     let again = Command::new(bin("cloister"))
         .args(["initdata", "--enclave-config"])

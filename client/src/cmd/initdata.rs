@@ -109,6 +109,15 @@ fn write(args: &Args) -> Result<(), Failure> {
     file.write_all(doc.as_bytes())
         .map_err(|e| Failure::usage(format!("cannot write {}: {e}", args.out.display())))?;
 
+    if args.policy_rego.is_none() {
+        // On Kata the container image is not in the launch measurement: only an agent policy inside the
+        // document binds it. Without one, whoever launches pods can run another image under this HOST_DATA.
+        eprintln!(
+            "WARNING: no Kata agent policy (--policy-rego): this document binds the enclave's configuration \
+             but not the container image that reads it; the host can start another image with the same \
+             HOST_DATA, and policies pinning it would accept that pod's evidence (docs/kubernetes.md)."
+        );
+    }
     let written = Written {
         path: args.out.display().to_string(),
         algorithm: doc.algorithm().name(),
