@@ -10,8 +10,12 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(evidence) = parse_sev_json(data) {
-        let again = AttestationReport::from_bytes(&evidence.report).expect("rebuilt report decodes");
-        assert_eq!(again.to_bytes().expect("re-encodes")[..], evidence.report[..]);
+        let again =
+            AttestationReport::from_bytes(&evidence.report).expect("rebuilt report decodes");
+        assert_eq!(
+            again.to_bytes().expect("re-encodes")[..],
+            evidence.report[..]
+        );
     }
     if let Ok(doc) = InitData::parse(data) {
         let _ = doc.snp_host_data();
