@@ -41,8 +41,8 @@ struct Args {
     /// Read the configuration from a Confidential Containers initdata document (its `[data]` entry
     /// "cloister-enclave.toml") instead of --config, and refuse to start unless the document's digest,
     /// fitted to 32 bytes, equals the HOST_DATA of this guest's attestation report: the document may come
-    /// through an untrusted path (a ConfigMap), HOST_DATA is what the launch bound. Without a value: where
-    /// Kata's agent writes it in the guest.
+    /// through an untrusted path (a ConfigMap), HOST_DATA is what the launch bound. Without a value:
+    /// /run/confidential-containers/initdata/initdata.toml, where Kata's agent writes it in the guest.
     #[arg(
         long,
         value_name = "FILE",
@@ -57,7 +57,9 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     listen: String,
 
-    /// The host's blob service, e.g. http://127.0.0.1:7000 (untrusted: every blob is authenticated).
+    /// Where sealed models come from: the host's blob service (http://127.0.0.1:7000) or any HTTP(S) server
+    /// holding them as <URL>/blobs/sha384:<hex> (https://store.example.com/models). Untrusted: every blob is
+    /// authenticated and digest-checked; https is verified against public roots.
     #[arg(long, value_name = "URL")]
     blobs: String,
 

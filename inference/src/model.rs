@@ -249,6 +249,37 @@ impl LoadedModel {
         self.run_prepared(prepared)
     }
 
+    /// Whether [`Self::prepare`] for these inputs would only look things up: the plan (per-shape models)
+    /// and the footprint for their shapes are cached. A caller may then prepare on the thread it is on
+    /// instead of handing the work to an inference thread (a miss can take milliseconds: planning and
+    /// estimating). Inputs that do not name every model input are "not cached": `prepare` reports those.
+    pub fn prepare_is_cached(&self, inputs: &[NamedTensor]) -> bool {
+        let shapes: Option<Vec<Vec<usize>>> = self
+            .inputs
+            .iter()
+            .map(|spec| {
+                inputs
+                    .iter()
+                    .find(|t| t.name == spec.name)
+                    .map(|t| t.shape.clone())
+            })
+            .collect();
+        let Some(shapes) = shapes else {
+            return false;
+        };
+        let planned = match &self.engine {
+            Engine::Symbolic(_) => true,
+            Engine::PerShape(plans) => lock(&plans.cache).get(&shapes).is_some(),
+        };
+        planned
+            && self
+                .footprints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .0
+                .contains_key(&shapes)
+    }
+
     /// Checks one request and computes its cost, without running it. `inputs` come from the attested (but
     /// untrusted) client: each model input exactly once, in any order, with the model's datatype and rank, the
     /// model's size on fixed dimensions, one value per symbol across inputs, and as many elements as the shape

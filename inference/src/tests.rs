@@ -464,6 +464,29 @@ fn magika_plans_per_batch_size_in_a_bounded_cache() {
 }
 
 #[test]
+fn prepare_is_cached_only_after_a_prepare_of_the_same_shapes() {
+    let model = LoadedModel::load(&sample("magika/model.onnx")).unwrap();
+    let input = |batch: usize| {
+        vec![NamedTensor::new(
+            "bytes",
+            vec![batch, 2048],
+            TensorData::Int32(vec![1; batch * 2048]),
+        )]
+    };
+    assert!(!model.prepare_is_cached(&input(2)));
+    model.prepare(input(2), &RunLimits::default()).unwrap();
+    assert!(model.prepare_is_cached(&input(2)));
+    assert!(
+        !model.prepare_is_cached(&input(3)),
+        "another batch: another plan"
+    );
+    assert!(
+        !model.prepare_is_cached(&[]),
+        "missing inputs go to prepare, which names them"
+    );
+}
+
+#[test]
 fn magika_empty_batch() {
     let model = LoadedModel::load(&sample("magika/model.onnx")).unwrap();
     let out = model

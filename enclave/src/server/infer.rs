@@ -175,13 +175,23 @@ pub(super) async fn infer(
         max_tensor_elements: limits.max_tensor_elements,
         max_batch: slot.max_batch(),
     };
-    let prepare_model = Arc::clone(&model);
-    let prepared = enclave
-        .pool()
-        .run(deadline, move || prepare_model.prepare(inputs, &run_limits))
-        .await
-        .map_err(pool_error)?
-        .map_err(inference_error)?;
+    // Shapes seen before prepare by lookups (microseconds): here, without a hand-off to an inference thread
+    // and back; new shapes may plan and estimate for milliseconds: on an inference thread.
+    // A panic is caught here as on the inference threads: the request fails, the enclave goes on.
+    let prepared = if model.prepare_is_cached(&inputs) {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            model.prepare(inputs, &run_limits)
+        }))
+        .map_err(|_| PoolError::Failed)
+    } else {
+        let prepare_model = Arc::clone(&model);
+        enclave
+            .pool()
+            .run(deadline, move || prepare_model.prepare(inputs, &run_limits))
+            .await
+    }
+    .map_err(pool_error)?
+    .map_err(inference_error)?;
     if let Some(hit) = prepared.plan_cached() {
         enclave.metrics().plan(slot.name(), hit);
     }
