@@ -332,19 +332,26 @@ pub(crate) fn run(args: Args) -> ExitCode {
             }
             EXIT_OK
         }
-        Err(failure) => {
-            // The JSON object carries the same reason; the message and the code come from `failure`.
-            let word = match failure {
-                Failure::Refused(_) => "rejected",
-                Failure::Usage(_) => "error",
-            };
-            eprintln!("{word}: {}", failure.message());
-            out.reason = Some(failure.message().to_owned());
-            failure.code()
-        }
+        Err(failure) => failed(&mut out, &failure),
     };
-    if args.json {
-        match serde_json::to_string(&out) {
+    finish(&out, args.json, code)
+}
+
+/// A failed verification (bare or Azure): the reason on stderr and in the JSON object; its exit code.
+pub(crate) fn failed(out: &mut JsonOutcome, failure: &Failure) -> u8 {
+    let word = match failure {
+        Failure::Refused(_) => "rejected",
+        Failure::Usage(_) => "error",
+    };
+    eprintln!("{word}: {}", failure.message());
+    out.reason = Some(failure.message().to_owned());
+    failure.code()
+}
+
+/// Ends `cloister verify`: with `--json`, the one JSON object on stdout whatever the outcome.
+pub(crate) fn finish(out: &JsonOutcome, json: bool, code: u8) -> ExitCode {
+    if json {
+        match serde_json::to_string(out) {
             Ok(s) => println!("{s}"),
             Err(e) => {
                 eprintln!("error: cannot encode JSON: {e}");

@@ -15,8 +15,8 @@ use cloister_attestation::{CertChain, VerifyOptions};
 use cloister_collateral::files as chain_files;
 use serde::Serialize;
 
-use super::verify::{load_with, Args, JsonOutcome};
-use super::{Failure, EXIT_OK, EXIT_USAGE};
+use super::verify::{failed, finish, load_with, Args, JsonOutcome};
+use super::{Failure, EXIT_OK};
 
 /// The `azure` object of `--json`.
 #[derive(Serialize)]
@@ -183,24 +183,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
             }
             EXIT_OK
         }
-        Err(failure) => {
-            let word = match failure {
-                Failure::Refused(_) => "rejected",
-                Failure::Usage(_) => "error",
-            };
-            eprintln!("{word}: {}", failure.message());
-            out.reason = Some(failure.message().to_owned());
-            failure.code()
-        }
+        Err(failure) => failed(&mut out, &failure),
     };
-    if args.json {
-        match serde_json::to_string(&out) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("error: cannot encode JSON: {e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        }
-    }
-    ExitCode::from(code)
+    finish(&out, args.json, code)
 }
