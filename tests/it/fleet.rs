@@ -7,7 +7,8 @@ use tokio::time::{sleep, Duration, Instant};
 
 use crate::e2e::{deploy, mlp, mlp_input, READY};
 
-async fn ready_session(endpoint: &str, trust: &SessionPolicy) -> AttestedSession {
+/// Attests `endpoint` until it says ready (or [`READY`] passes).
+pub(crate) async fn ready_session(endpoint: &str, trust: &SessionPolicy) -> AttestedSession {
     let deadline = Instant::now() + READY;
     loop {
         if let Ok(mut s) = AttestedSession::connect(endpoint, trust).await {

@@ -281,16 +281,7 @@ async fn an_enclave_without_cloister_host_fetches_from_a_plain_web_server() {
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
 
     let trust = cloister_client::session::SessionPolicy::from_file(&d.client_policy).unwrap();
-    let deadline = std::time::Instant::now() + READY;
-    let mut session = loop {
-        if let Ok(mut s) = AttestedSession::connect(&addr, &trust).await {
-            if s.ready().await.unwrap_or(false) {
-                break s;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let mut session = crate::fleet::ready_session(&addr, &trust).await;
     session.infer("mlp", &mlp_input(), false).await.unwrap();
     drop(session);
     let _ = enclave.kill().await;
