@@ -351,8 +351,10 @@ fn verify_inner(
     }
 
     // 3. The policy: the report's fields, then the claims' model and configuration digests.
+    let host_data = genuine.report().host_data;
     let report = genuine.apply_policy(policy)?;
     policy.check_no_tpm()?;
+    policy.check_workload_identity(false, &host_data)?;
     check_claims_policy(claims, policy)?;
     Ok(VerifiedEvidence {
         report,
@@ -426,8 +428,10 @@ fn verify_azure_evidence(
     if let Some(expected) = expected {
         check_session(claims, expected)?;
     }
+    let host_data = genuine.snp.report().host_data;
     let report = genuine.snp.apply_policy(policy)?;
     policy.check_tpm(&genuine.facts)?;
+    policy.check_workload_identity(true, &host_data)?;
     check_claims_policy(claims, policy)?;
     Ok(VerifiedEvidence {
         report,

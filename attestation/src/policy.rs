@@ -34,9 +34,11 @@ use crate::snp::Product;
 
 mod tpm;
 mod values;
+mod workload;
 
 pub use tpm::{PcrBank, TpmPolicy};
 pub use values::{DurationText, HexBytes, ModelDigestPin, ProductName, VersionPin};
+pub use workload::{NoWorkloadPin, WorkloadIdentity, WORKLOAD_PINS};
 
 /// A failed policy check: which field, what the policy expected, what the report holds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -192,9 +194,17 @@ pub struct Policy {
     /// the `config_digest` of its claims). Where the launch measurement does not cover the configuration
     /// (cloud firmware-only measurements), this is how the configuration is pinned.
     pub config_digests: Option<BTreeSet<ModelDigestPin>>,
-    /// Accept evidence from any workload: a policy that pins no workload identity (`measurements`,
-    /// `id_key_digests`, `author_key_digests` or `tpm.pcrs`; `host_data` is chosen by the host, so it does not count) is refused by the key broker and by client
-    /// sessions unless this is true, and then a warning is printed at every start.
+    /// What identifies the workload on the platform this policy is for: `"measurement"` (bare SNP where
+    /// MEASUREMENT covers the code), `"initdata"` (Kata / Confidential Containers: MEASUREMENT is the pod
+    /// VM's, shared by every pod of the runtime class; HOST_DATA binds the workload) or `"tpm"` (Azure CVM:
+    /// MEASUREMENT is the paravisor's, shared by every Azure CVM; the PCRs bind the workload). Required by the
+    /// key broker and by everything that trusts answers ([`Policy::require_workload_pin`]): the same
+    /// `measurements` pin identifies code on one platform and nobody in particular on another, so the policy
+    /// must say which it means.
+    pub workload_identity: Option<WorkloadIdentity>,
+    /// Accept evidence from any workload: a policy that pins no workload identity (see
+    /// [`Policy::require_workload_pin`]) is refused by the key broker, client sessions and the offline
+    /// verifiers unless this is true, and then a warning is printed at every start.
     #[serde(default)]
     pub allow_any_workload: bool,
     /// Path of a simulated ARK to trust (simulated platform only). Absent: simulated evidence is rejected.
@@ -216,28 +226,6 @@ pub struct Policy {
 
 /// The default `crl_max_staleness`: 7 days past nextUpdate.
 pub const DEFAULT_CRL_MAX_STALENESS_SECS: i64 = 7 * 24 * 3600;
-
-/// The policy fields that pin a workload identity (what code runs), in the order messages list them.
-///
-/// `host_data` is not one: the host chooses HOST_DATA when it launches the guest, so a policy pinning only it
-/// would accept any image the host launches with that value. It binds configuration *beside* a pin of the
-/// code (in Cloister's SNP flow it is the enclave configuration's digest).
-/// On Azure, `tpm.pcrs` is the workload's identity (MEASUREMENT is the paravisor's).
-pub const WORKLOAD_PINS: [&str; 4] = [
-    "measurements",
-    "id_key_digests",
-    "author_key_digests",
-    "tpm.pcrs",
-];
-
-/// A policy that would release keys or data to any workload.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the policy pins no workload identity: set one of {} (or `allow_any_workload = true` to accept any code, \
-     which releases keys and data to whatever runs on a genuine AMD platform)",
-    WORKLOAD_PINS.join(", ")
-)]
-pub struct NoWorkloadPin;
 
 fn violation(
     field: &'static str,
@@ -605,28 +593,6 @@ impl Policy {
                 ModelDigestPin(*digest),
             )),
             _ => Ok(()),
-        }
-    }
-
-    /// Whether the policy pins a workload identity ([`WORKLOAD_PINS`]).
-    pub fn pins_workload(&self) -> bool {
-        self.measurements.as_ref().is_some_and(|s| !s.is_empty())
-            || self.id_key_digests.as_ref().is_some_and(|s| !s.is_empty())
-            || self
-                .author_key_digests
-                .as_ref()
-                .is_some_and(|s| !s.is_empty())
-            || self.tpm.as_ref().is_some_and(TpmPolicy::pins_pcrs)
-    }
-
-    /// For code that releases keys or data: the policy must pin a workload identity, or say explicitly
-    /// (`allow_any_workload = true`) that any code will do. Returns whether the escape hatch is in use, so
-    /// that the caller can print its warning.
-    pub fn require_workload_pin(&self) -> Result<bool, NoWorkloadPin> {
-        match (self.pins_workload(), self.allow_any_workload) {
-            (true, _) => Ok(false),
-            (false, true) => Ok(true),
-            (false, false) => Err(NoWorkloadPin),
         }
     }
 

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use cloister_attestation::policy::WorkloadIdentity;
 use cloister_attestation::sim::{simulated_launch_measurement, SimConfig, SimPlatform};
 use cloister_attestation::snp::Product;
 use cloister_models::{Keystore, ModelDigest, ModelKey, DEFAULT_CHUNK_SIZE};
@@ -95,6 +96,10 @@ pub struct DeploymentOptions {
     /// Kubernetes: the launch measures the enclave alone, HOST_DATA is the document's digest, and both
     /// policies pin `host_data`.
     pub initdata: bool,
+    /// The policies' `workload_identity`; `None`: `initdata` with [`DeploymentOptions::initdata`], else
+    /// `measurement` (the simulated launch measures the enclave and, without initdata, its configuration).
+    /// The simulated Azure CVM sets `Tpm` (with a `[tpm]` pin in `policy_extra`).
+    pub workload_identity: Option<WorkloadIdentity>,
 }
 
 /// How the host of a [`Deployment`] launches the enclave.
@@ -152,6 +157,7 @@ impl DeploymentOptions {
             model_config_extra: String::new(),
             client_identity: None,
             initdata: false,
+            workload_identity: None,
         })
     }
 }
@@ -384,6 +390,11 @@ impl Deployment {
             .as_ref()
             .map(|(_, h)| format!("host_data = \"{}\"\n", hex::encode(h)))
             .unwrap_or_default();
+        let identity = options.workload_identity.unwrap_or(if initdata.is_some() {
+            WorkloadIdentity::Initdata
+        } else {
+            WorkloadIdentity::Measurement
+        });
 
         // The owner's policy: this measurement, this model, the simulated root.
         let owner_measurement = options.owner_measurement_override.unwrap_or(measurement);
@@ -392,6 +403,7 @@ impl Deployment {
             &owner_policy,
             &format!(
                 "# Model owner: release the key only to this enclave build and configuration.\n\
+                 workload_identity = \"{identity}\"\n\
                  measurements = [\"{}\"]\n\
                  model_digests = [\"{model_digest}\"]\n\
                  vmpls = [0]\n\
@@ -427,6 +439,7 @@ impl Deployment {
             &client_policy,
             &format!(
                 "# Client: send inputs only to this enclave build, serving this model.\n\
+                 workload_identity = \"{identity}\"\n\
                  measurements = [\"{}\"]\n\
                  model_digests = [\"{model_digest}\"]\n\
                  simulated_root = \"{}\"\n{host_data_pin}{}",

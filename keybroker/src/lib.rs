@@ -108,6 +108,22 @@ pub enum Error {
     /// The system RNG failed.
     #[error("the system random number generator failed")]
     Rng,
+    /// `[models."sha384:…"]` names a model whose key the keystore does not hold (a typo would leave the
+    /// intended model under the default policy).
+    #[error(
+        "[models.\"{digest}\"] (policy {}): the keystore {} holds no key for this model; a mistyped \
+         digest would leave the intended model under the default policy",
+        policy.display(),
+        keystore.display()
+    )]
+    ModelPolicyWithoutKey {
+        /// The digest the configuration names.
+        digest: String,
+        /// Its policy file.
+        policy: PathBuf,
+        /// The keystore directory.
+        keystore: PathBuf,
+    },
     /// The owner's policy pins no workload identity: the broker would release keys to any code.
     #[error("{path}: {source}")]
     NoWorkloadPin {

@@ -87,6 +87,26 @@ impl KeyBroker {
         }
         let simulated_root = policy.simulated_root.clone();
         let keystore = Keystore::open(&config.keystore).map_err(Error::Keystore)?;
+        // A per-model policy for a digest the keystore holds no key for decides nothing, and the model it was
+        // meant for (a typo away) would be decided by the default policy: residency silently lost. Refuse.
+        if !config.model_policies.is_empty() {
+            let held: std::collections::HashSet<_> = keystore
+                .list()
+                .map_err(Error::Keystore)?
+                .into_iter()
+                .collect();
+            if let Some((digest, path)) = config
+                .model_policies
+                .iter()
+                .find(|(digest, _)| !held.contains(digest))
+            {
+                return Err(Error::ModelPolicyWithoutKey {
+                    digest: digest.to_string(),
+                    policy: path.clone(),
+                    keystore: config.keystore.clone(),
+                });
+            }
+        }
         let (cert, key) = load_tls_identity(&config.tls_certificate, &config.tls_key)?;
         let cert_sha256 = certificate_sha256(cert.as_ref());
         let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -4,6 +4,7 @@
 //! pinned value, and the client attests the same way before it sends an input. Skipped loudly without
 //! swtpm; a failure under CLOISTER_REQUIRE_ALL_TESTS=1 (CI).
 
+use cloister_attestation::policy::WorkloadIdentity;
 use cloister_client::session::{AttestedSession, SessionError, SessionPolicy};
 use cloister_enclave::firmware::azure::swtpm::Swtpm;
 
@@ -48,6 +49,7 @@ async fn enclave_on_a_simulated_azure_cvm_releases_keys_and_serves_by_vtpm_evide
         o.enclave_firmware = Some(firmware);
         o.policy_extra =
             format!("\n[tpm]\npcrs = {{ 11 = \"{pcr11}\" }}\nrequire_secure_boot = true\n");
+        o.workload_identity = Some(WorkloadIdentity::Tpm);
     })
     .await;
     // Ready means the broker released the key to vTPM evidence; the client attests the same way.
@@ -73,5 +75,20 @@ async fn enclave_on_a_simulated_azure_cvm_releases_keys_and_serves_by_vtpm_evide
         .expect_err("refused");
     assert!(matches!(err, SessionError::Attestation(_)), "{err}");
     assert!(err.to_string().contains("pcr_policy"), "{err}");
+
+    // Issue 21, item 1: the paravisor's measurement is the same on every Azure CVM. A policy that pins only
+    // it is refused before connecting, and one that calls it a bare-SNP measurement refuses vTPM evidence.
+    let mut trust = SessionPolicy::from_file(&d.client_policy).unwrap();
+    trust.policy.tpm = None;
+    let err = AttestedSession::connect(&d.endpoint, &trust)
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, SessionError::NoWorkloadPin(_)), "{err}");
+    assert!(err.to_string().contains("tpm.pcrs"), "{err}");
+    trust.policy.workload_identity = Some(WorkloadIdentity::Measurement);
+    let err = AttestedSession::connect(&d.endpoint, &trust)
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("workload_identity"), "{err}");
     d.stop().await;
 }

@@ -259,7 +259,7 @@ async fn the_client_requires_a_workload_pin_and_checks_the_config_digest() {
     let out = run(&unpinned).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("pins no workload identity"), "{stderr}");
+    assert!(stderr.contains("workload_identity: not set"), "{stderr}");
     assert!(out.stdout.is_empty());
 
     let any = policy("any.toml", "allow_any_workload = true\n".into());
@@ -280,7 +280,7 @@ async fn the_client_requires_a_workload_pin_and_checks_the_config_digest() {
     let right = policy(
         "right.toml",
         format!(
-            "measurements = [\"{measurement}\"]\nconfig_digests = [\"sha384:{config_digest}\"]\n"
+            "workload_identity = \"measurement\"\nmeasurements = [\"{measurement}\"]\nconfig_digests = [\"sha384:{config_digest}\"]\n"
         ),
     );
     let out = run(&right).await;
@@ -293,7 +293,7 @@ async fn the_client_requires_a_workload_pin_and_checks_the_config_digest() {
     let wrong = policy(
         "wrong.toml",
         format!(
-            "measurements = [\"{measurement}\"]\nconfig_digests = [\"sha384:{}\"]\n",
+            "workload_identity = \"measurement\"\nmeasurements = [\"{measurement}\"]\nconfig_digests = [\"sha384:{}\"]\n",
             "00".repeat(48)
         ),
     );

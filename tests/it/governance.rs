@@ -252,6 +252,30 @@ async fn receipts_budgets_client_certificates_hardening_audit_and_metrics() {
     let (code, out, _) = verify(&r4, &req, &resp);
     assert_eq!(code, 1, "{out}");
 
+    // Issue 21, item 2: a receipt is only as good as the policy its evidence is checked against. Under a
+    // policy that pins no workload, any code on a genuine AMD platform could attest a key and sign a
+    // receipt for a made-up answer: `receipt verify` refuses such a policy (it verified before).
+    let unpinned = dir.path().join("unpinned-policy.toml");
+    std::fs::write(
+        &unpinned,
+        format!(
+            "simulated_root = \"{}\"\n",
+            work.join("sim/certs/ark.pem").display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run_s(&[
+        "receipt",
+        "verify",
+        "--receipt",
+        p(&r1),
+        "--policy",
+        p(&unpinned),
+        "--json",
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("workload_identity: not set"), "{out}");
+
     // --- Client certificates: none, or one not pinned, cannot connect.
     let trust = SessionPolicy::from_file(&d.client_policy).unwrap();
     assert!(AttestedSession::connect(&d.endpoint, &trust).await.is_err());
@@ -345,11 +369,32 @@ async fn receipts_budgets_client_certificates_hardening_audit_and_metrics() {
             p(log),
             "--evidence",
             p(&r1),
+            "--policy",
+            &policy,
             "--sim-root",
             p(&sim_root),
             "--json",
         ])
     };
+    // Issue 21, item 2: no default policy (it was the baseline, which pins no workload), and an unpinned
+    // one is refused, as for receipts.
+    for policy_args in [&[][..], &["--policy", p(&unpinned)][..]] {
+        let mut args = vec![
+            "audit",
+            "verify",
+            "--log",
+            p(&audit),
+            "--evidence",
+            p(&r1),
+            "--sim-root",
+            p(&sim_root),
+            "--json",
+        ];
+        args.extend_from_slice(policy_args);
+        let (code, out, err) = run_s(&args);
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(out.contains("policy"), "{out}");
+    }
     let (code, out, err) = audit_verify(&audit);
     assert_eq!(code, 0, "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();

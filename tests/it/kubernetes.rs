@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use base64::Engine;
-use cloister_client::session::AttestedSession;
+use cloister_attestation::policy::WorkloadIdentity;
+use cloister_client::session::{AttestedSession, SessionError};
 use ring::digest::{digest, SHA256, SHA384};
 use serde_json::Value;
 
@@ -215,6 +216,23 @@ async fn enclave_configured_by_initdata_serves_and_refuses_another_document() {
     };
     let e = e.to_string();
     assert!(e.contains("host_data"), "{e}");
+
+    // Issue 21, item 1: the pod VM's measurement is shared by every pod of its runtime class. A policy that
+    // pins only it is refused before connecting under `workload_identity = "initdata"`, and under
+    // `"measurement"` the report's non-zero HOST_DATA (the launcher bound data there) must be pinned.
+    let mut trust = cloister_client::session::SessionPolicy::from_file(&d.client_policy).unwrap();
+    trust.policy.host_data = None;
+    let Err(e) = AttestedSession::connect(&d.endpoint, &trust).await else {
+        panic!("the pod VM's measurement alone was accepted");
+    };
+    assert!(matches!(e, SessionError::NoWorkloadPin(_)), "{e}");
+    assert!(e.to_string().contains("pin host_data"), "{e}");
+    trust.policy.workload_identity = Some(WorkloadIdentity::Measurement);
+    let Err(e) = AttestedSession::connect(&d.endpoint, &trust).await else {
+        panic!("a measurement policy accepted a report whose HOST_DATA it does not pin");
+    };
+    let e = e.to_string();
+    assert!(e.contains("host_data: expected a host_data pin"), "{e}");
     d.stop().await;
 }
 

@@ -131,20 +131,104 @@ fn config_digests_and_workload_pins() {
     assert!(p.require_workload_pin().is_err());
     let pinned = |text: &str| Policy::from_toml(text).unwrap().require_workload_pin();
     let m = "00".repeat(48);
-    assert_eq!(pinned(&format!("measurements = [\"{m}\"]")), Ok(false));
-    assert_eq!(pinned(&format!("id_key_digests = [\"{m}\"]")), Ok(false));
+    let hd = format!("host_data = \"{}\"", "00".repeat(32));
+    let ident = |i: &str, rest: &str| format!("workload_identity = \"{i}\"\n{rest}");
+    for pin in ["measurements", "id_key_digests", "author_key_digests"] {
+        let text = ident("measurement", &format!("{pin} = [\"{m}\"]"));
+        assert_eq!(pinned(&text), Ok(false), "{text}");
+    }
+    // Undeclared: the same pin means a workload on one platform and nobody in particular on another.
     assert_eq!(
-        pinned(&format!("author_key_digests = [\"{m}\"]")),
-        Ok(false)
+        pinned(&format!("measurements = [\"{m}\"]")),
+        Err(NoWorkloadPin::Undeclared)
     );
     // HOST_DATA is the host's choice: pinning it alone would accept any code launched with that value.
-    assert_eq!(
-        pinned(&format!("host_data = \"{}\"", "00".repeat(32))),
-        Err(NoWorkloadPin)
-    );
-    assert_eq!(pinned("measurements = []"), Err(NoWorkloadPin));
+    assert!(matches!(
+        pinned(&ident("measurement", &hd)),
+        Err(NoWorkloadPin::Missing { .. })
+    ));
+    assert!(pinned(&ident("measurement", "measurements = []")).is_err());
     assert_eq!(pinned("allow_any_workload = true"), Ok(true));
-    assert_eq!(pinned(""), Err(NoWorkloadPin));
+    assert_eq!(pinned(""), Err(NoWorkloadPin::Undeclared));
+}
+
+/// Issue 21, item 1: a platform's shared measurement is not a workload pin. On Azure MEASUREMENT is the
+/// paravisor's (the same on every Azure CVM), on Kata the pod VM's (the same for every pod of a runtime
+/// class): policies for them must pin the PCRs, or HOST_DATA, and say so.
+#[test]
+fn platform_only_pins_are_not_workload_pins() {
+    let pinned = |text: &str| Policy::from_toml(text).unwrap().require_workload_pin();
+    let m = format!("measurements = [\"{}\"]", "11".repeat(48));
+    let hd = format!("host_data = \"{}\"", "22".repeat(32));
+    let pcrs = format!("[tpm]\npcrs = {{ 11 = \"{}\" }}", "33".repeat(32));
+    let missing = |r: Result<bool, NoWorkloadPin>| match r {
+        Err(NoWorkloadPin::Missing { missing, .. }) => missing,
+        other => panic!("expected a missing pin, got {other:?}"),
+    };
+    // Azure: the paravisor's measurement alone.
+    let azure_measurement_only = format!("workload_identity = \"tpm\"\n{m}");
+    assert!(missing(pinned(&azure_measurement_only)).contains("tpm.pcrs"));
+    assert_eq!(
+        pinned(&format!("workload_identity = \"tpm\"\n{m}\n{pcrs}")),
+        Ok(false)
+    );
+    // CoCo: the pod VM's measurement alone, and HOST_DATA alone.
+    let coco_measurement_only = format!("workload_identity = \"initdata\"\n{m}");
+    assert!(missing(pinned(&coco_measurement_only)).contains("host_data"));
+    let coco_host_data_only = format!("workload_identity = \"initdata\"\n{hd}");
+    assert!(missing(pinned(&coco_host_data_only)).contains("measurements"));
+    assert_eq!(
+        pinned(&format!("workload_identity = \"initdata\"\n{m}\n{hd}")),
+        Ok(false)
+    );
+    // The message names the missing pin and the escape hatch.
+    let text = pinned(&coco_measurement_only).unwrap_err().to_string();
+    assert!(
+        text.starts_with("workload_identity = \"initdata\": pin host_data"),
+        "{text}"
+    );
+    assert!(text.contains("allow_any_workload"), "{text}");
+    assert!(Policy::from_toml("workload_identity = \"pcr\"").is_err());
+}
+
+/// Issue 21, item 1, at verification: evidence of another kind than the policy declares is refused, and a
+/// report whose HOST_DATA carries something is refused under a measurement policy that does not pin it.
+#[test]
+fn evidence_must_be_of_the_declared_kind() {
+    let p = |text: &str| Policy::from_toml(text).unwrap();
+    let zero = [0u8; 32];
+    let initdata = [0x22u8; 32];
+    let measurement = p("workload_identity = \"measurement\"");
+    measurement.check_workload_identity(false, &zero).unwrap();
+    assert_eq!(
+        measurement
+            .check_workload_identity(true, &zero)
+            .unwrap_err()
+            .field,
+        "workload_identity"
+    );
+    let v = measurement
+        .check_workload_identity(false, &initdata)
+        .unwrap_err();
+    assert_eq!(v.field, "host_data");
+    assert_eq!(v.found, "22".repeat(32));
+    p(&format!(
+        "workload_identity = \"measurement\"\nhost_data = \"{}\"",
+        "22".repeat(32)
+    ))
+    .check_workload_identity(false, &initdata)
+    .unwrap();
+    let tpm = p("workload_identity = \"tpm\"");
+    tpm.check_workload_identity(true, &zero).unwrap();
+    assert_eq!(
+        tpm.check_workload_identity(false, &zero).unwrap_err().field,
+        "workload_identity"
+    );
+    let coco = p("workload_identity = \"initdata\"");
+    coco.check_workload_identity(false, &initdata).unwrap();
+    assert!(coco.check_workload_identity(true, &initdata).is_err());
+    // Undeclared: nothing to check here (the callers that release keys refuse such a policy at start).
+    p("").check_workload_identity(true, &initdata).unwrap();
 }
 
 #[test]

@@ -34,9 +34,9 @@ pub(crate) fn now_unix() -> i64 {
 /// workload (`allow_any_workload = true`).
 pub(crate) fn warn_any_workload(policy: &std::path::Path) {
     eprintln!(
-        "WARNING: {} sets allow_any_workload = true and pins no workload identity (measurements, \
-         id_key_digests, author_key_digests, host_data): keys and data go to ANY code that runs on a \
-         genuine AMD SEV-SNP platform.",
+        "WARNING: {} sets allow_any_workload = true and does not pin the workload as its \
+         workload_identity requires: keys and data go to ANY code that runs on a genuine AMD SEV-SNP \
+         platform.",
         policy.display()
     );
 }

@@ -35,7 +35,9 @@ enum ReceiptWhat {
         /// The receipt file (from `cloister infer --receipt`).
         #[arg(long, value_name = "FILE")]
         receipt: PathBuf,
-        /// The policy the evidence must satisfy (TOML, as for `cloister verify`).
+        /// The policy the evidence must satisfy (TOML, as for `cloister verify`). It must pin the workload
+        /// (`workload_identity` and its pins, or `allow_any_workload = true`): a receipt from evidence that
+        /// any code on a genuine AMD platform could produce proves nothing about the answer.
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
         /// The v2 request body (JSON) the receipt must name.
@@ -74,7 +76,8 @@ enum AuditWhat {
         /// The enclave's evidence: a receipt file, or raw evidence bytes.
         #[arg(long, value_name = "FILE")]
         evidence: PathBuf,
-        /// The policy the evidence must satisfy [default: the baseline].
+        /// The policy the evidence must satisfy (required; it must pin the workload, as for `cloister
+        /// receipt verify`: a log signed by a key that any code could have attested proves nothing).
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
         /// Trust this simulated ARK (simulated platform; development only).
@@ -98,10 +101,21 @@ fn trust(
     ),
     Failure,
 > {
-    let policy = match policy {
-        Some(p) => chain_files::read_policy(p)?,
-        None => Policy::baseline(),
-    };
+    // A record is only as good as the evidence of the key that signed it: under a policy that pins no
+    // workload, any code on a genuine AMD platform could have attested a key and signed a receipt for a
+    // made-up answer, or a log of made-up requests. Same rule as the key broker and client sessions.
+    let path = policy.ok_or_else(|| {
+        Failure::Usage(
+            "--policy FILE is required: the evidence must satisfy a policy that pins the workload"
+                .into(),
+        )
+    })?;
+    let policy = chain_files::read_policy(path)?;
+    match policy.require_workload_pin() {
+        Ok(false) => {}
+        Ok(true) => super::warn_any_workload(path),
+        Err(e) => return Err(Failure::Usage(format!("{}: {e}", path.display()))),
+    }
     let (policy_root, crls) = chain_files::read_policy_files(&policy)?;
     let root = match sim_root {
         Some(p) => Some(chain_files::read_certificate(p)?),

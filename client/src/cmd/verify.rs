@@ -96,6 +96,9 @@ pub(crate) struct JsonOutcome {
     /// Azure evidence only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) azure: Option<super::verify_azure::AzureJson>,
+    /// What the verdict does not cover (e.g. a policy that pins no workload); also on stderr.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Prints the `--json` object for a command line that did not parse (exit code 2 follows).
@@ -108,6 +111,7 @@ pub(crate) fn print_usage_error_json(reason: &str) {
         simulated: false,
         report: None,
         azure: None,
+        warnings: Vec::new(),
     };
     if let Ok(s) = serde_json::to_string(&out) {
         println!("{s}");
@@ -122,6 +126,30 @@ pub(crate) struct Inputs {
     pub(crate) at_unix: i64,
     pub(crate) crls: Vec<cloister_attestation::snp::crl::AmdCrl>,
     pub(crate) sim_root: Option<AmdCertificate>,
+    /// Printed on stderr already; for the JSON object.
+    pub(crate) warnings: Vec<String>,
+}
+
+/// `cloister verify` answers "is this genuine, and does the policy hold" for any policy, but a verdict under
+/// a policy that does not pin the workload says nothing about which code ran: say so (issue 21, item 1).
+fn workload_warnings(args: &Args, policy: &Policy) -> Vec<String> {
+    let warning = match (&args.policy, policy.require_workload_pin()) {
+        (_, Ok(false)) => return Vec::new(),
+        (Some(p), Ok(true)) => format!(
+            "{} sets allow_any_workload = true: the verdict does not say which code ran",
+            p.display()
+        ),
+        (Some(p), Err(e)) => format!(
+            "{}: {e} — the key broker, client sessions and the receipt and audit verifiers refuse this \
+             policy; this verdict does not say which code ran",
+            p.display()
+        ),
+        (None, _) => "no --policy: only genuineness and the baseline were checked; the verdict does not \
+                      say which code ran"
+            .to_owned(),
+    };
+    eprintln!("warning: {warning}");
+    vec![warning]
 }
 
 fn load(args: &Args) -> Result<Inputs, Failure> {
@@ -189,9 +217,11 @@ pub(crate) fn load_with(
             sim_root.as_ref(),
         )?;
     }
+    let warnings = workload_warnings(args, &policy);
     Ok(Inputs {
         raw_report,
         chain,
+        warnings,
         policy,
         at_unix,
         crls,
@@ -285,6 +315,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         simulated: false,
         report: None,
         azure: None,
+        warnings: Vec::new(),
     };
     let result = load(&args).and_then(|inputs| {
         // Fill in what can be shown even if verification fails: the decoded report is display-only.
@@ -298,7 +329,13 @@ pub(crate) fn run(args: Args) -> ExitCode {
             crls: &inputs.crls,
             simulated_root: inputs.sim_root.as_ref(),
         };
-        verify(&inputs.raw_report, &inputs.chain, &inputs.policy, &options).map_err(Failure::from)
+        out.warnings.clone_from(&inputs.warnings);
+        let verified = verify(&inputs.raw_report, &inputs.chain, &inputs.policy, &options)?;
+        inputs
+            .policy
+            .check_workload_identity(false, &verified.report().host_data)
+            .map_err(|v| Failure::from(cloister_attestation::Error::from(v)))?;
+        Ok(verified)
     });
     let code = match result {
         Ok(verified) => {

@@ -104,6 +104,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
         simulated: false,
         report: None,
         azure: None,
+        warnings: Vec::new(),
     };
     let result = (|| {
         let evidence = read_evidence(args)?;
@@ -122,14 +123,19 @@ pub(crate) fn run(args: &Args) -> ExitCode {
             crls: &inputs.crls,
             simulated_root: inputs.sim_root.as_ref(),
         };
-        verify_azure(
+        out.warnings.clone_from(&inputs.warnings);
+        let verified = verify_azure(
             &evidence,
             &inputs.chain,
             &inputs.policy,
             &options,
             expected.as_deref(),
-        )
-        .map_err(Failure::from)
+        )?;
+        inputs
+            .policy
+            .check_workload_identity(true, &verified.report().report().host_data)
+            .map_err(|v| Failure::from(cloister_attestation::Error::from(v)))?;
+        Ok(verified)
     })();
     let code = match result {
         Ok(verified) => {

@@ -176,3 +176,72 @@ fn the_hcl_report_with_its_quote_and_chain_verifies_and_each_negative_fails_for_
     ]);
     assert_eq!(code, 2);
 }
+
+/// Issue 21, item 1: the paravisor's MEASUREMENT is the same on every Azure CVM. `cloister verify` with a
+/// policy that pins only it (the real one, from Trustee's evidence) verifies — the report is genuine — but
+/// warns that the verdict says nothing about which code ran; a policy that calls it a bare-SNP measurement
+/// (`workload_identity = "measurement"`) refuses vTPM evidence; `"tpm"` with a PCR pin verifies, no warning.
+#[test]
+fn the_paravisors_measurement_alone_is_not_a_workload_pin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = dir().join("evidence-v1.json");
+    let verify = |policy_text: String| {
+        let policy = tmp.path().join("policy.toml");
+        std::fs::write(&policy, policy_text).unwrap();
+        run(&[
+            "verify",
+            "--azure-evidence",
+            file.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+            "--at",
+            "2025-03-01T00:00:00Z",
+            "--json",
+        ])
+    };
+    let (code, v, _) = run(&[
+        "verify",
+        "--azure-evidence",
+        file.to_str().unwrap(),
+        "--at",
+        "2025-03-01T00:00:00Z",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let measurement = v["report"]["measurement"].as_str().unwrap().to_owned();
+    let pcr0 = v["azure"]["pcrs"]["0"].as_str().unwrap().to_owned();
+    assert!(
+        v["warnings"][0].as_str().unwrap().contains("no --policy"),
+        "{v}"
+    );
+
+    let (code, v, out) = verify(format!("measurements = [\"{measurement}\"]\n"));
+    assert_eq!(code, 0, "{out}");
+    let warning = v["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("workload_identity: not set"), "{v}");
+    assert!(out.contains("warning: "), "{out}");
+
+    let (code, v, out) = verify(format!(
+        "workload_identity = \"tpm\"\nmeasurements = [\"{measurement}\"]\n"
+    ));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        v["warnings"][0].as_str().unwrap().contains("pin tpm.pcrs"),
+        "{v}"
+    );
+
+    let (code, v, _) = verify(format!(
+        "workload_identity = \"measurement\"\nmeasurements = [\"{measurement}\"]\n"
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        v["reason"].as_str().unwrap().contains("workload_identity"),
+        "{v}"
+    );
+
+    let (code, v, out) = verify(format!(
+        "workload_identity = \"tpm\"\nmeasurements = [\"{measurement}\"]\n[tpm]\npcrs = {{ 0 = \"{pcr0}\" }}\n"
+    ));
+    assert_eq!(code, 0, "{out}");
+    assert!(v.get("warnings").is_none(), "{v}");
+}

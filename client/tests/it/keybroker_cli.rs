@@ -26,7 +26,10 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
     }
     std::fs::write(
         dir.join("owner-policy.toml"),
-        format!("measurements = [\"{}\"]\n", hex::encode(MEASUREMENT)),
+        format!(
+            "workload_identity = \"measurement\"\nmeasurements = [\"{}\"]\n",
+            hex::encode(MEASUREMENT)
+        ),
     )
     .unwrap();
     let config = dir.join("broker.toml");
@@ -202,7 +205,7 @@ fn the_command_rejects_bad_configurations() {
     assert_eq!(o.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
-        stderr.contains("pins no workload identity") && stderr.contains("measurements"),
+        stderr.contains("workload_identity: not set") && stderr.contains("measurements"),
         "{stderr}"
     );
 

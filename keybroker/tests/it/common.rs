@@ -120,7 +120,7 @@ pub(crate) fn owner(policy: &str) -> Owner {
 /// The owner's policy trusting the simulated root and pinning `measurement`.
 pub(crate) fn sim_policy(measurement: &[u8; 48], extra: &str) -> String {
     format!(
-        "measurements = [\"{}\"]\nsimulated_root = \"{}\"\n{extra}",
+        "workload_identity = \"measurement\"\nmeasurements = [\"{}\"]\nsimulated_root = \"{}\"\n{extra}",
         hex::encode(measurement),
         sim_root_path().display()
     )

@@ -292,10 +292,8 @@ fn a_policy_without_a_workload_pin_is_refused_at_start() {
     let err = KeyBroker::new(owner.config.clone())
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("measurements, id_key_digests, author_key_digests, tpm.pcrs (or"),
-        "{err}"
-    );
+    assert!(err.contains("workload_identity: not set"), "{err}");
+    assert!(err.contains("allow_any_workload"), "{err}");
     std::fs::write(
         &owner.config.policy,
         format!(
@@ -306,4 +304,49 @@ fn a_policy_without_a_workload_pin_is_refused_at_start() {
     .unwrap();
     let broker = KeyBroker::new(owner.config).unwrap();
     assert!(broker.accepts_any_workload());
+}
+
+/// Issue 21, item 1: a platform's shared measurement is not a workload pin. The Azure paravisor's
+/// measurement alone (the same on every Azure CVM), a Kata pod VM's alone (the same for every pod of a
+/// runtime class), or a measurement with no word on which platform it is for: the broker refuses to start,
+/// naming the missing pin.
+#[test]
+fn platform_only_pins_do_not_start_the_broker() {
+    let m = format!("measurements = [\"{}\"]\n", "11".repeat(48));
+    let root = format!("simulated_root = \"{}\"\n", sim_root_path().display());
+    let owner = owner(&root);
+    let refused = |policy: String| {
+        std::fs::write(&owner.config.policy, policy).unwrap();
+        KeyBroker::new(owner.config.clone())
+            .unwrap_err()
+            .to_string()
+    };
+    let err = refused(format!("workload_identity = \"tpm\"\n{m}{root}"));
+    assert!(
+        err.contains("workload_identity = \"tpm\": pin tpm.pcrs"),
+        "{err}"
+    );
+    let err = refused(format!("workload_identity = \"initdata\"\n{m}{root}"));
+    assert!(
+        err.contains("workload_identity = \"initdata\": pin host_data"),
+        "{err}"
+    );
+    let err = refused(format!("{m}{root}"));
+    assert!(err.contains("workload_identity: not set"), "{err}");
+    // Pinned as the platform requires: it starts.
+    for good in [
+        format!("workload_identity = \"measurement\"\n{m}{root}"),
+        format!(
+            "workload_identity = \"initdata\"\n{m}host_data = \"{}\"\n{root}",
+            "22".repeat(32)
+        ),
+        format!(
+            "workload_identity = \"tpm\"\n{m}{root}[tpm]\npcrs = {{ 11 = \"{}\" }}\n",
+            "33".repeat(32)
+        ),
+    ] {
+        std::fs::write(&owner.config.policy, &good).unwrap();
+        let broker = KeyBroker::new(owner.config.clone()).unwrap_or_else(|e| panic!("{good}: {e}"));
+        assert!(!broker.accepts_any_workload());
+    }
 }

@@ -68,3 +68,29 @@ async fn each_model_is_released_only_to_the_chips_its_policy_approves() {
     }
     broker.stop().await;
 }
+
+/// Issue 21, item 8: a `[models."sha384:…"]` entry whose digest has no key in the keystore (a typo) used to
+/// be accepted, leaving the intended model under the default policy. The broker refuses to start, naming the
+/// digest and the policy file.
+#[test]
+fn a_model_policy_for_a_digest_without_a_key_does_not_start_the_broker() {
+    let owner = owner(&sim_policy(&MEASUREMENT, ""));
+    let dir = owner.config.policy.parent().unwrap().to_path_buf();
+    let strict = dir.join("eu.toml");
+    std::fs::write(&strict, sim_policy(&MEASUREMENT, "chip_ids = []\n")).unwrap();
+    let mut typo = *owner.digest.as_bytes();
+    typo[47] ^= 1;
+    let typo = cloister_models::ModelDigest::from_bytes(typo);
+    let mut config = owner.config.clone();
+    config.model_policies = vec![(typo, strict.clone())];
+    let err = cloister_keybroker::KeyBroker::new(config)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&typo.to_string()), "{err}");
+    assert!(err.contains("holds no key for this model"), "{err}");
+    assert!(err.contains("eu.toml"), "{err}");
+    // The digest as it should be: starts.
+    let mut config = owner.config.clone();
+    config.model_policies = vec![(owner.digest, strict)];
+    cloister_keybroker::KeyBroker::new(config).unwrap();
+}

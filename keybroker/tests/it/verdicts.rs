@@ -296,7 +296,7 @@ async fn evidence_bound_to_another_connection_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_evidence_needs_the_simulated_root_in_the_policy() {
     let owner = owner(&format!(
-        "measurements = [\"{}\"]\n",
+        "workload_identity = \"measurement\"\nmeasurements = [\"{}\"]\n",
         hex::encode(MEASUREMENT)
     ));
     let broker = start(owner.config.clone()).await;
