@@ -46,18 +46,8 @@ impl Bundle {
             path: path.to_path_buf(),
             detail,
         };
-        let len = std::fs::metadata(path)
-            .map_err(|source| Error::Read {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .len();
-        if len > MAX_BUNDLE_BYTES {
-            return Err(bad(format!(
-                "{len} bytes; a bundle is at most {MAX_BUNDLE_BYTES}"
-            )));
-        }
-        let text = crate::files::read(path)?;
+        // A regular file of at most MAX_BUNDLE_BYTES (Error::TooLarge, Error::NotARegularFile otherwise).
+        let text = crate::files::read_limited(path, MAX_BUNDLE_BYTES)?;
         Self::parse(&text).map_err(bad)
     }
 

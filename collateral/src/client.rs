@@ -13,10 +13,19 @@
 //!
 //! Nothing is kept that did not verify ([`crate::verify`]): a bad answer is an error naming the URL and the
 //! reason, and neither memory nor the store changes. What is read back from the store or a bundle is
-//! verified again (the directory may be shared). A CRL is current until its nextUpdate; after that it is
-//! refetched, and if that fails the stale one is returned with the reason, for the verifier's
-//! `crl_max_staleness` to judge. A refetched CRL older than the one held (thisUpdate) is refused: a mirror
-//! cannot roll revocations back.
+//! verified again (the directory may be shared); a store entry that is a symlink, not a regular file or
+//! oversized ([`crate::store`]) is ignored like one that does not verify, and replaced by a verified one.
+//! A CRL is current until its nextUpdate; after that it is refetched, and if that fails the stale one is
+//! returned with the reason, for the verifier's `crl_max_staleness` to judge.
+//!
+//! CRLs never go back ([`CrlVersion`]: cRLNumber, else thisUpdate). Of the CRLs held (memory, bundle,
+//! store) the newest verified one is used, whatever the others' nextUpdate says; a fetched CRL older than
+//! it is refused ([`Error::CrlRollback`]) and the held one kept; a fetched CRL never replaces a newer
+//! verified one another process stored meanwhile. Memory keeps the newest CRL this client has seen for
+//! its lifetime, so deleting or replacing the cache file mid-run does not roll it back either. (A new
+//! process starts from what the bundle and the store hold: one who can replace the store's file before it
+//! starts can hand it an older genuine CRL, still current by its dates; AMD's nextUpdate, and the policy's
+//! `crl_max_staleness`, bound how old.)
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +39,9 @@ use cloister_attestation::snp::crl::AmdCrl;
 use cloister_attestation::snp::report::AttestationReport;
 use cloister_attestation::snp::roots;
 use cloister_attestation::snp::Product;
+use x509_cert::der::oid::AssociatedOid as _;
+use x509_cert::der::Decode as _;
+use x509_cert::ext::pkix::CrlNumber;
 
 use crate::bundle::Bundle;
 use crate::kds::{self, Item, KeyTree, VcekId};
@@ -260,14 +272,16 @@ impl Collateral {
         };
         let _flight = gate.lock().await;
         // Another caller's flight may have filled it while this one waited.
-        if let Some(bytes) = self.remembered(&path) {
-            if is_current(item, &bytes, at) {
-                return Ok((bytes, None));
+        let remembered = self.remembered(&path);
+        if let Some(bytes) = &remembered {
+            if is_current(item, bytes, at) {
+                return Ok((Arc::clone(bytes), None));
             }
         }
-        let held = match self.local(item, at).await? {
+        // Only a CRL gets here with something remembered: the newest this client has seen, now stale.
+        let held = match self.local(item, at, remembered).await? {
             Local::Fresh(bytes) => {
-                self.remember(&path, &bytes);
+                self.remember(item, &bytes);
                 return Ok((bytes, None));
             }
             Local::Stale(bytes) => Some(bytes),
@@ -275,16 +289,16 @@ impl Collateral {
         };
         match self.fetch_verified(item, held.as_deref()).await {
             Ok(bytes) => {
-                let bytes = Arc::new(bytes);
-                if let Some(store) = &self.store {
-                    store.put(item, &bytes)?;
-                }
-                self.remember(&path, &bytes);
-                Ok((bytes, None))
+                let (bytes, refresh_failed) = self.keep(item, bytes, at).await?;
+                self.remember(item, &bytes);
+                Ok((bytes, refresh_failed))
             }
             Err(e) => match held {
                 // A CRL past its nextUpdate is still the newest known: the verifier's policy judges it.
-                Some(held) => Ok((held, Some(e.to_string()))),
+                Some(held) => {
+                    self.remember(item, &held);
+                    Ok((held, Some(e.to_string())))
+                }
                 None => Err(e),
             },
         }
@@ -298,38 +312,112 @@ impl Collateral {
             .cloned()
     }
 
-    fn remember(&self, path: &str, bytes: &Arc<Vec<u8>>) {
-        self.memory
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(path.to_owned(), Arc::clone(bytes));
+    /// Remembers `bytes` as `item` (verified). A CRL never replaces a newer one: memory is the high-water
+    /// mark of the client's lifetime.
+    fn remember(&self, item: &Item, bytes: &Arc<Vec<u8>>) {
+        let path = item.path();
+        let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        if let (Item::Crl(..), Some(held)) = (item, memory.get(&path)) {
+            if let (Some(held), Some(new)) = (CrlVersion::of_der(held), CrlVersion::of_der(bytes)) {
+                if new.is_older_than(&held) {
+                    return;
+                }
+            }
+        }
+        memory.insert(path, Arc::clone(bytes));
     }
 
     /// The bundle's copy, else the store's, verified; a copy that does not verify is ignored (and will be
-    /// replaced by a verified one).
-    async fn local(&self, item: &Item, at: i64) -> Result<Local, Error> {
+    /// replaced by a verified one). For a CRL: the newest verified copy among these and `floor` (the newest
+    /// this client has seen), current or not.
+    async fn local(
+        &self,
+        item: &Item,
+        at: i64,
+        floor: Option<Arc<Vec<u8>>>,
+    ) -> Result<Local, Error> {
         let mut candidates = Vec::new();
         if let Some(bundle) = &self.bundle {
             candidates.extend(bundle.get(&item.path()).map(<[u8]>::to_vec));
         }
         if let Some(store) = &self.store {
-            candidates.extend(store.get(item)?);
+            match store.get(item) {
+                Ok(bytes) => candidates.extend(bytes),
+                // Planted in a shared directory, or garbage: ignored like an entry that does not verify
+                // (storing a verified one replaces it; a symlinked directory makes that store fail).
+                Err(
+                    Error::Symlink { .. } | Error::NotARegularFile { .. } | Error::TooLarge { .. },
+                ) => {}
+                Err(e) => return Err(e),
+            }
         }
-        let mut stale = None;
+        if !matches!(item, Item::Crl(..)) {
+            for bytes in candidates {
+                if self.check(item, &bytes).await.is_ok() {
+                    return Ok(Local::Fresh(Arc::new(bytes)));
+                }
+            }
+            return Ok(Local::None);
+        }
+        let mut newest = floor.and_then(|b| CrlVersion::of_der(&b).map(|v| (b, v)));
         for bytes in candidates {
             if self.check(item, &bytes).await.is_err() {
                 continue;
             }
-            let bytes = Arc::new(bytes);
-            if is_current(item, &bytes, at) {
-                return Ok(Local::Fresh(bytes));
-            }
-            let newer = |held: &Arc<Vec<u8>>| this_update(&bytes) > this_update(held);
-            if stale.as_ref().is_none_or(newer) {
-                stale = Some(bytes);
+            let Some(version) = CrlVersion::of_der(&bytes) else {
+                continue;
+            };
+            if newest
+                .as_ref()
+                .is_none_or(|(_, n)| n.is_older_than(&version))
+            {
+                newest = Some((Arc::new(bytes), version));
             }
         }
-        Ok(stale.map_or(Local::None, Local::Stale))
+        Ok(match newest {
+            Some((bytes, _)) if is_current(item, &bytes, at) => Local::Fresh(bytes),
+            Some((bytes, _)) => Local::Stale(bytes),
+            None => Local::None,
+        })
+    }
+
+    /// Stores the verified, fetched `bytes` of `item` and returns what to use. A CRL does not replace a newer
+    /// verified one in the store (another process may have stored it since this one looked): that one is
+    /// used instead, and if it is not current at `at` either, the refusal is the reason.
+    async fn keep(
+        &self,
+        item: &Item,
+        bytes: Vec<u8>,
+        at: i64,
+    ) -> Result<(Arc<Vec<u8>>, Option<String>), Error> {
+        let Some(store) = &self.store else {
+            return Ok((Arc::new(bytes), None));
+        };
+        if matches!(item, Item::Crl(..)) {
+            // A stored copy that cannot be read or does not verify is replaced below.
+            if let Ok(Some(stored)) = store.get(item) {
+                if self.check(item, &stored).await.is_ok() {
+                    if let (Some(held), Some(offered)) =
+                        (CrlVersion::of_der(&stored), CrlVersion::of_der(&bytes))
+                    {
+                        if offered.is_older_than(&held) {
+                            let stored = Arc::new(stored);
+                            let reason = (!is_current(item, &stored, at)).then(|| {
+                                Error::CrlRollback {
+                                    what: item.path(),
+                                    held,
+                                    offered,
+                                }
+                                .to_string()
+                            });
+                            return Ok((stored, reason));
+                        }
+                    }
+                }
+            }
+        }
+        store.put(item, &bytes)?;
+        Ok((Arc::new(bytes), None))
     }
 
     /// Verifies `bytes` as `item`.
@@ -362,11 +450,16 @@ impl Collateral {
                 reason,
             })?;
         if let Some(held) = held {
-            if this_update(&body) < this_update(held) {
-                return Err(Error::Untrusted {
-                    what: url,
-                    reason: "the CRL served is older (thisUpdate) than the one already held".into(),
-                });
+            if let (Some(held), Some(offered)) =
+                (CrlVersion::of_der(held), CrlVersion::of_der(&body))
+            {
+                if offered.is_older_than(&held) {
+                    return Err(Error::CrlRollback {
+                        what: url,
+                        held,
+                        offered,
+                    });
+                }
             }
         }
         Ok(body)
@@ -456,10 +549,165 @@ fn is_current(item: &Item, bytes: &[u8], at: i64) -> bool {
     }
 }
 
-fn this_update(crl_der: &[u8]) -> i64 {
-    AmdCrl::from_der(crl_der).map_or(i64::MIN, |c| c.this_update_unix())
+/// Where a CRL stands in its issuer's sequence, to tell an older CRL from a newer one.
+///
+/// RFC 5280 §5.2.3: the cRLNumber is "a monotonically increasing sequence number for a given CRL scope and
+/// CRL issuer"; AMD's CRLs carry one (ARK-Genoa's of October 2024 is number 4). thisUpdate alone would do
+/// as long as AMD's clock is monotonic, but the number is what the issuer promises to increase. A CRL
+/// without a number (AMD's all have one) is ordered by thisUpdate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlVersion {
+    /// The cRLNumber, big-endian without leading zero bytes, if the CRL has one.
+    pub number: Option<Vec<u8>>,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+}
+
+impl CrlVersion {
+    /// The version of a parsed CRL.
+    pub fn of(crl: &AmdCrl) -> Self {
+        CrlVersion {
+            number: crl_number(crl.der()),
+            this_update: crl.this_update_unix(),
+        }
+    }
+
+    /// The version of a DER CRL, if it parses.
+    fn of_der(der: &[u8]) -> Option<Self> {
+        AmdCrl::from_der(der).ok().map(|crl| Self::of(&crl))
+    }
+
+    /// Whether this CRL is older than `other` (of the same issuer and scope): a lower cRLNumber when both
+    /// have one and they differ, else an earlier thisUpdate.
+    pub fn is_older_than(&self, other: &CrlVersion) -> bool {
+        match (&self.number, &other.number) {
+            (Some(a), Some(b)) if a != b => (a.len(), a) < (b.len(), b),
+            _ => self.this_update < other.this_update,
+        }
+    }
+}
+
+impl std::fmt::Display for CrlVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.number {
+            Some(n) if n.len() <= 16 => {
+                let mut be = [0u8; 16];
+                be[16 - n.len()..].copy_from_slice(n);
+                write!(f, "CRL number {}", u128::from_be_bytes(be))?;
+            }
+            Some(n) => write!(f, "CRL number 0x{}", hex::encode(n))?,
+            None => f.write_str("a CRL without a number")?,
+        }
+        let at = time::OffsetDateTime::from_unix_timestamp(self.this_update)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| format!("{} (Unix)", self.this_update));
+        write!(f, " of {at}")
+    }
+}
+
+/// The cRLNumber of a DER CRL (big-endian, leading zero bytes stripped), if it has a well-formed one.
+/// Read here because `AmdCrl` does not expose it; the CRL has already been parsed (and, by the callers,
+/// verified) by the verifier's code.
+fn crl_number(der: &[u8]) -> Option<Vec<u8>> {
+    let list = x509_cert::crl::CertificateList::from_der(der).ok()?;
+    let extension = list
+        .tbs_cert_list
+        .crl_extensions
+        .as_deref()?
+        .iter()
+        .find(|e| e.extn_id == CrlNumber::OID)?;
+    let number = CrlNumber::from_der(extension.extn_value.as_bytes()).ok()?;
+    let bytes = number.0.as_bytes();
+    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    Some(bytes[first..].to_vec())
 }
 
 fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const CRLS: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/vectors/snp/openpcc_azure_genoa_vcek_v3_with_crls"
+    );
+
+    fn version(number: Option<&[u8]>, this_update: i64) -> CrlVersion {
+        CrlVersion {
+            number: number.map(<[u8]>::to_vec),
+            this_update,
+        }
+    }
+
+    #[test]
+    fn amds_crls_carry_their_number() {
+        for (file, number, this_update) in [
+            ("crl_genoa.der", 4u8, 1_729_658_184),
+            ("crl_milan.der", 6, 1_746_535_146),
+        ] {
+            let der = std::fs::read(format!("{CRLS}/{file}")).unwrap();
+            let v = CrlVersion::of_der(&der).unwrap();
+            assert_eq!(v, version(Some(&[number]), this_update), "{file}");
+            assert!(
+                v.to_string()
+                    .starts_with(&format!("CRL number {number} of 20")),
+                "{v}"
+            );
+        }
+        assert_eq!(CrlVersion::of_der(b"not a CRL"), None);
+    }
+
+    #[test]
+    fn the_crl_number_decides_and_this_update_breaks_ties_or_stands_in() {
+        // The number wins over the dates: a higher number with an earlier thisUpdate is the newer CRL.
+        let n4_late = version(Some(&[4]), 2_000);
+        let n5_early = version(Some(&[5]), 1_000);
+        assert!(n4_late.is_older_than(&n5_early));
+        assert!(!n5_early.is_older_than(&n4_late));
+        // Numbers compare as unsigned big-endian integers of any length.
+        let n256 = version(Some(&[1, 0]), 0);
+        let n255 = version(Some(&[0xff]), 0);
+        assert!(n255.is_older_than(&n256));
+        assert!(!n256.is_older_than(&n255));
+        // The same number: thisUpdate decides; the same CRL is not older than itself.
+        assert!(version(Some(&[4]), 1).is_older_than(&version(Some(&[4]), 2)));
+        assert!(!n4_late.is_older_than(&n4_late.clone()));
+        // A number missing on either side: thisUpdate.
+        assert!(version(None, 1).is_older_than(&version(Some(&[9]), 2)));
+        assert!(!version(Some(&[1]), 3).is_older_than(&version(None, 2)));
+        assert_eq!(
+            version(None, 0).to_string(),
+            "a CRL without a number of 1970-01-01T00:00:00Z"
+        );
+        let long = version(Some(&[0xab; 20]), 0).to_string();
+        assert!(
+            long.starts_with(&format!("CRL number 0x{}", "ab".repeat(20))),
+            "{long}"
+        );
+    }
+
+    #[test]
+    fn a_rollback_names_both_crls_and_is_a_refusal() {
+        let e = Error::CrlRollback {
+            what: "http://mirror/vcek/v1/Genoa/crl".into(),
+            held: version(Some(&[6]), 1_746_535_146),
+            offered: version(Some(&[4]), 1_729_658_184),
+        };
+        assert!(e.is_refusal());
+        let text = e.to_string();
+        assert!(
+            text.contains("CRL number 4 of 2024-10-23")
+                && text.contains("CRL number 6 of 2025-05-06")
+                && text.contains("http://mirror/vcek/v1/Genoa/crl"),
+            "{text}"
+        );
+    }
 }

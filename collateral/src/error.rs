@@ -2,8 +2,11 @@
 
 use std::path::PathBuf;
 
+use crate::client::CrlVersion;
+
 /// Errors of the collateral crate: reading files, and fetching from a KDS. All are usage or I/O errors for
-/// the caller (exit 2 in the CLI) except [`Error::Untrusted`], a refusal of what a source served.
+/// the caller (exit 2 in the CLI) except [`Error::Untrusted`] and [`Error::CrlRollback`], refusals of what a
+/// source served.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -14,6 +17,54 @@ pub enum Error {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// A file could not be written (the cache, a bundle).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file (or, for a temporary file that could not be created, its directory).
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A path that must name a regular file names something else. Refused before reading: a FIFO nobody
+    /// writes to would block the reader forever, and a device such as `/dev/zero` never ends.
+    #[error("{path} is a {kind}, not a regular file: refused")]
+    NotARegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: FileKind,
+    },
+    /// A symlink inside the collateral cache, where none is followed: the cache directory may be shared with
+    /// other users and tools, and a link planted there would make the reader read, or a writer write,
+    /// wherever it points.
+    #[error("{path} is a symlink inside the collateral cache, which follows none: refused")]
+    Symlink {
+        /// The link.
+        path: PathBuf,
+    },
+    /// A file larger than what it can hold allows (a certificate, a CRL, a policy, a bundle).
+    #[error("{path} is {size} bytes, more than the {cap} bytes allowed: refused")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size (for a file that grew while it was read: the bytes read, one more than `cap`).
+        size: u64,
+        /// The limit.
+        cap: u64,
+    },
+    /// A CRL older than one already held for the same key tree and product: revocations cannot be rolled
+    /// back by serving (or caching) an older genuine CRL. The held one is kept.
+    #[error(
+        "refused the CRL {what} served: it is {offered}, older than {held} already held, which is kept"
+    )]
+    CrlRollback {
+        /// The URL or KDS path.
+        what: String,
+        /// The CRL held.
+        held: CrlVersion,
+        /// The CRL refused.
+        offered: CrlVersion,
     },
     /// A certificate or CRL file could not be parsed.
     #[error("{path}: {source}")]
@@ -98,6 +149,64 @@ pub enum Error {
 impl Error {
     /// Whether this is a refusal of served collateral (as opposed to a usage, I/O or network error).
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Error::Untrusted { .. })
+        matches!(self, Error::Untrusted { .. } | Error::CrlRollback { .. })
+    }
+}
+
+/// What a path that should be a regular file is instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A directory.
+    Directory,
+    /// A named pipe.
+    Fifo,
+    /// A character device (`/dev/zero`, a terminal).
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A Unix socket.
+    Socket,
+    /// Anything else that is not a regular file.
+    Other,
+}
+
+impl FileKind {
+    /// The kind of a file that is not a regular file (nor a symlink).
+    pub(crate) fn of(file_type: std::fs::FileType) -> Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt as _;
+            if file_type.is_fifo() {
+                return FileKind::Fifo;
+            }
+            if file_type.is_char_device() {
+                return FileKind::CharDevice;
+            }
+            if file_type.is_block_device() {
+                return FileKind::BlockDevice;
+            }
+            if file_type.is_socket() {
+                return FileKind::Socket;
+            }
+        }
+        if file_type.is_dir() {
+            FileKind::Directory
+        } else {
+            FileKind::Other
+        }
+    }
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileKind::Directory => "directory",
+            FileKind::Fifo => "FIFO",
+            FileKind::CharDevice => "character device",
+            FileKind::BlockDevice => "block device",
+            FileKind::Socket => "socket",
+            FileKind::Other => "special file",
+        })
     }
 }

@@ -10,8 +10,9 @@
 //!
 //! Modules: [`kds`] (AMD's URL formats and the cache keys, pure), [`verify`] (what makes a served item
 //! trustworthy), [`store`] (the on-disk cache, Trustee's layout), [`bundle`] (the offline file),
-//! [`client`] (memory → bundle → store → KDS, single flight, retries), [`files`] (chains, CRLs and
-//! policies from the snpguest directory layout).
+//! [`client`] (memory → bundle → store → KDS, single flight, retries, CRLs never rolled back), [`files`]
+//! (chains, CRLs and policies from the snpguest directory layout; the one size-capped, regular-files-only
+//! reader).
 #![forbid(unsafe_code)]
 
 pub mod bundle;
@@ -25,6 +26,6 @@ pub mod thim;
 pub mod verify;
 
 pub use bundle::Bundle;
-pub use client::{Collateral, CrlFetch, RetryPolicy, Sources};
-pub use error::Error;
+pub use client::{Collateral, CrlFetch, CrlVersion, RetryPolicy, Sources};
+pub use error::{Error, FileKind};
 pub use kds::{Item, KeyTree, VcekId, DEFAULT_KDS_URL};

@@ -5,6 +5,9 @@
 #[path = "support/kds_standin.rs"]
 mod standin;
 
+#[path = "kds/cache_files.rs"]
+mod cache_files;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
