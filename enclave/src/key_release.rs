@@ -3,11 +3,12 @@
 //! ```text
 //! TLS 1.3 (ring) to key_broker.address, broker certificate pinned by SHA-256 (see crate::danger)
 //! exporter    = TLS-Exporter("EXPERIMENTAL-cloister-attestation", no context, 32)   // this connection's
-//! enclave → broker  KeyRequest { version: 1, model_digest }
+//! enclave → broker  KeyRequest { version: 2, model_digest, state: None | Open | Commit }
 //! broker  → enclave Challenge  { nonce }
 //! enclave → broker  Attest     { evidence(claims { nonce, exporter, X25519(fresh), [model_digest],
 //!                                                  config_digest }) }
-//! broker  → enclave Granted    { broker_public, wrapped_key }  → unwrap → ModelKey
+//! broker  → enclave Granted    { broker_public, wrapped_key, anchor }  → unwrap → ModelKey
+//!                 | Committed  { anchor }                             (a state commit: no key)
 //!                 | Refused    { code }                        → KeyReleaseError::Refused
 //! ```
 //!
@@ -20,7 +21,9 @@ use std::time::Duration;
 
 use cloister_attestation::evidence::{EnclaveKey, Sha384, TLS_EXPORTER_LABEL};
 use cloister_models::{ModelDigest, ModelKey};
-use cloister_proto::key_release::{EnclaveEvent, EnclaveExchange, RefusalCode};
+use cloister_proto::key_release::{
+    EnclaveEvent, EnclaveExchange, RefusalCode, StateAnchor, StateRequest,
+};
 use ring::rand::SystemRandom;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
@@ -103,6 +106,12 @@ pub fn refusal_text(code: RefusalCode) -> &'static str {
         RefusalCode::PolicyRejected => "the model owner's policy does not allow this enclave",
         RefusalCode::Replay => "nonce replayed or unknown",
         RefusalCode::Internal => "internal error at the broker",
+        RefusalCode::RateLimited => {
+            "too many releases of this model's key in the broker's hour (releases_per_model_per_hour)"
+        }
+        RefusalCode::StateConflict => {
+            "the state commit is not the broker's next version (another instance uses this label?)"
+        }
     }
 }
 
@@ -149,16 +158,35 @@ impl BrokerClient {
         })
     }
 
-    /// Runs one key release for `model_digest`. `config_digest` goes into the claims. The protocol itself is
-    /// `cloister_proto::key_release::EnclaveExchange` (sans-IO); this drives it over the pinned TLS
-    /// connection, with timeouts, and asks the firmware for the evidence.
+    /// Runs one key release for `model_digest`. `config_digest` goes into the claims.
     pub async fn request_key(
         &self,
         attester: impl Into<Attester>,
         model_digest: &ModelDigest,
         config_digest: Sha384,
     ) -> Result<ModelKey, KeyReleaseError> {
-        let attester = attester.into();
+        match self
+            .exchange(attester.into(), model_digest, config_digest, None)
+            .await?
+        {
+            Answer::Released { key, .. } => Ok(key),
+            Answer::Committed(_) => Err(KeyReleaseError::Unexpected {
+                expected: "Granted or Refused",
+            }),
+        }
+    }
+
+    /// Runs one attested exchange for `model_digest`, with a durable-state operation (`Open`: the key and
+    /// the instance's anchor; `Commit`: the new anchor, no key). The protocol itself is
+    /// `cloister_proto::key_release::EnclaveExchange` (sans-IO); this drives it over the pinned TLS
+    /// connection, with timeouts, and asks the firmware for the evidence.
+    pub async fn exchange(
+        &self,
+        attester: Attester,
+        model_digest: &ModelDigest,
+        config_digest: Sha384,
+        state: Option<StateRequest>,
+    ) -> Result<Answer, KeyReleaseError> {
         let tcp = timeout(STEP_TIMEOUT, TcpStream::connect(&self.address))
             .await
             .map_err(|_| KeyReleaseError::Timeout("connect"))?
@@ -186,7 +214,7 @@ impl BrokerClient {
         let digest = Sha384(*model_digest.as_bytes());
         let rng = SystemRandom::new();
         let (mut exchange, first) =
-            EnclaveExchange::start(digest).map_err(KeyReleaseError::Protocol)?;
+            EnclaveExchange::start(digest, state).map_err(KeyReleaseError::Protocol)?;
         send(&mut tls, &first).await?;
         let mut buf = vec![0u8; 16 * 1024];
         let released = loop {
@@ -218,7 +246,10 @@ impl BrokerClient {
                         .map_err(KeyReleaseError::Protocol)?;
                     send(&mut tls, &attest).await?;
                 }
-                Ok(Some(EnclaveEvent::Released(key))) => break Ok(key),
+                Ok(Some(EnclaveEvent::Released { key, anchor })) => {
+                    break Ok(Answer::Released { key, anchor })
+                }
+                Ok(Some(EnclaveEvent::Committed(anchor))) => break Ok(Answer::Committed(anchor)),
                 Ok(Some(EnclaveEvent::Refused(code))) => break Err(KeyReleaseError::Refused(code)),
                 Ok(Some(_)) => {
                     break Err(KeyReleaseError::Unexpected {
@@ -236,6 +267,20 @@ impl BrokerClient {
         let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
         released
     }
+}
+
+/// What an attested exchange with the broker returned.
+#[derive(Debug)]
+pub enum Answer {
+    /// The model key, and with a state `Open` the instance's anchor.
+    Released {
+        /// The model key.
+        key: ModelKey,
+        /// The anchor (state `Open` only).
+        anchor: Option<StateAnchor>,
+    },
+    /// A state commit was recorded.
+    Committed(StateAnchor),
 }
 
 async fn send<S: tokio::io::AsyncWrite + Unpin>(

@@ -76,7 +76,7 @@ pub struct AuditRecord {
     pub time: String,
     /// The TCP peer (for a relayed enclave: the relay).
     pub peer: String,
-    /// `granted` or `refused`.
+    /// `granted`, `committed` (a durable-state commit: no key released) or `refused`.
     pub decision: String,
     /// The refusal code sent (`BadRequest`, `UnknownModel`, `EvidenceRejected`, `PolicyRejected`,
     /// `Replay`, `Internal`); absent when granted.
@@ -106,6 +106,8 @@ pub struct AuditRecord {
     pub key_id: Option<String>,
     /// The policy file that decided (the model's own, or the broker's default).
     pub policy: Option<String>,
+    /// The durable-state operation: `open <label> at v<N>` or `commit <label> v<N>`.
+    pub state: Option<String>,
     /// The evidence was genuine, fresh and bound, and the policy refused it: a decision about a real
     /// enclave, written in full like a grant (not part of the line).
     #[serde(skip)]
@@ -141,6 +143,7 @@ impl AuditRecord {
             enclave_key: None,
             key_id: None,
             policy: None,
+            state: None,
             policy_decision: false,
             source: Some(peer.ip()),
         }

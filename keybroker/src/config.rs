@@ -43,6 +43,10 @@ pub struct Limits {
     /// interval). 0: every such refusal gets its own line (for debugging a deployment; not for a broker
     /// that faces the Internet).
     pub audit_summary_secs: u64,
+    /// Key releases per model in any hour (each enclave start is one; durable-state commits are not
+    /// counted). Bounds how often a host can restart an enclave, or start one under a new state label
+    /// with empty budgets.
+    pub releases_per_model_per_hour: u32,
 }
 
 impl Default for Limits {
@@ -56,6 +60,7 @@ impl Default for Limits {
             remembered_nonces: 100_000,
             max_connections_per_source: 16,
             audit_summary_secs: 60,
+            releases_per_model_per_hour: 60,
         }
     }
 }
@@ -80,6 +85,9 @@ impl Default for Limits {
 /// remembered_nonces = 100000
 /// max_connections_per_source = 16
 /// audit_summary_secs = 60
+/// releases_per_model_per_hour = 60
+///
+/// state_anchors = "state-anchors.json"  # optional (default shown): the enclaves' durable-state anchors
 ///
 /// [models."sha384:…"]                   # optional: this model's own policy (residency: its chips, products,
 /// policy = "eu-hardware.toml"           # TCB, signing key); other models use `policy`
@@ -98,6 +106,7 @@ struct ConfigFile {
     tls_certificate: PathBuf,
     tls_key: PathBuf,
     audit_log: PathBuf,
+    state_anchors: Option<PathBuf>,
     #[serde(default)]
     limits: Limits,
     collateral: Option<CollateralConfig>,
@@ -140,6 +149,9 @@ pub struct BrokerConfig {
     pub tls_key: PathBuf,
     /// The audit log (created 0600 if missing, appended to).
     pub audit_log: PathBuf,
+    /// The enclaves' durable-state anchors (`crate::anchors`); `None`: `state-anchors.json` beside the
+    /// audit log.
+    pub state_anchors: Option<PathBuf>,
     /// Timeouts and bounds.
     pub limits: Limits,
     /// Where a VCEK evidence does not carry comes from; `None`: nowhere.
@@ -168,6 +180,7 @@ impl BrokerConfig {
             tls_certificate: resolve(file.tls_certificate),
             tls_key: resolve(file.tls_key),
             audit_log: resolve(file.audit_log),
+            state_anchors: file.state_anchors.map(resolve),
             limits: file.limits,
             collateral: file.collateral.map(|c| CollateralConfig {
                 kds_url: c.kds_url,

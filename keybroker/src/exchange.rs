@@ -11,7 +11,9 @@ use std::time::Duration;
 use cloister_attestation::evidence::{verify_evidence, EnclaveKey, Sha384};
 use cloister_attestation::{Error as EvidenceError, VerifyOptions};
 use cloister_models::{Error as ModelsError, KeystoreError, ModelDigest};
-use cloister_proto::key_release::{AttestToVerify, BrokerConnection, BrokerEvent, RefusalCode};
+use cloister_proto::key_release::{
+    AttestToVerify, BrokerConnection, BrokerEvent, RefusalCode, StateRequest,
+};
 use cloister_proto::Error as ProtoError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -400,6 +402,56 @@ fn decide(
         }
     };
 
+    // A durable-state commit releases no key: it moves the instance's anchor by one version.
+    if let Some(StateRequest::Commit {
+        label,
+        version,
+        digest,
+    }) = &pending.state
+    {
+        record.state = Some(format!("commit {label} v{version}"));
+        let id = crate::anchors::state_id(&verified, label);
+        return match inner.anchors.commit(&id, label, *version, *digest) {
+            Ok(Ok(anchor)) => match conn.commit(&verified, anchor) {
+                Ok(frame) => {
+                    record.decision = "committed".to_owned();
+                    Ok(frame)
+                }
+                Err(e) => refuse(conn, record, RefusalCode::Internal, e.to_string()),
+            },
+            Ok(Err(conflict)) => refuse(
+                conn,
+                record,
+                RefusalCode::StateConflict,
+                format!(
+                    "state: commit of {label} v{version}, but the anchor is at v{} (expected v{})",
+                    conflict.current,
+                    conflict.current.saturating_add(1)
+                ),
+            ),
+            Err(e) => refuse(
+                conn,
+                record,
+                RefusalCode::Internal,
+                format!("state anchors: cannot write: {e}"),
+            ),
+        };
+    }
+
+    // Each release is an enclave start: bounded per model, so that a host cannot restart an enclave (or
+    // start one under a fresh state label, with fresh budgets) without limit.
+    if let Err(per_hour) = inner.releases.admit(&requested.0, pending.at_unix) {
+        return refuse(
+            conn,
+            record,
+            RefusalCode::RateLimited,
+            format!(
+                "releases_per_model_per_hour: {per_hour} releases of {} in the last hour",
+                sha384_text(requested)
+            ),
+        );
+    }
+
     // Only now, to verified evidence: whether this broker holds the key.
     let digest = ModelDigest::from_bytes(requested.0);
     let key = match inner.keystore.get(&digest) {
@@ -422,7 +474,17 @@ fn decide(
         }
     };
     // The machine wraps to the verified enclave key (wrap_model_key takes the VerifiedEvidence).
-    match conn.grant(&verified, &key, &inner.rng) {
+    let anchor = match &pending.state {
+        Some(StateRequest::Open { label }) => {
+            let anchor = inner
+                .anchors
+                .get(&crate::anchors::state_id(&verified, label));
+            record.state = Some(format!("open {label} at v{}", anchor.version));
+            Some(anchor)
+        }
+        _ => None,
+    };
+    match conn.grant(&verified, &key, anchor, &inner.rng) {
         Ok(frame) => {
             record.decision = "granted".to_owned();
             record.enclave_key = Some(hex::encode(enclave_public));

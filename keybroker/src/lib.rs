@@ -46,6 +46,7 @@ use std::path::PathBuf;
 use cloister_attestation::policy::NoWorkloadPin;
 use cloister_models::Error as ModelsError;
 
+mod anchors;
 pub mod audit;
 pub mod config;
 mod exchange;

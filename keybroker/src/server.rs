@@ -121,6 +121,14 @@ impl KeyBroker {
                 ),
             })?;
         let audit = AuditLog::open(&config.audit_log)?;
+        let anchors_path = config.state_anchors.clone().unwrap_or_else(|| {
+            config
+                .audit_log
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("state-anchors.json")
+        });
+        let anchors = crate::anchors::Anchors::open(&anchors_path)?;
         let collateral = config
             .collateral
             .as_ref()
@@ -140,6 +148,7 @@ impl KeyBroker {
             })
             .transpose()?;
         let limits = config.limits;
+        let releases = crate::anchors::ReleaseLimiter::new(limits.releases_per_model_per_hour);
         Ok(Self {
             inner: Arc::new(Inner {
                 policy,
@@ -154,6 +163,8 @@ impl KeyBroker {
                 limits,
                 collateral,
                 collateral_fetches: Semaphore::new(MAX_COLLATERAL_FETCHES),
+                anchors,
+                releases,
             }),
             acceptor: TlsAcceptor::from(Arc::new(tls_config)),
             any_workload,

@@ -46,6 +46,10 @@ pub(crate) struct Inner {
     /// Collateral fetches in flight for unverified peers: bounded, since any peer can send evidence without
     /// a VCEK and with a CHIP_ID of its choosing.
     pub(crate) collateral_fetches: tokio::sync::Semaphore,
+    /// The enclaves' durable-state anchors.
+    pub(crate) anchors: crate::anchors::Anchors,
+    /// Key releases per model and hour.
+    pub(crate) releases: crate::anchors::ReleaseLimiter,
 }
 
 impl Inner {

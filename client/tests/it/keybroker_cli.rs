@@ -97,6 +97,7 @@ async fn the_command_prints_its_address_and_pin_serves_and_stops_on_sigterm() {
         &EnclaveToBroker::KeyRequest {
             version: PROTOCOL_VERSION,
             model_digest: Sha384([3; 48]),
+            state: None,
         },
     )
     .await

@@ -121,6 +121,7 @@ async fn fake_broker(decision: Decision, key: Option<[u8; 32]>) -> FakeBroker {
             let Ok(EnclaveToBroker::KeyRequest {
                 version,
                 model_digest,
+                ..
             }) = frame::read(&mut tls, "KeyRequest").await
             else {
                 continue;
@@ -169,6 +170,7 @@ async fn fake_broker(decision: Decision, key: Option<[u8; 32]>) -> FakeBroker {
                     BrokerToEnclave::Granted {
                         broker_public,
                         wrapped_key,
+                        anchor: None,
                     }
                 }
                 (Decision::Refuse(code), _, _) => BrokerToEnclave::Refused { code },

@@ -95,6 +95,7 @@ pub(crate) fn owner(policy: &str) -> Owner {
         tls_certificate: dir.join("broker.crt.pem"),
         tls_key: dir.join("broker.key.pem"),
         audit_log: dir.join("audit.log"),
+        state_anchors: None,
         collateral: None,
         model_policies: Vec::new(),
         limits: Limits {
@@ -326,11 +327,21 @@ pub(crate) async fn recv(s: &mut TlsStream<TcpStream>) -> BrokerToEnclave {
 
 /// KeyRequest → Challenge; returns the nonce.
 pub(crate) async fn request(s: &mut TlsStream<TcpStream>, digest: &ModelDigest) -> [u8; 32] {
+    request_with_state(s, digest, None).await
+}
+
+/// KeyRequest with a durable-state operation → Challenge; returns the nonce.
+pub(crate) async fn request_with_state(
+    s: &mut TlsStream<TcpStream>,
+    digest: &ModelDigest,
+    state: Option<cloister_proto::key_release::StateRequest>,
+) -> [u8; 32] {
     frame::write(
         s,
         &EnclaveToBroker::KeyRequest {
             version: PROTOCOL_VERSION,
             model_digest: sha(digest),
+            state,
         },
     )
     .await

@@ -4,4 +4,5 @@
 mod common;
 mod peers;
 mod residency;
+mod state;
 mod verdicts;

@@ -71,6 +71,7 @@ async fn unknown_models_and_bad_requests_are_refused() {
         &EnclaveToBroker::KeyRequest {
             version: PROTOCOL_VERSION + 1,
             model_digest: sha(&owner.digest),
+            state: None,
         },
     )
     .await

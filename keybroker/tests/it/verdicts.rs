@@ -30,6 +30,7 @@ async fn grants_the_key_to_the_right_enclave_and_audits_it() {
         BrokerToEnclave::Granted {
             broker_public,
             wrapped_key,
+            anchor: None,
         } => (broker_public, wrapped_key),
         other => panic!("expected a grant, got {other:?}"),
     };

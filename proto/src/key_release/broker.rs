@@ -3,10 +3,14 @@
 //! model), each with its own nonce.
 //!
 //! ```text
-//! ExpectKeyRequest --KeyRequest v1--> Challenge{fresh nonce}        --> ExpectAttest
+//! ExpectKeyRequest --KeyRequest v2--> Challenge{fresh nonce}        --> ExpectAttest
 //! ExpectAttest     --Attest-------->  Verify(AttestToVerify)       --> AwaitingDecision
-//! AwaitingDecision --grant/refuse-->  Send(Granted | Refused)      --> ExpectKeyRequest (or Closed)
+//! AwaitingDecision --grant/commit/refuse--> Send(Granted | Committed | Refused) --> ExpectKeyRequest (or Closed)
 //! anything else                    --> Refused{BadRequest} and Closed
+//! ```
+//! `grant` answers a request without a state operation or with `Open` (the anchor rides along);
+//! `commit` answers `Commit` and releases no key: each answer is possible only for its kind of request.
+//! ```text
 //! ```
 
 use cloister_attestation::evidence::{Evidence, ExpectedSession, Sha384, VerifiedEvidence};
@@ -14,8 +18,8 @@ use cloister_models::ModelKey;
 use ring::rand::SecureRandom;
 
 use super::{
-    wrap_model_key, BrokerToEnclave, Clock, EnclaveToBroker, FrameReader, RefusalCode,
-    PROTOCOL_VERSION,
+    is_valid_state_label, wrap_model_key, BrokerToEnclave, Clock, EnclaveToBroker, FrameReader,
+    RefusalCode, StateAnchor, StateRequest, PROTOCOL_VERSION,
 };
 use crate::{frame, Error};
 
@@ -64,6 +68,8 @@ pub struct AttestToVerify {
     pub requested: Sha384,
     /// The verification instant (the injected clock, read when the evidence arrived).
     pub at_unix: i64,
+    /// The durable-state operation of this exchange, if any.
+    pub state: Option<StateRequest>,
 }
 
 impl AttestToVerify {
@@ -79,8 +85,16 @@ impl AttestToVerify {
 #[derive(Debug)]
 enum State {
     ExpectKeyRequest,
-    ExpectAttest { nonce: [u8; 32], requested: Sha384 },
-    AwaitingDecision { nonce: [u8; 32], requested: Sha384 },
+    ExpectAttest {
+        nonce: [u8; 32],
+        requested: Sha384,
+        state: Option<StateRequest>,
+    },
+    AwaitingDecision {
+        nonce: [u8; 32],
+        requested: Sha384,
+        commit: bool,
+    },
     Closed,
 }
 
@@ -164,11 +178,28 @@ impl BrokerConnection {
                 EnclaveToBroker::KeyRequest {
                     version,
                     model_digest,
+                    state,
                 },
             ) => {
                 if version != PROTOCOL_VERSION {
                     return Ok(self.bad_request(
                         format!("version: expected {PROTOCOL_VERSION}, found {version}"),
+                        Some(model_digest),
+                    ));
+                }
+                // The label names a file at the host and a record here: strict before anything else.
+                if let Some(label) = state.as_ref().map(StateRequest::label) {
+                    if !is_valid_state_label(label) {
+                        return Ok(self.bad_request(
+                            "state: the instance label must be 1 to 64 of [a-z0-9-], not starting with -"
+                                .into(),
+                            Some(model_digest),
+                        ));
+                    }
+                }
+                if matches!(state, Some(StateRequest::Commit { version: 0, .. })) {
+                    return Ok(self.bad_request(
+                        "state: a commit's version starts at 1".into(),
                         Some(model_digest),
                     ));
                 }
@@ -178,6 +209,7 @@ impl BrokerConnection {
                 self.state = State::ExpectAttest {
                     nonce,
                     requested: model_digest,
+                    state,
                 };
                 Ok(BrokerEvent::Challenge {
                     frame: frame::encode(&BrokerToEnclave::Challenge { nonce })?,
@@ -185,14 +217,26 @@ impl BrokerConnection {
                     requested: model_digest,
                 })
             }
-            (State::ExpectAttest { nonce, requested }, EnclaveToBroker::Attest { evidence }) => {
-                self.state = State::AwaitingDecision { nonce, requested };
+            (
+                State::ExpectAttest {
+                    nonce,
+                    requested,
+                    state,
+                },
+                EnclaveToBroker::Attest { evidence },
+            ) => {
+                self.state = State::AwaitingDecision {
+                    nonce,
+                    requested,
+                    commit: matches!(state, Some(StateRequest::Commit { .. })),
+                };
                 Ok(BrokerEvent::Verify(Box::new(AttestToVerify {
                     evidence,
                     nonce,
                     exporter: self.exporter,
                     requested,
                     at_unix: clock.now_unix(),
+                    state,
                 })))
             }
             (State::ExpectKeyRequest, EnclaveToBroker::Attest { .. }) => Ok(self.bad_request(
@@ -235,19 +279,59 @@ impl BrokerConnection {
     }
 
     /// Grants the pending exchange: wraps `key` to the enclave of `verified`, which must be the evidence of
-    /// this exchange (its nonce). Returns the framed `Granted`.
+    /// this exchange (its nonce), with the instance's `anchor` when the request opened a state. Returns the
+    /// framed `Granted`. A `Commit` request is never granted a key.
     pub fn grant(
         &mut self,
         verified: &VerifiedEvidence,
         key: &ModelKey,
+        anchor: Option<StateAnchor>,
         rng: &dyn SecureRandom,
     ) -> Result<Vec<u8>, Error> {
-        let State::AwaitingDecision { nonce, requested } = self.state else {
+        let State::AwaitingDecision {
+            nonce,
+            requested,
+            commit: false,
+        } = self.state
+        else {
             return Err(Error::UnexpectedMessage {
-                expected: "a pending Attest to grant",
+                expected: "a pending key request (not a state commit) to grant",
             });
         };
-        if !cloister_attestation::ct_eq(&verified.claims().nonce, &nonce) {
+        self.check_binding(verified, &nonce)?;
+        let (broker_public, wrapped_key) = wrap_model_key(key, verified, &requested, rng)?;
+        self.next_exchange();
+        frame::encode(&BrokerToEnclave::Granted {
+            broker_public,
+            wrapped_key,
+            anchor,
+        })
+    }
+
+    /// Answers a pending `Commit` whose evidence is `verified` (this exchange's): the anchor as the broker
+    /// recorded it. Returns the framed `Committed`.
+    pub fn commit(
+        &mut self,
+        verified: &VerifiedEvidence,
+        anchor: StateAnchor,
+    ) -> Result<Vec<u8>, Error> {
+        let State::AwaitingDecision {
+            nonce,
+            commit: true,
+            ..
+        } = self.state
+        else {
+            return Err(Error::UnexpectedMessage {
+                expected: "a pending state commit",
+            });
+        };
+        self.check_binding(verified, &nonce)?;
+        self.next_exchange();
+        frame::encode(&BrokerToEnclave::Committed { anchor })
+    }
+
+    fn check_binding(&self, verified: &VerifiedEvidence, nonce: &[u8; 32]) -> Result<(), Error> {
+        if !cloister_attestation::ct_eq(&verified.claims().nonce, nonce) {
             return Err(Error::KeyWrap(
                 "the verified evidence is not this exchange's (another nonce)",
             ));
@@ -258,12 +342,7 @@ impl BrokerConnection {
                 "the verified evidence is bound to another TLS connection (exporter)",
             ));
         }
-        let (broker_public, wrapped_key) = wrap_model_key(key, verified, &requested, rng)?;
-        self.next_exchange();
-        frame::encode(&BrokerToEnclave::Granted {
-            broker_public,
-            wrapped_key,
-        })
+        Ok(())
     }
 
     /// Refuses the pending exchange with `code`. Returns the framed `Refused`. The connection stays open for

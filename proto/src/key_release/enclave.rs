@@ -2,11 +2,14 @@
 //! what to attest and the released key out.
 //!
 //! ```text
-//! start()                         -> KeyRequest bytes                   ExpectChallenge
+//! start(digest, state)            -> KeyRequest bytes                   ExpectChallenge
 //! Challenge{nonce}                -> NeedEvidence{nonce, enclave_key}   NeedEvidence
 //! attest(evidence)                -> Attest bytes                       ExpectAnswer
-//! Granted{…} | Refused{code}      -> Released(key) | Refused(code)      Done
+//! Granted{…} | Refused{code}      -> Released{key, anchor} | Refused    Done   (no state, or Open)
+//! Committed{anchor} | Refused     -> Committed(anchor) | Refused        Done   (Commit)
 //! ```
+//! A `Granted` answering a `Commit`, a `Committed` answering anything else, an `Open` answered without
+//! an anchor, or an anchor other than the committed version are protocol errors.
 //! The X25519 key pair is drawn (from the injected RNG) when the challenge arrives and consumed by the
 //! unwrap: it never outlives the exchange.
 
@@ -15,7 +18,8 @@ use cloister_models::ModelKey;
 use ring::rand::SecureRandom;
 
 use super::{
-    BrokerToEnclave, EnclaveKeyPair, EnclaveToBroker, FrameReader, RefusalCode, PROTOCOL_VERSION,
+    BrokerToEnclave, EnclaveKeyPair, EnclaveToBroker, FrameReader, RefusalCode, StateAnchor,
+    StateRequest, PROTOCOL_VERSION,
 };
 use crate::{frame, Error};
 
@@ -31,8 +35,16 @@ pub enum EnclaveEvent {
         /// The public half of the exchange's X25519 key.
         enclave_public: [u8; 32],
     },
-    /// The broker released the key (authenticated by the unwrap).
-    Released(ModelKey),
+    /// The broker released the key (authenticated by the unwrap), with the instance's state anchor when
+    /// the exchange opened a state.
+    Released {
+        /// The model key.
+        key: ModelKey,
+        /// The anchor (with [`StateRequest::Open`]).
+        anchor: Option<StateAnchor>,
+    },
+    /// The broker recorded a state commit.
+    Committed(StateAnchor),
     /// The broker refused.
     Refused(RefusalCode),
 }
@@ -55,6 +67,7 @@ pub struct EnclaveExchange {
     frames: FrameReader,
     state: State,
     digest: Sha384,
+    request: Option<StateRequest>,
 }
 
 impl std::fmt::Debug for EnclaveExchange {
@@ -66,20 +79,43 @@ impl std::fmt::Debug for EnclaveExchange {
 }
 
 impl EnclaveExchange {
-    /// Starts a release of the key of `model_digest`: the exchange, and the framed `KeyRequest` to send.
-    pub fn start(model_digest: Sha384) -> Result<(Self, Vec<u8>), Error> {
+    /// Starts a release of the key of `model_digest` (or, with [`StateRequest::Commit`], a state commit
+    /// attested under that model's policy): the exchange, and the framed `KeyRequest` to send.
+    pub fn start(
+        model_digest: Sha384,
+        state: Option<StateRequest>,
+    ) -> Result<(Self, Vec<u8>), Error> {
         let first = frame::encode(&EnclaveToBroker::KeyRequest {
             version: PROTOCOL_VERSION,
             model_digest,
+            state: state.clone(),
         })?;
         Ok((
             EnclaveExchange {
                 frames: FrameReader::new(),
                 state: State::ExpectChallenge,
                 digest: model_digest,
+                request: state,
             },
             first,
         ))
+    }
+
+    /// The answer to a `Commit`: the anchor must now be the committed version and digest.
+    fn committed(&self, anchor: StateAnchor) -> Result<EnclaveEvent, Error> {
+        match &self.request {
+            Some(StateRequest::Commit {
+                version, digest, ..
+            }) if anchor.version == *version && anchor.digest == Some(*digest) => {
+                Ok(EnclaveEvent::Committed(anchor))
+            }
+            Some(StateRequest::Commit { .. }) => Err(Error::UnexpectedMessage {
+                expected: "Committed with the version and digest committed",
+            }),
+            _ => Err(Error::UnexpectedMessage {
+                expected: "Granted or Refused",
+            }),
+        }
     }
 
     /// Bytes received from the broker; `Some` once they complete a message.
@@ -108,13 +144,23 @@ impl EnclaveExchange {
                 BrokerToEnclave::Granted {
                     broker_public,
                     wrapped_key,
+                    anchor,
                 },
-            ) => Ok(Some(EnclaveEvent::Released(pair.unwrap(
-                &nonce,
-                &self.digest,
-                &broker_public,
-                &wrapped_key,
-            )?))),
+            ) => {
+                match (&self.request, &anchor) {
+                    (None, None) | (Some(StateRequest::Open { .. }), Some(_)) => {}
+                    _ => {
+                        return Err(Error::UnexpectedMessage {
+                            expected: "Granted with an anchor exactly when a state was opened",
+                        })
+                    }
+                }
+                let key = pair.unwrap(&nonce, &self.digest, &broker_public, &wrapped_key)?;
+                Ok(Some(EnclaveEvent::Released { key, anchor }))
+            }
+            (State::ExpectAnswer { .. }, BrokerToEnclave::Committed { anchor }) => {
+                self.committed(anchor).map(Some)
+            }
             (
                 State::ExpectChallenge | State::ExpectAnswer { .. },
                 BrokerToEnclave::Refused { code },

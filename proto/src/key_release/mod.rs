@@ -1,11 +1,21 @@
 //! Key release between an enclave and the model owner's key broker (see `docs/architecture.md`).
 //!
 //! ```text
-//! enclave → broker  KeyRequest { version, model_digest }
+//! enclave → broker  KeyRequest { version, model_digest, state }   state: None | Open{label} | Commit{…}
 //! broker  → enclave Challenge  { nonce }                      fresh, single use
 //! enclave → broker  Attest     { evidence }                   claims: nonce, exporter, X25519 key, [digest]
-//! broker  → enclave Granted    { broker_public, wrapped_key } | Refused { code }
+//! broker  → enclave Granted    { broker_public, wrapped_key, anchor }   (no state request, or Open)
+//!                 | Committed  { anchor }                              (Commit: no key is released)
+//!                 | Refused    { code }
 //! ```
+//!
+//! **Durable state** (issue 21, item 4). The enclave's governance state (client budgets, the audit chain's
+//! head) is sealed inside the enclave and stored by the untrusted host. The broker keeps, per attested
+//! enclave identity and instance label, an anchor: the version and SHA-384 of the latest state blob the
+//! enclave committed. `Open` returns the anchor with the key, so a restarted enclave accepts only that
+//! blob (a host that hands back an older one is caught); `Commit` advances it by exactly one version.
+//! Both ride on an attested exchange: the request travels on the TLS connection whose exporter the
+//! evidence binds, so only an enclave the owner's policy accepts can read or move an anchor.
 //!
 //! Wrapping (both directions use ring only):
 //! ```text
@@ -57,8 +67,58 @@ impl Clock for SystemClock {
 use cloister_attestation::evidence::{Evidence, Sha384};
 use serde::{Deserialize, Serialize};
 
-/// Protocol version carried in [`EnclaveToBroker::KeyRequest`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Protocol version carried in [`EnclaveToBroker::KeyRequest`] (2: durable-state anchors).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Longest instance label of a durable state.
+pub const MAX_STATE_LABEL: usize = 64;
+
+/// What an exchange asks about the enclave's durable state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateRequest {
+    /// The enclave starts: release the key and say which state blob is the latest (the anchor).
+    Open {
+        /// The instance's label (`[a-z0-9-]`, 1 to [`MAX_STATE_LABEL`] characters, not starting with `-`).
+        label: String,
+    },
+    /// The enclave sealed `version` of its state (SHA-384 of the blob: `digest`): advance the anchor to it.
+    /// No key is released.
+    Commit {
+        /// The instance's label.
+        label: String,
+        /// The new version: the anchor's plus one.
+        version: u64,
+        /// SHA-384 of the sealed blob.
+        digest: Sha384,
+    },
+}
+
+impl StateRequest {
+    /// The instance label.
+    pub fn label(&self) -> &str {
+        match self {
+            StateRequest::Open { label } | StateRequest::Commit { label, .. } => label,
+        }
+    }
+}
+
+/// Whether `label` is a well-formed instance label: it names a file on the host and a key at the broker.
+pub fn is_valid_state_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= MAX_STATE_LABEL
+        && !label.starts_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The broker's record of an instance's latest committed state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StateAnchor {
+    /// The latest committed version; 0: nothing committed yet (the enclave starts from empty state).
+    pub version: u64,
+    /// SHA-384 of that version's blob; `None` with version 0.
+    pub digest: Option<Sha384>,
+}
 /// HKDF info prefix for the key-encryption key.
 pub const KEY_WRAP_INFO: &[u8] = b"cloister-key-wrap-v1";
 /// Length of a wrapped model key: 32-byte key + 16-byte GCM tag.
@@ -75,6 +135,8 @@ pub enum EnclaveToBroker {
         version: u16,
         /// SHA-384 of the plaintext model.
         model_digest: Sha384,
+        /// The durable-state operation riding on this exchange, if any.
+        state: Option<StateRequest>,
     },
     /// Evidence answering the challenge.
     Attest {
@@ -99,6 +161,10 @@ pub enum RefusalCode {
     Replay,
     /// The broker failed internally.
     Internal,
+    /// Too many releases of this model's key in the broker's window (each enclave start is one).
+    RateLimited,
+    /// A state commit that is not the anchor's next version (another instance, or a replay).
+    StateConflict,
 }
 
 /// Messages from the key broker to the enclave.
@@ -115,6 +181,13 @@ pub enum BrokerToEnclave {
         broker_public: [u8; 32],
         /// AES-256-GCM of the model key under the derived KEK.
         wrapped_key: Vec<u8>,
+        /// With [`StateRequest::Open`]: the instance's anchor.
+        anchor: Option<StateAnchor>,
+    },
+    /// A [`StateRequest::Commit`] was recorded: the new anchor.
+    Committed {
+        /// The anchor now.
+        anchor: StateAnchor,
     },
     /// No key.
     Refused {

@@ -5,7 +5,8 @@
 use std::sync::OnceLock;
 
 use cloister_attestation::evidence::{
-    verify_evidence, Claims, EnclaveKey, Evidence, Platform, Sha384, CLAIMS_VERSION,
+    verify_evidence, Claims, EnclaveKey, Evidence, Platform, Sha384, VerifiedEvidence,
+    CLAIMS_VERSION,
 };
 use cloister_attestation::sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use cloister_attestation::snp::Product;
@@ -69,17 +70,28 @@ fn evidence(nonce: [u8; 32], exporter: [u8; 32], key: [u8; 32], digest: Sha384) 
 }
 
 fn policy() -> Policy {
-    Policy::from_toml(&format!("measurements = [\"{}\"]", "42".repeat(48))).unwrap()
+    Policy::from_toml(&format!(
+        "workload_identity = \"measurement\"\nmeasurements = [\"{}\"]",
+        "42".repeat(48)
+    ))
+    .unwrap()
 }
 
-/// Runs one exchange through both machines, bytes only; `tamper` may change the evidence in flight.
-fn run_exchange(tamper: impl FnOnce(&mut Evidence)) -> Result<ModelKey, String> {
+/// The broker's answer to verified evidence: the framed message to send.
+type Decide<'a> = Box<dyn FnOnce(&mut BrokerConnection, &VerifiedEvidence) -> Vec<u8> + 'a>;
+
+/// Runs one exchange through both machines, bytes only; `tamper` may change the evidence in flight;
+/// `decide` answers verified evidence. Returns what the enclave's machine made of the answer.
+fn run_with(
+    state: Option<StateRequest>,
+    tamper: impl FnOnce(&mut Evidence),
+    decide: Decide<'_>,
+) -> Result<EnclaveEvent, String> {
     let rng = SystemRandom::new();
     let exporter = [5; 32];
     let digest = Sha384([1; 48]);
-    let model_key = ModelKey::from_bytes(&[9; 32]);
     let mut broker = BrokerConnection::new(exporter, 4);
-    let (mut enclave, request) = EnclaveExchange::start(digest).unwrap();
+    let (mut enclave, request) = EnclaveExchange::start(digest, state.clone()).unwrap();
 
     // KeyRequest → Challenge, delivered a byte at a time to exercise reassembly.
     let mut challenge = None;
@@ -90,6 +102,7 @@ fn run_exchange(tamper: impl FnOnce(&mut Evidence)) -> Result<ModelKey, String> 
         {
             match event {
                 BrokerEvent::Challenge { frame, .. } => challenge = Some(frame),
+                BrokerEvent::Refuse { reason, .. } => return Err(reason),
                 other => panic!("{other:?}"),
             }
         }
@@ -109,6 +122,7 @@ fn run_exchange(tamper: impl FnOnce(&mut Evidence)) -> Result<ModelKey, String> 
         panic!("{events:?}")
     };
     assert_eq!(pending.at_unix, ISSUED + 60, "the injected clock");
+    assert_eq!(pending.state, state, "the state request reaches the broker");
     let options = VerifyOptions {
         at_unix: pending.at_unix,
         crls: &[],
@@ -116,7 +130,7 @@ fn run_exchange(tamper: impl FnOnce(&mut Evidence)) -> Result<ModelKey, String> 
     };
     let answer = match verify_evidence(&pending.evidence, &policy(), &options, &pending.expected())
     {
-        Ok(verified) => broker.grant(&verified, &model_key, &rng).unwrap(),
+        Ok(verified) => decide(&mut broker, &verified),
         Err(e) => {
             let frame = broker.refuse(RefusalCode::EvidenceRejected, true).unwrap();
             match enclave.receive(&frame, &rng).unwrap() {
@@ -125,10 +139,140 @@ fn run_exchange(tamper: impl FnOnce(&mut Evidence)) -> Result<ModelKey, String> 
             }
         }
     };
-    match enclave.receive(&answer, &rng).unwrap() {
-        Some(EnclaveEvent::Released(key)) => Ok(key),
+    enclave
+        .receive(&answer, &rng)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "no event".to_owned())
+}
+
+fn grant_with(anchor: Option<StateAnchor>) -> Decide<'static> {
+    Box::new(move |broker, verified| {
+        broker
+            .grant(
+                verified,
+                &ModelKey::from_bytes(&[9; 32]),
+                anchor,
+                &SystemRandom::new(),
+            )
+            .unwrap()
+    })
+}
+
+/// Runs one key release (no state operation).
+fn run_exchange(tamper: impl FnOnce(&mut Evidence)) -> Result<ModelKey, String> {
+    match run_with(None, tamper, grant_with(None))? {
+        EnclaveEvent::Released { key, anchor: None } => Ok(key),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn opening_a_state_returns_its_anchor_with_the_key() {
+    let anchor = StateAnchor {
+        version: 7,
+        digest: Some(Sha384([3; 48])),
+    };
+    let open = || {
+        Some(StateRequest::Open {
+            label: "pod-0".into(),
+        })
+    };
+    match run_with(open(), |_| {}, grant_with(Some(anchor))).unwrap() {
+        EnclaveEvent::Released { key, anchor: got } => {
+            assert_eq!(key.expose_secret(), &[9; 32]);
+            assert_eq!(got, Some(anchor));
+        }
+        other => panic!("{other:?}"),
+    }
+    // An Open answered without an anchor, or a plain request answered with one: protocol errors.
+    let err = run_with(open(), |_| {}, grant_with(None)).unwrap_err();
+    assert!(err.contains("anchor"), "{err}");
+    let err = run_with(None, |_| {}, grant_with(Some(anchor))).unwrap_err();
+    assert!(err.contains("anchor"), "{err}");
+    // The broker cannot answer an Open with Committed.
+    let err = run_with(
+        open(),
+        |_| {},
+        Box::new(|broker, verified| {
+            assert!(broker.commit(verified, StateAnchor::default()).is_err());
+            broker.refuse(RefusalCode::Internal, true).unwrap()
+        }),
+    );
+    assert!(matches!(
+        err,
+        Ok(EnclaveEvent::Refused(RefusalCode::Internal))
+    ));
+}
+
+#[test]
+fn a_commit_releases_no_key_and_must_come_back_as_committed() {
+    let digest = Sha384([4; 48]);
+    let commit = || {
+        Some(StateRequest::Commit {
+            label: "pod-0".into(),
+            version: 8,
+            digest,
+        })
+    };
+    let committed = |version: u64, digest: Sha384| -> Decide<'static> {
+        Box::new(move |broker, verified| {
+            // A key for a commit is refused by the machine: the caller cannot release one by mistake.
+            assert!(broker
+                .grant(
+                    verified,
+                    &ModelKey::from_bytes(&[9; 32]),
+                    None,
+                    &SystemRandom::new()
+                )
+                .is_err());
+            broker
+                .commit(
+                    verified,
+                    StateAnchor {
+                        version,
+                        digest: Some(digest),
+                    },
+                )
+                .unwrap()
+        })
+    };
+    match run_with(commit(), |_| {}, committed(8, digest)).unwrap() {
+        EnclaveEvent::Committed(a) => assert_eq!((a.version, a.digest), (8, Some(digest))),
+        other => panic!("{other:?}"),
+    }
+    // A broker that says it recorded something else: the enclave does not take it as committed.
+    assert!(run_with(commit(), |_| {}, committed(9, digest)).is_err());
+    assert!(run_with(commit(), |_| {}, committed(8, Sha384([5; 48]))).is_err());
+    // Forged evidence commits nothing.
+    let err = run_with(commit(), |ev| ev.claims.nonce[0] ^= 1, committed(8, digest)).unwrap_err();
+    assert!(err.contains("EvidenceRejected"), "{err}");
+}
+
+#[test]
+fn malformed_state_requests_are_refused_before_a_challenge() {
+    for label in ["", "-a", "A", "a/b", "../x", &"a".repeat(65)] {
+        let err = run_with(
+            Some(StateRequest::Open {
+                label: label.into(),
+            }),
+            |_| {},
+            grant_with(None),
+        )
+        .unwrap_err();
+        assert!(err.contains("label"), "{label:?}: {err}");
+    }
+    let err = run_with(
+        Some(StateRequest::Commit {
+            label: "a".into(),
+            version: 0,
+            digest: Sha384([0; 48]),
+        }),
+        |_| {},
+        grant_with(None),
+    )
+    .unwrap_err();
+    assert!(err.contains("version"), "{err}");
+    assert!(is_valid_state_label("pod-0") && is_valid_state_label(&"a".repeat(64)));
 }
 
 #[test]
@@ -166,6 +310,7 @@ fn protocol_violations_are_refused_and_close() {
     let request = crate::frame::encode(&EnclaveToBroker::KeyRequest {
         version: PROTOCOL_VERSION + 1,
         model_digest: Sha384([1; 48]),
+        state: None,
     })
     .unwrap();
     let events = broker.receive(&request, &rng, &clock).unwrap();
@@ -192,10 +337,11 @@ fn protocol_violations_are_refused_and_close() {
     let mut broker = BrokerConnection::new([0; 32], 4);
     assert!(broker.refuse(RefusalCode::Internal, true).is_err());
     // The enclave refuses out-of-order messages too.
-    let (mut enclave, _) = EnclaveExchange::start(Sha384([1; 48])).unwrap();
+    let (mut enclave, _) = EnclaveExchange::start(Sha384([1; 48]), None).unwrap();
     let granted = crate::frame::encode(&BrokerToEnclave::Granted {
         broker_public: [0; 32],
         wrapped_key: vec![0; WRAPPED_KEY_LEN],
+        anchor: None,
     })
     .unwrap();
     assert!(enclave.receive(&granted, &rng).is_err());
@@ -208,6 +354,7 @@ fn each_exchange_draws_its_own_nonce_and_the_connection_ends_after_the_last() {
     let request = crate::frame::encode(&EnclaveToBroker::KeyRequest {
         version: PROTOCOL_VERSION,
         model_digest: Sha384([1; 48]),
+        state: None,
     })
     .unwrap();
     let first = broker.receive(&request, &rng, &At(ISSUED)).unwrap();
