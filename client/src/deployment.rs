@@ -488,6 +488,9 @@ impl Deployment {
             sealed_model.clone().into(),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            // The enclave's sealed governance state (budgets, the audit chain's head) across restarts.
+            "--state-dir".into(),
+            dir.join("host/state").into(),
         ]);
         if let Some(record) = &options.record {
             args.extend(["--record".into(), record.clone().into()]);

@@ -93,6 +93,12 @@ pub enum BlobError {
         /// Announced plaintext length.
         len: u64,
     },
+    /// A small answer (the durable-state store) larger than its cap.
+    #[error("the host's answer is larger than {cap} bytes")]
+    AnswerTooLarge {
+        /// The cap.
+        cap: usize,
+    },
     /// `Content-Length` disagrees with the header's sealed length.
     #[error("the blob service announces {announced} bytes but the sealed header implies {sealed}")]
     LengthMismatch {
@@ -216,6 +222,81 @@ impl BlobService {
                 source,
             })?;
         self.fetch_over(tls, digest, key).await
+    }
+
+    /// One small request to the host (the durable-state store): `method` on `path` under the prefix, with
+    /// `body`; the status and at most `cap` bytes of the answer (more is an error, never truncated).
+    pub async fn small_request(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Bytes,
+        cap: usize,
+    ) -> Result<(StatusCode, Bytes), BlobError> {
+        let tcp = timeout(IO_TIMEOUT, TcpStream::connect(&self.authority))
+            .await
+            .map_err(|_| BlobError::Timeout("connect"))?
+            .map_err(|source| BlobError::Connect {
+                authority: self.authority.clone(),
+                source,
+            })?;
+        if !self.tls {
+            return self.small_over(tcp, method, path, body, cap).await;
+        }
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(public_roots_client()));
+        let server_name = rustls::pki_types::ServerName::try_from(self.host.clone())
+            .map_err(|_| BlobError::Url)?;
+        let tls = timeout(IO_TIMEOUT, connector.connect(server_name, tcp))
+            .await
+            .map_err(|_| BlobError::Timeout("TLS handshake"))?
+            .map_err(|source| BlobError::Tls {
+                host: self.host.clone(),
+                source,
+            })?;
+        self.small_over(tls, method, path, body, cap).await
+    }
+
+    async fn small_over<IO>(
+        &self,
+        io: IO,
+        method: hyper::Method,
+        path: &str,
+        body: Bytes,
+        cap: usize,
+    ) -> Result<(StatusCode, Bytes), BlobError>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(BlobError::Http)?;
+        let driver = tokio::spawn(conn);
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.prefix))
+            .header(hyper::header::HOST, &self.host_header)
+            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+            .body(http_body_util::Full::new(body))
+            .map_err(BlobError::Request)?;
+        let result = async {
+            let response = timeout(IO_TIMEOUT, sender.send_request(request))
+                .await
+                .map_err(|_| BlobError::Timeout("response"))?
+                .map_err(BlobError::Http)?;
+            let status = response.status();
+            let mut body = response.into_body();
+            let mut out = Vec::new();
+            while let Some(data) = next_data(&mut body).await? {
+                if out.len() + data.len() > cap {
+                    return Err(BlobError::AnswerTooLarge { cap });
+                }
+                out.extend_from_slice(&data);
+            }
+            Ok((status, Bytes::from(out)))
+        }
+        .await;
+        driver.abort();
+        result
     }
 
     async fn fetch_over<IO>(

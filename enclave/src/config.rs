@@ -18,7 +18,7 @@ use ring::digest::{digest, SHA384};
 use serde::Deserialize;
 
 mod governance;
-pub use governance::{AuditConfig, Budget, BudgetsConfig, ClientsConfig};
+pub use governance::{AuditConfig, Budget, BudgetsConfig, ClientsConfig, StateConfig};
 
 /// Upper bound on the number of models in one configuration (the claims carry at most this many digests).
 pub const MAX_MODELS: usize = cloister_attestation::evidence::MAX_MODEL_DIGESTS;
@@ -359,6 +359,8 @@ pub struct Config {
     pub clients: ClientsConfig,
     /// `[budgets]`.
     pub budgets: BudgetsConfig,
+    /// `[state]`.
+    pub state: StateConfig,
     /// The allowed client certificates (`[clients] certificate_sha256`, parsed).
     pub client_pins: Vec<[u8; 32]>,
     /// SHA-384 of the exact file bytes.
@@ -389,6 +391,8 @@ struct RawConfig {
     clients: ClientsConfig,
     #[serde(default)]
     budgets: BudgetsConfig,
+    #[serde(default)]
+    state: StateConfig,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -621,6 +625,16 @@ impl Config {
                 "[clients] require_certificate = true needs certificate_sha256 (no client could connect)",
             ));
         }
+        if raw.clients.require_certificate && raw.clients.allow_anonymous == Some(true) {
+            return Err(ConfigError::Governance(
+                "[clients] require_certificate = true and allow_anonymous = true contradict each other",
+            ));
+        }
+        if raw.state.commit_every_secs == 0 {
+            return Err(ConfigError::ZeroLimit {
+                field: "[state] commit_every_secs",
+            });
+        }
         if raw.audit.checkpoint_every == 0 {
             return Err(ConfigError::ZeroLimit {
                 field: "[audit] checkpoint_every",
@@ -632,6 +646,7 @@ impl Config {
             audit: raw.audit,
             clients: raw.clients,
             budgets: raw.budgets,
+            state: raw.state,
             client_pins,
             key_broker,
             models,

@@ -31,6 +31,8 @@ pub struct Governance {
     signer: Arc<RecordSigner>,
     audit: AuditWriter,
     budgets: Budgets,
+    /// The audit chain's last line: its sequence number and SHA-256 (what the next line's `prev` names).
+    audit_head: Arc<Mutex<(u64, [u8; 32])>>,
 }
 
 impl std::fmt::Debug for Governance {
@@ -48,11 +50,23 @@ impl Governance {
         let signer = Arc::new(
             RecordSigner::generate().map_err(|e| crate::Error::Governance(e.to_string()))?,
         );
+        let audit_head = Arc::new(Mutex::new((0u64, [0u8; 32])));
+        let head = Arc::clone(&audit_head);
         let audit = AuditWriter::start(
             Arc::clone(&signer),
             config.audit.checkpoint_every,
             &format!("sha384:{}", hex::encode(config.digest.0)),
-            Box::new(|line| {
+            Box::new(move |line| {
+                // The sink sees every line in chain order: remember the last one for the durable state.
+                let seq = serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64())
+                    .unwrap_or(0);
+                let mut digest = [0u8; 32];
+                digest.copy_from_slice(
+                    ring::digest::digest(&ring::digest::SHA256, line.as_bytes()).as_ref(),
+                );
+                *head.lock().unwrap_or_else(PoisonError::into_inner) = (seq, digest);
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{STDOUT_PREFIX}{line}").and_then(|()| out.flush());
             }),
@@ -62,6 +76,7 @@ impl Governance {
             signer,
             audit,
             budgets: Budgets::new(config.budgets),
+            audit_head,
         })
     }
 
@@ -78,6 +93,25 @@ impl Governance {
     /// The budgets.
     pub fn budgets(&self) -> &Budgets {
         &self.budgets
+    }
+
+    /// A restart resumed the durable state `version`, whose audit chain ended at `head` (its last line's
+    /// sequence number and SHA-256): the new chain's log says so, so that an auditor can join the runs and
+    /// see that nothing of the previous run's log was cut.
+    pub fn resumed(&self, version: u64, head: Option<&(u64, String)>) {
+        tracing::info!(version, "governance state resumed");
+        if let Some((seq, line_sha256)) = head {
+            tracing::info!(previous_seq = seq, previous_line = %line_sha256, "audit chain resumed");
+        }
+    }
+
+    /// The audit chain's last line: its sequence number and SHA-256 (hex).
+    pub fn audit_head(&self) -> (u64, String) {
+        let (seq, digest) = *self
+            .audit_head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (seq, hex::encode(digest))
     }
 }
 
@@ -150,6 +184,53 @@ fn seconds_to_midnight() -> u64 {
     86_400 - unix_now() % 86_400
 }
 
+/// One budget account as the durable state keeps it (`crate::state`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AccountState {
+    /// Tokens left in the minute bucket when saved.
+    pub tokens: f64,
+    /// The UTC day (days since the epoch) the daily counts are for.
+    pub day: u64,
+    /// Requests that day.
+    pub requests: u64,
+    /// Input elements that day.
+    pub elements: u64,
+}
+
+/// Every budget account, as the durable state keeps them.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BudgetsState {
+    /// Unix seconds when saved (the minute buckets refill from then).
+    pub saved_at: u64,
+    /// The global account.
+    pub global: Option<AccountState>,
+    /// Each client's account.
+    pub clients: Vec<(String, AccountState)>,
+}
+
+impl Account {
+    fn state(&self) -> AccountState {
+        AccountState {
+            tokens: self.tokens,
+            day: self.day,
+            requests: self.requests,
+            elements: self.elements,
+        }
+    }
+
+    fn restored(state: &AccountState, limit: &Budget, elapsed_secs: u64) -> Self {
+        let cap = f64::from(limit.requests_per_minute.unwrap_or(0));
+        let rate = cap / 60.0;
+        Account {
+            tokens: (state.tokens.max(0.0) + elapsed_secs as f64 * rate).min(cap),
+            refilled: Instant::now(),
+            day: state.day,
+            requests: state.requests,
+            elements: state.elements,
+        }
+    }
+}
+
 /// Per-client and global budgets (`[budgets]`). Clients are their certificate's `sha256:…` or `anonymous`
 /// (all anonymous clients share one account): a bounded set, since certificates are pinned.
 #[derive(Debug)]
@@ -157,6 +238,11 @@ pub struct Budgets {
     config: BudgetsConfig,
     global: Mutex<Account>,
     clients: Mutex<HashMap<String, Account>>,
+    /// Spending recorded since start (the durable state commits when it moved).
+    changes: std::sync::atomic::AtomicU64,
+    /// Why the budgets cannot be made durable right now, if so: budgeted requests are refused until a
+    /// commit succeeds (spending that a restart would forget is spending without a budget).
+    not_durable: Mutex<Option<String>>,
 }
 
 impl Budgets {
@@ -165,6 +251,77 @@ impl Budgets {
             config,
             global: Mutex::new(Account::new(&config.global)),
             clients: Mutex::new(HashMap::new()),
+            changes: std::sync::atomic::AtomicU64::new(0),
+            not_durable: Mutex::new(None),
+        }
+    }
+
+    /// How many times spending was recorded since start.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Says why the budgets are not durable now (`None`: they are again).
+    pub fn set_not_durable(&self, why: Option<String>) {
+        *self
+            .not_durable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = why;
+    }
+
+    /// Why budgeted requests are refused now, if they are (see [`Budgets::set_not_durable`]).
+    pub fn durability_problem(&self) -> Option<String> {
+        if !self.is_limited() {
+            return None;
+        }
+        self.not_durable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Every account, as of now, for the durable state.
+    pub fn snapshot(&self) -> BudgetsState {
+        let now = Instant::now();
+        let today = unix_now() / 86_400;
+        let mut global = self.global.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        global.roll(&self.config.global, now, today);
+        let mut out: Vec<(String, AccountState)> = clients
+            .iter_mut()
+            .map(|(client, account)| {
+                account.roll(&self.config.per_client, now, today);
+                (client.clone(), account.state())
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        BudgetsState {
+            saved_at: unix_now(),
+            global: Some(global.state()),
+            clients: out,
+        }
+    }
+
+    /// Replaces every account with a saved state (a restart resuming its sealed state). The minute buckets
+    /// refill for the time since it was saved; the daily counts carry over within the same UTC day.
+    pub fn restore(&self, state: &BudgetsState) {
+        let elapsed = unix_now().saturating_sub(state.saved_at);
+        let mut global = self.global.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(g) = &state.global {
+            *global = Account::restored(g, &self.config.global, elapsed);
+        }
+        clients.clear();
+        for (client, account) in &state.clients {
+            clients.insert(
+                client.clone(),
+                Account::restored(account, &self.config.per_client, elapsed),
+            );
         }
     }
 
@@ -194,6 +351,7 @@ impl Budgets {
             acc.tokens -= 1.0;
             acc.requests += 1;
         }
+        self.changed();
         Ok(Some(state(&self.config.per_client, account)))
     }
 
@@ -223,6 +381,7 @@ impl Budgets {
         }
         global.elements = global.elements.saturating_add(elements);
         account.elements = account.elements.saturating_add(elements);
+        self.changed();
         Ok(())
     }
 }
@@ -395,6 +554,41 @@ mod tests {
             unreachable!()
         };
         assert_eq!(v, &[0.0, 0.57, 0.0, 0.3, 0.9, 0.05, 0.0, 0.0]);
+    }
+
+    /// Issue 21, item 4: what a restart restores is what was spent, not a fresh budget.
+    #[test]
+    fn budgets_survive_a_snapshot_and_restore() {
+        let config = BudgetsConfig {
+            per_client: Budget {
+                requests_per_minute: Some(3),
+                requests_per_day: Some(5),
+                input_elements_per_day: None,
+            },
+            global: Budget::default(),
+        };
+        let before = Budgets::new(config);
+        for _ in 0..3 {
+            before.admit("a").unwrap();
+        }
+        assert!(before.admit("a").is_err());
+        assert_eq!(before.changes(), 3);
+        let saved = before.snapshot();
+        // A restarted enclave that restores the state: still over budget for the minute, and the day
+        // counts three requests.
+        let after = Budgets::new(config);
+        after.restore(&saved);
+        assert!(after.admit("a").is_err());
+        let state = after.snapshot();
+        let (_, a) = state.clients.iter().find(|(c, _)| c == "a").unwrap();
+        assert_eq!(a.requests, 3);
+        // Without it, a fresh start: the budget is back (what the host's kill used to buy).
+        assert!(Budgets::new(config).admit("a").is_ok());
+        // Not durable: budgeted requests are refused until it is again.
+        after.set_not_durable(Some("the host keeps no state".into()));
+        assert!(after.durability_problem().is_some());
+        after.set_not_durable(None);
+        assert!(after.durability_problem().is_none());
     }
 
     #[test]

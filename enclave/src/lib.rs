@@ -14,6 +14,8 @@
 //!   [`key_release`]); the model key it releases is zeroized after the model is opened.
 //! - Clients are untrusted until they have attested us; they attest inside their own TLS session
 //!   ([`server`]: evidence bound to the connection's exporter), so evidence cannot be relayed.
+//! - The governance state the host stores for us ([`state`]: budgets, the audit chain's head) is sealed
+//!   under a key derived from a model key, and only the blob the key broker anchored is accepted.
 //! - Inputs, outputs, keys and plaintext are never logged; errors sent out are narrow.
 #![forbid(unsafe_code)]
 
@@ -28,6 +30,7 @@ pub mod metrics;
 pub mod pool;
 pub mod runtime;
 pub mod server;
+pub mod state;
 
 pub use error::Error;
 

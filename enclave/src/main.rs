@@ -68,6 +68,13 @@ struct Args {
     #[arg(long, value_name = "LEVEL", hide = true)]
     log: Option<String>,
 
+    /// The instance label of the durable governance state (budgets, the audit chain's head; only when the
+    /// configuration keeps one): which of the host's stored states is this instance's. Chosen by the host:
+    /// a new label starts with empty state, which costs a key release the broker counts
+    /// (releases_per_model_per_hour). 1 to 64 of [a-z0-9-].
+    #[arg(long, value_name = "LABEL", default_value = "default")]
+    state_label: String,
+
     /// Exit when standard input reaches end of file. The host's sim launcher passes this and holds the
     /// pipe: if the host dies (even by SIGKILL), its enclave does not outlive it.
     #[arg(long)]
@@ -207,9 +214,28 @@ fn check_host_data(firmware: &dyn firmware::Firmware, initdata: &InitData) -> an
     Ok(())
 }
 
+/// What a stop needs to commit the durable state one last time.
+type Running = std::sync::OnceLock<(Arc<Enclave>, BrokerClient, BlobService)>;
+
+/// Commits the durable state one last time (bounded: the host waits a few seconds for the stop).
+async fn final_commit(running: &Running) {
+    if let Some((enclave, broker, blobs)) = running.get() {
+        if let Some(durable) = enclave.durable() {
+            let commit = durable.commit_logged(enclave, broker, blobs);
+            if tokio::time::timeout(std::time::Duration::from_secs(2), commit)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the last state commit did not finish in time");
+            }
+        }
+    }
+}
+
 /// Seals the audit log (its signed `stop`) and exits: the host is gone or asked the enclave to stop.
-fn seal_and_exit(enclave: &std::sync::OnceLock<Arc<Enclave>>, why: &str) -> ! {
-    if let Some(e) = enclave.get() {
+fn seal_and_exit(running: &Running, why: &str) -> ! {
+    let enclave = running.get().map(|(e, _, _)| e);
+    if let Some(e) = enclave {
         e.governance().audit().stop();
     }
     // Not eprintln!: stderr may be a pipe to a host that is gone; eprintln! would panic on the write.
@@ -223,7 +249,7 @@ async fn run(
     config: Config,
     initdata: Option<InitData>,
 ) -> anyhow::Result<()> {
-    let running: Arc<std::sync::OnceLock<Arc<Enclave>>> = Arc::default();
+    let running: Arc<Running> = Arc::default();
     // SIGTERM (a supervisor) and SIGINT (Ctrl-C in a terminal reaches the whole foreground process
     // group, enclave included) both stop the enclave with a signed `stop`: dying on the default
     // SIGINT action would leave the audit log with an unsigned tail.
@@ -237,12 +263,14 @@ async fn run(
             signal(kind).with_context(|| format!("cannot install the {name} handler"))?;
         tokio::spawn(async move {
             if stream.recv().await.is_some() {
+                final_commit(&running).await;
                 seal_and_exit(&running, name);
             }
         });
     }
     if args.exit_on_stdin_eof {
         let running = Arc::clone(&running);
+        let handle = tokio::runtime::Handle::current();
         std::thread::spawn(move || {
             let mut sink = [0u8; 64];
             let mut stdin = std::io::stdin().lock();
@@ -259,6 +287,7 @@ async fn run(
                     Err(_) => break,
                 }
             }
+            handle.block_on(final_commit(&running));
             seal_and_exit(
                 &running,
                 "standard input closed (the host is gone or stops it)",
@@ -331,8 +360,13 @@ async fn run(
     } else {
         Attester::new(firmware, collateral)
     };
-    let enclave = Arc::new(Enclave::new(&config, attester)?);
-    let _ = running.set(Arc::clone(&enclave));
+    anyhow::ensure!(
+        cloister_proto::key_release::is_valid_state_label(&args.state_label),
+        "--state-label must be 1 to 64 of [a-z0-9-], not starting with '-'"
+    );
+    let enclave =
+        Arc::new(Enclave::new(&config, attester)?.with_state_label(args.state_label.clone()));
+    let _ = running.set((Arc::clone(&enclave), broker.clone(), blobs.clone()));
     tracing::info!(
         inference_threads = enclave.pool().size(),
         memory_budget = enclave.memory().bytes(),

@@ -17,18 +17,21 @@ use std::time::Duration;
 
 use cloister_attestation::evidence::Sha384;
 use cloister_models::{ModelDigest, ModelKey, Plaintext};
-use cloister_proto::key_release::RefusalCode;
+use cloister_proto::key_release::{RefusalCode, StateAnchor, StateRequest};
 use tokio::sync::Semaphore;
 
 use crate::blobs::BlobService;
 use crate::config::{Config, Limits, MemoryBudget as BudgetSetting};
 use crate::firmware::{self, Attester};
 use crate::inference::LoadedModel;
-use crate::key_release::{refusal_text, BrokerClient, KeyReleaseError};
+use crate::key_release::{refusal_text, Answer, BrokerClient, KeyReleaseError};
 use crate::pool::{default_budget_bytes, InferencePool, MemoryBudget};
 
 /// At most this many `POST /v2/attestation` are signed at once (each is a firmware call).
 pub const MAX_CONCURRENT_ATTESTATIONS: usize = 8;
+
+/// The durable state's instance label unless the host says otherwise (`--state-label`).
+pub const DEFAULT_STATE_LABEL: &str = "default";
 
 /// Where a model is in its provisioning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +120,10 @@ pub struct Enclave {
     attestation_permits: Arc<Semaphore>,
     pool: InferencePool,
     memory: MemoryBudget,
+    /// `[state]`: the instance label when the governance state is durable (`crate::state`).
+    state_label: Option<String>,
+    state_every: Duration,
+    durable: OnceLock<Arc<crate::state::Durable>>,
 }
 
 impl std::fmt::Debug for Enclave {
@@ -173,7 +180,28 @@ impl Enclave {
             attestation_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
             pool,
             memory,
+            state_label: config
+                .state
+                .is_durable(&config.budgets)
+                .then(|| DEFAULT_STATE_LABEL.to_owned()),
+            state_every: Duration::from_secs(config.state.commit_every_secs),
+            durable: OnceLock::new(),
         })
+    }
+
+    /// The instance label of the durable state (`--state-label`, chosen by the host: a new label is a
+    /// new instance with empty state, which costs a key release the broker counts). No effect when the
+    /// configuration keeps no durable state.
+    pub fn with_state_label(mut self, label: String) -> Self {
+        if self.state_label.is_some() {
+            self.state_label = Some(label);
+        }
+        self
+    }
+
+    /// The durable state, once resumed.
+    pub fn durable(&self) -> Option<&Arc<crate::state::Durable>> {
+        self.durable.get()
     }
 
     /// The metrics.
@@ -312,23 +340,43 @@ async fn provision_one(
     let name = slot.name.as_str();
     let digest = slot.digest;
 
-    // 1. Key release. Each step's time goes into its log line: cold start is measured in them.
+    // 1. Key release. Each step's time goes into its log line: cold start is measured in them. The first
+    //    model's release also opens the durable state: the broker says which state blob is the latest.
+    let state_request = match (index, &enclave.state_label) {
+        (0, Some(label)) => Some(StateRequest::Open {
+            label: label.clone(),
+        }),
+        _ => None,
+    };
     let started = std::time::Instant::now();
     let mut backoff = retry.initial;
-    let key: Arc<ModelKey> = loop {
+    let (key, anchor): (Arc<ModelKey>, Option<StateAnchor>) = loop {
         slot.set_status(ModelStatus::AwaitingKey);
-        match broker
-            .request_key(enclave.attester.clone(), &digest, enclave.config_digest)
-            .await
-        {
-            Ok(key) => {
+        let answer = broker
+            .exchange(
+                enclave.attester.clone(),
+                &digest,
+                enclave.config_digest,
+                state_request.clone(),
+            )
+            .await;
+        match answer {
+            Ok(Answer::Released { key, anchor }) => {
                 tracing::info!(
                     model = name,
                     %digest,
                     ms = started.elapsed().as_secs_f64() * 1e3,
                     "model key released"
                 );
-                break Arc::new(key);
+                break (Arc::new(key), anchor);
+            }
+            Ok(Answer::Committed(_)) => {
+                tracing::warn!(
+                    model = name,
+                    "the key broker answered a key request as a commit"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(retry.max);
             }
             Err(KeyReleaseError::Refused(code)) => {
                 slot.set_status(ModelStatus::Refused(code));
@@ -355,6 +403,39 @@ async fn provision_one(
             }
         }
     };
+
+    // 1b. The durable state, resumed at the broker's anchor while the key that derives its key is here.
+    //     A state that cannot be resumed (missing, older than anchored, altered) stops this enclave from
+    //     serving: budgets and the audit chain would start over.
+    if let (Some(anchor), Some(label)) = (anchor, &enclave.state_label) {
+        match crate::state::Durable::resume(
+            enclave,
+            blobs,
+            label.clone(),
+            digest,
+            &key,
+            anchor,
+            enclave.state_every,
+        )
+        .await
+        {
+            Ok(durable) => {
+                tracing::info!(label = %label, version = anchor.version, "durable state resumed");
+                let durable = Arc::new(durable);
+                let _ = enclave.durable.set(Arc::clone(&durable));
+                tokio::spawn(durable.run(Arc::clone(enclave), broker.clone(), blobs.clone()));
+            }
+            Err(e) => {
+                slot.set_status(ModelStatus::Failed);
+                tracing::error!(
+                    label = %label,
+                    "cannot resume the durable state: {}; not serving",
+                    error_chain(&e)
+                );
+                return;
+            }
+        }
+    }
 
     // 2. Sealed blob, opened against the digest the key was released for.
     slot.set_status(ModelStatus::Fetching);

@@ -92,9 +92,11 @@ pub fn tls_config(
     let config = if pins.is_empty() {
         config.with_no_client_auth()
     } else {
+        // A pinned client must not be able to shed its identity (and its budget) by connecting without
+        // its certificate: without a certificate there is no session unless anonymous access was asked for.
         config.with_client_cert_verifier(Arc::new(crate::governance::PinnedClients::new(
             pins.to_vec(),
-            clients.require_certificate,
+            clients.require_certificate || !clients.anonymous_allowed(),
         )))
     };
     let mut config = config

@@ -1,7 +1,8 @@
 //! The blob service: hands the enclave the sealed models it asks for, by digest.
 //!
 //! `GET /blobs/sha384:<96 lowercase hex>` → `200` and the sealed file's bytes, `404` for a digest
-//! the host does not hold, `400` for a malformed path (docs/architecture.md, "Blob service").
+//! the host does not hold, `400` for a malformed path (docs/architecture.md, "Blob service"). The same
+//! service answers `/collateral/` ([`crate::collateral`]) and `/state/` ([`crate::state`]).
 //!
 //! Trust: the host can read a sealed blob's header (name, digest, lengths) but not open it; it
 //! links no decryption code. The enclave checks the header digest against the digest it asked
@@ -36,6 +37,7 @@ use tokio::sync::Semaphore;
 use cloister_collateral::Collateral;
 
 use crate::record::{Recorder, Tap};
+use crate::state::StateStore;
 
 /// Path prefix of blob requests.
 const BLOBS_PREFIX: &str = "/blobs/";
@@ -221,10 +223,15 @@ pub enum Route {
     MethodNotAllowed,
     /// `GET /collateral/<KDS path>`: the KDS mirror ([`crate::collateral`]).
     Collateral,
+    /// `/state/…`: the enclave's sealed state ([`crate::state`], which routes further).
+    State,
 }
 
 /// Routes a request.
 pub fn route(method: &Method, path: &str) -> Route {
+    if path.starts_with(crate::state::PREFIX) {
+        return Route::State;
+    }
     if path.starts_with(crate::collateral::PREFIX) {
         return if *method == Method::GET {
             Route::Collateral
@@ -254,6 +261,7 @@ pub struct BlobServer {
     index: Arc<BlobIndex>,
     recorder: Option<Recorder>,
     collateral: Option<Arc<Collateral>>,
+    state: Option<Arc<StateStore>>,
 }
 
 impl BlobServer {
@@ -275,6 +283,7 @@ impl BlobServer {
             index: Arc::new(index),
             recorder,
             collateral: None,
+            state: None,
         })
     }
 
@@ -282,6 +291,14 @@ impl BlobServer {
     #[must_use]
     pub fn with_collateral(mut self, collateral: Option<Arc<Collateral>>) -> Self {
         self.collateral = collateral;
+        self
+    }
+
+    /// Serves `/state/{label}/{version|latest}` from `state` (without: 404 on those paths, saying the
+    /// host keeps no state).
+    #[must_use]
+    pub fn with_state(mut self, state: Option<Arc<StateStore>>) -> Self {
+        self.state = state;
         self
     }
 
@@ -313,13 +330,16 @@ impl BlobServer {
             let _ = stream.set_nodelay(true);
             let index = Arc::clone(&self.index);
             let collateral = self.collateral.clone();
+            let state = self.state.clone();
             let io = TokioIo::new(Tap::new(stream, self.recorder.clone()));
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let index = Arc::clone(&index);
                     let collateral = collateral.clone();
+                    let state = state.clone();
                     async move {
                         let resp = match route(req.method(), req.uri().path()) {
+                            Route::State => crate::state::respond(state, req).await,
                             Route::Collateral => {
                                 let r =
                                     crate::collateral::respond(collateral.as_deref(), req.uri())
@@ -359,7 +379,9 @@ pub async fn respond<B>(index: &BlobIndex, req: &Request<B>) -> Response<BlobBod
                 "malformed blob path: expected /blobs/sha384:<96 lowercase hex digits>\n",
             )
         }
-        Route::NotFound | Route::Collateral => return text(StatusCode::NOT_FOUND, "not found\n"),
+        Route::NotFound | Route::Collateral | Route::State => {
+            return text(StatusCode::NOT_FOUND, "not found\n")
+        }
         Route::MethodNotAllowed => {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             resp.headers_mut()
@@ -431,7 +453,7 @@ enum BodyKind {
 }
 
 impl BlobBody {
-    fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Self {
             kind: BodyKind::Text(None),
         }
@@ -579,6 +601,8 @@ pub(crate) mod tests {
         assert_eq!(route(&Method::POST, &good), Route::MethodNotAllowed);
         assert_eq!(route(&Method::GET, "/"), Route::NotFound);
         assert_eq!(route(&Method::GET, "/blobs"), Route::NotFound);
+        assert_eq!(route(&Method::PUT, "/state/a/1"), Route::State);
+        assert_eq!(route(&Method::DELETE, "/state/x"), Route::State);
         let upper = format!("/blobs/sha384:{}", "AB".repeat(48));
         let short = format!("/blobs/sha384:{}", "ab".repeat(47));
         let long = format!("/blobs/sha384:{}", "ab".repeat(49));

@@ -179,6 +179,9 @@ pub struct Config {
     pub audit_log: Option<PathBuf>,
     /// Where the host serves its metrics (`--metrics`).
     pub metrics: Option<SocketAddr>,
+    /// Where the enclave's sealed state is kept (`--state-dir`; created 0700 if missing). `None`: the
+    /// `/state/` routes answer 404 and the enclave runs without durable state, if its policy allows.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The `/collateral` service's sources ([`crate::collateral`]).
@@ -201,6 +204,14 @@ pub enum ConfigError {
     /// A path that must name a regular file does not.
     #[error("{flag} {}: not a file", path.display())]
     NotAFile {
+        /// The command-line flag.
+        flag: &'static str,
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A path that must name a directory (or nothing yet) names something else.
+    #[error("{flag} {}: not a directory", path.display())]
+    NotADirectory {
         /// The command-line flag.
         flag: &'static str,
         /// The path given.
@@ -275,6 +286,15 @@ impl Config {
         }
         for path in &self.sealed_models {
             is_file("--sealed-model", path)?;
+        }
+        if let Some(dir) = &self.state_dir {
+            // Missing is fine (it is created); anything but a directory is a usage error.
+            if dir.exists() && !dir.is_dir() {
+                return Err(ConfigError::NotADirectory {
+                    flag: "--state-dir",
+                    path: dir.clone(),
+                });
+            }
         }
         self.validate_qemu()
     }
@@ -422,6 +442,7 @@ mod tests {
                 collateral: CollateralSettings::default(),
                 audit_log: None,
                 metrics: None,
+                state_dir: None,
             }
         }
     }
@@ -492,5 +513,15 @@ mod tests {
         let mut c = f.config(Backend::QemuTcgInsecure);
         c.qemu.bios = Some(f.path("nope"));
         assert!(err(&c).contains("--qemu-bios"), "{}", err(&c));
+
+        let mut c = f.config(Backend::Sim);
+        c.state_dir = Some(f.path("state"));
+        c.validate().unwrap();
+        c.state_dir = Some(f.path("enclave.toml"));
+        assert!(
+            err(&c).ends_with("enclave.toml: not a directory"),
+            "{}",
+            err(&c)
+        );
     }
 }

@@ -12,6 +12,7 @@
 //! The pieces:
 //! - [`blobs`]: the loopback HTTP service the enclave fetches sealed models from, by digest;
 //! - [`collateral`]: on the same service, a KDS mirror the enclave fetches its VCEK from;
+//! - [`state`]: on the same service, `--state-dir`, where the enclave keeps its sealed governance state;
 //! - [`launcher`]: how the enclave is started ([`launcher::Launcher`]; the `sim` backend);
 //! - [`qemu`]: the `snp-qemu` backend (an SEV-SNP VM) and its insecure TCG variant for tests;
 //! - [`supervisor`]: keeps one enclave up, restarting it with backoff, and publishes its address;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod qemu;
 pub mod record;
 pub mod relay;
+pub mod state;
 pub mod supervisor;
 
 use std::io::{self, Write};
@@ -50,6 +52,7 @@ use crate::qemu::{
 };
 use crate::record::Recorder;
 use crate::relay::Relay;
+use crate::state::{StateError, StateStore};
 use crate::supervisor::{Supervisor, SupervisorError};
 
 /// The line printed on stdout once the relay listens and the first enclave is up.
@@ -121,6 +124,9 @@ pub enum Error {
     /// The collateral service's sources are unusable (a bad URL, an unreadable bundle or root).
     #[error("cannot set up the collateral service")]
     Collateral(#[from] cloister_collateral::Error),
+    /// The `--state-dir` store could not be opened.
+    #[error("cannot open the enclave state store (--state-dir)")]
+    State(#[from] StateError),
 }
 
 /// The collateral client of the `/collateral` service.
@@ -184,10 +190,22 @@ pub async fn run(config: Config) -> Result<(), Error> {
         None => None,
     };
     let collateral = collateral_client(&config.collateral)?;
+    let state = match &config.state_dir {
+        Some(dir) => {
+            let store = StateStore::open(dir)?;
+            tracing::info!(path = %dir.display(), "keeping the enclave's sealed state (ciphertext only)");
+            Some(std::sync::Arc::new(store))
+        }
+        None => {
+            tracing::info!("no --state-dir: the host keeps no enclave state across restarts");
+            None
+        }
+    };
     let blob_server = BlobServer::bind_port(index, recorder.clone(), config.blobs_port)
         .await
         .map_err(Error::Blobs)?
-        .with_collateral(Some(collateral));
+        .with_collateral(Some(collateral))
+        .with_state(state);
     let blobs_url = blob_server.url().map_err(Error::Blobs)?;
     tracing::info!(url = %blobs_url, "blob service listening");
     let listener = TcpListener::bind(config.listen)

@@ -231,6 +231,11 @@ struct Args {
     /// Serve the host's metrics (Prometheus text exposition, counts only) on ADDR, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+
+    /// Keep the enclave's sealed governance state (client budgets, audit-chain head) in DIR (created 0700) so
+    /// it survives enclave restarts; it holds ciphertext only. Without it the host keeps no enclave state.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 impl Args {
@@ -268,6 +273,7 @@ impl Args {
             },
             audit_log: self.audit_log,
             metrics: self.metrics,
+            state_dir: self.state_dir,
             collateral: cloister_host::CollateralSettings {
                 kds_url: (self.kds_url != "off").then_some(self.kds_url),
                 cache: self.collateral_cache,

@@ -184,6 +184,8 @@ async fn help_and_usage_errors() {
         "qemu-tcg-insecure",
         "--qemu-kernel",
         "--snp-policy",
+        "--state-dir",
+        "ciphertext only",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }

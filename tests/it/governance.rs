@@ -438,3 +438,156 @@ async fn receipts_budgets_client_certificates_hardening_audit_and_metrics() {
     let cut: Vec<String> = own[..first_checkpoint + 2].to_vec();
     assert!(tampered("cut", cut).contains("unsigned tail"));
 }
+
+/// Issue 21, item 5: client A's certificate is pinned, its budget is 2 a minute. Over budget, it used to drop
+/// its certificate and go on as `anonymous` (a fresh account): certificates are pinned, `require_certificate`
+/// is not set. Now a connection without a certificate is refused in the handshake unless the configuration
+/// says `allow_anonymous = true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_client_over_budget_cannot_go_on_anonymously() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("run");
+    std::fs::create_dir_all(&work).unwrap();
+    let (a_crt, a_key, a_pin) = identity(dir.path(), "a");
+    let id_a = Arc::new(ClientIdentity::from_pem_files(&a_crt, &a_key).unwrap());
+    let d = deploy(&work, &mlp(), "mlp", |o| {
+        o.enclave_config_extra = format!(
+            "[clients]\ncertificate_sha256 = [\"{a_pin}\"]\n\n\
+             [budgets.per_client]\nrequests_per_minute = 2\n"
+        );
+        o.client_identity = Some(Arc::clone(&id_a));
+    })
+    .await;
+    let mut a = d.wait_ready(READY).await.expect("ready");
+    let mut refused = false;
+    for _ in 0..4 {
+        match a.infer("mlp", &mlp_input(), false).await {
+            Ok(_) => {}
+            Err(SessionError::Status { status, .. }) if status.as_u16() == 429 => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused, "client A's budget runs out");
+    let anonymous = SessionPolicy::from_file(&d.client_policy).unwrap();
+    assert!(anonymous.client_identity.is_none());
+    let Err(e) = AttestedSession::connect(&d.endpoint, &anonymous).await else {
+        panic!("a client without a certificate was served beside pinned ones");
+    };
+    assert!(!matches!(e, SessionError::Status { .. }), "{e}");
+    d.stop().await;
+}
+
+/// The `cloister-enclave` child of the host (the simulated backend), by its parent's pid.
+fn enclave_pid(host_pid: u32) -> Option<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &host_pid.to_string()])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("cloister-encl"))
+        })
+}
+
+/// Kills the enclave (SIGKILL: no last commit, no signed stop) and waits for the host's supervisor to
+/// start another; returns its pid.
+async fn kill_enclave(host_pid: u32) -> u32 {
+    let old = enclave_pid(host_pid).expect("the enclave runs");
+    assert!(Command::new("kill")
+        .args(["-KILL", &old.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(new) = enclave_pid(host_pid).filter(|&p| p != old) {
+            return new;
+        }
+    }
+    panic!("the host did not restart the enclave");
+}
+
+/// Issue 21, item 4: the host kills the enclave to reset the budgets. Client A has used its day (3
+/// requests); the enclave commits its sealed state every second (to the host, anchored at the broker); a
+/// SIGKILL and a restart later, A is still over budget (before: a fresh day). Then the host hands the
+/// restarted enclave an older state blob than the broker anchored: the enclave does not serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_survive_an_enclave_restart_and_an_older_state_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("run");
+    std::fs::create_dir_all(&work).unwrap();
+    let d = deploy(&work, &mlp(), "mlp", |o| {
+        o.enclave_config_extra =
+            "[budgets.per_client]\nrequests_per_day = 3\n\n[state]\ncommit_every_secs = 1\n".into();
+    })
+    .await;
+    let mut a = d.wait_ready(READY).await.expect("ready");
+    // Spread over commit intervals, so that the host holds several versions.
+    for _ in 0..3 {
+        a.infer("mlp", &mlp_input(), false).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let over = |e: SessionError| match e {
+        SessionError::Status { status, message } if status.as_u16() == 429 => message,
+        other => panic!("expected 429, got {other}"),
+    };
+    let message = over(a.infer("mlp", &mlp_input(), false).await.unwrap_err());
+    assert!(message.contains("requests_per_day (3)"), "{message}");
+    drop(a);
+    // Committed within a second or two: versions at the host, the anchor at the broker.
+    let store = work.join("host/state/default");
+    let versions = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&store)
+            .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.retain(|p| p.extension().is_some_and(|x| x == "sealed"));
+        v.sort();
+        v
+    };
+    for _ in 0..50 {
+        if versions().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored = versions();
+    assert!(stored.len() >= 3, "{stored:?}");
+    // The blobs are ciphertext: no client id in them.
+    for path in &stored {
+        let bytes = std::fs::read(path).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("anonymous"));
+    }
+
+    let host = d.host_pid().unwrap();
+    kill_enclave(host).await;
+    let mut a = d.wait_ready(READY).await.expect("ready after the restart");
+    let message = over(a.infer("mlp", &mlp_input(), false).await.unwrap_err());
+    assert!(message.contains("requests_per_day (3)"), "{message}");
+    let broker_log = std::fs::read_to_string(&d.audit_log).unwrap();
+    assert!(
+        broker_log.contains("\"decision\":\"committed\""),
+        "{broker_log}"
+    );
+    assert!(broker_log.contains("open default at v"), "{broker_log}");
+    drop(a);
+
+    // The host rolls back: the latest blob replaced by the first one it stored. The restarted enclave's
+    // anchor names another digest: it refuses to serve rather than forget what was spent.
+    let stored = versions();
+    let (first, latest) = (&stored[0], stored.last().unwrap());
+    std::fs::copy(first, latest).unwrap();
+    kill_enclave(host).await;
+    let err = d
+        .wait_ready(Duration::from_secs(6))
+        .await
+        .expect_err("an enclave fed an older state must not become ready");
+    let text = err.to_string();
+    assert!(!text.is_empty());
+    d.stop().await;
+}

@@ -9,6 +9,7 @@
 //! [clients]
 //! require_certificate = true        # TLS client certificates inside the attested session
 //! certificate_sha256 = ["…64 hex…"] # SHA-256 of each allowed client certificate (DER)
+//! allow_anonymous = false           # clients without a certificate; default: only when none are pinned
 //!
 //! [budgets.per_client]              # each client (certificate), or all anonymous clients together
 //! requests_per_minute = 60          # token bucket: 60 per minute, bursts of up to 60
@@ -16,6 +17,10 @@
 //! input_elements_per_day = 100000000
 //! [budgets.global]                  # all clients together; same keys
 //! requests_per_minute = 6000
+//!
+//! [state]                           # durable governance state (budgets, the audit chain's head)
+//! durable = true                    # default: true when a budget is set
+//! commit_every_secs = 10            # how much spending a crash may forget, at most
 //! ```
 
 use serde::Deserialize;
@@ -44,6 +49,19 @@ pub struct ClientsConfig {
     pub require_certificate: bool,
     /// SHA-256 (hex) of each allowed client certificate's DER.
     pub certificate_sha256: Vec<String>,
+    /// Serve clients without a certificate (all of them sharing one `anonymous` budget account). Absent:
+    /// only when no certificate is pinned. With pins, anonymous access is off unless set: otherwise a pinned
+    /// client over its budget would drop its certificate and go on spending the anonymous account (issue
+    /// 21, item 5). Setting it with pins accepts exactly that.
+    pub allow_anonymous: Option<bool>,
+}
+
+impl ClientsConfig {
+    /// Whether connections without a client certificate are served.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous
+            .unwrap_or(self.certificate_sha256.is_empty())
+    }
 }
 
 /// One budget: any of the three limits (absent: unlimited).
@@ -75,6 +93,34 @@ pub struct BudgetsConfig {
     pub per_client: Budget,
     /// All clients together.
     pub global: Budget,
+}
+
+/// `[state]`: the durable governance state (`crate::state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Seal the budgets and the audit chain's head, store them at the host, anchor them at the key broker.
+    /// Absent: on when any budget is set (budgets that a restart resets are no budgets).
+    pub durable: Option<bool>,
+    /// Seconds between commits (and so the most spending a crash can forget).
+    pub commit_every_secs: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            durable: None,
+            commit_every_secs: 10,
+        }
+    }
+}
+
+impl StateConfig {
+    /// Whether the state is durable under `budgets`.
+    pub fn is_durable(&self, budgets: &BudgetsConfig) -> bool {
+        self.durable
+            .unwrap_or(budgets.per_client.is_limited() || budgets.global.is_limited())
+    }
 }
 
 /// Parses the certificate pins (64 hex digits each).

@@ -244,3 +244,18 @@ fn azure_vtpm_keys() {
         .to_string()
         .contains("thim"));
 }
+
+/// Issue 21, item 5: with pinned client certificates, anonymous access is off unless asked for.
+#[test]
+fn anonymous_clients_are_refused_where_certificates_are_pinned_unless_allowed() {
+    use crate::config::ClientsConfig;
+    let pin = "ab".repeat(32);
+    let clients = |text: &str| -> ClientsConfig { toml::from_str(text).unwrap() };
+    assert!(clients("").anonymous_allowed());
+    assert!(!clients(&format!("certificate_sha256 = [\"{pin}\"]")).anonymous_allowed());
+    assert!(clients(&format!(
+        "certificate_sha256 = [\"{pin}\"]\nallow_anonymous = true"
+    ))
+    .anonymous_allowed());
+    assert!(!clients("allow_anonymous = false").anonymous_allowed());
+}

@@ -26,8 +26,18 @@ pub(super) async fn governed_infer(
     let started = Instant::now();
     let governance = ctx.enclave.governance();
     let mut stats = Stats::default();
-    let result = match governance.budgets().admit(&ctx.client) {
-        Err(over) => Err(over_budget(&over)),
+    let admitted = match governance.budgets().durability_problem() {
+        Some(why) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("budgets cannot be made durable now ({why}); try again later"),
+        )),
+        None => governance
+            .budgets()
+            .admit(&ctx.client)
+            .map_err(|over| over_budget(&over)),
+    };
+    let result = match admitted {
+        Err(e) => Err(e),
         Ok(state) => {
             stats.budget = state;
             infer(ctx, slot, req, &mut stats).await

@@ -29,7 +29,12 @@ fn run(args: &[&str]) -> (i32, String, String) {
 fn help_names_every_option() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
-    for opt in ["--config <FILE>", "--listen <ADDR>", "--blobs <URL>"] {
+    for opt in [
+        "--config <FILE>",
+        "--listen <ADDR>",
+        "--blobs <URL>",
+        "--state-label <LABEL>",
+    ] {
         assert!(out.contains(opt), "{out}");
     }
     // The log level is measured configuration now, not a launch argument.
