@@ -12,22 +12,34 @@
 //! the reason and forwards no byte. Answers come back unchanged: status, body, `Content-Type`,
 //! `Inference-Header-Content-Length` and the receipt header.
 //!
+//! Before any of that, who is asking is checked (`admission`): loopback keeps other machines out but not the
+//! web pages of a browser on this one, so a `Host` that does not name this proxy (DNS rebinding) gets 421, and
+//! a browser request from another origin gets 403, with nothing forwarded and no session attested. Client
+//! connections are capped (503 beyond the cap) and must send their headers within a timeout.
+//!
 //! Routes: `GET /v2/health/live`, `GET /v2/health/ready`, `GET /v2/models/{m}`, `GET /v2/models/{m}/ready`,
 //! `POST /v2/models/{m}/infer`; anything else is 404 (nothing is forwarded that was not asked for).
 
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::session::{AttestedSession, SessionError, SessionPolicy};
+
+mod admission;
+
+use admission::Gate;
+pub use admission::{AdmissionError, AllowedHost, AllowedOrigin};
 
 /// Largest request body forwarded.
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -145,8 +157,8 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     r
 }
@@ -167,7 +179,66 @@ fn route(method: &Method, path: &str) -> Option<(String, Option<String>)> {
     }
 }
 
-async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Headers a browser page allowed by `--allow-origin` may read from an answer (`Access-Control-Expose-Headers`):
+/// the binary tensor extension's and the receipt's.
+const EXPOSED_HEADERS: &str = "inference-header-content-length, cloister-receipt";
+
+/// How long a request body may take to arrive once its headers have (64 MiB on loopback takes well under a
+/// second): a client that trickles a body would otherwise hold a connection, and a place under the cap, for ever.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Checks who is asking (`admission`), then answers: a CORS preflight for an allowed origin, or the forwarded
+/// request. Nothing reaches the enclave, and no session is attested, for a refused request.
+async fn handle(proxy: &Proxy, gate: &Gate, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let origin = match gate.check(&req) {
+        Ok(origin) => origin,
+        Err(refusal) => {
+            let mut r = error(refusal.status(), &refusal.message());
+            // A refused client (a page probing under many names, say) keeps no connection, and no place
+            // under the cap.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    };
+    let mut r = match origin {
+        Some(_) if req.method() == Method::OPTIONS => preflight(),
+        _ => forward_request(proxy, req).await,
+    };
+    // CORS headers only for an allowed origin: without them a browser lets no other page read an answer.
+    if let Some(origin) = origin {
+        let h = r.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSED_HEADERS),
+        );
+    }
+    r
+}
+
+/// The answer to a CORS preflight from an allowed origin: the methods and request headers the routes use.
+fn preflight() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type, inference-header-content-length"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    r
+}
+
+async fn forward_request(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let Some((upstream_path, model)) = route(&method, &path) else {
@@ -185,13 +256,23 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> 
             headers.push((name, v.to_owned()));
         }
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let body = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(BODY_READ_TIMEOUT, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("request body: {e} (at most {MAX_BODY} bytes)"),
             )
+        }
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the request body took longer than {BODY_READ_TIMEOUT:?} to arrive"),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
     };
     match proxy
@@ -203,7 +284,7 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> 
             *r.status_mut() = reply.status;
             let h = r.headers_mut();
             let mut set = |name: &'static str, value: Option<String>| {
-                if let Some(v) = value.and_then(|v| hyper::header::HeaderValue::from_str(&v).ok()) {
+                if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
                     h.insert(name, v);
                 }
             };
@@ -233,31 +314,146 @@ async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> 
     }
 }
 
-/// Serves `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+/// Default of `--max-connections`. Local clients open a few connections each (tritonclient one, perf_analyzer
+/// one per concurrent request), so 256 leaves room for many; and 256 sockets stay well below the usual soft
+/// limit of 1024 open files, so the proxy never runs out of descriptors for its own upstream sessions.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// Default time a client connection may take to send a request's headers, idle keep-alive time included
+/// (hyper's own default, which it applies only with a timer).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections over the cap being told so at once; past this many, further ones are closed without a word.
+const MAX_PENDING_REFUSALS: usize = 32;
+
+/// How long telling a connection over the cap may take.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The answer to a connection over the cap.
+const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 77\r\nConnection: close\r\nRetry-After: 1\r\n\r\n\
+{\"error\":\"too many connections to this proxy (--max-connections); try again\"}";
+
+/// Who `serve` lets in (the `cloister proxy` flags of the same names).
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Names answered to besides the listen address and loopback names (`--allow-host`).
+    pub allow_hosts: Vec<AllowedHost>,
+    /// Browser origins allowed (`--allow-origin`).
+    pub allow_origins: Vec<AllowedOrigin>,
+    /// Client connections open at once (`--max-connections`; 0 counts as 1); more get 503 and are closed.
+    pub max_connections: usize,
+    /// How long a client connection may take to send a request's headers, idle keep-alive time included.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            allow_hosts: Vec::new(),
+            allow_origins: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
+/// Serves `listener` until the task is dropped; fails only when the listener's own address cannot be read (the
+/// Host check needs it).
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    let gate = Arc::new(Gate::new(
+        listener.local_addr()?,
+        &options.allow_hosts,
+        &options.allow_origins,
+    ));
+    // Why a cap: every connection is a task, a socket and buffers (a request body up to MAX_BODY); without
+    // one, any local process or web page could open connections until the proxy runs out of descriptors or
+    // memory, and the data owner's own clients are refused.
+    let places = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let refusals = Arc::new(Semaphore::new(MAX_PENDING_REFUSALS));
+    let mut refused: u64 = 0;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
+            refused += 1;
+            // Logged at powers of two: visible, but a flood cannot flood the log.
+            if refused.is_power_of_two() {
+                eprintln!(
+                    "cloister proxy: {} connections open (--max-connections): refused one from {peer} with 503 \
+                     ({refused} refused so far)",
+                    options.max_connections.max(1)
+                );
+            }
+            if let Ok(pending) = Arc::clone(&refusals).try_acquire_owned() {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(stream)).await;
+                    drop(pending);
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
         let proxy = Arc::clone(&proxy);
+        let gate = Arc::clone(&gate);
+        let header_read_timeout = options.header_read_timeout;
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let proxy = Arc::clone(&proxy);
-                async move { Ok::<_, Infallible>(handle(&proxy, req).await) }
+                let gate = Arc::clone(&gate);
+                async move { Ok::<_, Infallible>(handle(&proxy, &gate, req).await) }
             });
+            // The header timeout (it needs a timer) also runs while a keep-alive connection waits for its next
+            // request: an idle or slowloris connection gives its place back.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(place);
         });
     }
 }
 
+/// Tells a connection over the cap so (503, `Connection: close`), then reads what it sent for a moment before
+/// closing: closing with unread bytes would reset the connection and could lose the answer.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.write_all(OVER_CAP).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_over_cap_answer_is_well_formed_and_browsers_may_read_what_clients_need() {
+        let text = std::str::from_utf8(OVER_CAP).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+        let _: serde_json::Value = serde_json::from_str(body).unwrap();
+        for name in [
+            cloister_kserve::INFERENCE_HEADER_CONTENT_LENGTH,
+            cloister_governance::receipt::RECEIPT_HEADER,
+        ] {
+            assert!(EXPOSED_HEADERS.contains(name), "{name}");
+        }
+    }
 
     #[test]
     fn only_the_oip_endpoints_are_forwarded() {

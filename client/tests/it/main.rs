@@ -6,6 +6,7 @@ mod common;
 mod fetch;
 mod keybroker_cli;
 mod measure;
+mod proxy_origin;
 mod seal;
 mod sim;
 mod sim_state;
