@@ -162,8 +162,9 @@ pub(crate) fn run_receipt(args: ReceiptArgs) -> ExitCode {
         json,
     } = args.what;
     let result = (|| {
-        let file = ReceiptFile::from_json(&chain_files::read(&receipt)?).map_err(refused)?;
+        // The policy first: a policy that pins no workload makes any receipt meaningless.
         let (policy, root, crls) = trust(Some(&policy), None)?;
+        let file = ReceiptFile::from_json(&chain_files::read(&receipt)?).map_err(refused)?;
         let request = request
             .map(|p| -> Result<InferRequest, Failure> {
                 InferRequest::decode(&chain_files::read(&p)?, None)
@@ -256,6 +257,7 @@ pub(crate) fn run_audit(args: AuditArgs) -> ExitCode {
         json,
     } = args.what;
     let result = (|| {
+        let (policy, root, crls) = trust(policy.as_deref(), sim_root.as_deref())?;
         let bytes = chain_files::read(&evidence)?;
         // A receipt file carries the evidence; otherwise the file is the evidence.
         let evidence_bytes = match ReceiptFile::from_json(&bytes) {
@@ -264,7 +266,6 @@ pub(crate) fn run_audit(args: AuditArgs) -> ExitCode {
         };
         let ev = Evidence::from_bytes(&evidence_bytes)
             .map_err(|e| Failure::Refused(format!("evidence: {e}")))?;
-        let (policy, root, crls) = trust(policy.as_deref(), sim_root.as_deref())?;
         let options = VerifyOptions {
             at_unix: super::now_unix(),
             crls: &crls,

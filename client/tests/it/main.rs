@@ -7,6 +7,7 @@ mod fetch;
 mod keybroker_cli;
 mod measure;
 mod proxy_origin;
+mod records;
 mod seal;
 mod sim;
 mod sim_state;
