@@ -630,6 +630,11 @@ impl Config {
                 "[clients] require_certificate = true and allow_anonymous = true contradict each other",
             ));
         }
+        if raw.audit.tally_every_secs == 0 {
+            return Err(ConfigError::ZeroLimit {
+                field: "[audit] tally_every_secs",
+            });
+        }
         if raw.state.commit_every_secs == 0 {
             return Err(ConfigError::ZeroLimit {
                 field: "[state] commit_every_secs",

@@ -236,6 +236,7 @@ async fn final_commit(running: &Running) {
 fn seal_and_exit(running: &Running, why: &str) -> ! {
     let enclave = running.get().map(|(e, _, _)| e);
     if let Some(e) = enclave {
+        e.governance().flush_tallies();
         e.governance().audit().stop();
     }
     // Not eprintln!: stderr may be a pipe to a host that is gone; eprintln! would panic on the write.
@@ -367,6 +368,17 @@ async fn run(
     let enclave =
         Arc::new(Enclave::new(&config, attester)?.with_state_label(args.state_label.clone()));
     let _ = running.set((Arc::clone(&enclave), broker.clone(), blobs.clone()));
+    {
+        // Tally lines every interval (refusals and control calls, counted, not logged one by one).
+        let enclave = Arc::clone(&enclave);
+        let every = std::time::Duration::from_secs(config.audit.tally_every_secs);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                enclave.governance().flush_tallies();
+            }
+        });
+    }
     tracing::info!(
         inference_threads = enclave.pool().size(),
         memory_budget = enclave.memory().bytes(),

@@ -320,7 +320,10 @@ async fn route(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, ApiErro
                 &serde_json::json!({ "ready": ready }),
             ))
         }
-        ["v2", "attestation"] if method == Method::POST => attestation(ctx, req).await,
+        ["v2", "attestation"] if method == Method::POST => {
+            control(ctx, crate::governance::Control::Attestation)?;
+            attestation(ctx, req).await
+        }
         ["v2", "models", name] if is_get => metadata(slot(enclave, name)?),
         ["v2", "models", name, "versions", MODEL_VERSION] if is_get => {
             metadata(slot(enclave, name)?)
@@ -344,7 +347,10 @@ async fn route(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, ApiErro
             let slot = slot(enclave, name)?;
             governed_infer(ctx, slot, req).await
         }
-        ["metrics"] if is_get => Ok(metrics_response(enclave)),
+        ["metrics"] if is_get => {
+            control(ctx, crate::governance::Control::Metrics)?;
+            Ok(metrics_response(enclave))
+        }
         ["v2"]
         | ["v2", "health", "live" | "ready"]
         | ["v2", "models", _]
@@ -352,6 +358,15 @@ async fn route(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, ApiErro
         ["v2", "attestation"] | ["v2", "models", _, "infer"] => Err(method_not_allowed("POST")),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
     }
+}
+
+/// A control endpoint's budget (`attestations_per_minute`, `metrics_per_minute`): admitted, or 429 with
+/// `Retry-After`; counted in the audit log's tallies either way.
+fn control(ctx: &Connection, control: crate::governance::Control) -> Result<(), ApiError> {
+    let governance = ctx.enclave.governance();
+    let admitted = governance.budgets().admit_control(&ctx.client, control);
+    governance.tally(&ctx.client, control.endpoint(), admitted.is_ok());
+    admitted.map_err(|over| infer::over_budget(&over))
 }
 
 fn method_not_allowed(allow: &'static str) -> ApiError {

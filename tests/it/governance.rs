@@ -591,3 +591,74 @@ async fn budgets_survive_an_enclave_restart_and_an_older_state_is_refused() {
     assert!(!text.is_empty());
     d.stop().await;
 }
+
+/// Issue 21, item 6: every refused request used to be an audit line of its own (one client: ~7,000 lines a
+/// second), and `/metrics` and `/v2/attestation` were neither budgeted nor counted. Now a refusal is counted
+/// and written in a tally line per client, endpoint and outcome and interval; the control endpoints have
+/// their own budgets and are tallied too. 200 requests against a budget of 2 leave 2 request lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_control_calls_are_tallied_not_logged_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("run");
+    std::fs::create_dir_all(&work).unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let d = deploy(&work, &mlp(), "mlp", |o| {
+        o.enclave_config_extra = "[audit]\ntally_every_secs = 1\n\n[budgets.per_client]\n\
+                                  requests_per_minute = 2\nmetrics_per_minute = 2\n"
+            .into();
+        o.host_args = vec!["--audit-log".into(), audit.clone().into()];
+    })
+    .await;
+    let mut a = d.wait_ready(READY).await.expect("ready");
+    let mut refused = 0;
+    for _ in 0..200 {
+        match a.infer("mlp", &mlp_input(), false).await {
+            Ok(_) => {}
+            Err(SessionError::Status { status, .. }) if status.as_u16() == 429 => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(refused, 198);
+    let mut metrics = Vec::new();
+    for _ in 0..10 {
+        let (status, _) = a
+            .raw(hyper::Method::GET, "/metrics", None, bytes::Bytes::new())
+            .await
+            .unwrap();
+        metrics.push(status.as_u16());
+    }
+    assert_eq!(
+        metrics.iter().filter(|&&s| s == 200).count(),
+        2,
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metrics.iter().filter(|&&s| s == 429).count(),
+        8,
+        "{metrics:?}"
+    );
+    drop(a);
+    d.stop().await;
+
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let requests = lines.iter().filter(|l| l["kind"] == "request").count();
+    assert_eq!(requests, 2, "one line per served request only");
+    let tallied = |what: &str, outcome: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|l| l["kind"] == "tally")
+            .filter(|l| l["tally"]["what"] == what && l["tally"]["outcome"] == outcome)
+            .map(|l| l["tally"]["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(tallied("infer mlp", "refused:429"), 198, "{text}");
+    assert_eq!(tallied("GET /metrics", "refused:429"), 8, "{text}");
+    assert_eq!(tallied("GET /metrics", "ok"), 2, "{text}");
+    assert!(tallied("POST /v2/attestation", "ok") >= 1, "{text}");
+    assert!(lines.len() < 60, "{} lines", lines.len());
+}

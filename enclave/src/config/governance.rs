@@ -5,6 +5,7 @@
 //! ```toml
 //! [audit]
 //! checkpoint_every = 100            # a signed checkpoint every N lines (and a signed stop at shutdown)
+//! tally_every_secs = 60             # refusals and control calls: one counted line per client and kind
 //!
 //! [clients]
 //! require_certificate = true        # TLS client certificates inside the attested session
@@ -15,6 +16,8 @@
 //! requests_per_minute = 60          # token bucket: 60 per minute, bursts of up to 60
 //! requests_per_day = 10000
 //! input_elements_per_day = 100000000
+//! attestations_per_minute = 60      # POST /v2/attestation (a firmware report each)
+//! metrics_per_minute = 60           # GET /metrics
 //! [budgets.global]                  # all clients together; same keys
 //! requests_per_minute = 6000
 //!
@@ -31,12 +34,16 @@ use serde::Deserialize;
 pub struct AuditConfig {
     /// A signed checkpoint every this many lines (at least 1).
     pub checkpoint_every: u32,
+    /// Seconds between tally lines (refused requests, attestations and metrics scrapes, counted per
+    /// client, endpoint and outcome); also written at shutdown. At least 1.
+    pub tally_every_secs: u64,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             checkpoint_every: 100,
+            tally_every_secs: 60,
         }
     }
 }
@@ -74,6 +81,10 @@ pub struct Budget {
     pub requests_per_day: Option<u64>,
     /// Input tensor elements per UTC day.
     pub input_elements_per_day: Option<u64>,
+    /// `POST /v2/attestation` per minute (token bucket): each one costs a firmware report.
+    pub attestations_per_minute: Option<u32>,
+    /// `GET /metrics` per minute (token bucket).
+    pub metrics_per_minute: Option<u32>,
 }
 
 impl Budget {

@@ -47,28 +47,34 @@ pub(super) async fn governed_infer(
         Ok(r) => r.status(),
         Err(e) => e.status,
     };
-    governance.audit().record(RequestRecord {
-        session: ctx.session_hex(),
-        client: ctx.client.clone(),
-        model: slot.name().to_owned(),
-        model_digest: slot.digest().to_string(),
-        input_elements: stats.input_elements,
-        output_elements: stats.output_elements,
-        latency_ms: started.elapsed().as_millis() as u64,
-        outcome: if status == StatusCode::OK {
-            "ok".into()
-        } else {
-            format!("refused:{}", status.as_u16())
-        },
-        budget: stats.budget,
-    });
+    // A served request is a line of its own (the work was done); a refusal is counted and written in the
+    // next tally line, so that refusals, which cost a client nothing, cannot grow the log line by line.
+    if status == StatusCode::OK {
+        governance.audit().record(RequestRecord {
+            session: ctx.session_hex(),
+            client: ctx.client.clone(),
+            model: slot.name().to_owned(),
+            model_digest: slot.digest().to_string(),
+            input_elements: stats.input_elements,
+            output_elements: stats.output_elements,
+            latency_ms: started.elapsed().as_millis() as u64,
+            outcome: "ok".into(),
+            budget: stats.budget,
+        });
+    } else {
+        governance.count(
+            &ctx.client,
+            &format!("infer {}", slot.name()),
+            &format!("refused:{}", status.as_u16()),
+        );
+    }
     ctx.enclave
         .metrics()
         .request(slot.name(), status.as_u16(), started.elapsed());
     result
 }
 
-fn over_budget(over: &OverBudget) -> ApiError {
+pub(super) fn over_budget(over: &OverBudget) -> ApiError {
     let mut e = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         format!(
