@@ -28,14 +28,19 @@ use super::{exit, Failure};
         Configuration (TOML, unknown fields rejected, relative paths resolved against the file's directory):\n\n\
         \x20 listen = \"127.0.0.1:7443\"\n\
         \x20 keystore = \"keys\"                    # the directory given to `cloister seal --keystore`\n\
-        \x20 policy = \"owner-policy.toml\"         # attestation policy (measurements, TCB, model_digests,\n\
-        \x20                                      # simulated_root for the simulated platform)\n\
+        \x20 policy = \"owner-policy.toml\"         # attestation policy (workload_identity and its pins, TCB,\n\
+        \x20                                      # model_digests, simulated_root for the simulated platform)\n\
         \x20 tls_certificate = \"broker.crt.pem\"   # self-signed; the enclave pins its SHA-256\n\
         \x20 tls_key = \"broker.key.pem\"           # PKCS#8 PEM, mode 0600\n\
         \x20 audit_log = \"audit.log\"              # created 0600, appended to\n\
+        \x20 state_anchors = \"state-anchors.json\"  # optional (default: beside audit_log): the enclaves'\n\
+        \x20                                      # durable-state anchors (their rollback counter)\n\
         \x20 [limits]                             # optional: handshake_timeout_secs = 10, read_timeout_secs = 10,\n\
         \x20                                      # connection_timeout_secs = 60, max_connections = 64,\n\
-        \x20                                      # max_requests_per_connection = 16, remembered_nonces = 100000\n\n\
+        \x20                                      # max_requests_per_connection = 16, remembered_nonces = 100000,\n\
+        \x20                                      # releases_per_model_per_hour = 60 (each enclave start is one)\n\
+        \x20 [models.\"sha384:…\"]                  # optional: that model's own policy (residency); its digest\n\
+        \x20 policy = \"eu-hardware.toml\"          # must have a key in the keystore\n\n\
         Once listening, prints one line on stdout:\n\
         \x20 cloister keybroker: listening on <ADDR> certificate_sha256=<hex>\n\
         where <hex> is the SHA-256 of the DER certificate, the value of `certificate_sha256` in the \
