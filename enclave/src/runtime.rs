@@ -153,6 +153,14 @@ impl Enclave {
             BudgetSetting::Bytes(b) => b,
         });
         let governance = crate::governance::Governance::new(config)?;
+        let durable = config.state.is_durable(&config.budgets);
+        if durable {
+            // Until the durable state is resumed (with the first model's key), budgets would start from
+            // zero: budgeted requests wait for it, whichever model is ready first.
+            governance
+                .budgets()
+                .set_not_durable(Some("the durable state is not resumed yet".into()));
+        }
         let mut attester = attester.into();
         attester.set_receipt_key(governance.signer().public_key());
         Ok(Enclave {
@@ -180,10 +188,7 @@ impl Enclave {
             attestation_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_ATTESTATIONS)),
             pool,
             memory,
-            state_label: config
-                .state
-                .is_durable(&config.budgets)
-                .then(|| DEFAULT_STATE_LABEL.to_owned()),
+            state_label: durable.then(|| DEFAULT_STATE_LABEL.to_owned()),
             state_every: Duration::from_secs(config.state.commit_every_secs),
             durable: OnceLock::new(),
         })

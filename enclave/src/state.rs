@@ -292,6 +292,7 @@ impl Durable {
             enclave.governance().budgets().restore(&saved.budgets);
             enclave.governance().resumed(v, saved.audit_head.as_ref());
         }
+        enclave.governance().budgets().set_not_durable(None);
         Ok(Durable {
             label,
             key: state_key,
