@@ -182,10 +182,6 @@ pub enum Error {
     /// An ID block cannot be made.
     #[error(transparent)]
     IdBlock(#[from] IdBlockError),
-    /// The simulated platform failed.
-    #[cfg(feature = "insecure-simulator")]
-    #[error(transparent)]
-    Simulator(#[from] crate::sim::SimError),
 }
 
 impl Error {

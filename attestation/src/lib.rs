@@ -3,10 +3,10 @@
 //!
 //! Who runs it: every party — the client, the key broker, `cloister verify`, the enclave (to make claims) and
 //! the host (to display evidence). Secrets it may hold: none of its own; `snp::measurement::id_block` signs
-//! with an ID or author key its caller passes in, and the `insecure-simulator` feature's software AMD-SP keeps
-//! simulated keys on disk for development.
+//! with an ID or author key its caller passes in. The software AMD-SP that forges simulated reports is its own
+//! crate (`cloister-sim`): nothing that links only the verifier can forge a report.
 //!
-//! Pure: no I/O, no clock, no randomness (the simulator aside). The caller passes the instant at which certificates must be
+//! Pure: no I/O, no clock, no randomness. The caller passes the instant at which certificates must be
 //! valid, and the bytes of reports, certificates, CRLs and policies.
 //!
 //! Entry point: [`snp::verify::verify`], which returns a [`snp::verify::VerifiedReport`] that nothing
@@ -19,8 +19,6 @@ pub mod evidence;
 pub mod guid;
 pub mod initdata;
 pub mod policy;
-#[cfg(feature = "insecure-simulator")]
-pub mod sim;
 pub mod snp;
 
 pub use error::Error;

@@ -9,7 +9,7 @@
 //! 4. Client: a policy that pins the same measurement, the model digest and the simulated root.
 //!
 //! The expected measurement is computed here from the enclave binary and its configuration with
-//! [`cloister_attestation::sim::simulated_launch_measurement`], exactly as the simulated firmware
+//! [`cloister_sim::simulated_launch_measurement`], exactly as the simulated firmware
 //! computes it at launch: a changed binary or configuration changes it.
 //!
 //! By default the host runs the enclave as a child process ([`HostBackend::Sim`]). For the VM tests,
@@ -23,7 +23,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cloister_attestation::policy::WorkloadIdentity;
-use cloister_attestation::sim::{simulated_launch_measurement, SimConfig, SimPlatform};
+use cloister_sim::{simulated_launch_measurement, SimConfig, SimPlatform};
 use cloister_attestation::snp::Product;
 use cloister_models::{Keystore, ModelDigest, ModelKey, DEFAULT_CHUNK_SIZE};
 use ring::rand::SystemRandom;

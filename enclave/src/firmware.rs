@@ -428,10 +428,10 @@ pub async fn make_evidence_async(
 
 #[cfg(feature = "insecure-simulator")]
 mod sim {
-    //! The simulated backend: `cloister_attestation::sim::SimPlatform` with this launch's measurement.
+    //! The simulated backend: `cloister_sim::SimPlatform` with this launch's measurement.
     use std::path::Path;
 
-    use cloister_attestation::sim::{
+    use cloister_sim::{
         simulated_launch_measurement, ReportRequest, SimPlatform, SimSigningKey,
     };
 

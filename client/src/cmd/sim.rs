@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use cloister_attestation::sim::{
+use cloister_sim::{
     default_tcb, ReportRequest, SimConfig, SimPlatform, SimSigningKey, SystemRandom,
 };
 use cloister_attestation::snp::report::TcbVersion;

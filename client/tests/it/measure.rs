@@ -350,7 +350,7 @@ fn measure_simulated_matches_the_simulated_platform() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         stdout.lines().last().unwrap(),
-        hex::encode(cloister_attestation::sim::simulated_launch_measurement(
+        hex::encode(cloister_sim::simulated_launch_measurement(
             b"\x7fELF pretend enclave",
             b"firmware = \"simulated\"\n"
         ))

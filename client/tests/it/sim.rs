@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use cloister_attestation::sim::{simulated_launch_measurement, SimPlatform};
+use cloister_sim::{simulated_launch_measurement, SimPlatform};
 use cloister_attestation::snp::certs::CertRole;
 use serde_json::Value;
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cloister_attestation::sim::{SimConfig, SimPlatform, SystemRandom};
+use cloister_sim::{SimConfig, SimPlatform, SystemRandom};
 use cloister_attestation::snp::Product;
 use cloister_collateral::error::FileKind;
 use cloister_collateral::store::Store;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use cloister_attestation::sim::{ReportRequest, SimSigningKey};
+use cloister_sim::{ReportRequest, SimSigningKey};
 use cloister_attestation::snp::report::sev_json::to_sev_json;
 use cloister_attestation::snp::report::AttestationReport;
 use cloister_enclave::firmware::coco_aa::{CocoAa, CocoAaOptions};

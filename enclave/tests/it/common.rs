@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use cloister_attestation::evidence::{CertChainDer, Platform, TLS_EXPORTER_LABEL};
-use cloister_attestation::sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
+use cloister_sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use cloister_attestation::snp::Product;
 use cloister_enclave::config::Config;
 use cloister_enclave::firmware::{Firmware, FirmwareError};

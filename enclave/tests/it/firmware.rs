@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cloister_attestation::evidence::{verify_evidence, ExpectedSession, Platform, Sha384};
-use cloister_attestation::sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
+use cloister_sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use cloister_attestation::snp::certs::CertRole;
 use cloister_attestation::snp::report::AttestationReport;
 use cloister_attestation::snp::Product;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use cloister_attestation::evidence::{verify_evidence, Evidence, ExpectedSession, Platform};
-use cloister_attestation::sim::{simulated_launch_measurement, SimConfig, SimPlatform};
+use cloister_sim::{simulated_launch_measurement, SimConfig, SimPlatform};
 use cloister_attestation::snp::Product;
 use cloister_attestation::{Policy, VerifyOptions};
 use cloister_enclave::config::Config;

@@ -1,6 +1,6 @@
 //! The fake enclave and the model owner's files, shared by the broker's tests (and by the `cloister
 //! keybroker` command's tests in the client crate, which include this file): a TLS client that pins the
-//! broker's certificate and builds evidence with the simulated platform (`cloister_attestation::sim`),
+//! broker's certificate and builds evidence with the simulated platform (`cloister_sim`),
 //! exactly as the real enclave's key-release client does.
 #![allow(dead_code)]
 
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cloister_attestation::evidence::{
     Claims, EnclaveKey, Evidence, Platform, Sha384, CLAIMS_VERSION, TLS_EXPORTER_LABEL,
 };
-use cloister_attestation::sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
+use cloister_sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use cloister_attestation::snp::Product;
 use cloister_keybroker::{
     certificate_sha256, generate_tls_identity, AuditRecord, BrokerConfig, KeyBroker, Limits,

@@ -11,7 +11,7 @@ use std::path::Path;
 use base64::Engine as _;
 use cloister_attestation::azure::hcl::{HASH_TYPE_SHA256, REPORT_TYPE_SNP, SIGNATURE};
 use cloister_attestation::evidence::CertChainDer;
-use cloister_attestation::sim::{
+use cloister_sim::{
     simulated_launch_measurement, ReportRequest, SimPlatform, SimSigningKey,
 };
 use cloister_attestation::snp::certs::AmdCertificate;
@@ -30,7 +30,7 @@ pub struct SimParavisor {
 impl SimParavisor {
     /// Opens the simulated AMD-SP in `sim_dir`.
     pub fn open(sim_dir: &Path, config_bytes: &[u8]) -> Result<Self, FirmwareError> {
-        let sim = |e: cloister_attestation::sim::SimError| FirmwareError::Simulator(Box::new(e));
+        let sim = |e: cloister_sim::SimError| FirmwareError::Simulator(Box::new(e));
         let platform = SimPlatform::open(sim_dir).map_err(sim)?;
         let chain = platform
             .certificate_chain(SimSigningKey::Vcek)

@@ -10,11 +10,11 @@ use der::{Decode, Encode, Tagged};
 use x509_cert::Certificate;
 
 use super::*;
-use crate::snp::report::{AttestationReport, ReportError, SigningKey};
-use crate::snp::roots;
-use crate::snp::verify::{verify, VerifyOptions};
-use crate::Error as VerifyError;
-use crate::Policy;
+use cloister_attestation::snp::report::{AttestationReport, ReportError, SigningKey};
+use cloister_attestation::snp::roots;
+use cloister_attestation::snp::verify::{verify, VerifyOptions};
+use cloister_attestation::Error as VerifyError;
+use cloister_attestation::Policy;
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/snp");
 
@@ -350,7 +350,7 @@ fn crl_signed_by_the_simulated_ark_revokes_the_ask() {
         .serial_number()
         .to_vec();
     let run_with = |crl_der: &[u8], at: i64, policy: &Policy| {
-        let crl = crate::snp::crl::AmdCrl::from_der(crl_der).unwrap();
+        let crl = cloister_attestation::snp::crl::AmdCrl::from_der(crl_der).unwrap();
         let opts = VerifyOptions {
             at_unix: at,
             crls: std::slice::from_ref(&crl),
@@ -775,7 +775,7 @@ fn a_version_2_report_signed_by_a_turin_key_is_rejected() {
         .vcek_key
         .sign(
             &SystemRandom::new(),
-            &unsigned[..crate::snp::report::SIGNED_LEN],
+            &unsigned[..cloister_attestation::snp::report::SIGNED_LEN],
         )
         .unwrap();
     let (sig_r, sig_s) = signature.as_ref().split_at(48);

@@ -10,11 +10,11 @@ use ring::signature::EcdsaKeyPair;
 
 use super::state::PlatformState;
 use super::{SimError, SimSigningKey};
-use crate::snp::report::{
+use cloister_attestation::snp::report::{
     AttestationReport, Cpuid, FirmwareVersion, GuestPolicy, PlatformInfo, SigningKey, REPORT_LEN,
     SIGNATURE_ALGO_ECDSA_P384_SHA384, SIGNATURE_COMPONENT_LEN, SIGNED_LEN,
 };
-use crate::snp::Product;
+use cloister_attestation::snp::Product;
 
 /// The guest policy of a default launch: SMT allowed (bit 16) and the reserved bit 17 that must be 1;
 /// no debugging, no migration agent, ABI 0.0.
@@ -145,7 +145,7 @@ pub(super) fn build_and_sign(
     } else {
         2
     };
-    if !(min_version..=crate::snp::report::MAX_REPORT_VERSION).contains(&version) {
+    if !(min_version..=cloister_attestation::snp::report::MAX_REPORT_VERSION).contains(&version) {
         return Err(SimError::ReportVersion {
             product: st.product,
             version,

@@ -1,15 +1,21 @@
 //! A **simulated** AMD SEV-SNP platform: a software AMD secure processor (AMD-SP) for development and
-//! tests on machines without SEV-SNP hardware. Only compiled with the cargo feature `simulator`.
+//! tests on machines without SEV-SNP hardware.
+//!
+//! Who runs it: developers and tests, `cloister sim` and `cloister demo`, and the simulated enclave (the
+//! enclave's `insecure-simulator` feature). Secrets it holds: the simulated platform's private keys (its
+//! state directory), which protect nothing real. It is a crate of its own, apart from the verifier
+//! (`cloister-attestation`), so that nothing that links only the verifier can forge a report: the production
+//! enclave and the verifier link neither this crate nor `rsa` (CI checks both).
 //!
 //! It keeps a state directory with a simulated key hierarchy shaped exactly like AMD's — an ARK and
 //! an ASK (RSA-4096, RSASSA-PSS SHA-384, MGF1-SHA-384, salt 48, AMD's extensions, key usages, serial
 //! and validity style), a VCEK (ECDSA P-384, AMD's VCEK extensions: structVersion, productName, the
 //! TCB SPLs, hwID = the chip id), optionally an ASVK and a VLEK — and it emits byte-exact
 //! ATTESTATION_REPORTs signed the way the AMD-SP signs them. The production verifier
-//! ([`crate::snp::verify::verify`]) runs on them unchanged; only the root differs.
+//! ([`cloister_attestation::snp::verify::verify`]) runs on them unchanged; only the root differs.
 //!
 //! Trust assumptions and why this is safe:
-//! - Nothing trusts the simulated root unless told to: [`crate::snp::verify::VerifyOptions`] takes it
+//! - Nothing trusts the simulated root unless told to: [`cloister_attestation::snp::verify::VerifyOptions`] takes it
 //!   explicitly (`cloister verify --sim-root FILE`, or `simulated_root` in a policy), the relying
 //!   party's own choice, never the evidence's. Without it a simulated report is rejected at the root
 //!   step ("root: ... is not a trusted AMD root").
@@ -18,7 +24,7 @@
 //!   VLEK keep AMD's common names, `SEV-<Product>`, `SEV-VLEK-<Product>`, `SEV-VCEK`, `SEV-VLEK`,
 //!   because the verifier checks those roles by name; their organisation still says SIMULATED.)
 //! - A report verified through the simulated root is marked
-//!   [`crate::snp::verify::VerifiedReport::is_simulated`], and `cloister verify` prints it.
+//!   [`cloister_attestation::snp::verify::VerifiedReport::is_simulated`], and `cloister verify` prints it.
 //! - The private keys live in the state directory (`keys/`, mode 0700, files 0600, PKCS#8 DER) and
 //!   are never printed. They protect nothing real: anyone who can read them can make "evidence" that
 //!   the simulated root vouches for, which is exactly why nothing trusts that root by default.
@@ -44,11 +50,11 @@ use std::path::{Path, PathBuf};
 
 use ring::signature::{EcdsaKeyPair, RsaKeyPair};
 
-use crate::evidence::CertChainDer;
-use crate::snp::certs::{AmdCertificate, CertError, CertRole};
-use crate::snp::report::{ReportError, TcbVersion};
-use crate::snp::verify::CertChain;
-use crate::snp::Product;
+use cloister_attestation::evidence::CertChainDer;
+use cloister_attestation::snp::certs::{AmdCertificate, CertError, CertRole};
+use cloister_attestation::snp::report::{ReportError, TcbVersion};
+use cloister_attestation::snp::verify::CertChain;
+use cloister_attestation::snp::Product;
 
 pub use measurement::{simulated_launch_measurement, SIM_LAUNCH_DOMAIN};
 pub use report::{ReportRequest, DEFAULT_GUEST_POLICY};
@@ -382,7 +388,7 @@ impl SimPlatform {
         self.state.issued_at_unix
     }
 
-    /// The simulated ARK: pass it as [`crate::snp::verify::VerifyOptions::simulated_root`] to trust
+    /// The simulated ARK: pass it as [`cloister_attestation::snp::verify::VerifyOptions::simulated_root`] to trust
     /// this platform's reports.
     pub fn root(&self) -> &AmdCertificate {
         &self.ark
@@ -399,7 +405,7 @@ impl SimPlatform {
         }
     }
 
-    /// The chain that signs reports made with `key`, as DER, for [`crate::evidence::Evidence`].
+    /// The chain that signs reports made with `key`, as DER, for [`cloister_attestation::evidence::Evidence`].
     pub fn certificate_chain(&self, key: SimSigningKey) -> Result<CertChainDer, SimError> {
         let chain = self.cert_chain(key)?;
         let der = |c: Option<AmdCertificate>| c.map(|c| c.der().to_vec()).unwrap_or_default();
@@ -410,7 +416,7 @@ impl SimPlatform {
         })
     }
 
-    /// The chain that signs reports made with `key`, parsed, for [`crate::snp::verify::verify`].
+    /// The chain that signs reports made with `key`, parsed, for [`cloister_attestation::snp::verify::verify`].
     pub fn cert_chain(&self, key: SimSigningKey) -> Result<CertChain, SimError> {
         let (intermediate, leaf) = match key {
             SimSigningKey::Vcek => (&self.ask, &self.vcek),
@@ -431,7 +437,7 @@ impl SimPlatform {
     pub fn report(
         &self,
         req: &ReportRequest,
-    ) -> Result<[u8; crate::snp::report::REPORT_LEN], SimError> {
+    ) -> Result<[u8; cloister_attestation::snp::report::REPORT_LEN], SimError> {
         let key = match req.signing_key {
             SimSigningKey::Vcek => &self.vcek_key,
             SimSigningKey::Vlek => &self.vlek_chain.as_ref().ok_or(SimError::NoVlek)?.vlek_key,
@@ -457,7 +463,7 @@ impl SimPlatform {
             &self.rng,
         )?;
         // Self-check with the production CRL code: the simulator never emits what the verifier rejects.
-        crate::snp::crl::AmdCrl::from_der(&der)?.verify_issued_by(&self.ark)?;
+        cloister_attestation::snp::crl::AmdCrl::from_der(&der)?.verify_issued_by(&self.ark)?;
         Ok(der)
     }
 

@@ -49,8 +49,8 @@ use zeroize::Zeroizing;
 use super::keys;
 use super::state::PlatformState;
 use super::{SimError, SIM_CSP_ID, SIM_ORGANIZATION, SIM_ROOT_CN_SUFFIX};
-use crate::snp::certs::{oid, AmdCertificate, CertRole};
-use crate::snp::Product;
+use cloister_attestation::snp::certs::{oid, AmdCertificate, CertRole};
+use cloister_attestation::snp::Product;
 
 const OID_OU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.11");
 const OID_C: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.6");
@@ -234,8 +234,8 @@ impl Hierarchy {
 /// Length of hwID in the VCEK of `product`: Turin 8 bytes, Milan and Genoa 64.
 pub(super) fn hw_id_len(product: Product) -> usize {
     match product {
-        Product::Turin => crate::snp::certs::HW_ID_LEN_STRUCT_V1,
-        Product::Milan | Product::Genoa => crate::snp::certs::HW_ID_LEN_STRUCT_V0,
+        Product::Turin => cloister_attestation::snp::certs::HW_ID_LEN_STRUCT_V1,
+        Product::Milan | Product::Genoa => cloister_attestation::snp::certs::HW_ID_LEN_STRUCT_V0,
     }
 }
 

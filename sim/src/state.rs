@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 use super::SimError;
-use crate::snp::report::TcbVersion;
-use crate::snp::Product;
+use cloister_attestation::snp::report::TcbVersion;
+use cloister_attestation::snp::Product;
 
 /// Name of the platform file in the state directory; its presence means "this directory holds a
 /// platform".
