@@ -27,12 +27,8 @@ use super::{exit, runtime, Failure};
     long_about = "Load an attested enclave the way Triton's perf_analyzer loads a server: --concurrency workers, each with its own attested session (the policy must hold for every one), send the same request until --duration or --requests is reached. Prints throughput, p50/p90/p99/max latency and errors by kind (HTTP status, transport, wrong_answer: an answer that differs from the first); --json for scripts.\n\nExit codes: 0 the run completed (errors are reported, not fatal); 1 no session could be attested; 2 usage."
 )]
 pub(crate) struct Args {
-    /// The enclave (the host's relay), HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
-    endpoint: String,
-    /// The client's policy (TOML), as for `cloister infer`.
-    #[arg(long, value_name = "FILE")]
-    policy: PathBuf,
+    #[command(flatten)]
+    session: super::session_args::SessionArgs,
     /// The model's name.
     #[arg(long, value_name = "NAME")]
     model: String,
@@ -203,8 +199,7 @@ async fn bench(args: &Args) -> Result<(), Failure> {
     if args.concurrency == 0 {
         return Err(Failure::Usage("--concurrency must be at least 1".into()));
     }
-    let trust =
-        SessionPolicy::from_file(&args.policy).map_err(|e| Failure::Usage(e.to_string()))?;
+    let trust = args.session.trust()?;
     let body = std::fs::read(&args.input)
         .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", args.input.display())))?;
     let request = InferRequest::decode(&body, None)
@@ -236,7 +231,7 @@ async fn bench(args: &Args) -> Result<(), Failure> {
         bar,
     });
     let worker_args = Arc::new((
-        args.endpoint.clone(),
+        args.session.endpoint.clone(),
         trust,
         args.model.clone(),
         request,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cloister_client::magika::{Analysis, MagikaConfig, Prediction};
-use cloister_client::session::{AttestedSession, SessionPolicy};
+use cloister_client::session::AttestedSession;
 use cloister_kserve::{InferRequest, InferResponse, InferTensor, TensorData};
 
 use super::{exit, runtime, Failure};
@@ -16,13 +16,8 @@ use super::{exit, runtime, Failure};
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["input", "file"])))]
 pub(crate) struct Args {
-    /// The enclave's endpoint (usually the host's public relay port), HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
-    endpoint: String,
-    /// The client's policy (TOML): pins the measurement, model digests, TCB and root. Nothing is sent
-    /// unless the enclave's evidence satisfies it.
-    #[arg(long, value_name = "FILE")]
-    policy: PathBuf,
+    #[command(flatten)]
+    session: super::session_args::SessionArgs,
     /// Name of the model to use (as the enclave serves it).
     #[arg(long, value_name = "NAME")]
     model: String,
@@ -38,22 +33,10 @@ pub(crate) struct Args {
     /// Send tensors with the binary tensor extension instead of JSON.
     #[arg(long)]
     binary: bool,
-    /// An offline bundle (`cloister fetch bundle`): where a VCEK the evidence does not carry is looked up
-    /// first. Evidence from Cloister's enclaves carries its VCEK; this is for enclaves that cannot.
-    #[arg(long, value_name = "FILE")]
-    collateral: Option<PathBuf>,
-    #[command(flatten)]
-    kds: super::collateral::KdsArgs,
     /// Save the inference's signed receipt, with the session's evidence, to FILE (JSON); `cloister receipt
     /// verify --receipt FILE` checks it offline.
     #[arg(long, value_name = "FILE")]
     receipt: Option<PathBuf>,
-    /// Present this TLS client certificate (PEM) inside the attested session (`[clients]` of the enclave).
-    #[arg(long, value_name = "FILE", requires = "client_key")]
-    client_cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, value_name = "FILE", requires = "client_cert")]
-    client_key: Option<PathBuf>,
 }
 
 /// Runs `cloister infer`.
@@ -104,25 +87,7 @@ pub(crate) fn describe_session(session: &AttestedSession) -> Vec<String> {
 }
 
 async fn infer(args: &Args) -> Result<(), Failure> {
-    let mut trust =
-        SessionPolicy::from_file(&args.policy).map_err(|e| Failure::Usage(e.to_string()))?;
-    // Used only when the evidence carries no VCEK.
-    trust.collateral = Some(std::sync::Arc::new(args.kds.client(
-        true,
-        args.collateral.clone(),
-        trust.simulated_root.clone(),
-    )?));
-    if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-        trust.client_identity = Some(std::sync::Arc::new(
-            cloister_client::session::ClientIdentity::from_pem_files(cert, key)
-                .map_err(Failure::Usage)?,
-        ));
-    }
-    match trust.policy.require_workload_pin() {
-        Ok(false) => {}
-        Ok(true) => super::warn_any_workload(&args.policy),
-        Err(e) => return Err(Failure::Usage(format!("{}: {e}", args.policy.display()))),
-    }
+    let trust = args.session.trust()?;
     // Read local inputs before connecting, so that an I/O error is a usage error, not a refusal.
     let request_body = match &args.input {
         Some(path) => Some(
@@ -146,7 +111,7 @@ async fn infer(args: &Args) -> Result<(), Failure> {
         None => None,
     };
 
-    let mut session = AttestedSession::connect(&args.endpoint, &trust).await?;
+    let mut session = AttestedSession::connect(&args.session.endpoint, &trust).await?;
     let description = describe_session(&session);
     let print_claims = |to_stderr: bool| {
         for line in &description {

@@ -131,8 +131,7 @@ fn measure_cmd(a: &Args) -> anyhow::Result<()> {
         let (Some(bin), Some(config)) = (&a.enclave_bin, &a.config) else {
             bail!("--simulated needs --enclave-bin and --config");
         };
-        let m =
-            cloister_sim::simulated_launch_measurement(&read(bin)?, &read(config)?);
+        let m = cloister_sim::simulated_launch_measurement(&read(bin)?, &read(config)?);
         eprintln!(
             "SIMULATED platform measurement (no hardware protection; see docs/simulation.md)"
         );

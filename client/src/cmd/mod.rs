@@ -12,6 +12,7 @@ pub(crate) mod measure;
 pub(crate) mod proxy;
 pub(crate) mod records;
 pub(crate) mod seal;
+pub(crate) mod session_args;
 pub(crate) mod sim;
 pub(crate) mod verify;
 pub(crate) mod verify_azure;

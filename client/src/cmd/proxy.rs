@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -16,7 +15,6 @@ use cloister_client::proxy::{
     serve, AllowedHost, AllowedOrigin, Proxy, ServeOptions, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
 };
-use cloister_client::session::SessionPolicy;
 
 use super::{exit, runtime, Failure};
 
@@ -30,12 +28,8 @@ pub(crate) struct Args {
     /// Where to serve plain HTTP, e.g. 127.0.0.1:8000.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
-    /// The enclave (the host's relay), HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
-    endpoint: String,
-    /// The client's policy (TOML): what every upstream session's evidence must satisfy.
-    #[arg(long, value_name = "FILE")]
-    policy: PathBuf,
+    #[command(flatten)]
+    session: super::session_args::SessionArgs,
     /// Upstream sessions at most (each attested); more concurrent requests wait for one.
     #[arg(long, value_name = "N", default_value_t = 8)]
     max_sessions: usize,
@@ -88,18 +82,12 @@ async fn proxy(args: &Args) -> Result<(), Failure> {
             args.listen
         );
     }
-    let trust =
-        SessionPolicy::from_file(&args.policy).map_err(|e| Failure::Usage(e.to_string()))?;
-    match trust.policy.require_workload_pin() {
-        Ok(false) => {}
-        Ok(true) => super::warn_any_workload(&args.policy),
-        Err(e) => return Err(Failure::Usage(format!("{}: {e}", args.policy.display()))),
-    }
+    let trust = args.session.trust()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
     let proxy = Arc::new(Proxy::new(
-        &args.endpoint,
+        &args.session.endpoint,
         trust,
         args.max_sessions,
         Box::new(|session| {
@@ -120,7 +108,7 @@ async fn proxy(args: &Args) -> Result<(), Failure> {
         listener
             .local_addr()
             .map_err(|e| Failure::Usage(e.to_string()))?,
-        args.endpoint
+        args.session.endpoint
     );
     let options = ServeOptions {
         allow_hosts: args.allow_host.clone(),

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use cloister_attestation::snp::report::TcbVersion;
+use cloister_attestation::snp::Product;
 use cloister_sim::{
     default_tcb, ReportRequest, SimConfig, SimPlatform, SimSigningKey, SystemRandom,
 };
-use cloister_attestation::snp::report::TcbVersion;
-use cloister_attestation::snp::Product;
 
 use super::{exit, Failure};
 

@@ -9,6 +9,7 @@ mod measure;
 mod proxy_origin;
 mod records;
 mod seal;
+mod session_args;
 mod sim;
 mod sim_state;
 mod verify_vectors;
