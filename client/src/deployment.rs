@@ -23,9 +23,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cloister_attestation::policy::WorkloadIdentity;
-use cloister_sim::{simulated_launch_measurement, SimConfig, SimPlatform};
 use cloister_attestation::snp::Product;
 use cloister_models::{Keystore, ModelDigest, ModelKey, DEFAULT_CHUNK_SIZE};
+use cloister_sim::{simulated_launch_measurement, SimConfig, SimPlatform};
 use ring::rand::SystemRandom;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;

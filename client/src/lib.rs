@@ -7,7 +7,6 @@
 //! (`cloister-keybroker`). It verifies attestation evidence before anything is released.
 #![forbid(unsafe_code)]
 
-pub mod danger;
 pub mod deployment;
 mod error;
 

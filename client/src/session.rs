@@ -3,7 +3,7 @@
 //!
 //! Order of operations (nothing but the nonce leaves the client before step 4):
 //! 1. TCP + TLS 1.3 to the endpoint (usually the untrusted host's relay); the server certificate is not
-//!    checked against a CA (see [`crate::danger`]).
+//!    checked against a CA (see `cloister_proto::tls::danger::AttestedServer`).
 //! 2. Compute this connection's exporter (RFC 8446 §7.5, label `EXPERIMENTAL-cloister-attestation`).
 //! 3. `POST /v2/attestation` with a fresh nonce; verify the evidence: AMD chain, signature, policy
 //!    (measurement, TCB, root, model digests), REPORT_DATA = hash of the claims, our nonce, our exporter.
@@ -16,7 +16,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use cloister_attestation::evidence::{
     verify_evidence, Evidence, ExpectedSession, VerifiedEvidence, MAX_EVIDENCE_LEN,
-    TLS_EXPORTER_LABEL,
 };
 use cloister_attestation::policy::NoWorkloadPin;
 use cloister_attestation::snp::certs::AmdCertificate;
@@ -34,9 +33,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::danger::AttestedTlsVerifier;
 use cloister_collateral::files as chain_files;
 use cloister_collateral::{Collateral, Error as InputError};
+use cloister_proto::tls::{self, danger::AttestedServer};
 
 /// Largest response body accepted from an enclave (inference outputs included).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -186,12 +185,12 @@ impl std::fmt::Debug for AttestedSession {
 }
 
 fn tls_config(identity: Option<&ClientIdentity>) -> Result<rustls::ClientConfig, SessionError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+    // The enclave's certificate is ephemeral: it is authenticated by the evidence bound to this connection's
+    // exporter, verified before anything is sent (`AttestedServer`'s documentation).
+    let builder = tls::client_builder()
         .map_err(|e| SessionError::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AttestedTlsVerifier::new(provider)));
+        .with_custom_certificate_verifier(Arc::new(AttestedServer::new(&tls::provider())));
     match identity {
         None => Ok(builder.with_no_client_auth()),
         Some(id) => builder
@@ -250,10 +249,7 @@ impl AttestedSession {
             .connect(server_name, tcp)
             .await
             .map_err(|e| SessionError::Tls(e.to_string()))?;
-        let exporter: [u8; 32] = tls
-            .get_ref()
-            .1
-            .export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, None)
+        let exporter = tls::exporter(tls.get_ref().1)
             .map_err(|e| SessionError::Tls(format!("exporter: {e}")))?;
 
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))

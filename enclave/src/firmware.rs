@@ -431,9 +431,7 @@ mod sim {
     //! The simulated backend: `cloister_sim::SimPlatform` with this launch's measurement.
     use std::path::Path;
 
-    use cloister_sim::{
-        simulated_launch_measurement, ReportRequest, SimPlatform, SimSigningKey,
-    };
+    use cloister_sim::{simulated_launch_measurement, ReportRequest, SimPlatform, SimSigningKey};
 
     use super::{AmdCertificate, CertChainDer, Firmware, FirmwareError, Platform};
 

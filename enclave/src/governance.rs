@@ -9,11 +9,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cloister_governance::audit::{AuditWriter, TallyRecord, STDOUT_PREFIX};
 use cloister_governance::RecordSigner;
 use cloister_kserve::TensorData;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::config::Config;
 
@@ -211,92 +206,13 @@ pub fn harden(tensor: &mut NamedTensor, top_k: Option<u32>, decimals: Option<u8>
     }
 }
 
-/// Client certificates by SHA-256 pin (`[clients]`). The certificate's chain and names are not checked:
-/// the pin is the identity. Its possession is proven by the TLS 1.3 CertificateVerify signature, checked
-/// with the provider's algorithms.
-#[derive(Debug)]
-pub struct PinnedClients {
-    pins: Vec<[u8; 32]>,
-    mandatory: bool,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl PinnedClients {
-    /// A verifier for `pins`; `mandatory`: connections without a certificate are refused.
-    pub fn new(pins: Vec<[u8; 32]>, mandatory: bool) -> Self {
-        PinnedClients {
-            pins,
-            mandatory,
-            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        }
-    }
-}
-
-/// `sha256:<hex>` of a certificate.
+/// `sha256:<hex>` of a client certificate: the client's identity in budgets, the audit log and receipts (the
+/// pin is the identity; the handshake proved possession: `cloister_proto::tls::danger::PinnedClients`).
 pub fn client_id(cert: &[u8]) -> String {
     format!(
         "sha256:{}",
         hex::encode(ring::digest::digest(&ring::digest::SHA256, cert))
     )
-}
-
-impl ClientCertVerifier for PinnedClients {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.mandatory
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
-        if self
-            .pins
-            .iter()
-            .any(|p| cloister_attestation::ct_eq(p, digest.as_ref()))
-        {
-            Ok(ClientCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // The server speaks TLS 1.3 only.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Key release, enclave side (`docs/architecture.md`, "Key release").
 //!
 //! ```text
-//! TLS 1.3 (ring) to key_broker.address, broker certificate pinned by SHA-256 (see crate::danger)
+//! TLS 1.3 (ring) to key_broker.address, broker certificate pinned by SHA-256 (`cloister_proto::tls::danger::PinnedServer`)
 //! exporter    = TLS-Exporter("EXPERIMENTAL-cloister-attestation", no context, 32)   // this connection's
 //! enclave → broker  KeyRequest { version: 2, model_digest, state: None | Open | Commit }
 //! broker  → enclave Challenge  { nonce }
@@ -19,22 +19,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloister_attestation::evidence::{EnclaveKey, Sha384, TLS_EXPORTER_LABEL};
+use cloister_attestation::evidence::{EnclaveKey, Sha384};
 use cloister_models::{ModelDigest, ModelKey};
 use cloister_proto::key_release::{
     EnclaveEvent, EnclaveExchange, RefusalCode, StateAnchor, StateRequest,
 };
 use ring::rand::SystemRandom;
 use rustls::pki_types::ServerName;
-use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
 use crate::config::KeyBrokerConfig;
-use crate::danger::PinnedCertificate;
 use crate::firmware::{self, Attester, FirmwareError};
+use cloister_proto::tls::{self, danger::PinnedServer};
 
 /// How long one step (connect, handshake, one message) may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -135,15 +134,14 @@ impl BrokerClient {
     /// A client for the broker of the measured configuration: TLS 1.3 only, ring provider, the broker's
     /// certificate pinned.
     pub fn new(config: &KeyBrokerConfig) -> Result<Self, KeyReleaseError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])
+        let tls = tls::client_builder()
             .map_err(KeyReleaseError::TlsConfig)?
-            // See crate::danger: the broker is authenticated by its pinned certificate hash.
+            // The broker is authenticated by its certificate's hash in the measured configuration
+            // (`PinnedServer`'s documentation).
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCertificate::new(
+            .with_custom_certificate_verifier(Arc::new(PinnedServer::new(
                 config.certificate_sha256,
-                provider,
+                &tls::provider(),
             )))
             .with_no_client_auth();
         let server_name =
@@ -205,11 +203,7 @@ impl BrokerClient {
 
         // RFC 8446 §7.5 exporter of this connection; the broker computes the same on its side and checks
         // that the evidence carries it (a relay terminating TLS would see another one).
-        let exporter: [u8; 32] = tls
-            .get_ref()
-            .1
-            .export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, None)
-            .map_err(KeyReleaseError::Exporter)?;
+        let exporter = tls::exporter(tls.get_ref().1).map_err(KeyReleaseError::Exporter)?;
 
         let digest = Sha384(*model_digest.as_bytes());
         let rng = SystemRandom::new();

@@ -10,7 +10,7 @@
 //!   accepts it (its digest is in every claim). Launch arguments are not: they only say where bytes flow.
 //! - The host is untrusted: the sealed blobs it serves ([`blobs`]) are checked (header digest before
 //!   decryption, AEAD, plaintext digest), and the client connections it relays are TLS end to end.
-//! - The key broker is authenticated by the certificate pinned in the configuration ([`danger`],
+//! - The key broker is authenticated by the certificate pinned in the configuration (`cloister_proto::tls::danger`,
 //!   [`key_release`]); the model key it releases is zeroized after the model is opened.
 //! - Clients are untrusted until they have attested us; they attest inside their own TLS session
 //!   ([`server`]: evidence bound to the connection's exporter), so evidence cannot be relayed.
@@ -21,7 +21,6 @@
 
 pub mod blobs;
 pub mod config;
-pub mod danger;
 pub mod error;
 pub mod firmware;
 pub mod governance;

@@ -20,12 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cloister_attestation::evidence::TLS_EXPORTER_LABEL;
 use cloister_kserve::{
     AttestationRequest, DecodeLimits, Error as KserveError, ErrorResponse, InferRequest,
     InferResponse, InferTensor, MetadataTensor, ModelMetadataResponse, TensorProblem,
     EVIDENCE_CONTENT_TYPE, INFERENCE_HEADER_CONTENT_LENGTH, JSON_CONTENT_TYPE,
 };
+use cloister_proto::tls::{self, danger::PinnedClients};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -85,18 +85,16 @@ pub fn tls_config(
         .map_err(ServerError::Certificate)?;
     let cert = params.self_signed(&key).map_err(ServerError::Certificate)?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(ServerError::Tls)?;
+    let config = tls::server_builder().map_err(ServerError::Tls)?;
     let config = if pins.is_empty() {
         config.with_no_client_auth()
     } else {
         // A pinned client must not be able to shed its identity (and its budget) by connecting without
         // its certificate: without a certificate there is no session unless anonymous access was asked for.
-        config.with_client_cert_verifier(Arc::new(crate::governance::PinnedClients::new(
+        config.with_client_cert_verifier(Arc::new(PinnedClients::new(
             pins.to_vec(),
             clients.require_certificate || !clients.anonymous_allowed(),
+            &tls::provider(),
         )))
     };
     let mut config = config
@@ -154,18 +152,13 @@ async fn serve_connection(
         }
     };
     // RFC 8446 §7.5: this connection's exporter, computed once the handshake is complete.
-    let exporter: [u8; 32] =
-        match tls
-            .get_ref()
-            .1
-            .export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, None)
-        {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(%peer, "cannot compute the TLS exporter: {e}");
-                return;
-            }
-        };
+    let exporter = match tls::exporter(tls.get_ref().1) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(%peer, "cannot compute the TLS exporter: {e}");
+            return;
+        }
+    };
     // The client's identity: its certificate's SHA-256 when it presented one (verified by pin), else
     // anonymous.
     let client = tls

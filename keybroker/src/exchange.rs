@@ -83,15 +83,7 @@ pub(crate) async fn handle_connection(
         .await?
         .map_err(ConnError::Handshake)?;
     // RFC 8446 §7.5: this connection's exporter; the evidence must carry the same value.
-    let exporter: [u8; 32] = tls
-        .get_ref()
-        .1
-        .export_keying_material(
-            [0u8; 32],
-            cloister_attestation::evidence::TLS_EXPORTER_LABEL,
-            None,
-        )
-        .map_err(ConnError::Exporter)?;
+    let exporter = cloister_proto::tls::exporter(tls.get_ref().1).map_err(ConnError::Exporter)?;
 
     let mut conn = BrokerConnection::new(exporter, limits.max_requests_per_connection);
     let result = serve(&inner, &mut tls, &mut conn, peer, &deadline, read_timeout).await;

@@ -109,9 +109,7 @@ impl KeyBroker {
         }
         let (cert, key) = load_tls_identity(&config.tls_certificate, &config.tls_key)?;
         let cert_sha256 = certificate_sha256(cert.as_ref());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls_config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
+        let tls_config = cloister_proto::tls::server_builder()
             .and_then(|b| b.with_no_client_auth().with_single_cert(vec![cert], key))
             .map_err(|e| Error::Tls {
                 path: config.tls_key.clone(),

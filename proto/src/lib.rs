@@ -1,7 +1,8 @@
 //! Cloister wire protocol: length-prefixed postcard frames, the key-release messages between an enclave
-//! and a key broker, and the wrapping of a model key to an enclave's ephemeral X25519 key.
+//! and a key broker, the wrapping of a model key to an enclave's ephemeral X25519 key, and the TLS every
+//! Cloister connection uses ([`tls`]: provider, TLS 1.3, the exporter, the verifiers that do not chain to a CA).
 //!
-//! Who runs it: the enclave and the key broker (the two ends of key release). Secrets it may hold: a model
+//! Who runs it: the enclave and the key broker (the two ends of key release), and the client (its TLS). Secrets it may hold: a model
 //! key while it wraps or unwraps it, and the enclave's ephemeral X25519 private key for one exchange.
 //!
 //! Everything read here comes from a peer that may be hostile (a compromised enclave talking to the
@@ -13,6 +14,7 @@
 
 pub mod frame;
 pub mod key_release;
+pub mod tls;
 
 /// Errors of the wire layer.
 #[derive(Debug, thiserror::Error)]

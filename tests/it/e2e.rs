@@ -200,12 +200,11 @@ async fn tls_terminating_relay(upstream: String) -> String {
             rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         )
         .unwrap();
-    let client_config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
+    let client_config = cloister_proto::tls::client_builder()
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(
-            cloister_client::danger::AttestedTlsVerifier::new(provider),
+            cloister_proto::tls::danger::AttestedServer::new(&provider),
         ))
         .with_no_client_auth();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));

@@ -6,10 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cloister_attestation::evidence::{verify_evidence, Evidence, ExpectedSession};
-use cloister_sim::{simulated_launch_measurement, SimConfig, SimPlatform};
 use cloister_attestation::snp::Product;
 use cloister_attestation::{Policy, VerifyOptions};
 use cloister_models::ModelDigest;
+use cloister_sim::{simulated_launch_measurement, SimConfig, SimPlatform};
 use ring::rand::SystemRandom;
 
 use crate::common::*;

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use cloister_sim::{ReportRequest, SimSigningKey};
 use cloister_attestation::snp::report::sev_json::to_sev_json;
 use cloister_attestation::snp::report::AttestationReport;
 use cloister_enclave::firmware::coco_aa::{CocoAa, CocoAaOptions};
 use cloister_enclave::firmware::{Firmware, FirmwareError};
+use cloister_sim::{ReportRequest, SimSigningKey};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;

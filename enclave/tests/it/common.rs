@@ -7,21 +7,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use cloister_attestation::evidence::{CertChainDer, Platform, TLS_EXPORTER_LABEL};
-use cloister_sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use cloister_attestation::snp::Product;
 use cloister_enclave::config::Config;
 use cloister_enclave::firmware::{Firmware, FirmwareError};
 use cloister_enclave::runtime::Enclave;
 use cloister_enclave::server;
 use cloister_models::ModelDigest;
+use cloister_sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{HeaderMap, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -151,50 +149,16 @@ pub async fn start_server(config_text: &str, firmware: Arc<dyn Firmware>) -> Tes
     }
 }
 
-/// Accepts any certificate (the enclave is authenticated by attestation), checks the handshake signature.
-#[derive(Debug)]
-pub struct AnyCert(pub Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
+/// The client side of the tests: any server certificate (the enclave is authenticated by attestation), the
+/// handshake signature checked, as the client's attested session does.
 pub fn client_config() -> Arc<ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     Arc::new(
-        ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])
+        cloister_proto::tls::client_builder()
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_custom_certificate_verifier(Arc::new(
+                cloister_proto::tls::danger::AttestedServer::new(&cloister_proto::tls::provider()),
+            ))
             .with_no_client_auth(),
     )
 }

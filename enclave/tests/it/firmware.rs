@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cloister_attestation::evidence::{verify_evidence, ExpectedSession, Platform, Sha384};
-use cloister_sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use cloister_attestation::snp::certs::CertRole;
 use cloister_attestation::snp::report::AttestationReport;
 use cloister_attestation::snp::Product;
@@ -19,6 +18,7 @@ use cloister_enclave::firmware::configfs_tsm::{
     ConfigfsIo, ConfigfsTsm, ConfigfsTsmOptions, MAX_ATTEMPTS,
 };
 use cloister_enclave::firmware::{self, Firmware, FirmwareError};
+use cloister_sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use ring::rand::SystemRandom;
 
 fn now() -> i64 {

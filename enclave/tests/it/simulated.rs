@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use cloister_attestation::evidence::{verify_evidence, Evidence, ExpectedSession, Platform};
-use cloister_sim::{simulated_launch_measurement, SimConfig, SimPlatform};
 use cloister_attestation::snp::Product;
 use cloister_attestation::{Policy, VerifyOptions};
 use cloister_enclave::config::Config;
 use cloister_enclave::firmware;
 use cloister_models::ModelDigest;
+use cloister_sim::{simulated_launch_measurement, SimConfig, SimPlatform};
 use ring::rand::SystemRandom;
 
 use crate::common::*;

@@ -12,21 +12,16 @@ use std::time::{Duration, Instant};
 use cloister_attestation::evidence::{
     Claims, EnclaveKey, Evidence, Platform, Sha384, CLAIMS_VERSION, TLS_EXPORTER_LABEL,
 };
-use cloister_sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use cloister_attestation::snp::Product;
-use cloister_keybroker::{
-    certificate_sha256, generate_tls_identity, AuditRecord, BrokerConfig, KeyBroker, Limits,
-};
+use cloister_keybroker::{generate_tls_identity, AuditRecord, BrokerConfig, KeyBroker, Limits};
 use cloister_models::{Keystore, ModelDigest, ModelKey};
 use cloister_proto::frame;
 use cloister_proto::key_release::{
     BrokerToEnclave, EnclaveToBroker, RefusalCode, PROTOCOL_VERSION,
 };
+use cloister_sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use ring::rand::SystemRandom;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -187,67 +182,20 @@ impl Running {
 // ---------------------------------------------------------------------------------------------------------
 // The fake enclave.
 
-/// Accepts exactly the pinned certificate (SHA-256 of its DER), as the enclave does.
-#[derive(Debug)]
-pub(crate) struct Pinned {
-    pub(crate) pin: [u8; 32],
-    pub(crate) provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if certificate_sha256(end_entity.as_ref()) == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General("not the pinned broker".into()))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+/// A client configuration that accepts exactly the broker certificate with SHA-256 `pin`, as the enclave's.
+pub(crate) fn pinned_config(pin: [u8; 32]) -> rustls::ClientConfig {
+    cloister_proto::tls::client_builder()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(cloister_proto::tls::danger::PinnedServer::new(
+            pin,
+            &cloister_proto::tls::provider(),
+        )))
+        .with_no_client_auth()
 }
 
 pub(crate) async fn connect(addr: SocketAddr, pin: [u8; 32]) -> TlsStream<TcpStream> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned { pin, provider }))
-        .with_no_client_auth();
+    let config = pinned_config(pin);
     let tcp = TcpStream::connect(addr).await.unwrap();
     TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("cloister-keybroker").unwrap(), tcp)

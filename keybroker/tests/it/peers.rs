@@ -142,16 +142,7 @@ async fn hostile_peers_are_disconnected_and_the_broker_keeps_serving() {
     // A client that does not trust the broker's certificate cannot talk to it, and the broker
     // shrugs it off.
     let tcp = TcpStream::connect(broker.addr).await.unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            pin: [0; 32],
-            provider,
-        }))
-        .with_no_client_auth();
+    let config = pinned_config([0; 32]);
     assert!(TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("x").unwrap(), tcp)
         .await

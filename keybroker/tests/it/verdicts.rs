@@ -327,10 +327,10 @@ async fn simulated_evidence_needs_the_simulated_root_in_the_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evidence_without_its_vcek_is_completed_from_the_brokers_collateral() {
     use cloister_attestation::evidence::CertChainDer;
-    use cloister_sim::{ReportRequest, SimSigningKey};
     use cloister_attestation::snp::report::AttestationReport;
     use cloister_collateral::{Bundle, Item, KeyTree, VcekId};
     use cloister_keybroker::CollateralConfig;
+    use cloister_sim::{ReportRequest, SimSigningKey};
 
     let report = sim().report(&ReportRequest::default()).unwrap();
     let parsed = AttestationReport::from_bytes(&report).unwrap();

@@ -8,10 +8,10 @@ use cloister_attestation::evidence::{
     verify_evidence, Claims, EnclaveKey, Evidence, Platform, Sha384, VerifiedEvidence,
     CLAIMS_VERSION,
 };
-use cloister_sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use cloister_attestation::snp::Product;
 use cloister_attestation::{Policy, VerifyOptions};
 use cloister_models::ModelKey;
+use cloister_sim::{ReportRequest, SimConfig, SimPlatform, SimSigningKey};
 use ring::rand::SystemRandom;
 
 use super::*;

@@ -11,10 +11,8 @@ use std::path::Path;
 use base64::Engine as _;
 use cloister_attestation::azure::hcl::{HASH_TYPE_SHA256, REPORT_TYPE_SNP, SIGNATURE};
 use cloister_attestation::evidence::CertChainDer;
-use cloister_sim::{
-    simulated_launch_measurement, ReportRequest, SimPlatform, SimSigningKey,
-};
 use cloister_attestation::snp::certs::AmdCertificate;
+use cloister_sim::{simulated_launch_measurement, ReportRequest, SimPlatform, SimSigningKey};
 
 use super::tpm::{Tpm, TpmTransport};
 use super::{tpm_error, HclSource, AK_HANDLE, NV_REPORT_DATA};
