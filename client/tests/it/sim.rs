@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use cloister_sim::{simulated_launch_measurement, SimPlatform};
 use cloister_attestation::snp::certs::CertRole;
+use cloister_sim::{simulated_launch_measurement, SimPlatform};
 use serde_json::Value;
 
 use crate::common::{cloister, json_file, vectors_dir};

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cloister_sim::{SimConfig, SimPlatform, SystemRandom};
 use cloister_attestation::snp::Product;
 use cloister_collateral::error::FileKind;
 use cloister_collateral::store::Store;
 use cloister_collateral::{files, Collateral, Error, KeyTree, Sources, VcekId};
+use cloister_sim::{SimConfig, SimPlatform, SystemRandom};
 
 use super::standin::{vectors, Behaviour, KdsStandIn};
 use super::{fast_retry, report};
