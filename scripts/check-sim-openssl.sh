@@ -13,7 +13,7 @@
 #     zeros) and REPORTED_TCB equals the leaf's blSPL/teeSPL/snpSPL/ucodeSPL (and fmcSPL on Turin).
 #
 # Usage: scripts/check-sim-openssl.sh [PATH-TO-cloister]
-#   Without a path, the binary is built and run with `cargo run -q -p cloister-client --bin cloister --`.
+#   Without a path, the binary is built and run with `cargo run -q -p cloister-cli --bin cloister --`.
 #   PRODUCTS="Genoa" limits the products checked (default: "Milan Genoa Turin").
 # Exit status: 0 if every check passed, 1 otherwise (2 if openssl is missing).
 set -euo pipefail
@@ -31,7 +31,7 @@ cloister() {
     if [ -n "$BIN" ]; then
         "$BIN" "$@"
     else
-        (cd "$ROOT" && cargo run -q -p cloister-client --bin cloister -- "$@")
+        (cd "$ROOT" && cargo run -q -p cloister-cli --bin cloister -- "$@")
     fi
 }
 

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cloister_client::deployment::{Deployment, DeploymentOptions};
+use cloister_devnet::{Deployment, DeploymentOptions};
 use cloister_enclave::inference::LoadedModel;
 
 mod common;

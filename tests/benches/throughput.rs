@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloister_client::deployment::{sibling_bin_dir, Deployment, DeploymentOptions};
+use cloister_devnet::{sibling_bin_dir, Deployment, DeploymentOptions};
 use cloister_enclave::inference::LoadedModel;
 use cloister_kserve::MetadataTensor;
 use serde_json::Value;

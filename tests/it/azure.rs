@@ -5,8 +5,8 @@
 //! swtpm; a failure under CLOISTER_REQUIRE_ALL_TESTS=1 (CI).
 
 use cloister_attestation::policy::WorkloadIdentity;
-use cloister_client::session::{AttestedSession, SessionError, SessionPolicy};
 use cloister_enclave::firmware::azure::swtpm::Swtpm;
+use cloister_session::{AttestedSession, SessionError, SessionPolicy};
 
 use crate::e2e::{deploy, mlp, mlp_input, READY};
 

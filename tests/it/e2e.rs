@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use cloister_attestation::evidence::{Evidence, TLS_EXPORTER_LABEL};
 use cloister_attestation::policy::ModelDigestPin;
-use cloister_client::deployment::{Deployment, DeploymentOptions};
-use cloister_client::session::{AttestedSession, SessionError, SessionPolicy};
+use cloister_devnet::{Deployment, DeploymentOptions};
 use cloister_enclave::inference::{LoadedModel, NamedTensor};
 use cloister_kserve::{InferRequest, InferTensor, TensorData};
+use cloister_session::{AttestedSession, SessionError, SessionPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -44,7 +44,7 @@ pub(crate) async fn deploy(
 
 /// A Magika request for a Python source file, and the same input for the in-process engine.
 fn magika_input() -> (InferRequest, Vec<NamedTensor>) {
-    let config = cloister_client::magika::MagikaConfig::embedded().unwrap();
+    let config = cloister_cli::magika::MagikaConfig::embedded().unwrap();
     let text = b"import os\nimport sys\n\ndef main():\n    for k, v in sorted(os.environ.items()):\n        print(k, '=', v)\n    return 0\n\nif __name__ == '__main__':\n    sys.exit(main())\n";
     let features = config.features(text);
     let [rows, cols] = config.input_shape();
@@ -516,9 +516,7 @@ async fn cloister_infer_cli_attests_then_infers_and_refuses_on_a_wrong_policy() 
     let dir = tempfile::tempdir().unwrap();
     let d = deploy(dir.path(), &magika(), "magika", |_| {}).await;
     d.wait_ready(READY).await.expect("ready");
-    let cloister = cloister_client::deployment::sibling_bin_dir()
-        .unwrap()
-        .join("cloister");
+    let cloister = cloister_devnet::sibling_bin_dir().unwrap().join("cloister");
     let run = |args: Vec<String>| {
         let cloister = cloister.clone();
         async move {

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cloister_client::deployment::{Deployment, DeploymentOptions};
-use cloister_client::session::SessionError;
+use cloister_devnet::{Deployment, DeploymentOptions};
 use cloister_kserve::{InferRequest, InferTensor, TensorData};
+use cloister_session::SessionError;
 use hyper::{Method, StatusCode};
 use prost::Message;
 use tract_onnx::pb;
@@ -192,9 +192,7 @@ async fn memory_is_a_budget_requests_are_refused_or_queued() {
 }
 
 fn cloister(args: &[String]) -> std::process::Output {
-    let bin = cloister_client::deployment::sibling_bin_dir()
-        .unwrap()
-        .join("cloister");
+    let bin = cloister_devnet::sibling_bin_dir().unwrap().join("cloister");
     std::process::Command::new(bin)
         .args(args)
         .output()

@@ -2,7 +2,7 @@
 //! configuration (delivered as initdata) behind three hosts, one key broker; clients attest each one they
 //! reach; killing one leaves the others serving.
 
-use cloister_client::session::{AttestedSession, SessionPolicy};
+use cloister_session::{AttestedSession, SessionPolicy};
 use tokio::time::{sleep, Duration, Instant};
 
 use crate::e2e::{deploy, mlp, mlp_input, READY};

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloister_client::session::{AttestedSession, ClientIdentity, SessionError, SessionPolicy};
 use cloister_kserve::TensorData;
+use cloister_session::{AttestedSession, ClientIdentity, SessionError, SessionPolicy};
 use serde_json::Value;
 
 use crate::e2e::{deploy, mlp, mlp_input, READY};
@@ -33,9 +33,7 @@ fn identity(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
 }
 
 fn cloister() -> PathBuf {
-    cloister_client::deployment::sibling_bin_dir()
-        .unwrap()
-        .join("cloister")
+    cloister_devnet::sibling_bin_dir().unwrap().join("cloister")
 }
 
 fn run(args: &[&std::ffi::OsStr]) -> (i32, String, String) {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use base64::Engine;
 use cloister_attestation::policy::WorkloadIdentity;
-use cloister_client::session::{AttestedSession, SessionError};
+use cloister_session::{AttestedSession, SessionError};
 use ring::digest::{digest, SHA256, SHA384};
 use serde_json::Value;
 
@@ -21,9 +21,7 @@ fn repo() -> PathBuf {
 }
 
 fn bin(name: &str) -> PathBuf {
-    cloister_client::deployment::sibling_bin_dir()
-        .unwrap()
-        .join(name)
+    cloister_devnet::sibling_bin_dir().unwrap().join(name)
 }
 
 /// HOST_DATA by the CoCo rule, written out again here: the digest of the document's bytes with its
@@ -210,7 +208,7 @@ async fn enclave_configured_by_initdata_serves_and_refuses_another_document() {
         policy.replace(&hex::encode(host_data), &"11".repeat(32)),
     )
     .unwrap();
-    let trust = cloister_client::session::SessionPolicy::from_file(&other).unwrap();
+    let trust = cloister_session::SessionPolicy::from_file(&other).unwrap();
     let Err(e) = AttestedSession::connect(&d.endpoint, &trust).await else {
         panic!("a policy pinning another HOST_DATA was satisfied");
     };
@@ -220,7 +218,7 @@ async fn enclave_configured_by_initdata_serves_and_refuses_another_document() {
     // Issue 21, item 1: the pod VM's measurement is shared by every pod of its runtime class. A policy that
     // pins only it is refused before connecting under `workload_identity = "initdata"`, and under
     // `"measurement"` the report's non-zero HOST_DATA (the launcher bound data there) must be pinned.
-    let mut trust = cloister_client::session::SessionPolicy::from_file(&d.client_policy).unwrap();
+    let mut trust = cloister_session::SessionPolicy::from_file(&d.client_policy).unwrap();
     trust.policy.host_data = None;
     let Err(e) = AttestedSession::connect(&d.endpoint, &trust).await else {
         panic!("the pod VM's measurement alone was accepted");
@@ -298,7 +296,7 @@ async fn an_enclave_without_cloister_host_fetches_from_a_plain_web_server() {
         .to_owned();
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
 
-    let trust = cloister_client::session::SessionPolicy::from_file(&d.client_policy).unwrap();
+    let trust = cloister_session::SessionPolicy::from_file(&d.client_policy).unwrap();
     let mut session = crate::fleet::ready_session(&addr, &trust).await;
     session.infer("mlp", &mlp_input(), false).await.unwrap();
     drop(session);

@@ -6,7 +6,7 @@
 //!   (also `scripts/gen-synthetic-mlp`).
 //! - `models/sample/reference/*.json` are onnxruntime's outputs (`scripts/reference-outputs.py`); tract must match
 //!   them within `|tract - ort| <= 1e-4 + 1e-4 * |ort|`, and integers and booleans exactly.
-//! - Magika end to end: client features (`cloister_client::magika`) → enclave → client decoding, against the
+//! - Magika end to end: client features (`cloister_cli::magika`) → enclave → client decoding, against the
 //!   labels of the Python package.
 //! - The benchmark models in `.cache/models/` (`scripts/fetch-models.sh`) load and run when present; when absent
 //!   the tests print a loud SKIP line and pass (and fail under CLOISTER_REQUIRE_ALL_TESTS=1, as in CI).
@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cloister_client::magika::{Analysis, MagikaConfig, INPUT_NAME};
+use cloister_cli::magika::{Analysis, MagikaConfig, INPUT_NAME};
 use cloister_enclave::inference::{
     Datatype, Error as InferenceError, LoadedModel, NamedTensor, Planning, TensorData, TensorSpec,
 };

@@ -17,9 +17,7 @@ use serde_json::{json, Value};
 use crate::e2e::{deploy, mlp, mlp_input, READY};
 
 fn cloister() -> std::path::PathBuf {
-    cloister_client::deployment::sibling_bin_dir()
-        .unwrap()
-        .join("cloister")
+    cloister_devnet::sibling_bin_dir().unwrap().join("cloister")
 }
 
 /// Starts `cloister proxy` on a free loopback port; returns it and its URL (HOST:PORT).

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cloister_client::deployment::{Deployment, DeploymentOptions, HostBackend, VmOptions};
+use cloister_devnet::{Deployment, DeploymentOptions, HostBackend, VmOptions};
 use cloister_enclave::inference::{LoadedModel, NamedTensor, TensorData as EngineData};
 use cloister_kserve::{InferRequest, InferTensor, TensorData};
 
@@ -166,7 +166,7 @@ fn mlp_expected(model: &Path) -> Vec<f32> {
 
 async fn infer_bit_exact(
     d: &Deployment,
-    session: &mut cloister_client::session::AttestedSession,
+    session: &mut cloister_session::AttestedSession,
     expected: &[f32],
 ) {
     let response = session.infer("mlp", &mlp_request(), false).await.unwrap();

@@ -2,10 +2,11 @@
 //! from files, as variants. The `cloister` command turns it into a message and an exit code in one place
 //! (`cmd::failure`).
 
-use crate::deployment::DeploymentError;
+use cloister_devnet::DeploymentError;
+use cloister_session::SessionError;
+
 use crate::magika::MagikaError;
 use crate::seal_check::ModelCheckError;
-use crate::session::SessionError;
 
 /// The crate's one error (see the module documentation).
 #[derive(Debug, thiserror::Error)]

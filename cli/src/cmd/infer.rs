@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cloister_client::magika::{Analysis, MagikaConfig, Prediction};
-use cloister_client::session::AttestedSession;
+use cloister_cli::magika::{Analysis, MagikaConfig, Prediction};
 use cloister_kserve::{InferRequest, InferResponse, InferTensor, TensorData};
+use cloister_session::AttestedSession;
 
 use super::{exit, runtime, Failure};
 

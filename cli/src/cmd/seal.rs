@@ -13,7 +13,7 @@ use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use cloister_client::seal_check::{self, ModelCheckError};
+use cloister_cli::seal_check::{self, ModelCheckError};
 use cloister_models::{
     read_header, seal_file, Cipher, Error as ModelsError, Keystore, KeystoreError, ModelDigest,
     ModelKey, Phase, SealedHeader, DEFAULT_CHUNK_SIZE, MAGIC,

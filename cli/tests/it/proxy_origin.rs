@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloister_client::proxy::{serve, Proxy, ServeOptions};
-use cloister_client::session::SessionPolicy;
+use cloister_session::proxy::{serve, Proxy, ServeOptions};
+use cloister_session::SessionPolicy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

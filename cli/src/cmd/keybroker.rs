@@ -1,5 +1,5 @@
 //! `cloister keybroker`: the model owner's key broker, a TLS 1.3 server that releases model keys to
-//! attested enclaves (library: `cloister_client::keybroker`).
+//! attested enclaves (library: `cloister_cli::keybroker`).
 //!
 //! stdout: exactly one line once listening,
 //! `cloister keybroker: listening on <ADDR> certificate_sha256=<hex>` (tests and `cloister demo` parse

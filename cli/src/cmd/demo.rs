@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use cloister_client::deployment::{Deployment, DeploymentOptions};
-use cloister_client::magika::{Analysis, MagikaConfig};
-use cloister_client::session::{AttestedSession, SessionPolicy};
+use cloister_cli::magika::{Analysis, MagikaConfig};
+use cloister_devnet::{Deployment, DeploymentOptions};
 use cloister_kserve::{InferRequest, InferTensor, TensorData};
+use cloister_session::{AttestedSession, SessionPolicy};
 
 use super::{exit, runtime, Failure};
 
@@ -312,7 +312,7 @@ async fn run_client(
             .await
         {
             Ok(_) => {}
-            Err(cloister_client::session::SessionError::Status { status, message })
+            Err(cloister_session::SessionError::Status { status, message })
                 if status.as_u16() == 429 =>
             {
                 hit = Some(message);

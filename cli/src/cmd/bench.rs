@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cloister_client::session::{AttestedSession, SessionError, SessionPolicy};
 use cloister_kserve::{InferRequest, InferResponse};
+use cloister_session::{AttestedSession, SessionError, SessionPolicy};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 

@@ -1,5 +1,5 @@
 //! `cloister proxy`: plain OIP v2 on loopback for clients that cannot attest, forwarded over attested
-//! sessions (`cloister_client::proxy`).
+//! sessions (`cloister_session::proxy`).
 //!
 //! Exit codes: 2 usage (a non-loopback address without `--allow-remote`, an unreadable policy, a port in use,
 //! a malformed `--allow-host`/`--allow-origin`);
@@ -11,7 +11,7 @@ use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cloister_client::proxy::{
+use cloister_session::proxy::{
     serve, AllowedHost, AllowedOrigin, Proxy, ServeOptions, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
 };

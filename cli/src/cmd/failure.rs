@@ -11,7 +11,7 @@
 use std::fmt::Display;
 use std::process::ExitCode;
 
-use cloister_client::session::SessionError;
+use cloister_session::SessionError;
 
 /// Exit code: success.
 pub(crate) const EXIT_OK: u8 = 0;
@@ -105,9 +105,9 @@ impl From<SessionError> for Failure {
 }
 
 /// The library's one error, by what it is about.
-impl From<cloister_client::Error> for Failure {
-    fn from(e: cloister_client::Error) -> Self {
-        use cloister_client::Error as E;
+impl From<cloister_cli::Error> for Failure {
+    fn from(e: cloister_cli::Error) -> Self {
+        use cloister_cli::Error as E;
         match e {
             E::Session(e) => e.into(),
             E::Collateral(e) => e.into(),

@@ -34,7 +34,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::session::{AttestedSession, SessionError, SessionPolicy};
+use crate::{AttestedSession, SessionError, SessionPolicy};
 
 mod admission;
 
@@ -121,7 +121,7 @@ impl Proxy {
         model: Option<&str>,
         headers: Vec<(&'static str, String)>,
         body: Bytes,
-    ) -> Result<crate::session::Reply, SessionError> {
+    ) -> Result<crate::Reply, SessionError> {
         let _permit = Arc::clone(&self.sessions)
             .acquire_owned()
             .await
@@ -166,7 +166,7 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 /// What a path asks for: the upstream path, and the model of an inference.
 fn route(method: &Method, path: &str) -> Option<(String, Option<String>)> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let valid = crate::session::is_valid_model_name;
+    let valid = crate::is_valid_model_name;
     match (method, segments.as_slice()) {
         (&Method::GET, ["v2", "health", "live" | "ready"]) => Some((path.to_owned(), None)),
         (&Method::GET, ["v2", "models", m] | ["v2", "models", m, "ready"]) if valid(m) => {

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cloister_client::deployment::{Deployment, DeploymentOptions};
-use cloister_client::magika::{Analysis, MagikaConfig};
+use cloister_cli::magika::{Analysis, MagikaConfig};
+use cloister_devnet::{Deployment, DeploymentOptions};
 use cloister_kserve::{InferRequest, InferTensor, TensorData};
 
 use super::{say, Args, MAGIKA_ONNX};
@@ -108,7 +108,7 @@ fn magika_request() -> Result<Vec<u8>, String> {
     let [rows, cols] = config.input_shape();
     let request = InferRequest {
         inputs: vec![InferTensor::new(
-            cloister_client::magika::INPUT_NAME.to_owned(),
+            cloister_cli::magika::INPUT_NAME.to_owned(),
             vec![rows as u64, cols as u64],
             TensorData::Int32(sample),
         )],

@@ -32,8 +32,8 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use crate::session::{AttestedSession, SessionError, SessionPolicy};
 use cloister_keybroker::{generate_tls_identity, BrokerConfig, KeyBroker};
+use cloister_session::{AttestedSession, ClientIdentity, SessionError, SessionPolicy};
 
 /// Why a deployment could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +91,7 @@ pub struct DeploymentOptions {
     /// TOML added to the model's `[[models]]` table (e.g. `top_k = 2`).
     pub model_config_extra: String,
     /// The client certificate the deployment's own sessions present (`[clients]` of the enclave).
-    pub client_identity: Option<std::sync::Arc<crate::session::ClientIdentity>>,
+    pub client_identity: Option<std::sync::Arc<ClientIdentity>>,
     /// Sim backend: deliver the configuration as a Confidential Containers initdata document (sha384), as on
     /// Kubernetes: the launch measures the enclave alone, HOST_DATA is the document's digest, and both
     /// policies pin `host_data`.
@@ -222,7 +222,7 @@ pub struct Deployment {
     /// VM backends: the guest's serial console.
     pub serial_log: Option<PathBuf>,
     /// The client certificate this deployment's sessions present.
-    pub client_identity: Option<std::sync::Arc<crate::session::ClientIdentity>>,
+    pub client_identity: Option<std::sync::Arc<ClientIdentity>>,
     /// When `cloister-host` was spawned: the start of a cold-start measurement.
     pub host_started: Instant,
     /// With [`DeploymentOptions::initdata`]: the initdata document the host hands to the enclave, and the

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cloister_client::session::{ClientIdentity, SessionPolicy};
+use cloister_session::{ClientIdentity, SessionPolicy};
 
 use super::Failure;
 
