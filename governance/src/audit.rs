@@ -128,7 +128,7 @@ pub struct Line {
     pub prev: String,
     /// Unix seconds.
     pub time: u64,
-    /// `start`, `request`, `checkpoint` or `stop`.
+    /// `start`, `request`, `tally`, `resume`, `checkpoint` or `stop`.
     pub kind: String,
     /// start: the record key (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -498,8 +498,8 @@ fn write_fuzz_seeds() {
     let write = |path: std::path::PathBuf, text: &[u8]| std::fs::write(path, text).unwrap();
     let joined = |lines: &[String]| lines.join("\n") + "\n";
 
-    // A sealed log with every kind of request line: attested or not, certificate or anonymous, refused,
-    // budgets, and a model name that needs JSON escapes.
+    // A sealed log with every kind of line (a resume, tallies) and of request line: attested or not,
+    // certificate or anonymous, refused, budgets, and a model name that needs JSON escapes.
     let signer = Arc::new(RecordSigner::generate().unwrap());
     let out = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&out);
@@ -533,6 +533,7 @@ fn write_fuzz_seeds() {
             None,
         ),
     ];
+    writer.resume(3, 17, &"ef".repeat(32));
     for (session, client, model, outcome, budget) in records {
         writer.record(RequestRecord {
             session,
@@ -544,6 +545,15 @@ fn write_fuzz_seeds() {
             latency_ms: 2,
             outcome: outcome.into(),
             budget: budget.map(Into::into),
+        });
+    }
+    for (what, count) in [("POST /v2/attestation", 2), ("infer mlp", 6_998)] {
+        writer.tally(TallyRecord {
+            client: "sha256:00ff".into(),
+            what: what.into(),
+            outcome: "refused:429".into(),
+            count,
+            since: 1_699_999_999,
         });
     }
     writer.stop();
