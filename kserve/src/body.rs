@@ -215,7 +215,7 @@ fn bounded_shape<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> 
 }
 
 /// A peer-supplied name, cut for an error message.
-fn short(name: &str) -> String {
+pub(crate) fn short(name: &str) -> String {
     if name.chars().count() <= 64 {
         name.to_owned()
     } else {

@@ -131,6 +131,20 @@ pub enum Error {
         /// Its type.
         expected: &'static str,
     },
+    /// The request names an output the model does not have.
+    #[error("`{name}` is not an output of this model (outputs: {available})")]
+    UnknownOutput {
+        /// The name asked for (shortened).
+        name: String,
+        /// The model's outputs.
+        available: String,
+    },
+    /// The request names an output twice.
+    #[error("output `{name}` is requested more than once")]
+    DuplicateOutput {
+        /// The name (shortened).
+        name: String,
+    },
     /// One tensor is wrong.
     #[error("{role} `{name}` {problem}")]
     Tensor {

@@ -35,6 +35,7 @@ mod datatype;
 mod error;
 mod metadata;
 mod scalars;
+mod selection;
 mod tensor;
 
 pub use body::{
@@ -44,6 +45,7 @@ pub use body::{
 pub use datatype::Datatype;
 pub use error::{Error, TensorProblem};
 pub use metadata::{AttestationRequest, ErrorResponse, MetadataTensor, ModelMetadataResponse};
+pub use selection::OutputSelection;
 pub use tensor::TensorData;
 
 /// The header that announces the length of the JSON part of a binary-extension body.

@@ -86,6 +86,7 @@ pub(super) fn over_budget(over: &OverBudget) -> ApiError {
     e
 }
 
+/// An inference, as a pipeline: each step owns one bound and returns what the next one needs.
 pub(super) async fn infer(
     ctx: &Connection,
     slot: &ModelSlot,
@@ -94,7 +95,76 @@ pub(super) async fn infer(
 ) -> Result<Resp, ApiError> {
     let enclave = &*ctx.enclave;
     let model = loaded(slot)?;
-    // The permit is taken before the body is read, so that it also bounds the memory held by bodies.
+    let limits = *enclave.limits();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(limits.max_queue_wait_secs);
+    let (permit, mut grant, request) = receive(enclave, req, deadline).await?;
+    let model_outputs = model.outputs();
+    let available: Vec<&str> = model_outputs.iter().map(|o| o.name.as_str()).collect();
+    let selection = request
+        .select_outputs(&available)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let InferRequest { id, inputs, .. } = request;
+    let (request_digest, inputs) = charge_inputs(ctx, inputs, stats)?;
+    let prepared = prepare(enclave, slot, &model, inputs, deadline).await?;
+    let footprint = prepared.footprint();
+    let response_bytes = response_estimate(
+        model_outputs,
+        footprint,
+        &selection.names,
+        &selection.binary,
+    );
+    if response_bytes > limits.max_response_bytes {
+        return Err(too_large(format!(
+            "the response to this request would be about {response_bytes} bytes; the limit is {}",
+            limits.max_response_bytes
+        )));
+    }
+    enclave
+        .memory()
+        .grow(&mut grant, footprint.peak_bytes, deadline)
+        .await
+        .map_err(pool_error)?;
+    // The grant travels with the run and comes back with its outputs: if the client goes away while tract
+    // runs, the memory stays reserved until the run ends (dropped on the inference thread), not until the
+    // waiting future is cancelled.
+    let run_model = Arc::clone(&model);
+    let (outputs, grant) = enclave
+        .pool()
+        .run(deadline, move || (run_model.run_prepared(prepared), grant))
+        .await
+        .map_err(pool_error)?;
+    let wire = wire_outputs(
+        slot,
+        outputs.map_err(inference_error)?,
+        &selection.names,
+        &limits,
+    )?;
+    stats.output_elements = wire
+        .iter()
+        .map(|t| t.data.as_ref().map_or(0, |d| d.len() as u64))
+        .sum();
+    let receipt = ctx.receipt(slot, request_digest, tensors_digest(Side::Response, &wire))?;
+    let response = InferResponse {
+        model_name: slot.name().to_owned(),
+        model_version: Some(MODEL_VERSION.to_owned()),
+        id,
+        parameters: None,
+        outputs: wire,
+    };
+    respond(response, &selection.binary, &limits, receipt, grant, permit)
+}
+
+fn too_large(message: String) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+}
+
+/// Step 1: a permit (before the body is read, so that it also bounds the memory held by bodies), the body,
+/// a memory reservation for its decoded tensors, and the decoded request.
+async fn receive(
+    enclave: &Enclave,
+    req: Request<Incoming>,
+    deadline: tokio::time::Instant,
+) -> Result<(tokio::sync::OwnedSemaphorePermit, MemoryGrant, InferRequest), ApiError> {
     let limits = *enclave.limits();
     let Ok(permit) = Arc::clone(enclave.inference_permits()).try_acquire_owned() else {
         return Err(busy(&format!(
@@ -116,9 +186,8 @@ pub(super) async fn infer(
     let body = read_body(req, limits.max_body_bytes).await?;
     // Decoded tensors can be larger than the body that carried them (JSON `0,` is two bytes and becomes an
     // eight-byte INT64 or FP64): that much is reserved from the budget before decoding, so that requests
-    // waiting for admission are inside the budget too. The reservation grows into the run's grant below.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(limits.max_queue_wait_secs);
-    let mut grant = enclave
+    // waiting for admission are inside the budget too. The reservation grows into the run's grant later.
+    let grant = enclave
         .memory()
         .admit(
             (body.len() as u64).saturating_mul(MAX_DECODE_GROWTH),
@@ -131,44 +200,16 @@ pub(super) async fn infer(
     };
     let request =
         InferRequest::decode_with(&body, json_len, &decode_limits).map_err(decode_error)?;
-    drop(body);
+    Ok((permit, grant, request))
+}
 
-    // Outputs: which, in what order, and how.
-    let model_outputs = model.outputs();
-    let selected: Vec<String> = match &request.outputs {
-        None => model_outputs.iter().map(|o| o.name.clone()).collect(),
-        Some(list) => {
-            let mut seen = HashSet::new();
-            for o in list {
-                if !model_outputs.iter().any(|m| m.name == o.name) {
-                    return Err(ApiError::bad_request(format!(
-                        "`{}` is not an output of this model (outputs: {})",
-                        truncate(&o.name, 64),
-                        names(model_outputs)
-                    )));
-                }
-                if !seen.insert(o.name.as_str()) {
-                    return Err(ApiError::bad_request(format!(
-                        "output `{}` is requested more than once",
-                        o.name
-                    )));
-                }
-            }
-            list.iter().map(|o| o.name.clone()).collect()
-        }
-    };
-    let binary: HashSet<String> = selected
-        .iter()
-        .filter_map(|n| match request.wants_binary_output(n) {
-            Ok(true) => Some(Ok(n.clone())),
-            Ok(false) => None,
-            Err(e) => Some(Err(e)),
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-
-    let InferRequest { id, inputs, .. } = request;
-    // What the receipt names, and what the budget counts: the inputs as the client sent them.
+/// Step 2: what the receipt names and the budget counts (the inputs as the client sent them), charged to
+/// the client's input-element budget; then the engine's tensors.
+fn charge_inputs(
+    ctx: &Connection,
+    inputs: Vec<InferTensor>,
+    stats: &mut Stats,
+) -> Result<([u8; 32], Vec<NamedTensor>), ApiError> {
     let request_digest = tensors_digest(Side::Request, &inputs);
     stats.input_elements = inputs
         .iter()
@@ -183,24 +224,31 @@ pub(super) async fn infer(
         .into_iter()
         .map(engine_tensor)
         .collect::<Result<Vec<_>, _>>()?;
+    Ok((request_digest, inputs))
+}
 
-    // Admission, before tract allocates anything for this request: the request is checked against the model
-    // and its cost read off the plan (on an inference thread: a per-shape model plans here), its response
-    // must fit `max_response_bytes`, and its estimated peak memory must fit the budget (waiting for it).
+/// Step 3: admission before tract allocates anything for this request: the request is checked against the
+/// model and its cost read off the plan. Shapes seen before prepare by lookups (microseconds), here; new
+/// shapes may plan for milliseconds, on an inference thread. A panic is caught here as there.
+async fn prepare(
+    enclave: &Enclave,
+    slot: &ModelSlot,
+    model: &Arc<LoadedModel>,
+    inputs: Vec<NamedTensor>,
+    deadline: tokio::time::Instant,
+) -> Result<crate::inference::PreparedRun, ApiError> {
+    let limits = enclave.limits();
     let run_limits = RunLimits {
         max_tensor_elements: limits.max_tensor_elements,
         max_batch: slot.max_batch(),
     };
-    // Shapes seen before prepare by lookups (microseconds): here, without a hand-off to an inference thread
-    // and back; new shapes may plan and estimate for milliseconds: on an inference thread.
-    // A panic is caught here as on the inference threads: the request fails, the enclave goes on.
     let prepared = if model.prepare_is_cached(&inputs) {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             model.prepare(inputs, &run_limits)
         }))
         .map_err(|_| PoolError::Failed)
     } else {
-        let prepare_model = Arc::clone(&model);
+        let prepare_model = Arc::clone(model);
         enclave
             .pool()
             .run(deadline, move || prepare_model.prepare(inputs, &run_limits))
@@ -211,35 +259,18 @@ pub(super) async fn infer(
     if let Some(hit) = prepared.plan_cached() {
         enclave.metrics().plan(slot.name(), hit);
     }
-    let footprint = prepared.footprint();
-    let response_bytes = response_estimate(model_outputs, footprint, &selected, &binary);
-    if response_bytes > limits.max_response_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the response to this request would be about {response_bytes} bytes; the limit is {}",
-                limits.max_response_bytes
-            ),
-        ));
-    }
-    enclave
-        .memory()
-        .grow(&mut grant, footprint.peak_bytes, deadline)
-        .await
-        .map_err(pool_error)?;
-    // The grant travels with the run and comes back with its outputs: if the client goes away while tract
-    // runs, the memory stays reserved until the run ends (dropped on the inference thread), not until the
-    // waiting future is cancelled.
-    let run_model = Arc::clone(&model);
-    let (outputs, grant) = enclave
-        .pool()
-        .run(deadline, move || (run_model.run_prepared(prepared), grant))
-        .await
-        .map_err(pool_error)?;
-    let outputs = outputs.map_err(inference_error)?;
+    Ok(prepared)
+}
 
+/// Step 4: the outputs as the response carries them: hardened (`top_k`, `round_decimals`), in the selected
+/// order, each within the element limit (a size the plan could not tell in advance is checked here).
+fn wire_outputs(
+    slot: &ModelSlot,
+    mut outputs: Vec<NamedTensor>,
+    selected: &[String],
+    limits: &crate::config::Limits,
+) -> Result<Vec<InferTensor>, ApiError> {
     let (top_k, decimals) = slot.hardening();
-    let mut outputs = outputs;
     if top_k.is_some() || decimals.is_some() {
         for t in &mut outputs {
             harden(t, top_k, decimals);
@@ -247,7 +278,7 @@ pub(super) async fn infer(
     }
     let mut by_name: Vec<Option<NamedTensor>> = outputs.into_iter().map(Some).collect();
     let mut wire = Vec::with_capacity(selected.len());
-    for name in &selected {
+    for name in selected {
         let tensor = by_name
             .iter_mut()
             .find(|t| t.as_ref().is_some_and(|t| &t.name == name))
@@ -258,31 +289,28 @@ pub(super) async fn infer(
             })?;
         let elements = tensor.data.len() as u64;
         if elements > limits.max_tensor_elements {
-            // A size the plan could not tell in advance (it depended on values computed while running).
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "output `{}` has {elements} elements; the limit is {}",
-                    truncate(name, 64),
-                    limits.max_tensor_elements
-                ),
-            ));
+            return Err(too_large(format!(
+                "output `{}` has {elements} elements; the limit is {}",
+                truncate(name, 64),
+                limits.max_tensor_elements
+            )));
         }
         wire.push(wire_tensor(tensor));
     }
-    drop(by_name);
-    stats.output_elements = wire
-        .iter()
-        .map(|t| t.data.as_ref().map_or(0, |d| d.len() as u64))
-        .sum();
-    let receipt = ctx.receipt(slot, request_digest, tensors_digest(Side::Response, &wire))?;
-    let response = InferResponse {
-        model_name: slot.name().to_owned(),
-        model_version: Some(MODEL_VERSION.to_owned()),
-        id,
-        parameters: None,
-        outputs: wire,
-    };
+    Ok(wire)
+}
+
+/// Step 5: the encoded response, within `max_response_bytes`, with its receipt header. The memory grant and
+/// the request permit are released when hyper drops the body, after the last byte went out: a slow reader
+/// holds its response inside the budget, not beside it.
+fn respond(
+    response: InferResponse,
+    binary: &HashSet<String>,
+    limits: &crate::config::Limits,
+    receipt: Option<cloister_governance::Receipt>,
+    grant: MemoryGrant,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<Resp, ApiError> {
     let encoded = response
         .encode(&|o| binary.contains(&o.name))
         .map_err(|e| {
@@ -291,18 +319,13 @@ pub(super) async fn infer(
         })?;
     drop(response);
     if encoded.bytes.len() as u64 > limits.max_response_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the response to this request is {} bytes; the limit is {}",
-                encoded.bytes.len(),
-                limits.max_response_bytes
-            ),
-        ));
+        return Err(too_large(format!(
+            "the response to this request is {} bytes; the limit is {}",
+            encoded.bytes.len(),
+            limits.max_response_bytes
+        )));
     }
     let content_type = encoded.content_type();
-    // The memory grant and the request permit are released when hyper drops the body, after the last byte
-    // went out: a slow reader holds its response inside the budget, not beside it.
     let body = Bytes::from_owner(HeldBody {
         bytes: encoded.bytes,
         _grant: grant,
@@ -385,14 +408,6 @@ fn pool_error(e: PoolError) -> ApiError {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference failed")
         }
     }
-}
-
-fn names(specs: &[TensorSpec]) -> String {
-    specs
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// A request tensor for the engine. The decoder has bounded its shape and checked its element count.
