@@ -135,7 +135,20 @@ pub enum FirmwareConfig {
     /// An Azure confidential VM's paravisor vTPM.
     AzureVtpm(AzureOptions),
     /// Confidential Containers' attestation agent, through its REST API in the pod VM.
-    CocoAa(crate::firmware::coco_aa::CocoAaOptions),
+    CocoAa(CocoAaOptions),
+}
+
+/// The attestation agent's REST address in a CoCo pod VM (guest-components' api-server-rest).
+pub const DEFAULT_AA_URL: &str = "http://127.0.0.1:8006";
+
+/// Options of the `coco-aa` backend (the firmware module `coco_aa`). Here, with the configuration that holds
+/// them, so that the configuration does not depend on the firmware code that uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CocoAaOptions {
+    /// `aa_url` (default [`DEFAULT_AA_URL`]): `http://HOST:PORT`, the agent's REST API.
+    pub url: String,
+    /// `vcek_cache`: where the VCEK comes from when the agent's evidence has none.
+    pub vcek_cache: Option<PathBuf>,
 }
 
 /// Options of the `azure-vtpm` backend.
@@ -469,11 +482,11 @@ impl Config {
                         "firmware = \"coco-aa\" reports at VMPL 0 (the agent asks for VMPL 0)",
                     ));
                 }
-                FirmwareConfig::CocoAa(crate::firmware::coco_aa::CocoAaOptions {
+                FirmwareConfig::CocoAa(CocoAaOptions {
                     url: raw
                         .aa_url
                         .clone()
-                        .unwrap_or_else(|| crate::firmware::coco_aa::DEFAULT_AA_URL.to_owned()),
+                        .unwrap_or_else(|| DEFAULT_AA_URL.to_owned()),
                     vcek_cache: raw.vcek_cache.clone(),
                 })
             }

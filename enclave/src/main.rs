@@ -221,7 +221,7 @@ type Running = std::sync::OnceLock<(Arc<Enclave>, BrokerClient, BlobService)>;
 async fn final_commit(running: &Running) {
     if let Some((enclave, broker, blobs)) = running.get() {
         if let Some(durable) = enclave.durable() {
-            let commit = durable.commit_logged(enclave, broker, blobs);
+            let commit = durable.commit_logged(enclave.state_parts(), broker, blobs);
             if tokio::time::timeout(std::time::Duration::from_secs(2), commit)
                 .await
                 .is_err()

@@ -204,6 +204,15 @@ impl Enclave {
         self
     }
 
+    /// What the durable state needs of this enclave.
+    pub fn state_parts(&self) -> crate::state::EnclaveParts<'_> {
+        crate::state::EnclaveParts {
+            governance: &self.governance,
+            attester: &self.attester,
+            config_digest: self.config_digest,
+        }
+    }
+
     /// The durable state, once resumed.
     pub fn durable(&self) -> Option<&Arc<crate::state::Durable>> {
         self.durable.get()
@@ -414,7 +423,7 @@ async fn provision_one(
     //     serving: budgets and the audit chain would start over.
     if let (Some(anchor), Some(label)) = (anchor, &enclave.state_label) {
         match crate::state::Durable::resume(
-            enclave,
+            enclave.state_parts(),
             blobs,
             label.clone(),
             digest,
@@ -428,7 +437,15 @@ async fn provision_one(
                 tracing::info!(label = %label, version = anchor.version, "durable state resumed");
                 let durable = Arc::new(durable);
                 let _ = enclave.durable.set(Arc::clone(&durable));
-                tokio::spawn(durable.run(Arc::clone(enclave), broker.clone(), blobs.clone()));
+                let (enclave, broker, blobs) = (Arc::clone(enclave), broker.clone(), blobs.clone());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(durable.every()).await;
+                        durable
+                            .commit_logged(enclave.state_parts(), &broker, &blobs)
+                            .await;
+                    }
+                });
             }
             Err(e) => {
                 slot.set_status(ModelStatus::Failed);

@@ -21,7 +21,6 @@
 //! `releases_per_model_per_hour`. While commits fail, budgeted requests are refused (503): spending that a
 //! restart would forget is spending without a budget.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,9 +33,10 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::blobs::{BlobError, BlobService};
+use crate::firmware::Attester;
 use crate::governance::BudgetsState;
+use crate::governance::Governance;
 use crate::key_release::{Answer, BrokerClient, KeyReleaseError};
-use crate::runtime::Enclave;
 
 /// Largest state blob (the host store's limit too).
 pub const MAX_STATE_BLOB: usize = 4 * 1024 * 1024;
@@ -210,6 +210,18 @@ impl StateKey {
     }
 }
 
+/// `error: cause: cause…`, for the log and the 503 that budgeted requests get while commits fail.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 fn sha384(bytes: &[u8]) -> Sha384 {
     let mut out = [0u8; 48];
     out.copy_from_slice(ring::digest::digest(&ring::digest::SHA384, bytes).as_ref());
@@ -221,6 +233,19 @@ struct Progress {
     /// `Budgets::changes` at the last commit.
     committed_changes: u64,
     failures: u32,
+}
+
+/// What a commit needs of the enclave: its governance (budgets, audit head), its attester and its
+/// configuration's digest. Borrowed parts rather than the whole enclave, so that this module does not depend
+/// on the runtime that owns it.
+#[derive(Clone, Copy, Debug)]
+pub struct EnclaveParts<'a> {
+    /// Budgets and the audit log.
+    pub governance: &'a Governance,
+    /// Makes the evidence of commits.
+    pub attester: &'a Attester,
+    /// The measured configuration's digest (in the claims, and in the state key's derivation).
+    pub config_digest: Sha384,
 }
 
 /// This instance's durable state: its label, key and anchor.
@@ -245,7 +270,7 @@ impl Durable {
     /// Resumes `label`'s state at the broker's `anchor` (from the key release of `model`): the anchored blob
     /// from the host, checked against the anchor, opened and restored into the enclave's governance.
     pub async fn resume(
-        enclave: &Enclave,
+        enclave: EnclaveParts<'_>,
         blobs: &BlobService,
         label: String,
         model: ModelDigest,
@@ -253,7 +278,7 @@ impl Durable {
         anchor: StateAnchor,
         every: Duration,
     ) -> Result<Self, StateError> {
-        let state_key = StateKey::derive(key, &enclave.config_digest(), &label)?;
+        let state_key = StateKey::derive(key, &enclave.config_digest, &label)?;
         if let (v, Some(expected)) = (anchor.version, anchor.digest) {
             let (status, blob) = blobs
                 .small_request(
@@ -289,10 +314,10 @@ impl Durable {
             if saved.version != v {
                 return Err(StateError::Unauthentic { version: v });
             }
-            enclave.governance().budgets().restore(&saved.budgets);
-            enclave.governance().resumed(v, saved.audit_head.as_ref());
+            enclave.governance.budgets().restore(&saved.budgets);
+            enclave.governance.resumed(v, saved.audit_head.as_ref());
         }
-        enclave.governance().budgets().set_not_durable(None);
+        enclave.governance.budgets().set_not_durable(None);
         Ok(Durable {
             label,
             key: state_key,
@@ -315,12 +340,12 @@ impl Durable {
     /// the broker. Returns whether a commit was made.
     pub async fn commit(
         &self,
-        enclave: &Enclave,
+        enclave: EnclaveParts<'_>,
         broker: &BrokerClient,
         blobs: &BlobService,
     ) -> Result<bool, StateError> {
         let mut progress = self.progress.lock().await;
-        let budgets = enclave.governance().budgets();
+        let budgets = enclave.governance.budgets();
         let changes = budgets.changes();
         if changes == progress.committed_changes {
             return Ok(false);
@@ -329,7 +354,7 @@ impl Durable {
         let saved = SavedState {
             version,
             budgets: budgets.snapshot(),
-            audit_head: Some(enclave.governance().audit_head()),
+            audit_head: Some(enclave.governance.audit_head()),
         };
         let plaintext = Zeroizing::new(serde_json::to_vec(&saved).map_err(StateError::Encoding)?);
         let blob = self.key.seal(&self.label, version, &plaintext)?;
@@ -353,9 +378,9 @@ impl Durable {
         }
         let answer = broker
             .exchange(
-                enclave.attester().clone(),
+                enclave.attester.clone(),
                 &self.model,
-                enclave.config_digest(),
+                enclave.config_digest,
                 Some(StateRequest::Commit {
                     label: self.label.clone(),
                     version,
@@ -374,24 +399,15 @@ impl Durable {
         Ok(true)
     }
 
-    /// Commits every `commit_every_secs`, forever. Consecutive failures make budgeted requests refused
-    /// until a commit succeeds again.
-    pub async fn run(
-        self: Arc<Self>,
-        enclave: Arc<Enclave>,
-        broker: BrokerClient,
-        blobs: BlobService,
-    ) {
-        loop {
-            tokio::time::sleep(self.every).await;
-            self.commit_logged(&enclave, &broker, &blobs).await;
-        }
+    /// How often to commit (`[state] commit_every_secs`).
+    pub fn every(&self) -> Duration {
+        self.every
     }
 
     /// One commit, its outcome logged and reflected in whether budgeted requests are admitted.
     pub async fn commit_logged(
         &self,
-        enclave: &Enclave,
+        enclave: EnclaveParts<'_>,
         broker: &BrokerClient,
         blobs: &BlobService,
     ) {
@@ -400,17 +416,17 @@ impl Durable {
         match result {
             Ok(committed) => {
                 progress.failures = 0;
-                enclave.governance().budgets().set_not_durable(None);
+                enclave.governance.budgets().set_not_durable(None);
                 if committed {
                     tracing::debug!(label = %self.label, version = progress.anchor.version, "state committed");
                 }
             }
             Err(e) => {
                 progress.failures = progress.failures.saturating_add(1);
-                let why = crate::runtime::error_chain(&e);
+                let why = error_chain(&e);
                 tracing::warn!(label = %self.label, failures = progress.failures, "state commit failed: {why}");
                 if progress.failures >= FAILURES_BEFORE_REFUSING {
-                    enclave.governance().budgets().set_not_durable(Some(why));
+                    enclave.governance.budgets().set_not_durable(Some(why));
                 }
             }
         }

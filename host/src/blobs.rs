@@ -14,36 +14,28 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use cloister_models::ModelDigest;
-use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use cloister_collateral::Collateral;
 
+pub use crate::body::BlobBody;
 use crate::record::{Recorder, Tap};
 use crate::state::StateStore;
 
 /// Path prefix of blob requests.
 const BLOBS_PREFIX: &str = "/blobs/";
-
-/// Bytes read from disk per body frame.
-const CHUNK: usize = 256 * 1024;
 
 /// Concurrent blob connections; the enclave needs one or two.
 const MAX_CONNECTIONS: usize = 64;
@@ -439,109 +431,6 @@ fn text(status: StatusCode, msg: &'static str) -> Response<BlobBody> {
     resp
 }
 
-/// A response body: a short text, or a file streamed in chunks of at most 256 KiB.
-pub struct BlobBody {
-    kind: BodyKind,
-}
-
-enum BodyKind {
-    Text(Option<Bytes>),
-    File {
-        file: tokio::fs::File,
-        remaining: u64,
-    },
-}
-
-impl BlobBody {
-    pub(crate) fn empty() -> Self {
-        Self {
-            kind: BodyKind::Text(None),
-        }
-    }
-
-    fn text(msg: &'static str) -> Self {
-        Self::bytes(Bytes::from_static(msg.as_bytes()))
-    }
-
-    /// A body of these bytes.
-    pub(crate) fn bytes(bytes: impl Into<Bytes>) -> Self {
-        Self {
-            kind: BodyKind::Text(Some(bytes.into())),
-        }
-    }
-
-    fn file(file: tokio::fs::File, len: u64) -> Self {
-        Self {
-            kind: BodyKind::File {
-                file,
-                remaining: len,
-            },
-        }
-    }
-}
-
-impl fmt::Debug for BlobBody {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BlobBody").finish_non_exhaustive()
-    }
-}
-
-impl Body for BlobBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        match &mut self.get_mut().kind {
-            BodyKind::Text(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
-            BodyKind::File { file, remaining } => {
-                if *remaining == 0 {
-                    return Poll::Ready(None);
-                }
-                let want = usize::try_from(*remaining).map_or(CHUNK, |r| r.min(CHUNK));
-                let mut chunk = BytesMut::zeroed(want);
-                let mut buf = ReadBuf::new(&mut chunk);
-                match Pin::new(file).poll_read(cx, &mut buf) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-                    Poll::Ready(Ok(())) => {
-                        let n = buf.filled().len();
-                        if n == 0 {
-                            // Shorter than Content-Length: abort the response rather than send a
-                            // blob that silently ends early.
-                            return Poll::Ready(Some(Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "the blob file shrank while it was being served",
-                            ))));
-                        }
-                        chunk.truncate(n);
-                        *remaining -= n as u64;
-                        Poll::Ready(Some(Ok(Frame::data(chunk.freeze()))))
-                    }
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            BodyKind::Text(text) => text.is_none(),
-            BodyKind::File { remaining, .. } => *remaining == 0,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            BodyKind::Text(text) => {
-                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
-            }
-            BodyKind::File { remaining, .. } => SizeHint::with_exact(*remaining),
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(crate) mod tests {
@@ -692,7 +581,7 @@ pub(crate) mod tests {
         tokio::time::timeout(Duration::from_secs(10), async {
             let dir = tempfile::tempdir().unwrap();
             // Several chunks' worth, with an odd tail.
-            let big = fake_sealed(1, "big", 3 * CHUNK as u64 + 12_345);
+            let big = fake_sealed(1, "big", 3 * crate::body::CHUNK as u64 + 12_345);
             let a = write(dir.path(), "a.sealed", &big);
             let record = dir.path().join("record");
             let recorder = Recorder::open(&record).unwrap();

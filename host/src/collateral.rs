@@ -15,7 +15,7 @@ use cloister_collateral::{Collateral, Error};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode, Uri};
 
-use crate::blobs::BlobBody;
+use crate::body::BlobBody;
 
 /// Path prefix of collateral requests.
 pub const PREFIX: &str = "/collateral/";

@@ -24,6 +24,7 @@
 
 pub mod audit;
 pub mod blobs;
+pub mod body;
 pub mod collateral;
 pub mod config;
 pub mod launcher;

@@ -204,7 +204,7 @@ pub async fn serve(listener: TcpListener) {
                             "not found: GET /metrics\n".to_owned(),
                         )
                     };
-                    let mut resp = Response::new(crate::blobs::BlobBody::bytes(body));
+                    let mut resp = Response::new(crate::body::BlobBody::bytes(body));
                     *resp.status_mut() = status;
                     resp.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,

@@ -16,6 +16,7 @@ pub(crate) mod session_args;
 pub(crate) mod sim;
 pub(crate) mod verify;
 pub(crate) mod verify_azure;
+pub(crate) mod verify_common;
 
 pub(crate) use failure::{exit, runtime, Failure, EXIT_OK, EXIT_USAGE};
 

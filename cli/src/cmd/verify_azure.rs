@@ -3,33 +3,18 @@
 //! `cloister_attestation::azure::verify_azure` does, with the same exit codes and JSON as bare SNP plus an
 //! `azure` object.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use cloister_attestation::azure::hcl::{HclReport, VmConfiguration};
+use cloister_attestation::azure::hcl::HclReport;
 use cloister_attestation::azure::{verify_azure, AzureEvidence};
 use cloister_attestation::snp::certs::AmdCertificate;
 use cloister_attestation::snp::report::AttestationReport;
 use cloister_attestation::snp::view::ReportView;
 use cloister_attestation::{CertChain, VerifyOptions};
 use cloister_collateral::files as chain_files;
-use serde::Serialize;
 
-use super::verify::{failed, finish, load_with, Args, JsonOutcome};
+use super::verify_common::{failed, finish, load_with, Args, AzureJson, JsonOutcome};
 use super::{Failure, EXIT_OK};
-
-/// The `azure` object of `--json`.
-#[derive(Serialize)]
-pub(crate) struct AzureJson {
-    /// The quote's extraData, hex.
-    report_data: String,
-    /// PCR index ("0" … "23") → SHA-256 bank value, hex.
-    pcrs: BTreeMap<String, String>,
-    /// The paravisor's VM configuration.
-    vm_configuration: VmConfiguration,
-    /// SHA-256 of HCLAkPub (modulus then exponent), hex.
-    ak_public_sha256: String,
-}
 
 fn read_evidence(args: &Args) -> Result<AzureEvidence, Failure> {
     let refused = |e: cloister_attestation::azure::AzureError| Failure::Refused(e.to_string());

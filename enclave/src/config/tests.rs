@@ -139,7 +139,7 @@ fn hardware_options() {
     );
     assert_eq!(
         hw("coco-aa", "").unwrap(),
-        FirmwareConfig::CocoAa(crate::firmware::coco_aa::CocoAaOptions {
+        FirmwareConfig::CocoAa(CocoAaOptions {
             url: "http://127.0.0.1:8006".into(),
             vcek_cache: None
         })

@@ -28,20 +28,10 @@ use hyper_util::rt::TokioIo;
 use super::cert_table::{self, CertEntry, CertTable};
 use super::{chain, Firmware, FirmwareError, Platform};
 
-/// The attestation agent's REST address in a CoCo pod VM (guest-components' api-server-rest).
-pub const DEFAULT_AA_URL: &str = "http://127.0.0.1:8006";
+pub use crate::config::{CocoAaOptions, DEFAULT_AA_URL};
 
 /// How long one evidence request may take (the agent asks the AMD-SP; that takes milliseconds).
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Options of the `coco-aa` backend.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CocoAaOptions {
-    /// `aa_url` (default [`DEFAULT_AA_URL`]): `http://HOST:PORT`, the agent's REST API.
-    pub url: String,
-    /// `vcek_cache`: where the VCEK comes from when the agent's evidence has none.
-    pub vcek_cache: Option<PathBuf>,
-}
 
 /// The attestation agent as firmware.
 #[derive(Debug)]

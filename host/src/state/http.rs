@@ -14,7 +14,7 @@ use super::{
     route, Label, StateError, StateRoute, StateStore, BODY_TIMEOUT, MAX_STATE_BYTES, NO_STORE,
     VERSION_HEADER,
 };
-use crate::blobs::BlobBody;
+use crate::body::BlobBody;
 
 /// Answers one request under [`PREFIX`](super::PREFIX); `store` is `None` without `--state-dir`.
 ///
