@@ -201,6 +201,12 @@ impl BlobService {
         digest: &ModelDigest,
         key: Arc<ModelKey>,
     ) -> Result<Plaintext, BlobError> {
+        let io = self.connect().await?;
+        self.fetch_over(io, digest, key).await
+    }
+
+    /// A connection to the service: TCP, and TLS verified against public roots for `https://`.
+    async fn connect(&self) -> Result<Box<dyn Io>, BlobError> {
         let tcp = timeout(IO_TIMEOUT, TcpStream::connect(&self.authority))
             .await
             .map_err(|_| BlobError::Timeout("connect"))?
@@ -209,7 +215,7 @@ impl BlobService {
                 source,
             })?;
         if !self.tls {
-            return self.fetch_over(tcp, digest, key).await;
+            return Ok(Box::new(tcp));
         }
         let connector = tokio_rustls::TlsConnector::from(Arc::new(public_roots_client()));
         let server_name = rustls::pki_types::ServerName::try_from(self.host.clone())
@@ -221,7 +227,7 @@ impl BlobService {
                 host: self.host.clone(),
                 source,
             })?;
-        self.fetch_over(tls, digest, key).await
+        Ok(Box::new(tls))
     }
 
     /// One small request to the host (the durable-state store): `method` on `path` under the prefix, with
@@ -233,27 +239,8 @@ impl BlobService {
         body: Bytes,
         cap: usize,
     ) -> Result<(StatusCode, Bytes), BlobError> {
-        let tcp = timeout(IO_TIMEOUT, TcpStream::connect(&self.authority))
-            .await
-            .map_err(|_| BlobError::Timeout("connect"))?
-            .map_err(|source| BlobError::Connect {
-                authority: self.authority.clone(),
-                source,
-            })?;
-        if !self.tls {
-            return self.small_over(tcp, method, path, body, cap).await;
-        }
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(public_roots_client()));
-        let server_name = rustls::pki_types::ServerName::try_from(self.host.clone())
-            .map_err(|_| BlobError::Url)?;
-        let tls = timeout(IO_TIMEOUT, connector.connect(server_name, tcp))
-            .await
-            .map_err(|_| BlobError::Timeout("TLS handshake"))?
-            .map_err(|source| BlobError::Tls {
-                host: self.host.clone(),
-                source,
-            })?;
-        self.small_over(tls, method, path, body, cap).await
+        let io = self.connect().await?;
+        self.small_over(io, method, path, body, cap).await
     }
 
     async fn small_over<IO>(
@@ -330,6 +317,11 @@ impl BlobService {
         result
     }
 }
+
+/// A connection to the blob service, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// TLS for `https://` blob stores: Mozilla's roots (webpki-roots), ring, TLS 1.2 and 1.3.
 fn public_roots_client() -> rustls::ClientConfig {
