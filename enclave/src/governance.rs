@@ -29,8 +29,6 @@ pub struct Governance {
     signer: Arc<RecordSigner>,
     audit: AuditWriter,
     budgets: Budgets,
-    /// The audit chain's last line: its sequence number and SHA-256 (what the next line's `prev` names).
-    audit_head: Arc<Mutex<(u64, [u8; 32])>>,
     /// Refusals and control calls, counted until the next tally lines.
     tallies: Mutex<Tallies>,
 }
@@ -60,23 +58,11 @@ impl Governance {
         let signer = Arc::new(
             RecordSigner::generate().map_err(|e| crate::Error::Governance(e.to_string()))?,
         );
-        let audit_head = Arc::new(Mutex::new((0u64, [0u8; 32])));
-        let head = Arc::clone(&audit_head);
         let audit = AuditWriter::start(
             Arc::clone(&signer),
             config.audit.checkpoint_every,
             &format!("sha384:{}", hex::encode(config.digest.0)),
-            Box::new(move |line| {
-                // The sink sees every line in chain order: remember the last one for the durable state.
-                let seq = serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v["seq"].as_u64())
-                    .unwrap_or(0);
-                let mut digest = [0u8; 32];
-                digest.copy_from_slice(
-                    ring::digest::digest(&ring::digest::SHA256, line.as_bytes()).as_ref(),
-                );
-                *head.lock().unwrap_or_else(PoisonError::into_inner) = (seq, digest);
+            Box::new(|line| {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{STDOUT_PREFIX}{line}").and_then(|()| out.flush());
             }),
@@ -86,7 +72,6 @@ impl Governance {
             signer,
             audit,
             budgets: Budgets::new(config.budgets),
-            audit_head,
             tallies: Mutex::new(Tallies {
                 since: unix_now(),
                 ..Tallies::default()
@@ -154,10 +139,7 @@ impl Governance {
 
     /// The audit chain's last line: its sequence number and SHA-256 (hex).
     pub fn audit_head(&self) -> (u64, String) {
-        let (seq, digest) = *self
-            .audit_head
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let (seq, digest) = self.audit.head();
         (seq, hex::encode(digest))
     }
 }

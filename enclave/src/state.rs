@@ -331,11 +331,6 @@ impl Durable {
         })
     }
 
-    /// The anchor as of the last commit.
-    pub async fn anchor(&self) -> StateAnchor {
-        self.progress.lock().await.anchor
-    }
-
     /// Commits the state if spending moved since the last commit: sealed, stored at the host, anchored at
     /// the broker. Returns whether a commit was made.
     pub async fn commit(

@@ -356,6 +356,12 @@ impl AuditWriter {
         }
     }
 
+    /// The chain's last line: its `seq` and its SHA-256 (what the next line's `prev` will name).
+    pub fn head(&self) -> (u64, [u8; 32]) {
+        let chain = self.chain.lock().unwrap_or_else(PoisonError::into_inner);
+        (chain.seq.saturating_sub(1), chain.prev)
+    }
+
     /// Seals the log at shutdown: a signed `stop` line; nothing is written after it.
     pub fn stop(&self) {
         self.signed(STOP);

@@ -430,20 +430,6 @@ fn decide(
         };
     }
 
-    // Each release is an enclave start: bounded per model, so that a host cannot restart an enclave (or
-    // start one under a fresh state label, with fresh budgets) without limit.
-    if let Err(per_hour) = inner.releases.admit(&requested.0, pending.at_unix) {
-        return refuse(
-            conn,
-            record,
-            RefusalCode::RateLimited,
-            format!(
-                "releases_per_model_per_hour: {per_hour} releases of {} in the last hour",
-                sha384_text(requested)
-            ),
-        );
-    }
-
     // Only now, to verified evidence: whether this broker holds the key.
     let digest = ModelDigest::from_bytes(requested.0);
     let key = match inner.keystore.get(&digest) {
@@ -466,6 +452,21 @@ fn decide(
         }
     };
     // The machine wraps to the verified enclave key (wrap_model_key takes the VerifiedEvidence).
+    // Each release is an enclave start: bounded per model, so that a host cannot restart an enclave (or
+    // start one under a fresh state label, with fresh budgets) without limit. Counted only for a key that is
+    // about to be released (not for an unknown model, nor a commit).
+    if let Err(per_hour) = inner.releases.admit(&requested.0, pending.at_unix) {
+        return refuse(
+            conn,
+            record,
+            RefusalCode::RateLimited,
+            format!(
+                "releases_per_model_per_hour: {per_hour} releases of {} in the last hour",
+                sha384_text(requested)
+            ),
+        );
+    }
+
     let anchor = match &pending.state {
         Some(StateRequest::Open { label }) => {
             let anchor = inner

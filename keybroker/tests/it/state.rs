@@ -129,6 +129,31 @@ async fn key_releases_are_limited_per_model_and_commits_do_not_count() {
             "{line:?}"
         );
     }
+    // A refusal is not a release: requests for a model the broker holds no key for do not count.
+    let other = owner_with_limit(1);
+    let broker2 = start(other.1).await;
+    for _ in 0..3 {
+        let mut s = connect(broker2.addr, broker2.pin).await;
+        let unknown = cloister_models::ModelDigest::of(b"a model nobody sealed");
+        let nonce = request(&mut s, &unknown).await;
+        let ev = evidence(
+            nonce,
+            exporter(&s),
+            Some(pair_public_fresh()),
+            vec![sha(&unknown)],
+            MEASUREMENT,
+        );
+        assert_eq!(
+            refused(&attest(&mut s, ev).await),
+            RefusalCode::UnknownModel
+        );
+    }
+    assert!(matches!(
+        exchange(&broker2, &other.0, None).await,
+        BrokerToEnclave::Granted { .. }
+    ));
+    broker2.stop().await;
+
     // The other model has its own count.
     let mut s = connect(broker.addr, broker.pin).await;
     let nonce = request(&mut s, &owner.other_digest).await;
@@ -144,4 +169,12 @@ async fn key_releases_are_limited_per_model_and_commits_do_not_count() {
         BrokerToEnclave::Granted { .. }
     ));
     broker.stop().await;
+}
+
+/// An owner whose broker allows `per_hour` releases per model.
+fn owner_with_limit(per_hour: u32) -> (Owner, cloister_keybroker::BrokerConfig) {
+    let owner = owner(&sim_policy(&MEASUREMENT, ""));
+    let mut config = owner.config.clone();
+    config.limits.releases_per_model_per_hour = per_hour;
+    (owner, config)
 }
