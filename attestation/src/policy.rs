@@ -29,7 +29,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::snp::report::{AttestationReport, FirmwareVersion, SigningKey, TcbVersion};
+use crate::snp::report::{
+    AttestationReport, FirmwareVersion, GuestPolicy, PlatformInfo, SigningKey, TcbVersion,
+};
 use crate::snp::Product;
 
 mod tpm;
@@ -346,10 +348,28 @@ impl Policy {
 
     /// Applies the policy to facts the verifier has established. Called by
     /// [`crate::snp::verify::verify`]; the first failed check is returned.
+    ///
+    /// The steps run in a fixed order, and each step keeps the order of its own checks: the first failure
+    /// is the reason reported, so reordering them would change the reasons users and tests see.
     pub fn check(&self, facts: &ChainFacts<'_>) -> Result<(), PolicyViolation> {
         let r = facts.report;
-        let gp = r.policy;
+        self.check_debug(r.policy)?;
+        self.check_product(facts.product)?;
+        self.check_signing_key(facts.signing_key)?;
+        expect_in("measurements", &self.measurements, &r.measurement)?;
+        self.check_tcbs(r)?;
+        self.check_guest_policy_bits(r.policy)?;
+        self.check_firmware(r)?;
+        self.check_guest_svn_and_vmpl(r)?;
+        self.check_identity_fields(r)?;
+        self.check_platform_info(r.platform_info)?;
+        // model_digests and simulated_root are enforced where their inputs exist: evidence claims
+        // (crate::evidence) and the trust-root selection (the caller loads the simulated root file).
+        Ok(())
+    }
 
+    /// The baseline's first check, DEBUG (POLICY bit 19) refused unless `allow_debug`.
+    fn check_debug(&self, gp: GuestPolicy) -> Result<(), PolicyViolation> {
         // Baseline: a debuggable guest proves nothing about confidentiality.
         if gp.debug() && !self.allow_debug {
             return Err(violation(
@@ -358,25 +378,37 @@ impl Policy {
                 "policy.debug = true",
             ));
         }
+        Ok(())
+    }
+
+    /// `products`: the product of the trusted root is one the policy allows.
+    fn check_product(&self, product: Product) -> Result<(), PolicyViolation> {
         if let Some(products) = &self.products {
-            if !products.contains(&ProductName(facts.product)) {
+            if !products.contains(&ProductName(product)) {
                 let names: Vec<&str> = products.iter().map(|p| p.0.name()).collect();
-                return Err(violation("products", names.join(", "), facts.product));
+                return Err(violation("products", names.join(", "), product));
             }
         }
-        match (self.signing_key, facts.signing_key) {
+        Ok(())
+    }
+
+    /// `signing_key`: a VCEK or a VLEK as the policy requires (absent: either).
+    fn check_signing_key(&self, signing_key: SigningKey) -> Result<(), PolicyViolation> {
+        match (self.signing_key, signing_key) {
             (Some(KeyRequirement::Vcek), SigningKey::Vcek)
             | (Some(KeyRequirement::Vlek), SigningKey::Vlek)
-            | (Some(KeyRequirement::Either) | None, _) => {}
-            (Some(want), got) => {
-                return Err(violation(
-                    "signing_key",
-                    format!("{want:?}").to_lowercase(),
-                    got.name(),
-                ))
-            }
+            | (Some(KeyRequirement::Either) | None, _) => Ok(()),
+            (Some(want), got) => Err(violation(
+                "signing_key",
+                format!("{want:?}").to_lowercase(),
+                got.name(),
+            )),
         }
-        expect_in("measurements", &self.measurements, &r.measurement)?;
+    }
+
+    /// The TCBs: `minimum_tcb` on REPORTED_TCB, REPORTED_TCB ≤ CURRENT_TCB (always), then the minimum of
+    /// LAUNCH_TCB.
+    fn check_tcbs(&self, r: &AttestationReport) -> Result<(), PolicyViolation> {
         if let Some(min) = &self.minimum_tcb {
             check_min_tcb(
                 [
@@ -420,6 +452,12 @@ impl Policy {
         if let Some((min, fields)) = launch {
             check_min_tcb(fields, min, &r.launch_tcb)?;
         }
+        Ok(())
+    }
+
+    /// The guest POLICY bits: the baseline's refusals (migration agent, CXL), the bits the policy requires,
+    /// SMT, single socket, and the minimum ABI.
+    fn check_guest_policy_bits(&self, gp: GuestPolicy) -> Result<(), PolicyViolation> {
         if !self.allow_migration_agent && gp.migrate_ma() {
             return Err(violation(
                 "allow_migration_agent",
@@ -476,6 +514,12 @@ impl Policy {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The firmware: `minimum_firmware` on the current and committed versions, then (baseline) no
+    /// provisional firmware, which could be rolled back.
+    fn check_firmware(&self, r: &AttestationReport) -> Result<(), PolicyViolation> {
         if let Some(min) = self.minimum_firmware {
             for (field, v) in [
                 ("minimum_firmware (current)", r.current_version),
@@ -506,6 +550,12 @@ impl Policy {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `minimum_guest_svn`, then `vmpls` (baseline: VMPL 0 only; a report requested from a less privileged
+    /// VMPL speaks for less than the guest).
+    fn check_guest_svn_and_vmpl(&self, r: &AttestationReport) -> Result<(), PolicyViolation> {
         if let Some(min) = self.minimum_guest_svn {
             if r.guest_svn < min {
                 return Err(violation(
@@ -517,13 +567,16 @@ impl Policy {
         }
         match &self.vmpls {
             Some(vmpls) if !vmpls.contains(&r.vmpl) => {
-                return Err(violation("vmpls", format!("{vmpls:?}"), r.vmpl));
+                Err(violation("vmpls", format!("{vmpls:?}"), r.vmpl))
             }
-            None if r.vmpl != 0 => {
-                return Err(violation("vmpls", "[0] (the baseline)", r.vmpl));
-            }
-            _ => {}
+            None if r.vmpl != 0 => Err(violation("vmpls", "[0] (the baseline)", r.vmpl)),
+            _ => Ok(()),
         }
+    }
+
+    /// The pinned identity fields: HOST_DATA, REPORT_DATA, FAMILY_ID, IMAGE_ID, the report ids, the ID
+    /// block and ID key, the CHIP_ID, and the author key.
+    fn check_identity_fields(&self, r: &AttestationReport) -> Result<(), PolicyViolation> {
         expect_eq("host_data", &self.host_data, &r.host_data)?;
         expect_eq("report_data", &self.report_data, &r.report_data)?;
         expect_eq("family_id", &self.family_id, &r.family_id)?;
@@ -548,9 +601,12 @@ impl Policy {
             "author_key_digests",
             &self.author_key_digests,
             &r.author_key_digest,
-        )?;
+        )
+    }
+
+    /// `platform`: the PLATFORM_INFO bits the policy names.
+    fn check_platform_info(&self, pi: PlatformInfo) -> Result<(), PolicyViolation> {
         if let Some(p) = &self.platform {
-            let pi = r.platform_info;
             let bits = [
                 ("platform.smt_enabled", p.smt_enabled, pi.smt_enabled()),
                 ("platform.tsme_enabled", p.tsme_enabled, pi.tsme_enabled()),
@@ -579,8 +635,6 @@ impl Policy {
                 }
             }
         }
-        // model_digests and simulated_root are enforced where their inputs exist: evidence claims
-        // (crate::evidence) and the trust-root selection (the caller loads the simulated root file).
         Ok(())
     }
 

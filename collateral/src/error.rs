@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::client::CrlVersion;
+use crate::crl_version::CrlVersion;
 
 /// Errors of the collateral crate: reading files, and fetching from a KDS. All are usage or I/O errors for
 /// the caller (exit 2 in the CLI) except [`Error::Untrusted`] and [`Error::CrlRollback`], refusals of what a

@@ -17,6 +17,7 @@
 
 pub mod bundle;
 pub mod client;
+mod crl_version;
 pub mod error;
 pub mod files;
 mod http;

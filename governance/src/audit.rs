@@ -501,16 +501,7 @@ fn check_seal(line: &Line, prev: &[u8; 32], receipt_key: &[u8]) -> Result<(), St
 /// line, no line after the stop and no line after the last signed one. The first problem is an error naming
 /// the line (1-based in the file) and what is wrong. Chains of other keys are counted, not verified.
 pub fn verify_log(log: &str, receipt_key: &[u8]) -> Result<LogReport, Error> {
-    let key_hex = hex::encode(receipt_key);
-    let mut report = LogReport::default();
-    let mut chain: Option<(u64, [u8; 32])> = None; // next seq, previous line's hash
-    let mut in_ours = false;
-    let mut found = false;
-    let mut unsigned_since: Option<usize> = None;
-    let at = |n: usize, detail: String| Error::Malformed {
-        what: "audit log",
-        detail: format!("line {n}: {detail}"),
-    };
+    let mut walk = LogWalk::new(receipt_key);
     for (index, raw) in log.lines().enumerate() {
         let n = index + 1;
         if raw.trim().is_empty() {
@@ -519,41 +510,91 @@ pub fn verify_log(log: &str, receipt_key: &[u8]) -> Result<LogReport, Error> {
         let line: Line =
             serde_json::from_str(raw).map_err(|e| at(n, format!("not an audit line: {e}")))?;
         if line.kind == START {
-            // Every start, ours or not, must be one: otherwise a line of our chain after a checkpoint, its kind
-            // changed to `start`, would end our chain there as if another instance's began (the report would
-            // still say unsealed, but the edit would go unnamed).
-            check_shape(&line).map_err(|d| at(n, d))?;
-            if in_ours {
-                if let Some(from) = unsigned_since {
-                    return Err(at(from, "unsigned tail: no checkpoint or stop signs this line and the lines after it before a new chain starts".into()));
-                }
-            }
-            in_ours = line.receipt_key.as_deref() == Some(key_hex.as_str());
-            if !in_ours {
-                report.other_chains += 1;
-                chain = None;
-                continue;
-            }
-            if found {
-                return Err(at(n, "a second chain with this enclave's key".into()));
-            }
-            found = true;
-            if line.seq != 0 || line.prev != hex::encode([0u8; 32]) {
-                return Err(at(n, "a start line must have seq 0 and a zero prev".into()));
-            }
-            check_canonical(&line, raw).map_err(|d| at(n, d))?;
-            chain = Some((1, sha256(raw.as_bytes())));
-            report.lines = 1;
-            unsigned_since = Some(n);
-            continue;
+            walk.start(n, raw, &line)?;
+        } else {
+            walk.next_line(n, raw, &line)?;
         }
-        if !in_ours {
-            continue;
+    }
+    walk.finish()
+}
+
+/// The error for line `n` (1-based in the file) of the audit log.
+fn at(n: usize, detail: String) -> Error {
+    Error::Malformed {
+        what: "audit log",
+        detail: format!("line {n}: {detail}"),
+    }
+}
+
+/// [`verify_log`]'s walk through the file, one line at a time.
+struct LogWalk<'a> {
+    receipt_key: &'a [u8],
+    key_hex: String,
+    report: LogReport,
+    /// The next seq and the previous line's hash, in a chain being followed.
+    chain: Option<(u64, [u8; 32])>,
+    /// Whether the lines being read belong to the chain of `receipt_key`.
+    in_ours: bool,
+    /// Whether the chain of `receipt_key` has started.
+    found: bool,
+    /// The first line of our chain that no checkpoint or stop signs yet.
+    unsigned_since: Option<usize>,
+}
+
+impl<'a> LogWalk<'a> {
+    fn new(receipt_key: &'a [u8]) -> Self {
+        LogWalk {
+            receipt_key,
+            key_hex: hex::encode(receipt_key),
+            report: LogReport::default(),
+            chain: None,
+            in_ours: false,
+            found: false,
+            unsigned_since: None,
         }
-        let Some((next, prev)) = chain else {
-            continue;
+    }
+
+    /// A `start` line (line `n`): ends the chain being read and begins ours or another instance's.
+    fn start(&mut self, n: usize, raw: &str, line: &Line) -> Result<(), Error> {
+        // Every start, ours or not, must be one: otherwise a line of our chain after a checkpoint, its kind
+        // changed to `start`, would end our chain there as if another instance's began (the report would
+        // still say unsealed, but the edit would go unnamed).
+        check_shape(line).map_err(|d| at(n, d))?;
+        if self.in_ours {
+            if let Some(from) = self.unsigned_since {
+                return Err(at(from, "unsigned tail: no checkpoint or stop signs this line and the lines after it before a new chain starts".into()));
+            }
+        }
+        self.in_ours = line.receipt_key.as_deref() == Some(self.key_hex.as_str());
+        if !self.in_ours {
+            self.report.other_chains += 1;
+            self.chain = None;
+            return Ok(());
+        }
+        if self.found {
+            return Err(at(n, "a second chain with this enclave's key".into()));
+        }
+        self.found = true;
+        if line.seq != 0 || line.prev != hex::encode([0u8; 32]) {
+            return Err(at(n, "a start line must have seq 0 and a zero prev".into()));
+        }
+        check_canonical(line, raw).map_err(|d| at(n, d))?;
+        self.chain = Some((1, sha256(raw.as_bytes())));
+        self.report.lines = 1;
+        self.unsigned_since = Some(n);
+        Ok(())
+    }
+
+    /// Any other line (line `n`): in our chain, it must follow the line before it (`seq`, `prev`), be
+    /// canonical and well shaped, and come before the stop. Lines of other chains are skipped.
+    fn next_line(&mut self, n: usize, raw: &str, line: &Line) -> Result<(), Error> {
+        if !self.in_ours {
+            return Ok(());
+        }
+        let Some((next, prev)) = self.chain else {
+            return Ok(());
         };
-        if report.stopped {
+        if self.report.stopped {
             return Err(at(n, "a line after the signed stop".into()));
         }
         if line.seq != next {
@@ -580,54 +621,66 @@ pub fn verify_log(log: &str, receipt_key: &[u8]) -> Result<LogReport, Error> {
                 ),
             ));
         }
-        check_canonical(&line, raw).map_err(|d| at(n, d))?;
-        check_shape(&line).map_err(|d| at(n, d))?;
+        check_canonical(line, raw).map_err(|d| at(n, d))?;
+        check_shape(line).map_err(|d| at(n, d))?;
+        self.count(n, line, &prev)?;
+        self.report.lines += 1;
+        self.chain = Some((next + 1, sha256(raw.as_bytes())));
+        Ok(())
+    }
+
+    /// Counts line `n` of our chain by its kind, checking a checkpoint's or stop's signature; a signed line
+    /// covers every line before it.
+    fn count(&mut self, n: usize, line: &Line, prev: &[u8; 32]) -> Result<(), Error> {
         match line.kind.as_str() {
             REQUEST => {
-                report.requests += 1;
-                unsigned_since.get_or_insert(n);
+                self.report.requests += 1;
+                self.unsigned_since.get_or_insert(n);
             }
             TALLY => {
-                report.tallies += 1;
+                self.report.tallies += 1;
                 let count = line.tally.as_ref().map_or(0, |t| t.count);
-                report.tallied_events = report.tallied_events.saturating_add(count);
-                unsigned_since.get_or_insert(n);
+                self.report.tallied_events = self.report.tallied_events.saturating_add(count);
+                self.unsigned_since.get_or_insert(n);
             }
             RESUME => {
-                if report.resumed_state_version.is_some() {
+                if self.report.resumed_state_version.is_some() {
                     return Err(at(n, "a second resume line in one run".into()));
                 }
-                report.resumed_state_version = line.resume.as_ref().map(|r| r.state_version);
-                unsigned_since.get_or_insert(n);
+                self.report.resumed_state_version = line.resume.as_ref().map(|r| r.state_version);
+                self.unsigned_since.get_or_insert(n);
             }
             CHECKPOINT | STOP => {
-                check_seal(&line, &prev, receipt_key).map_err(|d| at(n, d))?;
-                report.checkpoints += 1;
-                report.stopped = line.kind == STOP;
-                unsigned_since = None;
+                check_seal(line, prev, self.receipt_key).map_err(|d| at(n, d))?;
+                self.report.checkpoints += 1;
+                self.report.stopped = line.kind == STOP;
+                self.unsigned_since = None;
             }
             // Unreachable (`check_shape` refused it), and refused again should that ever change.
             other => return Err(at(n, format!("kind: unknown kind {other:?}"))),
         }
-        report.lines += 1;
-        chain = Some((next + 1, sha256(raw.as_bytes())));
+        Ok(())
     }
-    if !found {
-        // `get`, not indexing: the key is the caller's, and may be shorter than 8 bytes.
-        let short = key_hex.get(..16).unwrap_or(&key_hex);
-        return Err(Error::mismatch(
-            "audit log",
-            format!("a chain started by key {short}…"),
-            format!("none ({} chain(s) of other keys)", report.other_chains),
-        ));
+
+    /// The end of the file: our chain must have been found, and end with a signed line.
+    fn finish(self) -> Result<LogReport, Error> {
+        if !self.found {
+            // `get`, not indexing: the key is the caller's, and may be shorter than 8 bytes.
+            let short = self.key_hex.get(..16).unwrap_or(&self.key_hex);
+            return Err(Error::mismatch(
+                "audit log",
+                format!("a chain started by key {short}…"),
+                format!("none ({} chain(s) of other keys)", self.report.other_chains),
+            ));
+        }
+        if let Some(from) = self.unsigned_since {
+            return Err(at(
+                from,
+                "unsigned tail: no checkpoint or stop signs this line and the lines after it (the log was cut, or the enclave has not checkpointed them yet)".into(),
+            ));
+        }
+        Ok(self.report)
     }
-    if let Some(from) = unsigned_since {
-        return Err(at(
-            from,
-            "unsigned tail: no checkpoint or stop signs this line and the lines after it (the log was cut, or the enclave has not checkpointed them yet)".into(),
-        ));
-    }
-    Ok(report)
 }
 
 #[cfg(test)]

@@ -160,48 +160,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     for (digest, blob) in index.iter() {
         tracing::info!(%digest, name = blob.name(), path = %blob.path().display(), bytes = blob.len(), "serving sealed model");
     }
-    let recorder = match &config.record {
-        Some(path) => {
-            let recorder = Recorder::open(path).map_err(|source| Error::Record {
-                path: path.clone(),
-                source,
-            })?;
-            tracing::info!(path = %path.display(), "recording every byte the host relays or serves");
-            Some(recorder)
-        }
-        None => None,
-    };
-    match &config.audit_log {
-        Some(path) => audit::open(path).map_err(|source| Error::Record {
-            path: path.clone(),
-            source,
-        })?,
-        None => tracing::warn!(
-            "no --audit-log: the enclave's audit lines are forwarded to stderr, not stored"
-        ),
-    }
-    let _metrics = match config.metrics {
-        Some(addr) => {
-            let listener = metrics::bind(addr)
-                .await
-                .map_err(|source| Error::Listen { addr, source })?;
-            tracing::info!(%addr, "metrics at http://{addr}/metrics");
-            Some(AbortOnDrop(tokio::spawn(metrics::serve(listener))))
-        }
-        None => None,
-    };
+    let recorder = open_recorder(&config)?;
+    open_audit_log(&config)?;
+    let _metrics = start_metrics(&config).await?;
     let collateral = collateral_client(&config.collateral)?;
-    let state = match &config.state_dir {
-        Some(dir) => {
-            let store = StateStore::open(dir)?;
-            tracing::info!(path = %dir.display(), "keeping the enclave's sealed state (ciphertext only)");
-            Some(std::sync::Arc::new(store))
-        }
-        None => {
-            tracing::info!("no --state-dir: the host keeps no enclave state across restarts");
-            None
-        }
-    };
+    let state = open_state_store(&config)?;
     let blob_server = BlobServer::bind_port(index, recorder.clone(), config.blobs_port)
         .await
         .map_err(Error::Blobs)?
@@ -209,16 +172,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .with_state(state);
     let blobs_url = blob_server.url().map_err(Error::Blobs)?;
     tracing::info!(url = %blobs_url, "blob service listening");
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let public = listener.local_addr().map_err(|source| Error::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, public) = bind_relay(&config).await?;
 
     let blobs_port = blob_server.local_addr().map_err(Error::Blobs)?.port();
     let _blobs = AbortOnDrop(tokio::spawn(blob_server.serve()));
@@ -230,18 +184,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     let outcome = match (config.backend, &config.enclave_bin) {
         (Backend::Sim, Some(enclave_bin)) => {
-            let mut launcher = SimLauncher::new(enclave_bin, &config.enclave_config, &blobs_url);
-            if config.initdata {
-                let bytes =
-                    std::fs::read(&config.enclave_config).map_err(|source| Error::Read {
-                        flag: "--enclave-config",
-                        path: config.enclave_config.clone(),
-                        source,
-                    })?;
-                let document = cloister_attestation::initdata::InitData::parse(&bytes)
-                    .map_err(|e| Error::Task(format!("--enclave-config with --initdata: {e}")))?;
-                launcher = launcher.with_initdata(&document);
-            }
+            let launcher = sim_launcher(&config, enclave_bin, &blobs_url)?;
             supervise(
                 launcher,
                 &config,
@@ -266,7 +209,109 @@ pub async fn run(config: Config) -> Result<(), Error> {
             .await
         }
     };
-    if let (Some(recorder), Some(path)) = (&recorder, &config.record) {
+    finish_recording(recorder.as_ref(), &config, outcome).await
+}
+
+/// `--record`: the recorder of every byte the host relays or serves, if asked for.
+fn open_recorder(config: &Config) -> Result<Option<Recorder>, Error> {
+    match &config.record {
+        Some(path) => {
+            let recorder = Recorder::open(path).map_err(|source| Error::Record {
+                path: path.clone(),
+                source,
+            })?;
+            tracing::info!(path = %path.display(), "recording every byte the host relays or serves");
+            Ok(Some(recorder))
+        }
+        None => Ok(None),
+    }
+}
+
+/// `--audit-log`: where the enclave's audit lines are stored; without it they only go to stderr.
+fn open_audit_log(config: &Config) -> Result<(), Error> {
+    match &config.audit_log {
+        Some(path) => audit::open(path).map_err(|source| Error::Record {
+            path: path.clone(),
+            source,
+        })?,
+        None => tracing::warn!(
+            "no --audit-log: the enclave's audit lines are forwarded to stderr, not stored"
+        ),
+    }
+    Ok(())
+}
+
+/// `--metrics`: serves the metrics in the background, until the returned guard is dropped.
+async fn start_metrics(config: &Config) -> Result<Option<AbortOnDrop<()>>, Error> {
+    match config.metrics {
+        Some(addr) => {
+            let listener = metrics::bind(addr)
+                .await
+                .map_err(|source| Error::Listen { addr, source })?;
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            Ok(Some(AbortOnDrop(tokio::spawn(metrics::serve(listener)))))
+        }
+        None => Ok(None),
+    }
+}
+
+/// `--state-dir`: the store of the enclave's sealed state (ciphertext only), if asked for.
+fn open_state_store(config: &Config) -> Result<Option<std::sync::Arc<StateStore>>, Error> {
+    match &config.state_dir {
+        Some(dir) => {
+            let store = StateStore::open(dir)?;
+            tracing::info!(path = %dir.display(), "keeping the enclave's sealed state (ciphertext only)");
+            Ok(Some(std::sync::Arc::new(store)))
+        }
+        None => {
+            tracing::info!("no --state-dir: the host keeps no enclave state across restarts");
+            Ok(None)
+        }
+    }
+}
+
+/// The relay's public listener, and the address it is bound to.
+async fn bind_relay(config: &Config) -> Result<(TcpListener, SocketAddr), Error> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let public = listener.local_addr().map_err(|source| Error::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    Ok((listener, public))
+}
+
+/// The `sim` backend's launcher; with `--initdata`, the enclave configuration is an initdata document.
+fn sim_launcher(
+    config: &Config,
+    enclave_bin: &std::path::Path,
+    blobs_url: &str,
+) -> Result<SimLauncher, Error> {
+    let mut launcher = SimLauncher::new(enclave_bin, &config.enclave_config, blobs_url);
+    if config.initdata {
+        let bytes = std::fs::read(&config.enclave_config).map_err(|source| Error::Read {
+            flag: "--enclave-config",
+            path: config.enclave_config.clone(),
+            source,
+        })?;
+        let document = cloister_attestation::initdata::InitData::parse(&bytes)
+            .map_err(|e| Error::Task(format!("--enclave-config with --initdata: {e}")))?;
+        launcher = launcher.with_initdata(&document);
+    }
+    Ok(launcher)
+}
+
+/// Flushes the recording, if there is one, after the run ended with `outcome`.
+async fn finish_recording(
+    recorder: Option<&Recorder>,
+    config: &Config,
+    outcome: Result<(), Error>,
+) -> Result<(), Error> {
+    if let (Some(recorder), Some(path)) = (recorder, &config.record) {
         let flushed = recorder.flush().await.map_err(|source| Error::Record {
             path: path.clone(),
             source,

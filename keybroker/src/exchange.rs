@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloister_attestation::evidence::{verify_evidence, EnclaveKey, Sha384};
-use cloister_attestation::{Error as EvidenceError, VerifyOptions};
+use cloister_attestation::evidence::{verify_evidence, EnclaveKey, Sha384, VerifiedEvidence};
+use cloister_attestation::{Error as EvidenceError, Policy, VerifyOptions};
 use cloister_models::{Error as ModelsError, KeystoreError, ModelDigest};
 use cloister_proto::key_release::{
     AttestToVerify, BrokerConnection, BrokerEvent, RefusalCode, StateRequest,
@@ -22,7 +22,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::audit::AuditRecord;
-use crate::shared::Inner;
+use crate::shared::{Inner, LoadedPolicy};
 
 /// Why a connection ended early (stderr only; decisions go to the audit log).
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +295,21 @@ fn refusal_code(e: &EvidenceError) -> RefusalCode {
     }
 }
 
+/// A refusal decided by one step of [`decide`]: the code sent to the enclave, and the reason recorded.
+struct Refusal {
+    code: RefusalCode,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(code: RefusalCode, reason: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Verifies the evidence for this exchange and, if everything holds, grants through the machine (which
 /// wraps the key to the verified enclave key). Returns the frame to send; `record` says why.
 fn decide(
@@ -303,96 +318,36 @@ fn decide(
     record: &mut AuditRecord,
     pending: &AttestToVerify,
 ) -> Result<Vec<u8>, ProtoError> {
-    let evidence = &pending.evidence;
-    let nonce = &pending.nonce;
-    let requested = &pending.requested;
-    record.claimed_report(evidence);
-    // A refusal of evidence that did not verify (or an internal failure) ends the connection: a peer gets one
-    // full verification per connection for unverified input, not `max_exchanges`. A decision about verified
-    // evidence (genuine and fresh, refused by the policy; an unknown model) leaves it open for the next request.
-    let refuse = |conn: &mut BrokerConnection, record: &mut AuditRecord, code, reason: String| {
-        let close =
-            !(record.evidence_verified || record.policy_decision) || code == RefusalCode::Internal;
-        record.refuse(code, reason);
-        conn.refuse(code, close)
-    };
-
-    // Freshness first: it is cheap, and a wrong nonce is refused whatever else the evidence says.
-    let claimed = &evidence.claims.nonce;
-    if !cloister_attestation::ct_eq(claimed, nonce) {
-        let history = match inner.nonces.lock() {
-            Ok(n) if n.contains(claimed) => {
-                "replayed: that nonce was issued earlier, for another exchange, and is used up"
-            }
-            Ok(_) => "this broker never issued that nonce (or has forgotten it)",
-            Err(_) => "nonce history unavailable",
-        };
-        return refuse(
-            conn,
-            record,
-            RefusalCode::Replay,
-            format!(
-                "claims.nonce: expected {}, found {} ({history})",
-                hex::encode(nonce),
-                hex::encode(claimed)
-            ),
-        );
+    record.claimed_report(&pending.evidence);
+    match decide_steps(inner, conn, record, pending) {
+        Ok(frame) => Ok(frame),
+        // A refusal of evidence that did not verify (or an internal failure) ends the connection: a peer gets
+        // one full verification per connection for unverified input, not `max_exchanges`. A decision about
+        // verified evidence (genuine and fresh, refused by the policy; an unknown model) leaves it open for
+        // the next request.
+        Err(Refusal { code, reason }) => {
+            let close = !(record.evidence_verified || record.policy_decision)
+                || code == RefusalCode::Internal;
+            record.refuse(code, reason);
+            conn.refuse(code, close)
+        }
     }
+}
+
+/// The steps of [`decide`], in their order (fail closed: the first refusal is the one recorded and sent).
+fn decide_steps(
+    inner: &Inner,
+    conn: &mut BrokerConnection,
+    record: &mut AuditRecord,
+    pending: &AttestToVerify,
+) -> Result<Vec<u8>, Refusal> {
+    // Freshness first: it is cheap, and a wrong nonce is refused whatever else the evidence says.
+    check_nonce(inner, pending)?;
 
     // Residency: the requested model's own policy decides, if it has one.
-    let decides = inner.policy_for(&requested.0);
-    record.policy = Some(decides.name.clone());
-    let options = VerifyOptions {
-        at_unix: pending.at_unix,
-        crls: &decides.crls,
-        simulated_root: decides.simulated_root.as_ref(),
-    };
-    let verified = match verify_evidence(evidence, &decides.policy, &options, &pending.expected()) {
-        Ok(v) => v,
-        Err(e) => {
-            record.policy_decision = e.is_policy_decision();
-            return refuse(conn, record, refusal_code(&e), e.to_string());
-        }
-    };
-    record.evidence_verified = true;
-    let report = verified.report();
-    record.fill_report(report.report());
-    record.product = Some(report.product().name().to_owned());
-    record.simulated = Some(report.is_simulated());
-    let claims = verified.claims();
-
-    // The evidence must be made for this request: the requested digest among its claims.
-    if !claims
-        .model_digests
-        .iter()
-        .any(|d| cloister_attestation::ct_eq(&d.0, &requested.0))
-    {
-        let found: Vec<String> = claims.model_digests.iter().map(sha384_text).collect();
-        return refuse(
-            conn,
-            record,
-            RefusalCode::EvidenceRejected,
-            format!(
-                "claims.model_digests: expected to contain {} (the requested model), found [{}]",
-                sha384_text(requested),
-                found.join(", ")
-            ),
-        );
-    }
-    if let Err(v) = decides.policy.check_model_digest(&requested.0) {
-        return refuse(conn, record, RefusalCode::PolicyRejected, v.to_string());
-    }
-    let enclave_public = match &claims.enclave_key {
-        Some(EnclaveKey::X25519(pk)) => *pk,
-        None => {
-            return refuse(
-                conn,
-                record,
-                RefusalCode::EvidenceRejected,
-                "claims.enclave_key: expected an X25519 public key, found none".into(),
-            )
-        }
-    };
+    let decides = inner.policy_for(&pending.requested.0);
+    let verified = verify_for_request(decides, record, pending)?;
+    let enclave_public = check_made_for_request(&verified, &decides.policy, &pending.requested)?;
 
     // A durable-state commit releases no key: it moves the instance's anchor by one version.
     if let Some(StateRequest::Commit {
@@ -401,54 +356,167 @@ fn decide(
         digest,
     }) = &pending.state
     {
-        record.state = Some(format!("commit {label} v{version}"));
-        let id = crate::anchors::state_id(&verified, label);
-        return match inner.anchors.commit(&id, label, *version, *digest) {
-            Ok(Ok(anchor)) => match conn.commit(&verified, anchor) {
-                Ok(frame) => {
-                    record.decision = "committed".to_owned();
-                    Ok(frame)
-                }
-                Err(e) => refuse(conn, record, RefusalCode::Internal, e.to_string()),
-            },
-            Ok(Err(conflict)) => refuse(
-                conn,
-                record,
-                RefusalCode::StateConflict,
-                format!(
-                    "state: commit of {label} v{version}, but the anchor is at v{} (expected v{})",
-                    conflict.current,
-                    conflict.current.saturating_add(1)
-                ),
-            ),
-            Err(e) => refuse(
-                conn,
-                record,
-                RefusalCode::Internal,
-                format!("state anchors: cannot write: {e}"),
-            ),
-        };
+        return commit_state(inner, conn, record, &verified, label, *version, *digest);
     }
+    release_key(inner, conn, record, pending, &verified, enclave_public)
+}
 
+/// The evidence answers this exchange's nonce. A wrong one is a replay, or a nonce this broker never issued;
+/// the reason says which, from the history of issued nonces.
+fn check_nonce(inner: &Inner, pending: &AttestToVerify) -> Result<(), Refusal> {
+    let nonce = &pending.nonce;
+    let claimed = &pending.evidence.claims.nonce;
+    if cloister_attestation::ct_eq(claimed, nonce) {
+        return Ok(());
+    }
+    let history = match inner.nonces.lock() {
+        Ok(n) if n.contains(claimed) => {
+            "replayed: that nonce was issued earlier, for another exchange, and is used up"
+        }
+        Ok(_) => "this broker never issued that nonce (or has forgotten it)",
+        Err(_) => "nonce history unavailable",
+    };
+    Err(Refusal::new(
+        RefusalCode::Replay,
+        format!(
+            "claims.nonce: expected {}, found {} ({history})",
+            hex::encode(nonce),
+            hex::encode(claimed)
+        ),
+    ))
+}
+
+/// Verifies the evidence against the policy that `decides` for the requested model, and records what the
+/// verified report says. A failure records whether it was a policy decision (which keeps the connection
+/// open) or evidence that did not verify.
+fn verify_for_request(
+    decides: &LoadedPolicy,
+    record: &mut AuditRecord,
+    pending: &AttestToVerify,
+) -> Result<VerifiedEvidence, Refusal> {
+    record.policy = Some(decides.name.clone());
+    let options = VerifyOptions {
+        at_unix: pending.at_unix,
+        crls: &decides.crls,
+        simulated_root: decides.simulated_root.as_ref(),
+    };
+    let verified = match verify_evidence(
+        &pending.evidence,
+        &decides.policy,
+        &options,
+        &pending.expected(),
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            record.policy_decision = e.is_policy_decision();
+            return Err(Refusal::new(refusal_code(&e), e.to_string()));
+        }
+    };
+    record.evidence_verified = true;
+    let report = verified.report();
+    record.fill_report(report.report());
+    record.product = Some(report.product().name().to_owned());
+    record.simulated = Some(report.is_simulated());
+    Ok(verified)
+}
+
+/// The evidence must be made for this request: the requested digest among its claims, allowed by the
+/// policy, and an enclave key to wrap to. Returns that key.
+fn check_made_for_request(
+    verified: &VerifiedEvidence,
+    policy: &Policy,
+    requested: &Sha384,
+) -> Result<[u8; 32], Refusal> {
+    let claims = verified.claims();
+    if !claims
+        .model_digests
+        .iter()
+        .any(|d| cloister_attestation::ct_eq(&d.0, &requested.0))
+    {
+        let found: Vec<String> = claims.model_digests.iter().map(sha384_text).collect();
+        return Err(Refusal::new(
+            RefusalCode::EvidenceRejected,
+            format!(
+                "claims.model_digests: expected to contain {} (the requested model), found [{}]",
+                sha384_text(requested),
+                found.join(", ")
+            ),
+        ));
+    }
+    if let Err(v) = policy.check_model_digest(&requested.0) {
+        return Err(Refusal::new(RefusalCode::PolicyRejected, v.to_string()));
+    }
+    match &claims.enclave_key {
+        Some(EnclaveKey::X25519(pk)) => Ok(*pk),
+        None => Err(Refusal::new(
+            RefusalCode::EvidenceRejected,
+            "claims.enclave_key: expected an X25519 public key, found none",
+        )),
+    }
+}
+
+/// A durable-state commit: moves the instance's anchor from `version - 1` to `version`, or refuses with the
+/// version the anchor is at. Releases no key.
+fn commit_state(
+    inner: &Inner,
+    conn: &mut BrokerConnection,
+    record: &mut AuditRecord,
+    verified: &VerifiedEvidence,
+    label: &str,
+    version: u64,
+    digest: Sha384,
+) -> Result<Vec<u8>, Refusal> {
+    record.state = Some(format!("commit {label} v{version}"));
+    let id = crate::anchors::state_id(verified, label);
+    match inner.anchors.commit(&id, label, version, digest) {
+        Ok(Ok(anchor)) => match conn.commit(verified, anchor) {
+            Ok(frame) => {
+                record.decision = "committed".to_owned();
+                Ok(frame)
+            }
+            Err(e) => Err(Refusal::new(RefusalCode::Internal, e.to_string())),
+        },
+        Ok(Err(conflict)) => Err(Refusal::new(
+            RefusalCode::StateConflict,
+            format!(
+                "state: commit of {label} v{version}, but the anchor is at v{} (expected v{})",
+                conflict.current,
+                conflict.current.saturating_add(1)
+            ),
+        )),
+        Err(e) => Err(Refusal::new(
+            RefusalCode::Internal,
+            format!("state anchors: cannot write: {e}"),
+        )),
+    }
+}
+
+/// Releases the model key to verified evidence: looks it up, counts the release, and grants it wrapped to
+/// `enclave_public` (with the instance's anchor when the request opens a state).
+fn release_key(
+    inner: &Inner,
+    conn: &mut BrokerConnection,
+    record: &mut AuditRecord,
+    pending: &AttestToVerify,
+    verified: &VerifiedEvidence,
+    enclave_public: [u8; 32],
+) -> Result<Vec<u8>, Refusal> {
+    let requested = &pending.requested;
     // Only now, to verified evidence: whether this broker holds the key.
     let digest = ModelDigest::from_bytes(requested.0);
     let key = match inner.keystore.get(&digest) {
         Ok(k) => k,
         Err(ModelsError::Keystore(KeystoreError::KeyNotFound { .. })) => {
-            return refuse(
-                conn,
-                record,
+            return Err(Refusal::new(
                 RefusalCode::UnknownModel,
                 format!("model_digest: no key for {digest} in the keystore"),
-            )
+            ))
         }
         Err(e) => {
-            return refuse(
-                conn,
-                record,
+            return Err(Refusal::new(
                 RefusalCode::Internal,
                 format!("keystore: {e}"),
-            )
+            ))
         }
     };
     // The machine wraps to the verified enclave key (wrap_model_key takes the VerifiedEvidence).
@@ -456,39 +524,35 @@ fn decide(
     // start one under a fresh state label, with fresh budgets) without limit. Counted only for a key that is
     // about to be released (not for an unknown model, nor a commit).
     if let Err(per_hour) = inner.releases.admit(&requested.0, pending.at_unix) {
-        return refuse(
-            conn,
-            record,
+        return Err(Refusal::new(
             RefusalCode::RateLimited,
             format!(
                 "releases_per_model_per_hour: {per_hour} releases of {} in the last hour",
                 sha384_text(requested)
             ),
-        );
+        ));
     }
 
     let anchor = match &pending.state {
         Some(StateRequest::Open { label }) => {
             let anchor = inner
                 .anchors
-                .get(&crate::anchors::state_id(&verified, label));
+                .get(&crate::anchors::state_id(verified, label));
             record.state = Some(format!("open {label} at v{}", anchor.version));
             Some(anchor)
         }
         _ => None,
     };
-    match conn.grant(&verified, &key, anchor, &inner.rng) {
+    match conn.grant(verified, &key, anchor, &inner.rng) {
         Ok(frame) => {
             record.decision = "granted".to_owned();
             record.enclave_key = Some(hex::encode(enclave_public));
             record.key_id = Some(key.key_id().to_string());
             Ok(frame)
         }
-        Err(e) => refuse(
-            conn,
-            record,
+        Err(e) => Err(Refusal::new(
             RefusalCode::EvidenceRejected,
             format!("claims.enclave_key: cannot wrap to it ({e})"),
-        ),
+        )),
     }
 }

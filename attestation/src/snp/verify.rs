@@ -234,6 +234,9 @@ pub(crate) fn verify_genuine(
 }
 
 /// Everything but the policy. Private so that nothing outside can skip the policy step.
+///
+/// The numbered steps run in this order, each failing closed with its own [`Error`]; the steps that are
+/// longer than a few lines are the functions below, named after what they check.
 fn verify_without_policy(
     raw_report: &[u8],
     chain: &CertChain,
@@ -245,7 +248,61 @@ fn verify_without_policy(
     let report = AttestationReport::from_bytes(raw_report)?;
 
     // 2. Signing key and algorithm: only ECDSA P-384 by a VCEK or VLEK can be verified.
-    let (intermediate_role, leaf_role) = match report.signing_key {
+    let (intermediate_role, leaf_role) = chain_roles(&report)?;
+
+    let leaf = chain
+        .leaf
+        .as_ref()
+        .ok_or(Error::MissingCertificate { role: leaf_role })?;
+    let leaf_extensions = leaf.amd_extensions()?;
+    check_leaf_role(&report, leaf, leaf_role)?;
+
+    // 3. Product: from the leaf's productName, cross-checked with the report's CPUID (v3+) and, below, with
+    //    the root that signs the chain.
+    let product = product_of(&report, &leaf_extensions)?;
+
+    // 4. Root: the ARK must be AMD's for this product, byte for byte, or the explicitly trusted simulated
+    //    root. A missing ARK means "use the embedded one".
+    let embedded = roots::embedded(product);
+    let (ark, simulated) = pinned_ark(chain, embedded, options)?;
+    let intermediate = chain_intermediate(chain, embedded, simulated, intermediate_role)?;
+
+    // 5. Chain signatures (RSASSA-PSS SHA-384): ARK self-signed, ARK → ASK/ASVK → VCEK/VLEK.
+    check_chain_signatures(ark, intermediate, leaf, cache)?;
+    check_intermediate_role(&report, intermediate, intermediate_role, product)?;
+
+    // 6. Validity at the given instant, for every certificate of the chain.
+    for cert in [ark, intermediate, leaf] {
+        cert.check_valid_at(options.at_unix)?;
+    }
+
+    // 7. CRLs, when given: those of this ARK must be signed by it, current, and revoke neither the
+    //    intermediate nor the leaf; at least one must apply.
+    check_crls(
+        options,
+        crl_grace,
+        ark,
+        report.signing_key,
+        [(intermediate_role, intermediate), (leaf_role, leaf)],
+    )?;
+
+    // 8. The report's signature: ECDSA P-384 / SHA-384 by the leaf.
+    check_report_signature(&report, raw_report, leaf, leaf_role)?;
+
+    // 9. Bind the leaf to the report: the certificate's TCB SPLs are those the key was derived for, so they
+    //    must equal REPORTED_TCB; a VCEK is per chip, so hwID must equal CHIP_ID.
+    check_tcb_binding(&leaf_extensions, &report.reported_tcb, product)?;
+    if report.signing_key == SigningKey::Vcek {
+        check_hw_id(&leaf_extensions, &report, product)?;
+    }
+
+    Ok((report, product, simulated, leaf_extensions))
+}
+
+/// Step 2: the roles of the intermediate and leaf certificates for the report's signing key. Only ECDSA
+/// P-384 by a VCEK or VLEK can be verified; anything else is refused before any certificate is looked at.
+fn chain_roles(report: &AttestationReport) -> Result<(CertRole, CertRole), Error> {
+    let roles = match report.signing_key {
         SigningKey::Vcek => (CertRole::Ask, CertRole::Vcek),
         SigningKey::Vlek => (CertRole::Asvk, CertRole::Vlek),
         SigningKey::None => {
@@ -261,16 +318,15 @@ fn verify_without_policy(
             key: report.signing_key,
         });
     }
+    Ok(roles)
+}
 
-    let leaf = chain
-        .leaf
-        .as_ref()
-        .ok_or(Error::MissingCertificate { role: leaf_role })?;
-    let leaf_extensions = leaf.amd_extensions()?;
-    check_leaf_role(&report, leaf, leaf_role)?;
-
-    // 3. Product: from the leaf's productName, cross-checked with the report's CPUID (v3+) and, below, with
-    //    the root that signs the chain.
+/// Step 3: the product, from the leaf's productName, cross-checked with the report's CPUID (v3+) and its
+/// version. The caller then pins the root of that product.
+fn product_of(
+    report: &AttestationReport,
+    leaf_extensions: &AmdExtensions,
+) -> Result<Product, Error> {
     let product = Product::from_name(&leaf_extensions.product_name).ok_or_else(|| {
         Error::Product(format!(
             "leaf productName {:?} is not Milan, Genoa or Turin",
@@ -292,15 +348,22 @@ fn verify_without_policy(
             report.version
         )));
     }
+    Ok(product)
+}
 
-    // 4. Root: the ARK must be AMD's for this product, byte for byte, or the explicitly trusted simulated
-    //    root. A missing ARK means "use the embedded one".
-    let embedded = roots::embedded(product);
-    let (ark, simulated) = match &chain.ark {
-        None => (&embedded.ark, false),
-        Some(offered) if offered.der() == embedded.ark.der() => (&embedded.ark, false),
+/// Step 4, the root: the ARK must be AMD's for this product, byte for byte, or the explicitly trusted
+/// simulated root (then the second value is true). A missing ARK means "use the embedded one". An offered
+/// ARK that is neither is refused, with a hint when it is a simulated root or another product's ARK.
+fn pinned_ark<'a>(
+    chain: &CertChain,
+    embedded: &'a roots::AmdRoots,
+    options: &VerifyOptions<'a>,
+) -> Result<(&'a AmdCertificate, bool), Error> {
+    match &chain.ark {
+        None => Ok((&embedded.ark, false)),
+        Some(offered) if offered.der() == embedded.ark.der() => Ok((&embedded.ark, false)),
         Some(offered) => match options.simulated_root {
-            Some(sim) if offered.der() == sim.der() => (sim, true),
+            Some(sim) if offered.der() == sim.der() => Ok((sim, true)),
             _ => {
                 let hint = if offered.subject_common_name().contains("SIMULATED") {
                     " (it is a simulated root: pass it explicitly to trust simulated evidence)"
@@ -309,27 +372,45 @@ fn verify_without_policy(
                 } else {
                     ""
                 };
-                return Err(Error::UntrustedRoot {
+                Err(Error::UntrustedRoot {
                     subject: offered.subject_common_name().to_string(),
                     fingerprint: hex::encode(offered.sha256_fingerprint()),
                     hint,
-                });
+                })
             }
         },
-    };
-    let intermediate = match (&chain.intermediate, simulated, intermediate_role) {
-        (Some(c), _, _) => c,
-        (None, false, CertRole::Ask) => &embedded.ask,
+    }
+}
+
+/// Step 4, the intermediate: the offered ASK/ASVK, else the embedded one of the product. A simulated chain
+/// has no embedded intermediate, so it must offer its own.
+fn chain_intermediate<'a>(
+    chain: &'a CertChain,
+    embedded: &'a roots::AmdRoots,
+    simulated: bool,
+    intermediate_role: CertRole,
+) -> Result<&'a AmdCertificate, Error> {
+    match (&chain.intermediate, simulated, intermediate_role) {
+        (Some(c), _, _) => Ok(c),
+        (None, false, CertRole::Ask) => Ok(&embedded.ask),
         (None, false, _) => embedded.asvk.as_ref().ok_or(Error::MissingCertificate {
             role: CertRole::Asvk,
-        })?,
-        (None, true, role) => return Err(Error::MissingCertificate { role }),
-    };
+        }),
+        (None, true, role) => Err(Error::MissingCertificate { role }),
+    }
+}
 
-    // 5. Chain signatures (RSASSA-PSS SHA-384): ARK self-signed, ARK → ASK/ASVK → VCEK/VLEK. The
-    //    intermediate is accepted when the pinned ARK signed it, so that AMD can re-issue ASKs.
-    //    A cache hit means these exact three DER certificates verified before; the pinning above is
-    //    recomputed on every call, so a cached chain is only reused under the same trust decision.
+/// Step 5, chain signatures (RSASSA-PSS SHA-384): ARK self-signed, ARK → ASK/ASVK → VCEK/VLEK. The
+/// intermediate is accepted when the pinned ARK signed it, so that AMD can re-issue ASKs.
+///
+/// A cache hit means these exact three DER certificates verified before; the pinning is recomputed on every
+/// call (by the caller, before this), so a cached chain is only reused under the same trust decision.
+fn check_chain_signatures(
+    ark: &AmdCertificate,
+    intermediate: &AmdCertificate,
+    leaf: &AmdCertificate,
+    cache: Option<&ChainCache>,
+) -> Result<(), Error> {
     let key = ChainCache::key(ark, intermediate, leaf);
     if !cache.is_some_and(|c| c.contains(&key)) {
         ark.verify_issued_by(ark)?;
@@ -339,44 +420,58 @@ fn verify_without_policy(
             c.insert(key);
         }
     }
-    check_intermediate_role(&report, intermediate, intermediate_role, product)?;
+    Ok(())
+}
 
-    // 6. Validity at the given instant, for every certificate of the chain.
-    for cert in [ark, intermediate, leaf] {
-        cert.check_valid_at(options.at_unix)?;
+/// Step 7, CRLs: those whose issuer is this ARK must be signed by it, current, and must not list the
+/// intermediate or leaf. CRLs of other roots (other products) do not apply to this chain; if none
+/// applies, the check that was asked for cannot be made, and that is an error.
+fn check_crls(
+    options: &VerifyOptions<'_>,
+    crl_grace: i64,
+    ark: &AmdCertificate,
+    signing_key: SigningKey,
+    certs: [(CertRole, &AmdCertificate); 2],
+) -> Result<(), Error> {
+    if options.crls.is_empty() {
+        return Ok(());
     }
-
-    // 7. CRLs: those whose issuer is this ARK must be signed by it, current, and must not list the
-    //    intermediate or leaf. CRLs of other roots (other products) do not apply to this chain; if none
-    //    applies, the check that was asked for cannot be made, and that is an error.
-    if !options.crls.is_empty() {
-        let mut applied = 0;
-        for crl in options.crls.iter().filter(|c| {
-            c.issuer_common_name() == ark.subject_common_name() && c.covers(report.signing_key)
-        }) {
-            crl.verify_issued_by(ark).map_err(Error::Crl)?;
-            crl.check_current_within(options.at_unix, crl_grace)
-                .map_err(Error::Crl)?;
-            for (role, cert) in [(intermediate_role, intermediate), (leaf_role, leaf)] {
-                if crl.revokes(cert) {
-                    return Err(Error::Revoked {
-                        role,
-                        serial: hex::encode(cert.serial_number()),
-                    });
-                }
+    let mut applied = 0;
+    for crl in options
+        .crls
+        .iter()
+        .filter(|c| c.issuer_common_name() == ark.subject_common_name() && c.covers(signing_key))
+    {
+        crl.verify_issued_by(ark).map_err(Error::Crl)?;
+        crl.check_current_within(options.at_unix, crl_grace)
+            .map_err(Error::Crl)?;
+        for (role, cert) in certs {
+            if crl.revokes(cert) {
+                return Err(Error::Revoked {
+                    role,
+                    serial: hex::encode(cert.serial_number()),
+                });
             }
-            applied += 1;
         }
-        if applied == 0 {
-            return Err(Error::NoApplicableCrl {
-                given: options.crls.len(),
-                ark: ark.subject_common_name().to_string(),
-            });
-        }
+        applied += 1;
     }
+    if applied == 0 {
+        return Err(Error::NoApplicableCrl {
+            given: options.crls.len(),
+            ark: ark.subject_common_name().to_string(),
+        });
+    }
+    Ok(())
+}
 
-    // 8. The report's signature: ECDSA P-384 / SHA-384 over the raw bytes 0x000..0x2A0, with R and S
-    //    converted from 72-byte little-endian to 48-byte big-endian.
+/// Step 8, the report's signature: ECDSA P-384 / SHA-384 over the raw bytes 0x000..0x2A0, with R and S
+/// converted from 72-byte little-endian to 48-byte big-endian.
+fn check_report_signature(
+    report: &AttestationReport,
+    raw_report: &[u8],
+    leaf: &AmdCertificate,
+    leaf_role: CertRole,
+) -> Result<(), Error> {
     let signature = report
         .signature_p384_fixed()
         .ok_or(Error::ReportSignature { role: leaf_role })?;
@@ -387,15 +482,7 @@ fn verify_without_policy(
     UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, leaf.p384_public_key()?)
         .verify(message, &signature)
         .map_err(|_| Error::ReportSignature { role: leaf_role })?;
-
-    // 9. Bind the leaf to the report: the certificate's TCB SPLs are those the key was derived for, so they
-    //    must equal REPORTED_TCB; a VCEK is per chip, so hwID must equal CHIP_ID.
-    check_tcb_binding(&leaf_extensions, &report.reported_tcb, product)?;
-    if report.signing_key == SigningKey::Vcek {
-        check_hw_id(&leaf_extensions, &report, product)?;
-    }
-
-    Ok((report, product, simulated, leaf_extensions))
+    Ok(())
 }
 
 fn check_leaf_role(

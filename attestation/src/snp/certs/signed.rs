@@ -198,84 +198,129 @@ pub(crate) fn check_rsassa_pss_sha384(
     algorithm_der: &[u8],
     subject: &str,
 ) -> Result<(), CertError> {
-    let malformed = |source| CertError::Malformed {
-        what: "RSASSA-PSS algorithm identifier",
-        source,
-    };
-    let param_error =
-        |parameter: &'static str, expected: &'static str, found: String| CertError::PssParameter {
-            subject: subject.to_owned(),
-            parameter,
-            expected,
-            found,
-        };
-
-    let algorithm = AlgorithmIdentifierRef::from_der(algorithm_der).map_err(malformed)?;
+    let algorithm = AlgorithmIdentifierRef::from_der(algorithm_der).map_err(pss_malformed)?;
     if algorithm.oid != oid::RSASSA_PSS {
         return Err(CertError::UnsupportedSignatureAlgorithm {
             subject: subject.to_owned(),
             found: algorithm.oid,
         });
     }
-    let params = algorithm
-        .parameters
-        .ok_or_else(|| param_error("parameters", "RSASSA-PSS-params", "absent".to_owned()))?;
+    let params = algorithm.parameters.ok_or_else(|| {
+        pss_param_error(
+            subject,
+            "parameters",
+            "RSASSA-PSS-params",
+            "absent".to_owned(),
+        )
+    })?;
+    let [hash, mgf, salt, trailer] = pss_param_fields(params).map_err(pss_malformed)?;
+    check_pss_hash(hash, subject)?;
+    check_pss_mgf(mgf, subject)?;
+    check_pss_salt(salt, subject)?;
+    check_pss_trailer(trailer, subject)
+}
 
-    // The fields, by context tag number; DER requires them in ascending order, each at most once.
-    let fields: [Option<AnyRef<'_>>; 4] = params
-        .sequence(|r| {
-            let mut fields = [None; 4];
-            let mut next_allowed = 0u8;
-            while !r.is_finished() {
-                let field = AnyRef::decode(r)?;
-                let number = match field.tag() {
-                    Tag::ContextSpecific {
-                        constructed: true,
-                        number,
-                    } => number.value(),
-                    other => return Err(other.unexpected_error(None)),
-                };
-                if number < next_allowed || number > 3 {
-                    return Err(field.tag().non_canonical_error());
-                }
-                if let Some(slot) = fields.get_mut(usize::from(number)) {
-                    *slot = Some(field);
-                }
-                next_allowed = number + 1;
+/// A malformed RSASSA-PSS AlgorithmIdentifier.
+fn pss_malformed(source: der::Error) -> CertError {
+    CertError::Malformed {
+        what: "RSASSA-PSS algorithm identifier",
+        source,
+    }
+}
+
+/// A well-formed RSASSA-PSS parameter with a value other than the one AMD's keys need.
+fn pss_param_error(
+    subject: &str,
+    parameter: &'static str,
+    expected: &'static str,
+    found: String,
+) -> CertError {
+    CertError::PssParameter {
+        subject: subject.to_owned(),
+        parameter,
+        expected,
+        found,
+    }
+}
+
+/// The fields of RSASSA-PSS-params, by context tag number; DER requires them in ascending order, each at
+/// most once.
+fn pss_param_fields(params: AnyRef<'_>) -> der::Result<[Option<AnyRef<'_>>; 4]> {
+    params.sequence(|r| {
+        let mut fields = [None; 4];
+        let mut next_allowed = 0u8;
+        while !r.is_finished() {
+            let field = AnyRef::decode(r)?;
+            let number = match field.tag() {
+                Tag::ContextSpecific {
+                    constructed: true,
+                    number,
+                } => number.value(),
+                other => return Err(other.unexpected_error(None)),
+            };
+            if number < next_allowed || number > 3 {
+                return Err(field.tag().non_canonical_error());
             }
-            Ok(fields)
-        })
-        .map_err(malformed)?;
-    let [hash, mgf, salt, trailer] = fields;
+            if let Some(slot) = fields.get_mut(usize::from(number)) {
+                *slot = Some(field);
+            }
+            next_allowed = number + 1;
+        }
+        Ok(fields)
+    })
+}
 
-    let describe = |alg: &AlgorithmIdentifierRef<'_>| match alg.parameters {
+/// How an AlgorithmIdentifier is named in messages: its OID, and whether it has (non-NULL) parameters.
+fn describe_algorithm(alg: &AlgorithmIdentifierRef<'_>) -> String {
+    match alg.parameters {
         None => alg.oid.to_string(),
         Some(p) if p.is_null() => alg.oid.to_string(),
         Some(_) => format!("{} with parameters", alg.oid),
-    };
-    let is_sha384 = |alg: &AlgorithmIdentifierRef<'_>| {
-        alg.oid == oid::SHA384 && alg.parameters.is_none_or(|p| p.is_null())
-    };
-
-    // hashAlgorithm [0] EXPLICIT
-    let hash =
-        hash.ok_or_else(|| param_error("hashAlgorithm", "SHA-384", "absent (SHA-1)".to_owned()))?;
-    let hash = AlgorithmIdentifierRef::from_der(hash.value()).map_err(malformed)?;
-    if !is_sha384(&hash) {
-        return Err(param_error("hashAlgorithm", "SHA-384", describe(&hash)));
     }
+}
 
-    // maskGenAlgorithm [1] EXPLICIT: id-mgf1 with a hash AlgorithmIdentifier as parameters.
+/// SHA-384, with absent or NULL parameters.
+fn is_sha384(alg: &AlgorithmIdentifierRef<'_>) -> bool {
+    alg.oid == oid::SHA384 && alg.parameters.is_none_or(|p| p.is_null())
+}
+
+/// hashAlgorithm [0] EXPLICIT: SHA-384 (absent means the SHA-1 default, refused).
+fn check_pss_hash(hash: Option<AnyRef<'_>>, subject: &str) -> Result<(), CertError> {
+    let hash = hash.ok_or_else(|| {
+        pss_param_error(
+            subject,
+            "hashAlgorithm",
+            "SHA-384",
+            "absent (SHA-1)".to_owned(),
+        )
+    })?;
+    let hash = AlgorithmIdentifierRef::from_der(hash.value()).map_err(pss_malformed)?;
+    if !is_sha384(&hash) {
+        return Err(pss_param_error(
+            subject,
+            "hashAlgorithm",
+            "SHA-384",
+            describe_algorithm(&hash),
+        ));
+    }
+    Ok(())
+}
+
+/// maskGenAlgorithm [1] EXPLICIT: id-mgf1 with a hash AlgorithmIdentifier as parameters, SHA-384 (absent
+/// means the MGF1-SHA-1 default, refused).
+fn check_pss_mgf(mgf: Option<AnyRef<'_>>, subject: &str) -> Result<(), CertError> {
     let mgf = mgf.ok_or_else(|| {
-        param_error(
+        pss_param_error(
+            subject,
             "maskGenAlgorithm",
             "MGF1 with SHA-384",
             "absent (MGF1 with SHA-1)".to_owned(),
         )
     })?;
-    let mgf = AlgorithmIdentifierRef::from_der(mgf.value()).map_err(malformed)?;
+    let mgf = AlgorithmIdentifierRef::from_der(mgf.value()).map_err(pss_malformed)?;
     if mgf.oid != oid::MGF1 {
-        return Err(param_error(
+        return Err(pss_param_error(
+            subject,
             "maskGenAlgorithm",
             "MGF1 with SHA-384",
             mgf.oid.to_string(),
@@ -283,33 +328,51 @@ pub(crate) fn check_rsassa_pss_sha384(
     }
     let mgf_hash = mgf
         .parameters
-        .ok_or_else(|| param_error("maskGenAlgorithm hash", "SHA-384", "absent".to_owned()))?
+        .ok_or_else(|| {
+            pss_param_error(
+                subject,
+                "maskGenAlgorithm hash",
+                "SHA-384",
+                "absent".to_owned(),
+            )
+        })?
         .decode_as::<AlgorithmIdentifierRef<'_>>()
-        .map_err(malformed)?;
+        .map_err(pss_malformed)?;
     if !is_sha384(&mgf_hash) {
-        return Err(param_error(
+        return Err(pss_param_error(
+            subject,
             "maskGenAlgorithm hash",
             "SHA-384",
-            describe(&mgf_hash),
+            describe_algorithm(&mgf_hash),
         ));
     }
+    Ok(())
+}
 
-    // saltLength [2] EXPLICIT INTEGER
-    let salt = salt.ok_or_else(|| param_error("saltLength", "48", "absent (20)".to_owned()))?;
-    let salt = UintRef::from_der(salt.value()).map_err(malformed)?;
+/// saltLength [2] EXPLICIT INTEGER: 48, the SHA-384 output length ring's verifier fixes (absent means the
+/// default 20, refused).
+fn check_pss_salt(salt: Option<AnyRef<'_>>, subject: &str) -> Result<(), CertError> {
+    let salt =
+        salt.ok_or_else(|| pss_param_error(subject, "saltLength", "48", "absent (20)".to_owned()))?;
+    let salt = UintRef::from_der(salt.value()).map_err(pss_malformed)?;
     if salt.as_bytes() != [PSS_SALT_LEN_SHA384] {
-        return Err(param_error(
+        return Err(pss_param_error(
+            subject,
             "saltLength",
             "48",
             format!("0x{}", hex::encode(salt.as_bytes())),
         ));
     }
+    Ok(())
+}
 
-    // trailerField [3] EXPLICIT INTEGER: older AMD certificates write 1, newer ones omit the default.
+/// trailerField [3] EXPLICIT INTEGER: older AMD certificates write 1, newer ones omit the default.
+fn check_pss_trailer(trailer: Option<AnyRef<'_>>, subject: &str) -> Result<(), CertError> {
     if let Some(trailer) = trailer {
-        let trailer = UintRef::from_der(trailer.value()).map_err(malformed)?;
+        let trailer = UintRef::from_der(trailer.value()).map_err(pss_malformed)?;
         if trailer.as_bytes() != [1] {
-            return Err(param_error(
+            return Err(pss_param_error(
+                subject,
                 "trailerField",
                 "1",
                 format!("0x{}", hex::encode(trailer.as_bytes())),

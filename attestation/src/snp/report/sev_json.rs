@@ -142,101 +142,7 @@ pub fn parse_sev_json(json: &[u8]) -> Result<SevJsonEvidence, ReportError> {
     }
     let doc: Document =
         serde_json::from_slice(json).map_err(|e| bad(format!("not SNP evidence JSON: {e}")))?;
-    let r = doc.attestation_report;
-    let mut b = [0u8; REPORT_LEN];
-    let mut put = |off: usize, bytes: &[u8], field: &'static str, len: usize| {
-        if bytes.len() != len {
-            return Err(bad(format!(
-                "{field}: {} bytes, expected {len}",
-                bytes.len()
-            )));
-        }
-        b[off..off + len].copy_from_slice(bytes);
-        Ok(())
-    };
-    put(OFF_VERSION, &r.version.to_le_bytes(), "version", 4)?;
-    put(OFF_GUEST_SVN, &r.guest_svn.to_le_bytes(), "guest_svn", 4)?;
-    put(OFF_POLICY, &r.policy.to_le_bytes(), "policy", 8)?;
-    put(OFF_FAMILY_ID, &r.family_id, "family_id", 16)?;
-    put(OFF_IMAGE_ID, &r.image_id, "image_id", 16)?;
-    put(OFF_VMPL, &r.vmpl.to_le_bytes(), "vmpl", 4)?;
-    put(OFF_SIGNATURE_ALGO, &r.sig_algo.to_le_bytes(), "sig_algo", 4)?;
-    for (off, tcb, field) in [
-        (OFF_CURRENT_TCB, r.current_tcb, "current_tcb"),
-        (OFF_REPORTED_TCB, r.reported_tcb, "reported_tcb"),
-        (OFF_COMMITTED_TCB, r.committed_tcb, "committed_tcb"),
-        (OFF_LAUNCH_TCB, r.launch_tcb, "launch_tcb"),
-    ] {
-        let raw = TcbVersion {
-            fmc: tcb.fmc,
-            bootloader: tcb.bootloader,
-            tee: tcb.tee,
-            snp: tcb.snp,
-            microcode: tcb.microcode,
-        }
-        .encode();
-        put(off, &raw.to_le_bytes(), field, 8)?;
-    }
-    put(
-        OFF_PLATFORM_INFO,
-        &r.plat_info.to_le_bytes(),
-        "plat_info",
-        8,
-    )?;
-    put(OFF_KEY_INFO, &r.key_info.to_le_bytes(), "key_info", 4)?;
-    put(OFF_REPORT_DATA, &r.report_data, "report_data", 64)?;
-    put(OFF_MEASUREMENT, &r.measurement, "measurement", 48)?;
-    put(OFF_HOST_DATA, &r.host_data, "host_data", 32)?;
-    put(OFF_ID_KEY_DIGEST, &r.id_key_digest, "id_key_digest", 48)?;
-    put(
-        OFF_AUTHOR_KEY_DIGEST,
-        &r.author_key_digest,
-        "author_key_digest",
-        48,
-    )?;
-    put(OFF_REPORT_ID, &r.report_id, "report_id", 32)?;
-    put(OFF_REPORT_ID_MA, &r.report_id_ma, "report_id_ma", 32)?;
-    match (r.cpuid_fam_id, r.cpuid_mod_id, r.cpuid_step) {
-        (Some(f), Some(m), Some(s)) => put(OFF_CPUID_FAM_ID, &[f, m, s], "cpuid", 3)?,
-        (None, None, None) => {}
-        _ => {
-            return Err(bad(
-                "cpuid_fam_id, cpuid_mod_id, cpuid_step: all or none".into()
-            ))
-        }
-    }
-    put(OFF_CHIP_ID, &r.chip_id, "chip_id", 64)?;
-    let version = |v: &Version| [v.build, v.minor, v.major];
-    put(OFF_CURRENT_BUILD, &version(&r.current), "current", 3)?;
-    put(OFF_COMMITTED_BUILD, &version(&r.committed), "committed", 3)?;
-    if let Some(v) = r.launch_mit_vector {
-        put(
-            OFF_LAUNCH_MIT_VECTOR,
-            &v.to_le_bytes(),
-            "launch_mit_vector",
-            8,
-        )?;
-    }
-    if let Some(v) = r.current_mit_vector {
-        put(
-            OFF_CURRENT_MIT_VECTOR,
-            &v.to_le_bytes(),
-            "current_mit_vector",
-            8,
-        )?;
-    }
-    put(
-        OFF_SIGNATURE,
-        &r.signature.r,
-        "signature.r",
-        SIGNATURE_COMPONENT_LEN,
-    )?;
-    put(
-        OFF_SIGNATURE + SIGNATURE_COMPONENT_LEN,
-        &r.signature.s,
-        "signature.s",
-        SIGNATURE_COMPONENT_LEN,
-    )?;
+    let b = doc.attestation_report.signed_bytes()?;
     let decoded = AttestationReport::from_bytes(&b)?;
     let certificates = doc
         .cert_chain
@@ -254,6 +160,160 @@ pub fn parse_sev_json(json: &[u8]) -> Result<SevJsonEvidence, ReportError> {
         decoded,
         certificates,
     })
+}
+
+/// The report's bytes being rebuilt: zero (the reserved bytes stay so) until the fields are put.
+struct ReportBytes([u8; REPORT_LEN]);
+
+impl ReportBytes {
+    /// Writes `bytes` at `off`; a field of the wrong length is an error naming it, never truncated or padded.
+    fn put(
+        &mut self,
+        off: usize,
+        bytes: &[u8],
+        field: &'static str,
+        len: usize,
+    ) -> Result<(), ReportError> {
+        if bytes.len() != len {
+            return Err(bad(format!(
+                "{field}: {} bytes, expected {len}",
+                bytes.len()
+            )));
+        }
+        self.0[off..off + len].copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl Report {
+    /// The report's bytes as the AMD-SP signed them: every field at its SNP ABI offset, in the order of the
+    /// layout (the first field of the wrong length is the error).
+    fn signed_bytes(&self) -> Result<[u8; REPORT_LEN], ReportError> {
+        let mut b = ReportBytes([0u8; REPORT_LEN]);
+        self.put_guest_fields(&mut b)?;
+        self.put_tcbs(&mut b)?;
+        self.put_platform_and_digests(&mut b)?;
+        self.put_chip_and_firmware(&mut b)?;
+        self.put_signature(&mut b)?;
+        Ok(b.0)
+    }
+
+    /// VERSION through SIGNATURE_ALGO: what the guest owner set at launch.
+    fn put_guest_fields(&self, b: &mut ReportBytes) -> Result<(), ReportError> {
+        b.put(OFF_VERSION, &self.version.to_le_bytes(), "version", 4)?;
+        b.put(OFF_GUEST_SVN, &self.guest_svn.to_le_bytes(), "guest_svn", 4)?;
+        b.put(OFF_POLICY, &self.policy.to_le_bytes(), "policy", 8)?;
+        b.put(OFF_FAMILY_ID, &self.family_id, "family_id", 16)?;
+        b.put(OFF_IMAGE_ID, &self.image_id, "image_id", 16)?;
+        b.put(OFF_VMPL, &self.vmpl.to_le_bytes(), "vmpl", 4)?;
+        b.put(
+            OFF_SIGNATURE_ALGO,
+            &self.sig_algo.to_le_bytes(),
+            "sig_algo",
+            4,
+        )
+    }
+
+    /// The four TCB versions, each encoded in the layout its `fmc` implies (Turin's with an FMC, or the
+    /// older one).
+    fn put_tcbs(&self, b: &mut ReportBytes) -> Result<(), ReportError> {
+        for (off, tcb, field) in [
+            (OFF_CURRENT_TCB, self.current_tcb, "current_tcb"),
+            (OFF_REPORTED_TCB, self.reported_tcb, "reported_tcb"),
+            (OFF_COMMITTED_TCB, self.committed_tcb, "committed_tcb"),
+            (OFF_LAUNCH_TCB, self.launch_tcb, "launch_tcb"),
+        ] {
+            let raw = TcbVersion {
+                fmc: tcb.fmc,
+                bootloader: tcb.bootloader,
+                tee: tcb.tee,
+                snp: tcb.snp,
+                microcode: tcb.microcode,
+            }
+            .encode();
+            b.put(off, &raw.to_le_bytes(), field, 8)?;
+        }
+        Ok(())
+    }
+
+    /// PLATFORM_INFO, KEY_INFO, REPORT_DATA, MEASUREMENT, HOST_DATA, the key digests and the report ids.
+    fn put_platform_and_digests(&self, b: &mut ReportBytes) -> Result<(), ReportError> {
+        b.put(
+            OFF_PLATFORM_INFO,
+            &self.plat_info.to_le_bytes(),
+            "plat_info",
+            8,
+        )?;
+        b.put(OFF_KEY_INFO, &self.key_info.to_le_bytes(), "key_info", 4)?;
+        b.put(OFF_REPORT_DATA, &self.report_data, "report_data", 64)?;
+        b.put(OFF_MEASUREMENT, &self.measurement, "measurement", 48)?;
+        b.put(OFF_HOST_DATA, &self.host_data, "host_data", 32)?;
+        b.put(OFF_ID_KEY_DIGEST, &self.id_key_digest, "id_key_digest", 48)?;
+        b.put(
+            OFF_AUTHOR_KEY_DIGEST,
+            &self.author_key_digest,
+            "author_key_digest",
+            48,
+        )?;
+        b.put(OFF_REPORT_ID, &self.report_id, "report_id", 32)?;
+        b.put(OFF_REPORT_ID_MA, &self.report_id_ma, "report_id_ma", 32)
+    }
+
+    /// CPUID (all three fields or none), CHIP_ID, the current and committed firmware versions, and the
+    /// mitigation vectors when present.
+    fn put_chip_and_firmware(&self, b: &mut ReportBytes) -> Result<(), ReportError> {
+        match (self.cpuid_fam_id, self.cpuid_mod_id, self.cpuid_step) {
+            (Some(f), Some(m), Some(s)) => b.put(OFF_CPUID_FAM_ID, &[f, m, s], "cpuid", 3)?,
+            (None, None, None) => {}
+            _ => {
+                return Err(bad(
+                    "cpuid_fam_id, cpuid_mod_id, cpuid_step: all or none".into()
+                ))
+            }
+        }
+        b.put(OFF_CHIP_ID, &self.chip_id, "chip_id", 64)?;
+        let version = |v: &Version| [v.build, v.minor, v.major];
+        b.put(OFF_CURRENT_BUILD, &version(&self.current), "current", 3)?;
+        b.put(
+            OFF_COMMITTED_BUILD,
+            &version(&self.committed),
+            "committed",
+            3,
+        )?;
+        if let Some(v) = self.launch_mit_vector {
+            b.put(
+                OFF_LAUNCH_MIT_VECTOR,
+                &v.to_le_bytes(),
+                "launch_mit_vector",
+                8,
+            )?;
+        }
+        if let Some(v) = self.current_mit_vector {
+            b.put(
+                OFF_CURRENT_MIT_VECTOR,
+                &v.to_le_bytes(),
+                "current_mit_vector",
+                8,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// SIGNATURE: R then S, each as the report stores it (little-endian, zero-padded).
+    fn put_signature(&self, b: &mut ReportBytes) -> Result<(), ReportError> {
+        b.put(
+            OFF_SIGNATURE,
+            &self.signature.r,
+            "signature.r",
+            SIGNATURE_COMPONENT_LEN,
+        )?;
+        b.put(
+            OFF_SIGNATURE + SIGNATURE_COMPONENT_LEN,
+            &self.signature.s,
+            "signature.s",
+            SIGNATURE_COMPONENT_LEN,
+        )
+    }
 }
 
 /// The attestation agent's JSON for a report and its certificates (`cert_type`, DER): the `sev` crate's
