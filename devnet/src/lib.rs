@@ -33,7 +33,9 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use cloister_keybroker::{generate_tls_identity, BrokerConfig, KeyBroker};
-use cloister_session::{AttestedSession, ClientIdentity, SessionError, SessionPolicy};
+use cloister_session::{
+    AttestedSession, ClientIdentity, SessionConfig, SessionConfigBuilder, SessionError,
+};
 
 /// Why a deployment could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -527,11 +529,24 @@ impl Deployment {
         })
     }
 
+    /// What the client trusts and presents: its policy (with the simulated root it names) and its
+    /// certificate, if the deployment has one.
+    pub fn session_config_builder(&self) -> Result<SessionConfigBuilder, SessionError> {
+        let builder = SessionConfig::builder_from_file(&self.client_policy)?;
+        Ok(match &self.client_identity {
+            Some(id) => builder.with_client_identity(std::sync::Arc::clone(id)),
+            None => builder,
+        })
+    }
+
+    /// [`Deployment::session_config_builder`], built.
+    pub fn session_config(&self) -> Result<std::sync::Arc<SessionConfig>, SessionError> {
+        self.session_config_builder()?.build()
+    }
+
     /// Opens an attested session with the client's policy.
     pub async fn session(&self) -> Result<AttestedSession, SessionError> {
-        let mut trust = SessionPolicy::from_file(&self.client_policy)?;
-        trust.client_identity.clone_from(&self.client_identity);
-        AttestedSession::connect(&self.endpoint, &trust).await
+        AttestedSession::connect(&self.endpoint, &*self.session_config()?).await
     }
 
     /// Waits until the enclave is attested (by the client's policy) and ready to serve its model.

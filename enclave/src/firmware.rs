@@ -533,8 +533,8 @@ mod sim {
         pub(super) fn open(_: &Path, _: &[u8], _: bool) -> Result<Self, FirmwareError> {
             Err(FirmwareError::Unavailable {
                 backend: "simulated",
-                missing: "this build was made without the `insecure-simulator` feature (a production build: \
-                          cargo build -p cloister-enclave --no-default-features)",
+                missing: "this build was made without the `insecure-simulator` feature (a production build, as \
+                          `cargo build -p cloister-enclave` makes; `cargo build --workspace` includes it)",
             })
         }
     }

@@ -250,70 +250,17 @@ async fn run(
     config: Config,
     initdata: Option<InitData>,
 ) -> anyhow::Result<()> {
+    #[cfg(feature = "insecure-simulator")]
+    tracing::warn!(
+        "this cloister-enclave was built with the `insecure-simulator` feature (a development build, as \
+         `cargo build --workspace` makes it): it can forge reports under the simulated root. Production \
+         enclaves are built with `cargo build --release -p cloister-enclave`"
+    );
     let running: Arc<Running> = Arc::default();
-    // SIGTERM (a supervisor) and SIGINT (Ctrl-C in a terminal reaches the whole foreground process
-    // group, enclave included) both stop the enclave with a signed `stop`: dying on the default
-    // SIGINT action would leave the audit log with an unsigned tail.
-    use tokio::signal::unix::{signal, SignalKind};
-    for (kind, name) in [
-        (SignalKind::terminate(), "SIGTERM"),
-        (SignalKind::interrupt(), "SIGINT"),
-    ] {
-        let running = Arc::clone(&running);
-        let mut stream =
-            signal(kind).with_context(|| format!("cannot install the {name} handler"))?;
-        tokio::spawn(async move {
-            if stream.recv().await.is_some() {
-                final_commit(&running).await;
-                seal_and_exit(&running, name);
-            }
-        });
-    }
-    if args.exit_on_stdin_eof {
-        let running = Arc::clone(&running);
-        let handle = tokio::runtime::Handle::current();
-        std::thread::spawn(move || {
-            let mut sink = [0u8; 64];
-            let mut stdin = std::io::stdin().lock();
-            // Read until end of file, then stop the process. Interrupted or would-block reads are
-            // not the end (the pipe may be non-blocking); any other error means the pipe is gone.
-            loop {
-                match std::io::Read::read(&mut stdin, &mut sink) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(std::time::Duration::from_millis(200));
-                    }
-                    Err(_) => break,
-                }
-            }
-            handle.block_on(final_commit(&running));
-            seal_and_exit(
-                &running,
-                "standard input closed (the host is gone or stops it)",
-            );
-        });
-    }
+    install_stop_handlers(&running, args.exit_on_stdin_eof)?;
     let blobs = BlobService::parse(&args.blobs).context("invalid --blobs")?;
     let broker = BrokerClient::new(&config.key_broker).context("invalid key_broker")?;
-    // What a launch measures besides the executable: the configuration when it is given as a file (the
-    // simulator folds it into MEASUREMENT); nothing when it comes through initdata, which HOST_DATA binds
-    // instead, as on Kata, where one pod-VM measurement serves every deployment.
-    let measured_config: &[u8] = if initdata.is_some() {
-        b""
-    } else {
-        &config_bytes
-    };
-    let firmware = firmware::open(&config.firmware, measured_config).with_context(|| {
-        format!(
-            "cannot open the firmware backend \"{}\"",
-            config.firmware.name()
-        )
-    })?;
-    if let Some(initdata) = &initdata {
-        check_host_data(firmware.as_ref(), initdata)?;
-    }
+    let firmware = open_firmware(&config, &config_bytes, initdata.as_ref())?;
     tracing::info!(
         firmware = config.firmware.name(),
         config_digest = %hex::encode(config.digest.0),
@@ -323,39 +270,8 @@ async fn run(
 
     let tls =
         server::tls_config(&config.clients, &config.client_pins).context("cannot set up TLS")?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "cloister-enclave: listening on {addr}")
-            .and_then(|()| out.flush())
-            .context("cannot write to stdout")?;
-    }
-
-    // A missing VCEK comes through the host's /collateral service (a KDS mirror), and is verified here.
-    // The host fetches from AMD with its own retries (a 429 may take minutes): one request waits for them.
-    let collateral = match config.collateral {
-        CollateralSource::Off | CollateralSource::Thim => None,
-        CollateralSource::Host => Some(Arc::new(
-            Collateral::new(Sources {
-                kds_url: Some(format!("{}/collateral", args.blobs.trim_end_matches('/'))),
-                simulated_root: firmware.simulated_root(),
-                retry: CollateralRetry {
-                    budget: std::time::Duration::from_secs(300),
-                    request_timeout: std::time::Duration::from_secs(150),
-                    initial_backoff: std::time::Duration::from_secs(1),
-                    max_backoff: std::time::Duration::from_secs(10),
-                    max_unreachable_attempts: 5,
-                },
-                ..Sources::default()
-            })
-            .context("invalid --blobs for the collateral service")?,
-        )),
-    };
+    let listener = bind_and_announce(&args.listen).await?;
+    let collateral = collateral_service(&config, &args.blobs, firmware.as_ref())?;
     let attester = if config.collateral == CollateralSource::Thim {
         Attester::with_thim(firmware, cloister_collateral::thim::DEFAULT_THIM_URL)
     } else {
@@ -392,4 +308,123 @@ async fn run(
     ));
     server::serve(listener, tls, enclave).await;
     Ok(())
+}
+
+/// SIGTERM (a supervisor) and SIGINT (Ctrl-C in a terminal reaches the whole foreground process group,
+/// enclave included) both stop the enclave with a last commit and a signed `stop`: dying on the default
+/// SIGINT action would leave the audit log with an unsigned tail. With `exit_on_stdin_eof`, so does the
+/// end of standard input (the host's launcher holds the pipe: a dead host takes its enclave with it).
+fn install_stop_handlers(running: &Arc<Running>, exit_on_stdin_eof: bool) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    for (kind, name) in [
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::interrupt(), "SIGINT"),
+    ] {
+        let running = Arc::clone(running);
+        let mut stream =
+            signal(kind).with_context(|| format!("cannot install the {name} handler"))?;
+        tokio::spawn(async move {
+            if stream.recv().await.is_some() {
+                final_commit(&running).await;
+                seal_and_exit(&running, name);
+            }
+        });
+    }
+    if exit_on_stdin_eof {
+        let running = Arc::clone(running);
+        let handle = tokio::runtime::Handle::current();
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 64];
+            let mut stdin = std::io::stdin().lock();
+            // Read until end of file, then stop the process. Interrupted or would-block reads are
+            // not the end (the pipe may be non-blocking); any other error means the pipe is gone.
+            loop {
+                match std::io::Read::read(&mut stdin, &mut sink) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
+                    Err(_) => break,
+                }
+            }
+            handle.block_on(final_commit(&running));
+            seal_and_exit(
+                &running,
+                "standard input closed (the host is gone or stops it)",
+            );
+        });
+    }
+    Ok(())
+}
+
+/// Opens the firmware backend the configuration names and, for a configuration read from initdata, checks
+/// that HOST_DATA binds it.
+fn open_firmware(
+    config: &Config,
+    config_bytes: &[u8],
+    initdata: Option<&InitData>,
+) -> anyhow::Result<Arc<dyn firmware::Firmware>> {
+    // What a launch measures besides the executable: the configuration when it is given as a file (the
+    // simulator folds it into MEASUREMENT); nothing when it comes through initdata, which HOST_DATA binds
+    // instead, as on Kata, where one pod-VM measurement serves every deployment.
+    let measured_config: &[u8] = if initdata.is_some() {
+        b""
+    } else {
+        config_bytes
+    };
+    let firmware = firmware::open(&config.firmware, measured_config).with_context(|| {
+        format!(
+            "cannot open the firmware backend \"{}\"",
+            config.firmware.name()
+        )
+    })?;
+    if let Some(initdata) = initdata {
+        check_host_data(firmware.as_ref(), initdata)?;
+    }
+    Ok(firmware)
+}
+
+/// Binds the TLS listener and prints `cloister-enclave: listening on ADDR` on stdout (the host reads it).
+async fn bind_and_announce(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "cloister-enclave: listening on {addr}")
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")?;
+    Ok(listener)
+}
+
+/// The collateral service, when the configuration takes a missing VCEK from the host: through the host's
+/// /collateral service (a KDS mirror), verified here. The host fetches from AMD with its own retries (a 429
+/// may take minutes): one request waits for them.
+fn collateral_service(
+    config: &Config,
+    blobs_url: &str,
+    firmware: &dyn firmware::Firmware,
+) -> anyhow::Result<Option<Arc<Collateral>>> {
+    Ok(match config.collateral {
+        CollateralSource::Off | CollateralSource::Thim => None,
+        CollateralSource::Host => Some(Arc::new(
+            Collateral::new(Sources {
+                kds_url: Some(format!("{}/collateral", blobs_url.trim_end_matches('/'))),
+                simulated_root: firmware.simulated_root(),
+                retry: CollateralRetry {
+                    budget: std::time::Duration::from_secs(300),
+                    request_timeout: std::time::Duration::from_secs(150),
+                    initial_backoff: std::time::Duration::from_secs(1),
+                    max_backoff: std::time::Duration::from_secs(10),
+                    max_unreachable_attempts: 5,
+                },
+                ..Sources::default()
+            })
+            .context("invalid --blobs for the collateral service")?,
+        )),
+    })
 }

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cloister_kserve::{
-    AttestationRequest, DecodeLimits, Error as KserveError, ErrorResponse, InferRequest,
-    InferResponse, InferTensor, MetadataTensor, ModelMetadataResponse, TensorProblem,
-    EVIDENCE_CONTENT_TYPE, INFERENCE_HEADER_CONTENT_LENGTH, JSON_CONTENT_TYPE,
+    DecodeLimits, Error as KserveError, ErrorResponse, InferRequest, InferResponse, InferTensor,
+    MetadataTensor, ModelMetadataResponse, TensorProblem, INFERENCE_HEADER_CONTENT_LENGTH,
+    JSON_CONTENT_TYPE,
 };
+use cloister_proto::session_attestation::{EnclaveAttestation, MAX_REQUEST_LEN};
 use cloister_proto::tls::{self, danger::PinnedClients};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -56,7 +57,7 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 /// At most this many connections are served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Largest `POST /v2/attestation` body.
-pub const MAX_ATTESTATION_BODY: u64 = 4096;
+pub const MAX_ATTESTATION_BODY: u64 = MAX_REQUEST_LEN as u64;
 /// The version every model is served as.
 pub const MODEL_VERSION: &str = "1";
 
@@ -391,8 +392,8 @@ fn loaded(slot: &ModelSlot) -> Result<Arc<LoadedModel>, ApiError> {
 
 async fn attestation(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let body = read_body(req, MAX_ATTESTATION_BODY).await?;
-    let request: AttestationRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("malformed attestation request: {e}")))?;
+    let to_attest = EnclaveAttestation::receive(&body, ctx.exporter)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let enclave = &ctx.enclave;
     // Queued, not refused: a burst of new sessions (64 clients connecting at once) waits its turn for the
     // firmware, in arrival order, up to the queue deadline. Waiting costs a connection (bounded by
@@ -410,8 +411,8 @@ async fn attestation(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, A
         )));
     };
     let claims = firmware::claims(
-        request.nonce,
-        ctx.exporter,
+        to_attest.nonce(),
+        to_attest.exporter(),
         None,
         enclave.model_digests(),
         enclave.config_digest(),
@@ -420,19 +421,19 @@ async fn attestation(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, A
         tracing::error!("attestation failed: {}", error_chain(&e));
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "attestation failed")
     })?;
-    let bytes = evidence.to_bytes().map_err(|_| {
-        tracing::error!("evidence does not encode");
+    let answer = to_attest.answer(&evidence).map_err(|e| {
+        tracing::error!("attestation failed: {e}");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "attestation failed")
     })?;
     // Receipts of this connection point to the evidence it was last served.
     if let Ok(mut d) = ctx.evidence_digest.lock() {
-        *d = Some(cloister_governance::evidence_digest(&bytes));
+        *d = Some(cloister_governance::evidence_digest(&answer.body));
     }
     enclave.metrics().attestation();
     Ok(bytes_response(
         StatusCode::OK,
-        EVIDENCE_CONTENT_TYPE,
-        bytes,
+        answer.content_type,
+        answer.body,
         None,
     ))
 }

@@ -34,7 +34,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::{AttestedSession, SessionError, SessionPolicy};
+use crate::{AttestedSession, SessionConfig, SessionError};
 
 mod admission;
 
@@ -50,7 +50,7 @@ pub type OnAttested = Box<dyn Fn(&AttestedSession) + Send + Sync>;
 /// A pool of attested sessions to one enclave.
 pub struct Proxy {
     endpoint: String,
-    trust: SessionPolicy,
+    trust: Arc<SessionConfig>,
     idle: Mutex<Vec<Upstream>>,
     sessions: Arc<Semaphore>,
     on_attested: OnAttested,
@@ -75,7 +75,7 @@ impl Proxy {
     /// concurrent requests wait for one).
     pub fn new(
         endpoint: &str,
-        trust: SessionPolicy,
+        trust: Arc<SessionConfig>,
         max_sessions: usize,
         on_attested: OnAttested,
     ) -> Self {

@@ -3,39 +3,37 @@
 //!
 //! Order of operations (nothing but the nonce leaves the client before step 4):
 //! 1. TCP + TLS 1.3 to the endpoint (usually the untrusted host's relay); the server certificate is not
-//!    checked against a CA (see `cloister_proto::tls::danger::AttestedServer`).
+//!    checked against a CA (`cloister_proto::session_attestation::client_tls_config`).
 //! 2. Compute this connection's exporter (RFC 8446 §7.5, label `EXPERIMENTAL-cloister-attestation`).
 //! 3. `POST /v2/attestation` with a fresh nonce; verify the evidence: AMD chain, signature, policy
 //!    (measurement, TCB, root, model digests), REPORT_DATA = hash of the claims, our nonce, our exporter.
+//!    The steps and checks are the sans-IO machine `cloister_proto::session_attestation`; this module
+//!    does the I/O, and a session holds the machine's proof ([`Attested`]).
 //! 4. Before using a model, check that its digest (from the enclave's metadata, on this attested
 //!    connection) is among the attested claims.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cloister_attestation::evidence::{
-    verify_evidence, Evidence, ExpectedSession, VerifiedEvidence, MAX_EVIDENCE_LEN,
-};
+use cloister_attestation::evidence::{VerifiedEvidence, MAX_EVIDENCE_LEN};
 use cloister_attestation::policy::NoWorkloadPin;
-use cloister_attestation::snp::certs::AmdCertificate;
-use cloister_attestation::snp::crl::AmdCrl;
-use cloister_attestation::{Policy, VerifyOptions};
+use cloister_attestation::Policy;
+use cloister_collateral::Error as InputError;
 use cloister_kserve::{
-    AttestationRequest, InferRequest, InferResponse, ModelMetadataResponse, EVIDENCE_CONTENT_TYPE,
-    INFERENCE_HEADER_CONTENT_LENGTH, JSON_CONTENT_TYPE,
+    InferRequest, InferResponse, ModelMetadataResponse, INFERENCE_HEADER_CONTENT_LENGTH,
+    JSON_CONTENT_TYPE,
 };
+use cloister_proto::session_attestation::{Attested, ClientAttestation, ATTESTATION_PATH};
+use cloister_proto::tls;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use cloister_collateral::files as chain_files;
-use cloister_collateral::{Collateral, Error as InputError};
-use cloister_proto::tls::{self, danger::AttestedServer};
+use crate::SessionConfig;
 
 /// Largest response body accepted from an enclave (inference outputs included).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -98,79 +96,26 @@ pub enum SessionError {
     Collateral(String),
 }
 
-/// What the client trusts: its policy and, for development, a simulated root.
-#[derive(Clone)]
-pub struct SessionPolicy {
-    /// The verification policy (measurement, TCB, model digests, ...).
-    pub policy: Policy,
-    /// A simulated ARK to trust (from the policy's `simulated_root`), or none.
-    pub simulated_root: Option<AmdCertificate>,
-    /// ARK-signed CRLs to apply (from the policy's `crl` and `crls`).
-    pub crls: Vec<AmdCrl>,
-    /// Verification instant (Unix seconds); `None` means now.
-    pub at_unix: Option<i64>,
-    /// Where a VCEK the evidence does not carry is fetched from (`--kds-url`, `--cache`, `--collateral`);
-    /// `None`: evidence without its VCEK is rejected.
-    pub collateral: Option<Arc<Collateral>>,
-    /// A TLS client certificate and key to present (`[clients]` in the enclave's configuration).
-    pub client_identity: Option<Arc<ClientIdentity>>,
-}
-
-/// A TLS client certificate chain and its private key.
-pub struct ClientIdentity {
-    /// The chain, leaf first.
-    pub certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
-    /// The key.
-    pub key: rustls::pki_types::PrivateKeyDer<'static>,
-}
-
-impl std::fmt::Debug for ClientIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientIdentity")
-            .field("certificates", &self.certificates.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ClientIdentity {
-    /// Reads a PEM certificate (chain) and a PEM private key.
-    pub fn from_pem_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Self, String> {
-        use rustls::pki_types::pem::PemObject;
-        let certificates = rustls::pki_types::CertificateDer::pem_file_iter(cert)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}", cert.display()))?;
-        if certificates.is_empty() {
-            return Err(format!("{}: no certificate", cert.display()));
+impl From<cloister_proto::Error> for SessionError {
+    /// The attestation machine's reasons, in the session's terms.
+    fn from(e: cloister_proto::Error) -> Self {
+        match e {
+            cloister_proto::Error::Evidence(e) => SessionError::Attestation(*e),
+            cloister_proto::Error::EnclaveStatus { status, message } => SessionError::Status {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                message,
+            },
+            cloister_proto::Error::Rng => SessionError::Tls("system RNG failed".into()),
+            other => SessionError::Malformed(other.to_string()),
         }
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| format!("{}: {e}", key.display()))?;
-        Ok(ClientIdentity { certificates, key })
-    }
-}
-
-impl SessionPolicy {
-    /// Loads a policy file; the `simulated_root`, `crl` and `crls` it names (relative to the file) are
-    /// loaded too.
-    pub fn from_file(path: &std::path::Path) -> Result<Self, InputError> {
-        let policy = chain_files::read_policy(path)?;
-        let (simulated_root, crls) = chain_files::read_policy_files(&policy)?;
-        Ok(SessionPolicy {
-            policy,
-            simulated_root,
-            crls,
-            at_unix: None,
-            collateral: None,
-            client_identity: None,
-        })
     }
 }
 
 /// A TLS session with an enclave whose evidence, bound to this very connection, satisfied the policy.
 pub struct AttestedSession {
     sender: SendRequest<Full<Bytes>>,
-    evidence: VerifiedEvidence,
-    /// The evidence as it travelled (what receipts point to).
-    evidence_bytes: Bytes,
+    /// The proof: verified evidence bound to this connection (and the bytes receipts point to).
+    attested: Attested,
     policy: Policy,
     /// The receipt of the last inference.
     last_receipt: Option<cloister_governance::Receipt>,
@@ -179,23 +124,8 @@ pub struct AttestedSession {
 impl std::fmt::Debug for AttestedSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AttestedSession")
-            .field("evidence", &self.evidence)
+            .field("evidence", self.attested.evidence())
             .finish_non_exhaustive()
-    }
-}
-
-fn tls_config(identity: Option<&ClientIdentity>) -> Result<rustls::ClientConfig, SessionError> {
-    // The enclave's certificate is ephemeral: it is authenticated by the evidence bound to this connection's
-    // exporter, verified before anything is sent (`AttestedServer`'s documentation).
-    let builder = tls::client_builder()
-        .map_err(|e| SessionError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AttestedServer::new(&tls::provider())));
-    match identity {
-        None => Ok(builder.with_no_client_auth()),
-        Some(id) => builder
-            .with_client_auth_cert(id.certificates.clone(), id.key.clone_key())
-            .map_err(|e| SessionError::Tls(format!("client certificate: {e}"))),
     }
 }
 
@@ -221,19 +151,16 @@ fn status_error(status: StatusCode, body: &[u8]) -> SessionError {
 }
 
 impl AttestedSession {
-    /// Connects to `endpoint` (`HOST:PORT`), attests the enclave and verifies it against `trust`.
-    ///
-    /// A policy that pins no workload identity is refused before connecting ([`SessionError::NoWorkloadPin`]):
-    /// inputs would go to whatever code runs on a genuine AMD platform, unless the policy says
-    /// `allow_any_workload = true`.
-    pub async fn connect(endpoint: &str, trust: &SessionPolicy) -> Result<Self, SessionError> {
-        trust.policy.require_workload_pin()?;
-        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(endpoint, trust))
+    /// Connects to `endpoint` (`HOST:PORT`), attests the enclave and verifies it under `config`.
+    pub async fn connect(endpoint: &str, config: &SessionConfig) -> Result<Self, SessionError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(endpoint, config))
             .await
             .map_err(|_| SessionError::Timeout("connecting and attesting"))?
     }
 
-    async fn connect_inner(endpoint: &str, trust: &SessionPolicy) -> Result<Self, SessionError> {
+    /// The I/O around [`cloister_proto::session_attestation`]: TCP, TLS, the exporter, one HTTP exchange,
+    /// a collateral fetch when the evidence lacks its VCEK; the machine decides what is sent and accepted.
+    async fn connect_inner(endpoint: &str, config: &SessionConfig) -> Result<Self, SessionError> {
         let tcp = TcpStream::connect(endpoint)
             .await
             .map_err(|source| SessionError::Connect {
@@ -242,10 +169,9 @@ impl AttestedSession {
             })?;
         // Latency: requests are small and interactive.
         tcp.set_nodelay(true).ok();
-        let connector = TlsConnector::from(Arc::new(tls_config(trust.client_identity.as_deref())?));
         let server_name = rustls::pki_types::ServerName::try_from("cloister-enclave")
             .map_err(|e| SessionError::Tls(e.to_string()))?;
-        let tls = connector
+        let tls = TlsConnector::from(config.tls())
             .connect(server_name, tcp)
             .await
             .map_err(|e| SessionError::Tls(e.to_string()))?;
@@ -260,15 +186,10 @@ impl AttestedSession {
             let _ = connection.await;
         });
 
-        let mut nonce = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut nonce)
-            .map_err(|_| SessionError::Tls("system RNG failed".into()))?;
-        let body = serde_json::to_vec(&AttestationRequest { nonce })
-            .map_err(|e| SessionError::Malformed(e.to_string()))?;
+        let (attestation, body) = ClientAttestation::start(&SystemRandom::new(), exporter)?;
         let request = Request::builder()
             .method(Method::POST)
-            .uri("/v2/attestation")
+            .uri(ATTESTATION_PATH)
             .header("host", "cloister-enclave")
             .header("content-type", JSON_CONTENT_TYPE)
             .body(Full::new(Bytes::from(body)))
@@ -283,60 +204,40 @@ impl AttestedSession {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let (status, body) = read_body(response, MAX_EVIDENCE_LEN).await?;
-        if status != StatusCode::OK {
-            return Err(status_error(status, &body));
-        }
-        if content_type.as_deref() != Some(EVIDENCE_CONTENT_TYPE) {
-            return Err(SessionError::Malformed(format!(
-                "attestation response has content type {content_type:?}, expected {EVIDENCE_CONTENT_TYPE}"
-            )));
-        }
-        let mut evidence = Evidence::from_bytes(&body)?;
+        let mut received =
+            attestation.receive(status.as_u16(), content_type.as_deref(), body.to_vec())?;
         // Evidence carries its VCEK; only when it does not, and the user said where from, is it fetched
         // (and verified, as everything in the chain is).
-        if let Some(collateral) = &trust.collateral {
-            if evidence.cert_chain.leaf.is_empty() {
-                let snp = evidence.snp_report()?.to_vec();
-                collateral
-                    .complete(&snp, &mut evidence.cert_chain)
-                    .await
-                    .map_err(|e| SessionError::Collateral(e.to_string()))?;
-            }
+        if let (Some(report), Some(collateral)) = (received.missing_vcek()?, config.collateral()) {
+            let report = report.to_vec();
+            collateral
+                .complete(&report, received.chain_mut())
+                .await
+                .map_err(|e| SessionError::Collateral(e.to_string()))?;
         }
-        let at_unix = trust
-            .at_unix
-            .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp());
-        let options = VerifyOptions {
-            at_unix,
-            crls: &trust.crls,
-            simulated_root: trust.simulated_root.as_ref(),
-        };
-        let verified = verify_evidence(
-            &evidence,
-            &trust.policy,
-            &options,
-            &ExpectedSession {
-                nonce: &nonce,
-                tls_exporter: &exporter,
-            },
-        )?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let attested = received.verify(config.policy(), &config.verify_options(now))?;
         Ok(AttestedSession {
             sender,
-            evidence: verified,
-            evidence_bytes: body,
-            policy: trust.policy.clone(),
+            attested,
+            policy: config.policy().clone(),
             last_receipt: None,
         })
     }
 
+    /// The proof this session's peer was attested: its verified evidence, bound to this connection.
+    pub fn attested(&self) -> &Attested {
+        &self.attested
+    }
+
     /// The verified evidence of this session.
     pub fn evidence(&self) -> &VerifiedEvidence {
-        &self.evidence
+        self.attested.evidence()
     }
 
     /// The evidence as it travelled (postcard bytes).
     pub fn evidence_bytes(&self) -> &[u8] {
-        &self.evidence_bytes
+        self.attested.evidence_bytes()
     }
 
     /// The receipt of the last inference with the evidence it points to, for `cloister receipt verify`.
@@ -345,7 +246,7 @@ impl AttestedSession {
             .clone()
             .map(|receipt| cloister_governance::ReceiptFile {
                 receipt,
-                evidence: self.evidence_bytes.to_vec(),
+                evidence: self.attested.evidence_bytes().to_vec(),
             })
     }
 
@@ -419,7 +320,7 @@ impl AttestedSession {
         }
         let meta: ModelMetadataResponse = serde_json::from_slice(&reply.body)
             .map_err(|e| SessionError::Malformed(format!("model metadata: {e}")))?;
-        let claims = self.evidence.claims();
+        let claims = self.attested.evidence().claims();
         let digest = *meta.digest.as_bytes();
         let attested = claims
             .model_digests

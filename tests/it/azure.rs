@@ -6,7 +6,7 @@
 
 use cloister_attestation::policy::WorkloadIdentity;
 use cloister_enclave::firmware::azure::swtpm::Swtpm;
-use cloister_session::{AttestedSession, SessionError, SessionPolicy};
+use cloister_session::{AttestedSession, SessionError};
 
 use crate::e2e::{deploy, mlp, mlp_input, READY};
 
@@ -65,11 +65,17 @@ async fn enclave_on_a_simulated_azure_cvm_releases_keys_and_serves_by_vtpm_evide
     assert!(audit.contains("\"decision\":\"granted\""), "{audit}");
 
     // A client that pins another PCR 11 sends nothing.
-    let mut trust = SessionPolicy::from_file(&d.client_policy).unwrap();
-    let tpm = trust.policy.tpm.as_mut().unwrap();
-    tpm.pcrs
-        .0
-        .insert(11, cloister_attestation::policy::HexBytes([0xab; 32]));
+    let trust = d
+        .session_config_builder()
+        .unwrap()
+        .with_policy(|p| {
+            let tpm = p.tpm.as_mut().unwrap();
+            tpm.pcrs
+                .0
+                .insert(11, cloister_attestation::policy::HexBytes([0xab; 32]));
+        })
+        .build()
+        .unwrap();
     let err = AttestedSession::connect(&d.endpoint, &trust)
         .await
         .expect_err("refused");
@@ -78,14 +84,22 @@ async fn enclave_on_a_simulated_azure_cvm_releases_keys_and_serves_by_vtpm_evide
 
     // Issue 21, item 1: the paravisor's measurement is the same on every Azure CVM. A policy that pins only
     // it is refused before connecting, and one that calls it a bare-SNP measurement refuses vTPM evidence.
-    let mut trust = SessionPolicy::from_file(&d.client_policy).unwrap();
-    trust.policy.tpm = None;
-    let err = AttestedSession::connect(&d.endpoint, &trust)
-        .await
-        .expect_err("refused");
+    let no_pcrs = d
+        .session_config_builder()
+        .unwrap()
+        .with_policy(|p| p.tpm = None);
+    let err = no_pcrs.build().expect_err("refused");
     assert!(matches!(err, SessionError::NoWorkloadPin(_)), "{err}");
     assert!(err.to_string().contains("tpm.pcrs"), "{err}");
-    trust.policy.workload_identity = Some(WorkloadIdentity::Measurement);
+    let trust = d
+        .session_config_builder()
+        .unwrap()
+        .with_policy(|p| {
+            p.tpm = None;
+            p.workload_identity = Some(WorkloadIdentity::Measurement);
+        })
+        .build()
+        .unwrap();
     let err = AttestedSession::connect(&d.endpoint, &trust)
         .await
         .expect_err("refused");

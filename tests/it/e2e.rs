@@ -11,7 +11,7 @@ use cloister_attestation::policy::ModelDigestPin;
 use cloister_devnet::{Deployment, DeploymentOptions};
 use cloister_enclave::inference::{LoadedModel, NamedTensor};
 use cloister_kserve::{InferRequest, InferTensor, TensorData};
-use cloister_session::{AttestedSession, SessionError, SessionPolicy};
+use cloister_session::{AttestedSession, SessionError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -170,8 +170,12 @@ async fn wrong_model_digest_in_client_policy_refuses_before_sending_input() {
     let dir = tempfile::tempdir().unwrap();
     let d = deploy(dir.path(), &mlp(), "mlp", |_| {}).await;
     d.wait_ready(READY).await.expect("ready");
-    let mut trust = SessionPolicy::from_file(&d.client_policy).unwrap();
-    trust.policy.model_digests = Some([ModelDigestPin([7u8; 48])].into());
+    let trust = d
+        .session_config_builder()
+        .unwrap()
+        .with_policy(|p| p.model_digests = Some([ModelDigestPin([7u8; 48])].into()))
+        .build()
+        .unwrap();
     let err = AttestedSession::connect(&d.endpoint, &trust)
         .await
         .expect_err("must refuse");
@@ -191,7 +195,7 @@ async fn tls_terminating_relay(upstream: String) -> String {
         .self_signed(&key)
         .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let server_config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_no_client_auth()
@@ -200,13 +204,7 @@ async fn tls_terminating_relay(upstream: String) -> String {
             rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         )
         .unwrap();
-    let client_config = cloister_proto::tls::client_builder()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(
-            cloister_proto::tls::danger::AttestedServer::new(&provider),
-        ))
-        .with_no_client_auth();
+    let client_config = cloister_proto::session_attestation::client_tls_config(None).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
     tokio::spawn(async move {
@@ -237,7 +235,7 @@ async fn tls_terminating_relay_is_detected_by_the_exporter_binding() {
     let d = deploy(dir.path(), &mlp(), "mlp", |_| {}).await;
     d.wait_ready(READY).await.expect("ready");
     let relay = tls_terminating_relay(d.endpoint.clone()).await;
-    let trust = SessionPolicy::from_file(&d.client_policy).unwrap();
+    let trust = d.session_config().unwrap();
     let err = AttestedSession::connect(&relay, &trust)
         .await
         .expect_err("a re-originating relay must be detected");
@@ -311,7 +309,7 @@ async fn replayed_evidence_is_refused() {
     assert_eq!(parsed.claims.nonce, [0x11; 32]);
 
     let fake = replaying_enclave(evidence.to_vec()).await;
-    let trust = SessionPolicy::from_file(&d.client_policy).unwrap();
+    let trust = d.session_config().unwrap();
     let err = AttestedSession::connect(&fake, &trust)
         .await
         .expect_err("replayed evidence must be refused");

@@ -2,13 +2,13 @@
 //! configuration (delivered as initdata) behind three hosts, one key broker; clients attest each one they
 //! reach; killing one leaves the others serving.
 
-use cloister_session::{AttestedSession, SessionPolicy};
+use cloister_session::{AttestedSession, SessionConfig};
 use tokio::time::{sleep, Duration, Instant};
 
 use crate::e2e::{deploy, mlp, mlp_input, READY};
 
 /// Attests `endpoint` until it says ready (or [`READY`] passes).
-pub(crate) async fn ready_session(endpoint: &str, trust: &SessionPolicy) -> AttestedSession {
+pub(crate) async fn ready_session(endpoint: &str, trust: &SessionConfig) -> AttestedSession {
     let deadline = Instant::now() + READY;
     loop {
         if let Ok(mut s) = AttestedSession::connect(endpoint, trust).await {
@@ -30,7 +30,7 @@ async fn three_replicas_one_broker_one_killed() {
     .await;
     let second = d.start_another_host(2).await.unwrap();
     let third = d.start_another_host(3).await.unwrap();
-    let trust = SessionPolicy::from_file(&d.client_policy).unwrap();
+    let trust = d.session_config().unwrap();
 
     let endpoints = [
         d.endpoint.clone(),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloister_kserve::TensorData;
-use cloister_session::{AttestedSession, ClientIdentity, SessionError, SessionPolicy};
+use cloister_session::{AttestedSession, ClientIdentity, SessionConfig, SessionError};
 use serde_json::Value;
 
 use crate::e2e::{deploy, mlp, mlp_input, READY};
@@ -275,12 +275,20 @@ async fn receipts_budgets_client_certificates_hardening_audit_and_metrics() {
     assert!(out.contains("workload_identity: not set"), "{out}");
 
     // --- Client certificates: none, or one not pinned, cannot connect.
-    let trust = SessionPolicy::from_file(&d.client_policy).unwrap();
-    assert!(AttestedSession::connect(&d.endpoint, &trust).await.is_err());
-    let mut stranger = trust.clone();
-    stranger.client_identity = Some(Arc::new(
-        ClientIdentity::from_pem_files(&c_crt, &c_key).unwrap(),
-    ));
+    let anonymous = SessionConfig::builder_from_file(&d.client_policy)
+        .unwrap()
+        .build()
+        .unwrap();
+    assert!(AttestedSession::connect(&d.endpoint, &anonymous)
+        .await
+        .is_err());
+    let stranger = SessionConfig::builder_from_file(&d.client_policy)
+        .unwrap()
+        .with_client_identity(Arc::new(
+            ClientIdentity::from_pem_files(&c_crt, &c_key).unwrap(),
+        ))
+        .build()
+        .unwrap();
     assert!(AttestedSession::connect(&d.endpoint, &stranger)
         .await
         .is_err());
@@ -303,10 +311,13 @@ async fn receipts_budgets_client_certificates_hardening_audit_and_metrics() {
     }
     let message = refused.expect("the budget runs out");
     assert!(message.contains("requests_per_minute"), "{message}");
-    let mut b_trust = trust.clone();
-    b_trust.client_identity = Some(Arc::new(
-        ClientIdentity::from_pem_files(&b_crt, &b_key).unwrap(),
-    ));
+    let b_trust = SessionConfig::builder_from_file(&d.client_policy)
+        .unwrap()
+        .with_client_identity(Arc::new(
+            ClientIdentity::from_pem_files(&b_crt, &b_key).unwrap(),
+        ))
+        .build()
+        .unwrap();
     let mut b = AttestedSession::connect(&d.endpoint, &b_trust)
         .await
         .unwrap();
@@ -469,8 +480,10 @@ async fn a_pinned_client_over_budget_cannot_go_on_anonymously() {
         }
     }
     assert!(refused, "client A's budget runs out");
-    let anonymous = SessionPolicy::from_file(&d.client_policy).unwrap();
-    assert!(anonymous.client_identity.is_none());
+    let anonymous = SessionConfig::builder_from_file(&d.client_policy)
+        .unwrap()
+        .build()
+        .unwrap();
     let Err(e) = AttestedSession::connect(&d.endpoint, &anonymous).await else {
         panic!("a client without a certificate was served beside pinned ones");
     };

@@ -208,7 +208,10 @@ async fn enclave_configured_by_initdata_serves_and_refuses_another_document() {
         policy.replace(&hex::encode(host_data), &"11".repeat(32)),
     )
     .unwrap();
-    let trust = cloister_session::SessionPolicy::from_file(&other).unwrap();
+    let trust = cloister_session::SessionConfig::builder_from_file(&other)
+        .unwrap()
+        .build()
+        .unwrap();
     let Err(e) = AttestedSession::connect(&d.endpoint, &trust).await else {
         panic!("a policy pinning another HOST_DATA was satisfied");
     };
@@ -218,14 +221,25 @@ async fn enclave_configured_by_initdata_serves_and_refuses_another_document() {
     // Issue 21, item 1: the pod VM's measurement is shared by every pod of its runtime class. A policy that
     // pins only it is refused before connecting under `workload_identity = "initdata"`, and under
     // `"measurement"` the report's non-zero HOST_DATA (the launcher bound data there) must be pinned.
-    let mut trust = cloister_session::SessionPolicy::from_file(&d.client_policy).unwrap();
-    trust.policy.host_data = None;
-    let Err(e) = AttestedSession::connect(&d.endpoint, &trust).await else {
+    let Err(e) = d
+        .session_config_builder()
+        .unwrap()
+        .with_policy(|p| p.host_data = None)
+        .build()
+    else {
         panic!("the pod VM's measurement alone was accepted");
     };
     assert!(matches!(e, SessionError::NoWorkloadPin(_)), "{e}");
     assert!(e.to_string().contains("pin host_data"), "{e}");
-    trust.policy.workload_identity = Some(WorkloadIdentity::Measurement);
+    let trust = d
+        .session_config_builder()
+        .unwrap()
+        .with_policy(|p| {
+            p.host_data = None;
+            p.workload_identity = Some(WorkloadIdentity::Measurement);
+        })
+        .build()
+        .unwrap();
     let Err(e) = AttestedSession::connect(&d.endpoint, &trust).await else {
         panic!("a measurement policy accepted a report whose HOST_DATA it does not pin");
     };
@@ -296,7 +310,7 @@ async fn an_enclave_without_cloister_host_fetches_from_a_plain_web_server() {
         .to_owned();
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
 
-    let trust = cloister_session::SessionPolicy::from_file(&d.client_policy).unwrap();
+    let trust = d.session_config().unwrap();
     let mut session = crate::fleet::ready_session(&addr, &trust).await;
     session.infer("mlp", &mlp_input(), false).await.unwrap();
     drop(session);

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloister_kserve::{InferRequest, InferResponse};
-use cloister_session::{AttestedSession, SessionError, SessionPolicy};
+use cloister_session::{AttestedSession, SessionConfig, SessionError};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -140,7 +140,7 @@ impl Shared {
 }
 
 async fn worker(
-    args: Arc<(String, SessionPolicy, String, InferRequest, bool, u64)>,
+    args: Arc<(String, Arc<SessionConfig>, String, InferRequest, bool, u64)>,
     shared: Arc<Shared>,
 ) -> Result<(), SessionError> {
     let (endpoint, trust, model, request, binary, warmup) = &*args;

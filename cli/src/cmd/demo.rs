@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use cloister_cli::magika::{Analysis, MagikaConfig};
 use cloister_devnet::{Deployment, DeploymentOptions};
 use cloister_kserve::{InferRequest, InferTensor, TensorData};
-use cloister_session::{AttestedSession, SessionPolicy};
+use cloister_session::{AttestedSession, SessionConfig};
 
 use super::{exit, runtime, Failure};
 
@@ -276,17 +276,11 @@ async fn run_client(
     // The last answer's receipt, checked offline as an auditor would: the evidence under the client's
     // policy, the enclave's signature, and the request and response it names.
     if let (Some((request, response)), Some(file)) = (&last, session.receipt_file()) {
-        let trust =
-            SessionPolicy::from_file(&deployment.client_policy).map_err(|e| e.to_string())?;
-        let options = cloister_attestation::VerifyOptions {
-            at_unix: super::now_unix(),
-            crls: &trust.crls,
-            simulated_root: trust.simulated_root.as_ref(),
-        };
+        let trust = deployment.session_config().map_err(|e| e.to_string())?;
         let v = cloister_governance::receipt::verify_receipt(
             &file,
-            &trust.policy,
-            &options,
+            trust.policy(),
+            &trust.verify_options(super::now_unix()),
             Some(&request.inputs),
             Some(&response.outputs),
         )
@@ -325,11 +319,15 @@ async fn run_client(
     say(start, &format!("client: budget hit, HTTP 429: {message}"));
 
     // What a client that expects another build sees: a refusal before any input is sent.
-    let mut trust =
-        SessionPolicy::from_file(&deployment.client_policy).map_err(|e| e.to_string())?;
-    trust.policy.measurements = Some(std::collections::BTreeSet::from([
-        cloister_attestation::policy::HexBytes([0u8; 48]),
-    ]));
+    let trust = SessionConfig::builder_from_file(&deployment.client_policy)
+        .map_err(|e| e.to_string())?
+        .with_policy(|p| {
+            p.measurements = Some(std::collections::BTreeSet::from([
+                cloister_attestation::policy::HexBytes([0u8; 48]),
+            ]));
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
     match AttestedSession::connect(&deployment.endpoint, &trust).await {
         Ok(_) => return Err("a client pinning another measurement was not refused".into()),
         Err(e) => say(

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cloister_session::{ClientIdentity, SessionPolicy};
+use cloister_session::{ClientIdentity, SessionConfig};
 
 use super::Failure;
 
@@ -37,25 +37,28 @@ pub(crate) struct SessionArgs {
 impl SessionArgs {
     /// What every session of the command trusts and presents. A policy that does not pin the workload is a
     /// usage error (exit 2) unless it says `allow_any_workload = true`, which is printed as a warning.
-    pub(crate) fn trust(&self) -> Result<SessionPolicy, Failure> {
-        let mut trust =
-            SessionPolicy::from_file(&self.policy).map_err(|e| Failure::Usage(e.to_string()))?;
-        // Used only when the evidence carries no VCEK.
-        trust.collateral = Some(Arc::new(self.kds.client(
-            true,
-            self.collateral.clone(),
-            trust.simulated_root.clone(),
-        )?));
-        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-            trust.client_identity = Some(Arc::new(
-                ClientIdentity::from_pem_files(cert, key).map_err(Failure::Usage)?,
-            ));
-        }
-        match trust.policy.require_workload_pin() {
+    pub(crate) fn trust(&self) -> Result<Arc<SessionConfig>, Failure> {
+        let mut builder = SessionConfig::builder_from_file(&self.policy)
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+        match builder.policy().require_workload_pin() {
             Ok(false) => {}
             Ok(true) => super::warn_any_workload(&self.policy),
             Err(e) => return Err(Failure::Usage(format!("{}: {e}", self.policy.display()))),
         }
-        Ok(trust)
+        // Used only when the evidence carries no VCEK.
+        let collateral = self.kds.client(
+            true,
+            self.collateral.clone(),
+            builder.simulated_root().cloned(),
+        )?;
+        builder = builder.with_collateral(Arc::new(collateral));
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            builder = builder.with_client_identity(Arc::new(
+                ClientIdentity::from_pem_files(cert, key).map_err(Failure::Usage)?,
+            ));
+        }
+        builder
+            .build()
+            .map_err(|e| Failure::Usage(format!("{}: {e}", self.policy.display())))
     }
 }

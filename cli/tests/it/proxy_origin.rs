@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloister_session::proxy::{serve, Proxy, ServeOptions};
-use cloister_session::SessionPolicy;
+use cloister_session::SessionConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -57,7 +57,10 @@ async fn fake_enclave() -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()
 
 async fn start(options: ServeOptions) -> Fixture {
     let (dir, policy) = any_workload_policy();
-    let trust = SessionPolicy::from_file(&policy).unwrap();
+    let trust = SessionConfig::builder_from_file(&policy)
+        .unwrap()
+        .build()
+        .unwrap();
     let (endpoint, upstream, fake) = fake_enclave().await;
     let proxy = Arc::new(Proxy::new(&endpoint, trust, 2, Box::new(|_| {})));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -152,15 +152,7 @@ pub async fn start_server(config_text: &str, firmware: Arc<dyn Firmware>) -> Tes
 /// The client side of the tests: any server certificate (the enclave is authenticated by attestation), the
 /// handshake signature checked, as the client's attested session does.
 pub fn client_config() -> Arc<ClientConfig> {
-    Arc::new(
-        cloister_proto::tls::client_builder()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(
-                cloister_proto::tls::danger::AttestedServer::new(&cloister_proto::tls::provider()),
-            ))
-            .with_no_client_auth(),
-    )
+    Arc::new(cloister_proto::session_attestation::client_tls_config(None).unwrap())
 }
 
 /// A TLS stream to `addr`, and its exporter computed on the client side.

@@ -7,6 +7,13 @@
     dead_code
 )]
 
+// The tests start enclaves on the simulated platform: say so at build time rather than fail one by one.
+#[cfg(not(feature = "insecure-simulator"))]
+compile_error!(
+    "the enclave's tests run it on the simulated platform: \
+     `cargo test -p cloister-enclave --features insecure-simulator` (or `cargo test --workspace`)"
+);
+
 mod azure;
 mod binary;
 mod coco_aa;

@@ -197,4 +197,4 @@ pub enum BrokerToEnclave {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -25,9 +25,9 @@ impl Clock for At {
     }
 }
 
-const ISSUED: i64 = 1_767_225_600; // 2026-01-01
+pub(crate) const ISSUED: i64 = 1_767_225_600; // 2026-01-01
 
-fn sim() -> &'static SimPlatform {
+pub(crate) fn sim() -> &'static SimPlatform {
     static P: OnceLock<SimPlatform> = OnceLock::new();
     P.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("cloister-proto-kr-{}", std::process::id()));

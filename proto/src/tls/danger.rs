@@ -4,7 +4,7 @@
 //!
 //! | verifier | who uses it | what authenticates the peer instead |
 //! |---|---|---|
-//! | [`AttestedServer`] | the client's attested session | evidence bound to this connection's exporter, verified before anything is sent |
+//! | `AttestedServer` (crate-private: [`client_tls_config`](crate::session_attestation::client_tls_config)) | the client's attested session | evidence bound to this connection's exporter, verified before anything is sent |
 //! | [`PinnedServer`] | the enclave's key-release client | the broker certificate's SHA-256 in the enclave's *measured* configuration |
 //! | [`PinnedClients`] | the enclave's server (`[clients]`) | the client certificate's SHA-256 among the measured pins |
 //!
@@ -37,14 +37,18 @@ fn tls12_refused() -> Result<HandshakeSignatureValid, TlsError> {
 /// self-signed and no CA could vouch for it. The client authenticates the enclave *inside* the session: it
 /// sends a fresh nonce and verifies SEV-SNP evidence whose REPORT_DATA commits to that nonce and to this
 /// connection's exporter before it sends anything else. Never use it without that check.
+///
+/// Crate-private: reachable only through
+/// [`session_attestation::client_tls_config`](crate::session_attestation::client_tls_config), next to the
+/// handshake that makes it safe.
 #[derive(Debug)]
-pub struct AttestedServer {
+pub(crate) struct AttestedServer {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl AttestedServer {
     /// A verifier using `provider`'s signature algorithms.
-    pub fn new(provider: &CryptoProvider) -> Self {
+    pub(crate) fn new(provider: &CryptoProvider) -> Self {
         AttestedServer {
             algorithms: provider.signature_verification_algorithms,
         }
