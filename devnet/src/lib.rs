@@ -24,18 +24,17 @@ use std::time::{Duration, Instant};
 
 use cloister_attestation::policy::WorkloadIdentity;
 use cloister_attestation::snp::Product;
-use cloister_models::{Keystore, ModelDigest, ModelKey, DEFAULT_CHUNK_SIZE};
-use cloister_sim::{simulated_launch_measurement, SimConfig, SimPlatform};
+use cloister_models::ModelDigest;
 use ring::rand::SystemRandom;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use cloister_keybroker::{generate_tls_identity, BrokerConfig, KeyBroker};
 use cloister_session::{
     AttestedSession, ClientIdentity, SessionConfig, SessionConfigBuilder, SessionError,
 };
+
+mod setup;
 
 /// Why a deployment could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -292,212 +291,47 @@ impl Deployment {
         let rng = SystemRandom::new();
 
         // 1. The platform.
-        let sim_dir = dir.join("sim");
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let sim = SimPlatform::init(&sim_dir, &SimConfig::new(options.product, now - 60), &rng)
-            .map_err(step("create the simulated platform"))?;
-        let sim_root = sim.certs_dir().join("ark.pem");
+        let (sim_dir, sim_root) = setup::simulated_platform(dir, options.product, &rng)?;
 
         // 2. The model owner: seal, keystore, broker identity.
-        let keystore_dir = dir.join("owner/keystore");
-        std::fs::create_dir_all(dir.join("owner")).map_err(step("create the owner directory"))?;
-        let keystore = Keystore::create(&keystore_dir).map_err(step("create the keystore"))?;
-        let key = ModelKey::generate(&rng).map_err(step("draw a model key"))?;
-        let sealed_model = dir
-            .join("host")
-            .join(format!("{}.sealed", options.model_name));
-        std::fs::create_dir_all(dir.join("host")).map_err(step("create the host directory"))?;
-        let header = cloister_models::seal_file(
-            &options.model_path,
-            &sealed_model,
-            &key,
-            &options.model_name,
-            DEFAULT_CHUNK_SIZE,
-            &rng,
-            &mut |_| {},
-        )
-        .map_err(step("seal the model"))?;
-        let model_digest = *header.digest();
-        keystore
-            .put(&model_digest, &key)
-            .map_err(step("store the model key"))?;
-        drop(key);
-
+        let setup::SealedModel {
+            keystore_dir,
+            sealed_model,
+            model_digest,
+        } = setup::seal_model(options, &rng)?;
         let owner = dir.join("owner");
-        let cert = owner.join("broker.crt.pem");
-        let tls_key = owner.join("broker.key.pem");
-        generate_tls_identity(&cert, &tls_key).map_err(step("create the broker's TLS identity"))?;
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(step("bind the key broker"))?;
-        let broker_addr = listener.local_addr().map_err(step("bind the key broker"))?;
+        let broker_identity = setup::broker_identity(&owner).await?;
 
         // 3. The enclave's measured configuration, and the measurement it implies.
         let enclave_config = dir.join("host/enclave.toml");
-        let cert_der = {
-            use rustls::pki_types::pem::PemObject;
-            rustls::pki_types::CertificateDer::from_pem_file(&cert)
-                .map_err(step("read the broker certificate"))?
-        };
-        // In a VM the state directory is the initrd's copy, and the broker (listening on this
-        // machine's loopback) is reached through QEMU user networking.
-        let (enclave_sim_dir, broker_seen_by_enclave) = match &options.backend {
-            HostBackend::Sim => (sim_dir.display().to_string(), broker_addr.to_string()),
-            HostBackend::QemuTcgInsecure(_) => (
-                VM_SIM_DIR.to_string(),
-                format!("{VM_HOST_ADDR}:{}", broker_addr.port()),
-            ),
-        };
-        let firmware = options.enclave_firmware.clone().unwrap_or_else(|| {
-            format!("firmware = \"simulated\"\nsim_dir = \"{enclave_sim_dir}\"\n")
-        });
-        let config_text = format!(
-            "# Measured configuration of cloister-enclave (its SHA-384 is in every claim).\n\
-             {firmware}\
-             {}\n\
-             [key_broker]\n\
-             address = \"{broker_seen_by_enclave}\"\n\
-             certificate_sha256 = \"{}\"\n\n\
-             [[models]]\n\
-             name = \"{}\"\n\
-             digest = \"{model_digest}\"\n{}",
-            options.enclave_config_extra,
-            hex::encode(cloister_keybroker::certificate_sha256(&cert_der)),
-            options.model_name,
-            options.model_config_extra,
-        );
+        let config_text =
+            setup::enclave_config_text(options, &sim_dir, &broker_identity, &model_digest)?;
         write(&enclave_config, &config_text)?;
-        let enclave_bytes = std::fs::read(&enclave_bin).map_err(step("read the enclave binary"))?;
-        // With initdata the launch measures the enclave alone and HOST_DATA binds the configuration.
-        let (measurement, initdata) = if options.initdata {
-            let doc = cloister_attestation::initdata::InitData::new(
-                cloister_attestation::initdata::InitDataAlgorithm::Sha384,
-                [(
-                    cloister_attestation::initdata::ENCLAVE_CONFIG_KEY.to_owned(),
-                    config_text.clone(),
-                )]
-                .into(),
-            )
-            .map_err(step("write the initdata document"))?;
-            let path = dir.join("host/initdata.toml");
-            std::fs::write(&path, doc.as_bytes()).map_err(step("write the initdata document"))?;
-            let measurement = simulated_launch_measurement(&enclave_bytes, b"");
-            (measurement, Some((path, doc.snp_host_data())))
-        } else {
-            let measurement = simulated_launch_measurement(&enclave_bytes, config_text.as_bytes());
-            (measurement, None)
-        };
-        drop(enclave_bytes);
-        let host_data_pin = initdata
-            .as_ref()
-            .map(|(_, h)| format!("host_data = \"{}\"\n", hex::encode(h)))
-            .unwrap_or_default();
-        let identity = options.workload_identity.unwrap_or(if initdata.is_some() {
-            WorkloadIdentity::Initdata
-        } else {
-            WorkloadIdentity::Measurement
-        });
+        let (measurement, initdata) =
+            setup::launch_measurement(options, &enclave_bin, &config_text)?;
+        let pins = setup::PolicyPins::new(options, &model_digest, &sim_root, initdata.as_ref());
 
         // The owner's policy: this measurement, this model, the simulated root.
         let owner_measurement = options.owner_measurement_override.unwrap_or(measurement);
         let owner_policy = owner.join("owner-policy.toml");
-        write(
-            &owner_policy,
-            &format!(
-                "# Model owner: release the key only to this enclave build and configuration.\n\
-                 workload_identity = \"{identity}\"\n\
-                 measurements = [\"{}\"]\n\
-                 model_digests = [\"{model_digest}\"]\n\
-                 vmpls = [0]\n\
-                 simulated_root = \"{}\"\n{host_data_pin}{}",
-                hex::encode(owner_measurement),
-                sim_root.display(),
-                options.policy_extra
-            ),
-        )?;
-        let audit_log = owner.join("audit.log");
-        let broker_config = owner.join("keybroker.toml");
-        write(
-            &broker_config,
-            &format!(
-                "listen = \"{broker_addr}\"\nkeystore = \"keystore\"\npolicy = \"owner-policy.toml\"\n\
-                 tls_certificate = \"broker.crt.pem\"\ntls_key = \"broker.key.pem\"\naudit_log = \"audit.log\"\n"
-            ),
-        )?;
-        let broker = KeyBroker::new(
-            BrokerConfig::from_file(&broker_config)
-                .map_err(step("load the broker configuration"))?,
-        )
-        .map_err(step("start the key broker"))?;
-        let broker = tokio::spawn(async move {
-            if let Err(e) = broker.serve(listener).await {
-                eprintln!("key broker stopped: {e}");
-            }
-        });
+        write(&owner_policy, &pins.owner_policy(&owner_measurement))?;
+        let (broker, audit_log) =
+            setup::start_key_broker(&owner, broker_identity.listener, broker_identity.addr)?;
 
         // 4. The client's policy.
         let client_policy = dir.join("client-policy.toml");
-        write(
-            &client_policy,
-            &format!(
-                "# Client: send inputs only to this enclave build, serving this model.\n\
-                 workload_identity = \"{identity}\"\n\
-                 measurements = [\"{}\"]\n\
-                 model_digests = [\"{model_digest}\"]\n\
-                 simulated_root = \"{}\"\n{host_data_pin}{}",
-                hex::encode(measurement),
-                sim_root.display(),
-                options.policy_extra
-            ),
-        )?;
+        write(&client_policy, &pins.client_policy(&measurement))?;
 
         // 5. The host.
-        let mut args: Vec<OsString> = Vec::new();
-        let (mut initrd, mut serial_log) = (None, None);
-        match &options.backend {
-            HostBackend::Sim => {
-                args.extend(["--enclave-bin".into(), enclave_bin.clone().into()]);
-            }
-            HostBackend::QemuTcgInsecure(vm) => {
-                let image = dir.join("host/initrd.gz");
-                build_initrd(vm, &enclave_bin, &enclave_config, &sim_dir, &image).await?;
-                let log = dir.join("serial.log");
-                args.extend([
-                    "--backend".into(),
-                    "qemu-tcg-insecure".into(),
-                    "--qemu-kernel".into(),
-                    vm.kernel.clone().into(),
-                    "--qemu-initrd".into(),
-                    image.clone().into(),
-                    "--qemu-serial-log".into(),
-                    log.clone().into(),
-                ]);
-                args.extend(vm.host_args.iter().cloned());
-                initrd = Some(image);
-                serial_log = Some(log);
-            }
-        }
-        match &initdata {
-            Some((document, _)) => args.extend([
-                "--enclave-config".into(),
-                document.clone().into(),
-                "--initdata".into(),
-            ]),
-            None => args.extend(["--enclave-config".into(), enclave_config.clone().into()]),
-        }
-        args.extend([
-            "--sealed-model".into(),
-            sealed_model.clone().into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            // The enclave's sealed governance state (budgets, the audit chain's head) across restarts.
-            "--state-dir".into(),
-            dir.join("host/state").into(),
-        ]);
-        if let Some(record) = &options.record {
-            args.extend(["--record".into(), record.clone().into()]);
-        }
-        args.extend(options.host_args.iter().cloned());
+        let (mut args, initrd, serial_log) =
+            setup::backend_args(options, &enclave_bin, &enclave_config, &sim_dir).await?;
+        setup::serving_args(
+            &mut args,
+            options,
+            &enclave_config,
+            &sealed_model,
+            initdata.as_ref(),
+        );
         let host_command = HostCommand {
             host_bin,
             args,

@@ -4,28 +4,30 @@
 //!
 //! ```text
 //! GET {blobs}/blobs/sha384:<hex>  → 200 sealed blob | 404
-//! header  = read_header(first bytes)            header.digest == requested digest, else stop (no decryption)
-//! bytes   ≤ header.sealed_len()                 the host cannot make us read more
-//! plaintext = open_expecting(stream, key, digest, MAX_MODEL_PLAINTEXT_LEN)   chunk by chunk, authenticated,
-//!                                               digest of the plaintext checked at the end
+//! opener  = Opener::new(key, digest, MAX_MODEL_PLAINTEXT_LEN)
+//! push(each piece as it arrives)                header: digest == requested, key, size; else stop (no
+//!                                               decryption); Content-Length == header.sealed_len()
+//!                                               chunks: authenticated as they complete; a byte past the
+//!                                               last chunk is refused: the host cannot make us read more
+//! plaintext = finish()                          every chunk there, digest of the plaintext checked
 //! ```
 //!
 //! The host is untrusted: it may send another model, a truncated or padded blob, a huge announced length,
 //! or nothing at all. Every one of those is an error before tract sees a byte. Decryption streams from the
-//! socket: peak memory is the plaintext plus a few network buffers, never a copy of the ciphertext.
+//! socket, push-style (`cloister_models::Opener`: no thread bridge, one header parse): peak memory is the
+//! plaintext plus a network buffer, never a copy of the ciphertext.
 
-use std::io::{self, Read};
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use cloister_models::{ModelDigest, ModelKey, Plaintext, MAX_HEADER_LEN};
+use bytes::Bytes;
+use cloister_models::{ModelDigest, ModelKey, Opener, Plaintext};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 /// Largest plaintext model the enclave accepts (the header's length is checked against it before any
@@ -110,9 +112,6 @@ pub enum BlobError {
     /// Opening failed: authentication, truncation, trailing data, digest.
     #[error("the sealed model does not open")]
     Open(#[source] cloister_models::Error),
-    /// The blocking decryption task failed.
-    #[error("decryption task failed")]
-    Task,
 }
 
 /// The host's blob service, or any HTTP(S) blob store (`--blobs`).
@@ -339,7 +338,10 @@ fn public_roots_client() -> rustls::ClientConfig {
         })
 }
 
-/// Streams the body into `open_expecting` after checking the header.
+/// Pushes the body into the opener as it arrives. The opener checks the header (this model's digest,
+/// the key, the size limit) before decrypting anything and refuses the first byte after the last chunk, so
+/// the host cannot make the enclave read more than the header announces; `Content-Length`, when sent, must
+/// agree with the header.
 async fn open_body(
     response: hyper::Response<Incoming>,
     digest: &ModelDigest,
@@ -351,102 +353,36 @@ async fn open_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut body = response.into_body();
-
-    // The header first: at most MAX_HEADER_LEN bytes are needed.
-    let mut head = Vec::with_capacity(MAX_HEADER_LEN);
-    let mut pending: Vec<Bytes> = Vec::new();
-    let mut ended = false;
-    while head.len() < MAX_HEADER_LEN && !ended {
-        match next_data(&mut body).await? {
-            Some(data) => {
-                let take = data.len().min(MAX_HEADER_LEN - head.len());
-                head.extend_from_slice(&data[..take]);
-                pending.push(data);
-            }
-            None => ended = true,
-        }
-    }
-    let (header, _) = cloister_models::read_header(&head[..]).map_err(BlobError::Header)?;
-    // Before anything is decrypted: is this the model the key was released for?
-    if !header.digest().ct_eq(digest) {
-        return Err(BlobError::WrongModel {
-            expected: *digest,
-            found: *header.digest(),
-        });
-    }
-    if header.plaintext_len() > MAX_MODEL_PLAINTEXT_LEN {
-        return Err(BlobError::TooLarge {
-            len: header.plaintext_len(),
-        });
-    }
-    let sealed = header.sealed_len();
-    if let Some(announced) = announced {
-        if announced != sealed {
-            return Err(BlobError::LengthMismatch { announced, sealed });
-        }
-    }
-
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(16);
-    let expected = *digest;
-    let opener = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader {
-            rx,
-            current: Bytes::new(),
-        };
-        cloister_models::open_expecting(reader, &key, &expected, MAX_MODEL_PLAINTEXT_LEN)
-    });
-
-    // Forward at most sealed + 1 bytes: one byte more is enough for the opener to report trailing data.
-    let limit = sealed.saturating_add(1);
-    let mut sent: u64 = 0;
-    let forward = |data: Bytes, sent: &mut u64| -> Option<Bytes> {
-        let room = limit.saturating_sub(*sent);
-        if room == 0 {
-            return None;
-        }
-        let data = if (data.len() as u64) > room {
-            data.slice(..room as usize)
-        } else {
-            data
-        };
-        *sent += data.len() as u64;
-        Some(data)
-    };
-    let mut pump_error = None;
-    'pump: {
-        for data in pending {
-            let Some(data) = forward(data, &mut sent) else {
-                break 'pump;
-            };
-            if tx.send(Ok(data)).await.is_err() {
-                break 'pump; // the opener stopped (it failed): its error is the one to report
-            }
-        }
-        while !ended {
-            match next_data(&mut body).await {
-                Ok(Some(data)) => {
-                    let Some(data) = forward(data, &mut sent) else {
-                        break 'pump;
-                    };
-                    if tx.send(Ok(data)).await.is_err() {
-                        break 'pump;
-                    }
-                }
-                Ok(None) => ended = true,
-                Err(e) => {
-                    let _ = tx.send(Err(io::Error::other("blob transfer failed"))).await;
-                    pump_error = Some(e);
-                    break 'pump;
+    let mut opener =
+        Opener::new(&key, Some(*digest), MAX_MODEL_PLAINTEXT_LEN).map_err(BlobError::Open)?;
+    let mut length_checked = false;
+    while let Some(data) = next_data(&mut body).await? {
+        let had_header = opener.header().is_some();
+        opener.push(&data).map_err(|e| open_error(e, had_header))?;
+        if !length_checked {
+            if let (Some(header), Some(announced)) = (opener.header(), announced) {
+                length_checked = true;
+                let sealed = header.sealed_len();
+                if announced != sealed {
+                    return Err(BlobError::LengthMismatch { announced, sealed });
                 }
             }
         }
     }
-    drop(tx);
-    let opened = opener.await.map_err(|_| BlobError::Task)?;
-    match (opened, pump_error) {
-        (Ok(plaintext), _) => Ok(plaintext),
-        (Err(_), Some(transfer)) => Err(transfer),
-        (Err(e), None) => Err(BlobError::Open(e)),
+    let had_header = opener.header().is_some();
+    opener.finish().map_err(|e| open_error(e, had_header))
+}
+
+/// The opener's refusal in the blob service's terms: another model, too large, a malformed header
+/// (nothing decrypted in any of those), or a model that does not open.
+fn open_error(e: cloister_models::Error, had_header: bool) -> BlobError {
+    match e {
+        cloister_models::Error::UnexpectedModel { expected, found } => {
+            BlobError::WrongModel { expected, found }
+        }
+        cloister_models::Error::TooLarge { len, .. } => BlobError::TooLarge { len },
+        e if !had_header => BlobError::Header(e),
+        e => BlobError::Open(e),
     }
 }
 
@@ -466,28 +402,6 @@ async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, BlobError> {
                 }
             }
         }
-    }
-}
-
-/// A blocking reader over the chunks the async side forwards (ciphertext only).
-struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(data)) => self.current = data,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current.advance(n);
-        Ok(n)
     }
 }
 

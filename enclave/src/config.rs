@@ -17,6 +17,7 @@ use cloister_models::ModelDigest;
 use ring::digest::{digest, SHA384};
 use serde::Deserialize;
 
+mod backend;
 mod governance;
 pub use governance::{AuditConfig, Budget, BudgetsConfig, ClientsConfig, StateConfig};
 
@@ -447,217 +448,14 @@ impl Config {
         let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8)?;
         let raw: RawConfig = toml::from_str(text)?;
 
-        let hardware = || -> Result<HardwareOptions, ConfigError> {
-            let vmpl = raw.vmpl.unwrap_or(0);
-            if vmpl > 3 {
-                return Err(ConfigError::Vmpl(vmpl));
-            }
-            Ok(HardwareOptions {
-                vcek_cache: raw.vcek_cache.clone(),
-                vmpl,
-            })
-        };
         let collateral = raw.collateral.unwrap_or_default();
-        let azure = matches!(raw.firmware, RawFirmware::AzureVtpm);
-        if !azure && (raw.tpm_device.is_some() || raw.tpm_swtpm.is_some()) {
-            return Err(ConfigError::Azure(
-                "`tpm_device` and `tpm_swtpm` are only allowed with firmware = \"azure-vtpm\"",
-            ));
-        }
-        if !azure && collateral == CollateralSource::Thim {
-            return Err(ConfigError::Azure(
-                "collateral = \"thim\" (Azure's endpoint) is only allowed with firmware = \"azure-vtpm\"",
-            ));
-        }
-        let coco = matches!(raw.firmware, RawFirmware::CocoAa);
-        if !coco && raw.aa_url.is_some() {
-            return Err(ConfigError::CocoAa(
-                "`aa_url` is only allowed with firmware = \"coco-aa\"",
-            ));
-        }
-        let firmware = match (raw.firmware, raw.sim_dir) {
-            (RawFirmware::CocoAa, None) => {
-                if raw.vmpl.is_some_and(|v| v != 0) {
-                    return Err(ConfigError::CocoAa(
-                        "firmware = \"coco-aa\" reports at VMPL 0 (the agent asks for VMPL 0)",
-                    ));
-                }
-                FirmwareConfig::CocoAa(CocoAaOptions {
-                    url: raw
-                        .aa_url
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_AA_URL.to_owned()),
-                    vcek_cache: raw.vcek_cache.clone(),
-                })
-            }
-            (RawFirmware::AzureVtpm, sim_dir) => {
-                if raw.vcek_cache.is_some()
-                    || raw.vmpl.is_some()
-                    || raw.sim_withhold_certificates.is_some()
-                {
-                    return Err(ConfigError::Azure(
-                        "firmware = \"azure-vtpm\" takes `tpm_device`, or `tpm_swtpm` with `sim_dir`: not \
-                         `vcek_cache`, `vmpl` or `sim_withhold_certificates` (the VCEK comes from `collateral`)",
-                    ));
-                }
-                let simulated = match (raw.tpm_swtpm.clone(), sim_dir) {
-                    (Some(swtpm), Some(dir)) => Some((swtpm, dir)),
-                    (None, None) => None,
-                    _ => {
-                        return Err(ConfigError::Azure(
-                            "`tpm_swtpm` and `sim_dir` go together (the simulated Azure CVM)",
-                        ))
-                    }
-                };
-                if simulated.is_some() && raw.tpm_device.is_some() {
-                    return Err(ConfigError::Azure(
-                        "`tpm_device` and `tpm_swtpm` name two vTPMs: keep one",
-                    ));
-                }
-                FirmwareConfig::AzureVtpm(AzureOptions {
-                    tpm_device: raw
-                        .tpm_device
-                        .clone()
-                        .unwrap_or_else(|| PathBuf::from("/dev/tpmrm0")),
-                    simulated,
-                })
-            }
-            (RawFirmware::Simulated, sim_dir) => {
-                if raw.vcek_cache.is_some() {
-                    return Err(ConfigError::HardwareOnly { key: "vcek_cache" });
-                }
-                if raw.vmpl.is_some() {
-                    return Err(ConfigError::HardwareOnly { key: "vmpl" });
-                }
-                FirmwareConfig::Simulated {
-                    sim_dir: sim_dir.ok_or(ConfigError::MissingSimDir)?,
-                    withhold_certificates: raw.sim_withhold_certificates.unwrap_or(false),
-                }
-            }
-            (_, None) if raw.sim_withhold_certificates.is_some() => {
-                return Err(ConfigError::SimulatedOnly)
-            }
-            (RawFirmware::ConfigfsTsm, None) => FirmwareConfig::ConfigfsTsm(hardware()?),
-            (RawFirmware::SevGuest, None) => {
-                let options = hardware()?;
-                if options.vcek_cache.is_none() && collateral == CollateralSource::Off {
-                    return Err(ConfigError::SevGuestNeedsVcekCache);
-                }
-                FirmwareConfig::SevGuest(options)
-            }
-            (other, Some(_)) => {
-                return Err(ConfigError::UnexpectedSimDir {
-                    firmware: match other {
-                        RawFirmware::ConfigfsTsm => "configfs-tsm",
-                        RawFirmware::CocoAa => "coco-aa",
-                        _ => "sev-guest",
-                    },
-                })
-            }
-        };
-
-        let (host, port) = split_host_port(&raw.key_broker.address)?;
-        let pin = raw.key_broker.certificate_sha256.as_str();
-        let mut certificate_sha256 = [0u8; 32];
-        if pin.len() != 64 || hex::decode_to_slice(pin, &mut certificate_sha256).is_err() {
-            return Err(ConfigError::CertificatePin);
-        }
-        let key_broker = KeyBrokerConfig {
-            address: raw.key_broker.address.clone(),
-            host,
-            port,
-            certificate_sha256,
-        };
-
-        if raw.models.is_empty() {
-            return Err(ConfigError::NoModels);
-        }
-        if raw.models.len() > MAX_MODELS {
-            return Err(ConfigError::TooManyModels);
-        }
-        let mut names = HashSet::new();
-        let mut digests = HashSet::new();
-        let mut models = Vec::with_capacity(raw.models.len());
-        for (index, m) in raw.models.into_iter().enumerate() {
-            if !valid_model_name(&m.name) {
-                return Err(ConfigError::ModelName { index });
-            }
-            let digest =
-                ModelDigest::from_str(&m.digest).map_err(|_| ConfigError::ModelDigest { index })?;
-            if !names.insert(m.name.clone()) {
-                return Err(ConfigError::DuplicateName { name: m.name });
-            }
-            if !digests.insert(digest) {
-                return Err(ConfigError::DuplicateDigest { digest });
-            }
-            if m.max_batch == Some(0) {
-                return Err(ConfigError::ZeroLimit {
-                    field: "max_batch (of a model)",
-                });
-            }
-            if m.top_k == Some(0) {
-                return Err(ConfigError::ZeroLimit {
-                    field: "top_k (of a model)",
-                });
-            }
-            if m.round_decimals.is_some_and(|d| d > 9) {
-                return Err(ConfigError::Governance(
-                    "round_decimals (of a model) must be 0 to 9",
-                ));
-            }
-            models.push(ModelConfig {
-                name: m.name,
-                digest,
-                max_batch: m.max_batch,
-                top_k: m.top_k,
-                round_decimals: m.round_decimals,
-            });
-        }
-
+        backend::check_backend_only_keys(&raw, collateral)?;
+        let firmware = backend::firmware_config(&raw, collateral)?;
+        let key_broker = key_broker_config(&raw.key_broker)?;
+        let models = model_configs(raw.models)?;
         let limits = raw.limits;
-        for (field, zero) in [
-            ("max_body_bytes", limits.max_body_bytes == 0),
-            ("max_tensor_elements", limits.max_tensor_elements == 0),
-            ("max_response_bytes", limits.max_response_bytes == 0),
-            ("max_queue_wait_secs", limits.max_queue_wait_secs == 0),
-            (
-                "max_concurrent_requests",
-                limits.max_concurrent_requests == 0,
-            ),
-        ] {
-            if zero {
-                return Err(ConfigError::ZeroLimit { field });
-            }
-        }
-
-        let client_pins = governance::parse_pins(&raw.clients.certificate_sha256).ok_or(
-            ConfigError::Governance("[clients] certificate_sha256: expected 64 hex digits each"),
-        )?;
-        if raw.clients.require_certificate && client_pins.is_empty() {
-            return Err(ConfigError::Governance(
-                "[clients] require_certificate = true needs certificate_sha256 (no client could connect)",
-            ));
-        }
-        if raw.clients.require_certificate && raw.clients.allow_anonymous == Some(true) {
-            return Err(ConfigError::Governance(
-                "[clients] require_certificate = true and allow_anonymous = true contradict each other",
-            ));
-        }
-        if raw.audit.tally_every_secs == 0 {
-            return Err(ConfigError::ZeroLimit {
-                field: "[audit] tally_every_secs",
-            });
-        }
-        if raw.state.commit_every_secs == 0 {
-            return Err(ConfigError::ZeroLimit {
-                field: "[state] commit_every_secs",
-            });
-        }
-        if raw.audit.checkpoint_every == 0 {
-            return Err(ConfigError::ZeroLimit {
-                field: "[audit] checkpoint_every",
-            });
-        }
+        check_limits(&limits)?;
+        let client_pins = check_governance(&raw.clients, &raw.audit, &raw.state)?;
         Ok(Config {
             firmware,
             collateral,
@@ -681,6 +479,127 @@ impl Config {
             .map(|m| Sha384(*m.digest.as_bytes()))
             .collect()
     }
+}
+
+/// `[key_broker]`: `address` is `host:port`, `certificate_sha256` 64 hex digits.
+fn key_broker_config(raw: &RawKeyBroker) -> Result<KeyBrokerConfig, ConfigError> {
+    let (host, port) = split_host_port(&raw.address)?;
+    let pin = raw.certificate_sha256.as_str();
+    let mut certificate_sha256 = [0u8; 32];
+    if pin.len() != 64 || hex::decode_to_slice(pin, &mut certificate_sha256).is_err() {
+        return Err(ConfigError::CertificatePin);
+    }
+    Ok(KeyBrokerConfig {
+        address: raw.address.clone(),
+        host,
+        port,
+        certificate_sha256,
+    })
+}
+
+/// `[[models]]`: 1 to [`MAX_MODELS`], each with a valid name and digest (both unique) and valid hardening.
+fn model_configs(raw: Vec<RawModel>) -> Result<Vec<ModelConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::NoModels);
+    }
+    if raw.len() > MAX_MODELS {
+        return Err(ConfigError::TooManyModels);
+    }
+    let mut names = HashSet::new();
+    let mut digests = HashSet::new();
+    let mut models = Vec::with_capacity(raw.len());
+    for (index, m) in raw.into_iter().enumerate() {
+        if !valid_model_name(&m.name) {
+            return Err(ConfigError::ModelName { index });
+        }
+        let digest =
+            ModelDigest::from_str(&m.digest).map_err(|_| ConfigError::ModelDigest { index })?;
+        if !names.insert(m.name.clone()) {
+            return Err(ConfigError::DuplicateName { name: m.name });
+        }
+        if !digests.insert(digest) {
+            return Err(ConfigError::DuplicateDigest { digest });
+        }
+        if m.max_batch == Some(0) {
+            return Err(ConfigError::ZeroLimit {
+                field: "max_batch (of a model)",
+            });
+        }
+        if m.top_k == Some(0) {
+            return Err(ConfigError::ZeroLimit {
+                field: "top_k (of a model)",
+            });
+        }
+        if m.round_decimals.is_some_and(|d| d > 9) {
+            return Err(ConfigError::Governance(
+                "round_decimals (of a model) must be 0 to 9",
+            ));
+        }
+        models.push(ModelConfig {
+            name: m.name,
+            digest,
+            max_batch: m.max_batch,
+            top_k: m.top_k,
+            round_decimals: m.round_decimals,
+        });
+    }
+    Ok(models)
+}
+
+/// `[limits]`: none of the bounds may be zero.
+fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
+    for (field, zero) in [
+        ("max_body_bytes", limits.max_body_bytes == 0),
+        ("max_tensor_elements", limits.max_tensor_elements == 0),
+        ("max_response_bytes", limits.max_response_bytes == 0),
+        ("max_queue_wait_secs", limits.max_queue_wait_secs == 0),
+        (
+            "max_concurrent_requests",
+            limits.max_concurrent_requests == 0,
+        ),
+    ] {
+        if zero {
+            return Err(ConfigError::ZeroLimit { field });
+        }
+    }
+    Ok(())
+}
+
+/// `[clients]`, `[audit]` and `[state]`; returns the parsed client certificate pins.
+fn check_governance(
+    clients: &ClientsConfig,
+    audit: &AuditConfig,
+    state: &StateConfig,
+) -> Result<Vec<[u8; 32]>, ConfigError> {
+    let client_pins = governance::parse_pins(&clients.certificate_sha256).ok_or(
+        ConfigError::Governance("[clients] certificate_sha256: expected 64 hex digits each"),
+    )?;
+    if clients.require_certificate && client_pins.is_empty() {
+        return Err(ConfigError::Governance(
+            "[clients] require_certificate = true needs certificate_sha256 (no client could connect)",
+        ));
+    }
+    if clients.require_certificate && clients.allow_anonymous == Some(true) {
+        return Err(ConfigError::Governance(
+            "[clients] require_certificate = true and allow_anonymous = true contradict each other",
+        ));
+    }
+    if audit.tally_every_secs == 0 {
+        return Err(ConfigError::ZeroLimit {
+            field: "[audit] tally_every_secs",
+        });
+    }
+    if state.commit_every_secs == 0 {
+        return Err(ConfigError::ZeroLimit {
+            field: "[state] commit_every_secs",
+        });
+    }
+    if audit.checkpoint_every == 0 {
+        return Err(ConfigError::ZeroLimit {
+            field: "[audit] checkpoint_every",
+        });
+    }
+    Ok(client_pins)
 }
 
 fn valid_model_name(name: &str) -> bool {

@@ -351,11 +351,39 @@ async fn provision_one(
     retry: RetryPolicy,
 ) {
     let slot = &enclave.models[index];
-    let name = slot.name.as_str();
-    let digest = slot.digest;
 
     // 1. Key release. Each step's time goes into its log line: cold start is measured in them. The first
     //    model's release also opens the durable state: the broker says which state blob is the latest.
+    let (key, anchor) = release_key(enclave, index, broker, retry).await;
+
+    // 1b. The durable state, resumed at the broker's anchor while the key that derives its key is here.
+    //     A state that cannot be resumed (missing, older than anchored, altered) stops this enclave from
+    //     serving: budgets and the audit chain would start over.
+    if let (Some(anchor), Some(label)) = (anchor, &enclave.state_label) {
+        if !resume_durable_state(enclave, slot, broker, blobs, label, &key, anchor).await {
+            return;
+        }
+    }
+
+    // 2. Sealed blob, opened against the digest the key was released for.
+    let plaintext = fetch_and_open(slot, blobs, key, retry).await;
+
+    // 3. tract, once, optimised; the plaintext is zeroized as soon as tract has its own copy.
+    load_and_install(enclave, slot, plaintext).await;
+}
+
+/// Asks the key broker for the key of model `index` until it releases it: backoff while the broker cannot
+/// be reached, [`RetryPolicy::after_refusal`] after a refusal. For the first model with a durable state,
+/// the request also opens that state, and the answer carries its anchor.
+async fn release_key(
+    enclave: &Enclave,
+    index: usize,
+    broker: &BrokerClient,
+    retry: RetryPolicy,
+) -> (Arc<ModelKey>, Option<StateAnchor>) {
+    let slot = &enclave.models[index];
+    let name = slot.name.as_str();
+    let digest = slot.digest;
     let state_request = match (index, &enclave.state_label) {
         (0, Some(label)) => Some(StateRequest::Open {
             label: label.clone(),
@@ -364,7 +392,7 @@ async fn provision_one(
     };
     let started = std::time::Instant::now();
     let mut backoff = retry.initial;
-    let (key, anchor): (Arc<ModelKey>, Option<StateAnchor>) = loop {
+    loop {
         slot.set_status(ModelStatus::AwaitingKey);
         let answer = broker
             .exchange(
@@ -416,55 +444,82 @@ async fn provision_one(
                 backoff = (backoff * 2).min(retry.max);
             }
         }
-    };
+    }
+}
 
-    // 1b. The durable state, resumed at the broker's anchor while the key that derives its key is here.
-    //     A state that cannot be resumed (missing, older than anchored, altered) stops this enclave from
-    //     serving: budgets and the audit chain would start over.
-    if let (Some(anchor), Some(label)) = (anchor, &enclave.state_label) {
-        match crate::state::Durable::resume(
-            enclave.state_parts(),
-            blobs,
-            label.clone(),
-            digest,
-            &key,
-            anchor,
-            enclave.state_every,
-        )
-        .await
-        {
-            Ok(durable) => {
-                tracing::info!(label = %label, version = anchor.version, "durable state resumed");
-                let durable = Arc::new(durable);
-                let _ = enclave.durable.set(Arc::clone(&durable));
-                let (enclave, broker, blobs) = (Arc::clone(enclave), broker.clone(), blobs.clone());
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(durable.every()).await;
-                        durable
-                            .commit_logged(enclave.state_parts(), &broker, &blobs)
-                            .await;
-                    }
-                });
-            }
-            Err(e) => {
-                slot.set_status(ModelStatus::Failed);
-                tracing::error!(
-                    label = %label,
-                    "cannot resume the durable state: {}; not serving",
-                    error_chain(&e)
-                );
-                return;
-            }
+/// Resumes the durable state `label` at `anchor` with `key`, and starts committing it periodically.
+/// Returns false (the model marked failed) when it cannot be resumed.
+async fn resume_durable_state(
+    enclave: &Arc<Enclave>,
+    slot: &ModelSlot,
+    broker: &BrokerClient,
+    blobs: &BlobService,
+    label: &str,
+    key: &ModelKey,
+    anchor: StateAnchor,
+) -> bool {
+    match crate::state::Durable::resume(
+        enclave.state_parts(),
+        blobs,
+        label.to_owned(),
+        slot.digest,
+        key,
+        anchor,
+        enclave.state_every,
+    )
+    .await
+    {
+        Ok(durable) => {
+            tracing::info!(label = %label, version = anchor.version, "durable state resumed");
+            let durable = Arc::new(durable);
+            let _ = enclave.durable.set(Arc::clone(&durable));
+            spawn_state_commits(durable, enclave, broker, blobs);
+            true
+        }
+        Err(e) => {
+            slot.set_status(ModelStatus::Failed);
+            tracing::error!(
+                label = %label,
+                "cannot resume the durable state: {}; not serving",
+                error_chain(&e)
+            );
+            false
         }
     }
+}
 
-    // 2. Sealed blob, opened against the digest the key was released for.
+/// Commits the durable state every `durable.every()`, for as long as the enclave lives.
+fn spawn_state_commits(
+    durable: Arc<crate::state::Durable>,
+    enclave: &Arc<Enclave>,
+    broker: &BrokerClient,
+    blobs: &BlobService,
+) {
+    let (enclave, broker, blobs) = (Arc::clone(enclave), broker.clone(), blobs.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(durable.every()).await;
+            durable
+                .commit_logged(enclave.state_parts(), &broker, &blobs)
+                .await;
+        }
+    });
+}
+
+/// Fetches the sealed blob and opens it with `key` against the slot's digest, with backoff until it
+/// succeeds; the key is dropped (zeroized) once the blob is open.
+async fn fetch_and_open(
+    slot: &ModelSlot,
+    blobs: &BlobService,
+    key: Arc<ModelKey>,
+    retry: RetryPolicy,
+) -> Plaintext {
+    let name = slot.name.as_str();
     slot.set_status(ModelStatus::Fetching);
     let started = std::time::Instant::now();
     let mut backoff = retry.initial;
     let plaintext: Plaintext = loop {
-        match blobs.fetch_and_open(&digest, Arc::clone(&key)).await {
+        match blobs.fetch_and_open(&slot.digest, Arc::clone(&key)).await {
             Ok(p) => break p,
             Err(e) => {
                 tracing::warn!(
@@ -486,8 +541,14 @@ async fn provision_one(
         ms = started.elapsed().as_secs_f64() * 1e3,
         "sealed model fetched and opened"
     );
+    plaintext
+}
 
-    // 3. tract, once, optimised; the plaintext is zeroized as soon as tract has its own copy.
+/// Loads the plaintext into tract on a blocking thread (zeroizing it there) and installs the model; a
+/// model tract cannot load marks the slot failed.
+async fn load_and_install(enclave: &Enclave, slot: &ModelSlot, plaintext: Plaintext) {
+    let name = slot.name.as_str();
+    let digest = slot.digest;
     slot.set_status(ModelStatus::Loading);
     let len = plaintext.len();
     let started = std::time::Instant::now();

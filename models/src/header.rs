@@ -312,7 +312,15 @@ pub(crate) fn read_header_raw<R: Read>(
     Ok((header, buf, len))
 }
 
-fn decode_error(partial: &[u8]) -> Error {
+/// The whole header's length, from its fixed part (at least [`FIXED_HEADER_LEN`] bytes): the fixed part
+/// and the name it announces.
+pub(crate) fn header_len_from_fixed(fixed: &[u8]) -> usize {
+    FIXED_HEADER_LEN + fixed.get(OFF_NAME_LEN).map_or(0, |n| usize::from(*n))
+}
+
+/// The error for a header that stopped after `partial`: what the decoder says is wrong (bad magic,
+/// version), or truncation.
+pub(crate) fn decode_error(partial: &[u8]) -> Error {
     match SealedHeader::decode(partial) {
         Err(e) => e,
         Ok(_) => Error::Truncated { at: Part::Header },

@@ -8,7 +8,7 @@
 //! A model owner seals an ONNX model under a fresh [`ModelKey`] ([`seal`], [`seal_file`]) and
 //! files the key under the model's [`ModelDigest`] in a [`Keystore`]. The sealed blob may be
 //! stored anywhere, including on the untrusted host. An attested enclave that was released the
-//! key opens it with [`open_expecting`], which authenticates every byte and checks the model is
+//! key opens it with [`open_expecting`] (or [`Opener`], bytes pushed as they arrive), which authenticates every byte and checks the model is
 //! the one the key was released for. The byte-level format is specified in
 //! `docs/sealed-format.md`.
 //!
@@ -30,6 +30,8 @@ mod key;
 #[cfg(feature = "sealing")]
 mod keystore;
 #[cfg(feature = "sealing")]
+mod open;
+#[cfg(feature = "sealing")]
 mod stream;
 
 pub use crate::digest::{ModelDigest, DIGEST_LEN};
@@ -43,4 +45,6 @@ pub use crate::key::{KeyId, ModelKey, KEY_ID_LEN, KEY_LEN};
 #[cfg(feature = "sealing")]
 pub use crate::keystore::Keystore;
 #[cfg(feature = "sealing")]
-pub use crate::stream::{open, open_expecting, seal, seal_file, Phase, Plaintext, Progress};
+pub use crate::open::{open, open_expecting, Opener, Plaintext};
+#[cfg(feature = "sealing")]
+pub use crate::stream::{seal, seal_file, Phase, Progress};

@@ -7,21 +7,19 @@
 //! truncation at a chunk boundary; the header hash as AAD binds every chunk to the header (name,
 //! digest, length, chunk size, key id, nonce prefix).
 
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::mpsc;
 
-use ring::aead::{Aad, LessSafeKey, Nonce, Tag};
+use ring::aead::{Aad, LessSafeKey, Nonce};
 use ring::rand::SecureRandom;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::digest::{Hasher, ModelDigest};
-use crate::error::{Error, Part};
+use crate::error::Error;
 use crate::header::{
-    chunk_count, hash_header_bytes, read_full, read_header_raw, SealedHeader, HEADER_HASH_LEN,
-    NONCE_PREFIX_LEN, TAG_LEN,
+    chunk_count, hash_header_bytes, read_full, SealedHeader, HEADER_HASH_LEN, NONCE_PREFIX_LEN,
+    TAG_LEN,
 };
 use crate::key::ModelKey;
 
@@ -202,284 +200,17 @@ pub fn seal_file(
     result
 }
 
-/// A decrypted, authenticated model: the plaintext ONNX bytes and the header they were sealed
-/// under. The bytes are zeroized on drop; `Debug` does not print them.
-pub struct Plaintext {
-    header: SealedHeader,
-    bytes: SecretBytes,
-}
-
-/// A plaintext buffer that zeroizes its initialized bytes on drop.
-///
-/// Not `Zeroizing<Vec<u8>>`: that zeroizes the whole capacity, so a header that announces a
-/// large (but allowed) length and fails at chunk 0 would make the enclave write every reserved
-/// page. The buffer never reallocates (its capacity is reserved up front), so the spare capacity
-/// has never held data.
-struct SecretBytes(Vec<u8>);
-
-impl Drop for SecretBytes {
-    fn drop(&mut self) {
-        self.0.as_mut_slice().zeroize();
-    }
-}
-
-impl Plaintext {
-    /// The plaintext ONNX bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes.0
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes.0.len()
-    }
-
-    /// Whether the plaintext is empty.
-    pub fn is_empty(&self) -> bool {
-        self.bytes.0.is_empty()
-    }
-
-    /// The header the model was sealed under (authenticated: every chunk is bound to it).
-    pub fn header(&self) -> &SealedHeader {
-        &self.header
-    }
-
-    /// SHA-384 of [`Self::as_bytes`], checked after decryption.
-    pub fn digest(&self) -> &ModelDigest {
-        self.header.digest()
-    }
-
-    /// The model name from the (authenticated) header.
-    pub fn name(&self) -> &str {
-        self.header.name()
-    }
-}
-
-impl fmt::Debug for Plaintext {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Plaintext")
-            .field("name", &self.header.name())
-            .field("digest", self.header.digest())
-            .field("len", &self.len())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Opens a sealed model and checks it against the digest the caller expects.
-///
-/// This is the enclave's entry point: `sealed` comes from the untrusted host, `expected` is the
-/// digest the key was released for. The header's digest is compared with `expected`, its key id
-/// with the key's, and its length with `max_plaintext_len`, all before anything is allocated or
-/// decrypted. Then every chunk is authenticated, the input must end exactly after the last chunk,
-/// and the plaintext must hash to the digest.
-///
-/// Memory: exactly `plaintext_len` bytes, reserved up front and decrypted chunk by chunk in
-/// place; no second copy. On any error the partial plaintext is zeroized and only the error is
-/// returned. Reads `sealed` to its end.
-pub fn open_expecting<R: Read>(
-    sealed: R,
-    key: &ModelKey,
-    expected: &ModelDigest,
-    max_plaintext_len: u64,
-) -> Result<Plaintext, Error> {
-    open_inner(sealed, key, Some(expected), max_plaintext_len)
-}
-
-/// Opens a sealed model whatever model it claims to be (the plaintext is still authenticated and
-/// checked against the header's digest). For the model owner checking their own output; an
-/// enclave must use [`open_expecting`]. See there for the checks and memory use.
-pub fn open<R: Read>(
-    sealed: R,
-    key: &ModelKey,
-    max_plaintext_len: u64,
-) -> Result<Plaintext, Error> {
-    open_inner(sealed, key, None, max_plaintext_len)
-}
-
-fn open_inner<R: Read>(
-    mut sealed: R,
-    key: &ModelKey,
-    expected: Option<&ModelDigest>,
-    max_plaintext_len: u64,
-) -> Result<Plaintext, Error> {
-    let (header, raw, header_len) = read_header_raw(&mut sealed)?;
-
-    // Cheap checks on the untrusted header, before any allocation or decryption.
-    if let Some(expected) = expected {
-        if !expected.ct_eq(header.digest()) {
-            return Err(Error::UnexpectedModel {
-                expected: *expected,
-                found: *header.digest(),
-            });
-        }
-    }
-    if header.key_id() != key.key_id() {
-        return Err(Error::WrongKey {
-            expected_key_id: header.key_id(),
-            found: key.key_id(),
-        });
-    }
-    let len = header.plaintext_len();
-    if len > max_plaintext_len {
-        return Err(Error::TooLarge {
-            len,
-            max: max_plaintext_len,
-        });
-    }
-    let len_usize = usize::try_from(len).map_err(|_| Error::TooLarge {
-        len,
-        max: usize::MAX as u64,
-    })?;
-
-    // AAD: the hash of the header bytes exactly as read (the parser accepts only the canonical
-    // encoding, so this equals the hash of the re-encoded header).
-    let aad = hash_header_bytes(&raw[..header_len]);
-    let aead = key.aead_key()?;
-
-    let mut bytes = SecretBytes(Vec::new());
-    bytes
-        .0
-        .try_reserve_exact(len_usize)
-        .map_err(|_| Error::OutOfMemory { len })?;
-    let count = header.chunk_count();
-    // Ciphertext is read through this buffer and appended to `bytes`: appending grows the
-    // plaintext buffer a chunk at a time without first writing zeros over it, and a header that
-    // lies about its length (caught at chunk 0, whose AAD is the header's hash) costs one chunk.
-    let mut io_buf = vec![0u8; IO_BUF_LEN];
-    let mut decrypt_next = |index: u64, bytes: &mut Vec<u8>| -> Result<(), Error> {
-        let index32 = chunk_index(index, &header)?;
-        let truncated = || Error::Truncated {
-            at: Part::Chunk {
-                index: index32,
-                count,
-            },
-        };
-        let start = bytes.len();
-        let mut left = header.chunk_plaintext_len(index);
-        while left > 0 {
-            let n = left.min(io_buf.len());
-            read_sealed(&mut sealed, &mut io_buf[..n], truncated)?;
-            // Within the reserved capacity: never reallocates, so no unzeroized copy is left.
-            debug_assert!(bytes.len() + n <= bytes.capacity());
-            bytes.extend_from_slice(&io_buf[..n]);
-            left -= n;
-        }
-        let mut tag = [0u8; TAG_LEN];
-        read_sealed(&mut sealed, &mut tag, truncated)?;
-        let nonce = Nonce::assume_unique_for_key(header.nonce(index32, index + 1 == count));
-        aead.open_in_place_separate_tag(
-            nonce,
-            Aad::from(&aad[..]),
-            Tag::from(tag),
-            &mut bytes[start..],
-            0..,
-        )
-        .map_err(|_| Error::ChunkAuthFailed { index: index32 })?;
-        Ok(())
-    };
-
-    let found = if len_usize <= HASH_PIECE_LEN {
-        // Small: a thread would cost more than it saves.
-        let mut hasher = Hasher::new();
-        for index in 0..count {
-            let start = bytes.0.len();
-            decrypt_next(index, &mut bytes.0)?;
-            hasher.update(&bytes.0[start..]);
-        }
-        hasher.finish()
-    } else {
-        // SHA-384 of the plaintext runs on a second thread, behind the decryption: on a core of
-        // its own it hides the reading, decrypting and copying, so opening runs at about the
-        // speed of SHA-384 alone (docs/performance.md, "Opening a sealed model"). The hasher
-        // gets copies of the plaintext in small pieces (the buffer being filled cannot be
-        // shared while it grows); the pieces are recycled and zeroized when dropped.
-        std::thread::scope(|scope| -> Result<ModelDigest, Error> {
-            let (to_hasher, pieces) = mpsc::sync_channel::<Piece>(HASH_PIECES);
-            let (free_tx, free_pieces) = mpsc::sync_channel::<Piece>(HASH_PIECES);
-            for _ in 0..HASH_PIECES {
-                let piece = Zeroizing::new(Vec::with_capacity(HASH_PIECE_LEN));
-                free_tx.send(piece).map_err(|_| hasher_gone())?;
-            }
-            let hashing = scope.spawn(move || {
-                let mut hasher = Hasher::new();
-                for piece in pieces {
-                    hasher.update(&piece);
-                    // The decrypting side may have stopped on an error: nobody to return it to.
-                    let _ = free_tx.send(piece);
-                }
-                hasher.finish()
-            });
-            let decrypted = (|| -> Result<(), Error> {
-                for index in 0..count {
-                    let start = bytes.0.len();
-                    decrypt_next(index, &mut bytes.0)?;
-                    for plain in bytes.0[start..].chunks(HASH_PIECE_LEN) {
-                        let mut piece = free_pieces.recv().map_err(|_| hasher_gone())?;
-                        piece.clear();
-                        piece.extend_from_slice(plain);
-                        to_hasher.send(piece).map_err(|_| hasher_gone())?;
-                    }
-                }
-                Ok(())
-            })();
-            // Dropping the sender ends the hasher's loop, on success and on error alike.
-            drop(to_hasher);
-            let digest = hashing.join().map_err(|_| hasher_gone())?;
-            decrypted.map(|()| digest)
-        })?
-    };
-    let mut probe = [0u8; 1];
-    if read_full(&mut sealed, &mut probe)? != 0 {
-        return Err(Error::TrailingData);
-    }
-    if !found.ct_eq(header.digest()) {
-        return Err(Error::DigestMismatch {
-            expected: *header.digest(),
-            found,
-        });
-    }
-    Ok(Plaintext { header, bytes })
-}
-
-/// Ciphertext read per `read` call while opening (not secret).
-const IO_BUF_LEN: usize = 64 * 1024;
-/// Plaintext handed to the hashing thread per message, and the size under which opening hashes
-/// on its own thread of control.
-const HASH_PIECE_LEN: usize = 256 * 1024;
-/// Pieces in flight between the decrypting and the hashing thread (1 MiB of copies).
-const HASH_PIECES: usize = 4;
-
-/// A copy of some plaintext on its way to the hasher.
-type Piece = Zeroizing<Vec<u8>>;
-
-/// The hashing thread ended early: only a panic in SHA-384 could do it, so this is an internal
-/// error, never a verdict on the model.
-fn hasher_gone() -> Error {
-    Error::Io(io::Error::other("the SHA-384 thread of open() stopped"))
-}
-
 fn chunk_len(chunk_size: u32, total: u64, index: u64) -> usize {
     let start = index * u64::from(chunk_size);
     // <= chunk_size <= 16 MiB.
     total.saturating_sub(start).min(u64::from(chunk_size)) as usize
 }
 
-fn chunk_index(index: u64, header: &SealedHeader) -> Result<u32, Error> {
+pub(crate) fn chunk_index(index: u64, header: &SealedHeader) -> Result<u32, Error> {
     // The header was validated to have at most 2^32 chunks.
     u32::try_from(index).map_err(|_| Error::TooManyChunks {
         plaintext_len: header.plaintext_len(),
         chunk_size: header.chunk_size(),
-    })
-}
-
-fn read_sealed<R: Read>(
-    sealed: &mut R,
-    buf: &mut [u8],
-    truncated: impl Fn() -> Error,
-) -> Result<(), Error> {
-    sealed.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => truncated(),
-        _ => Error::Io(e),
     })
 }
 

@@ -200,26 +200,9 @@ async fn bench(args: &Args) -> Result<(), Failure> {
         return Err(Failure::Usage("--concurrency must be at least 1".into()));
     }
     let trust = args.session.trust()?;
-    let body = std::fs::read(&args.input)
-        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", args.input.display())))?;
-    let request = InferRequest::decode(&body, None)
-        .map_err(|e| Failure::Usage(format!("--input: not a v2 request: {e}")))?;
+    let request = read_request(&args.input)?;
     let requests = args.requests.or(args.duration.is_none().then_some(100));
-    let bar = if std::io::stderr().is_terminal() && !args.json {
-        let bar = match (requests, args.duration) {
-            (Some(n), _) => ProgressBar::new(n),
-            (None, Some(d)) => ProgressBar::new_spinner().with_message(format!("{d} s")),
-            (None, None) => ProgressBar::hidden(),
-        };
-        if let Ok(style) =
-            ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} {per_sec} {msg}")
-        {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(requests, args.duration, args.json);
     let shared = Arc::new(Shared {
         remaining: requests.map(AtomicU64::new),
         start: std::sync::OnceLock::new(),
@@ -255,6 +238,46 @@ async fn bench(args: &Args) -> Result<(), Failure> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     shared.bar.finish_and_clear();
+    let report = summarize(args.concurrency, &shared, &attest_failures, elapsed)?;
+    print_report(&report, args.json)
+}
+
+/// The v2 request body of `--input`.
+fn read_request(input: &std::path::Path) -> Result<InferRequest, Failure> {
+    let body = std::fs::read(input)
+        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", input.display())))?;
+    InferRequest::decode(&body, None)
+        .map_err(|e| Failure::Usage(format!("--input: not a v2 request: {e}")))
+}
+
+/// A progress bar on a terminal (of `requests`, or a spinner for `duration` seconds); hidden otherwise and
+/// with `--json`.
+fn progress_bar(requests: Option<u64>, duration: Option<f64>, json: bool) -> ProgressBar {
+    if std::io::stderr().is_terminal() && !json {
+        let bar = match (requests, duration) {
+            (Some(n), _) => ProgressBar::new(n),
+            (None, Some(d)) => ProgressBar::new_spinner().with_message(format!("{d} s")),
+            (None, None) => ProgressBar::hidden(),
+        };
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} {per_sec} {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+/// The report of a finished run; an error when no session attested and nothing was measured. Workers'
+/// session failures count as `session` errors, each distinct reason printed once on stderr.
+fn summarize(
+    concurrency: usize,
+    shared: &Shared,
+    attest_failures: &[String],
+    elapsed: f64,
+) -> Result<Report, Failure> {
     let mut latencies = std::mem::take(
         &mut *shared
             .latencies
@@ -275,7 +298,7 @@ async fn bench(args: &Args) -> Result<(), Failure> {
         .clone();
     if !attest_failures.is_empty() {
         errors.insert("session".into(), attest_failures.len() as u64);
-        let mut distinct = attest_failures.clone();
+        let mut distinct = attest_failures.to_vec();
         distinct.sort();
         distinct.dedup();
         for reason in distinct {
@@ -283,8 +306,8 @@ async fn bench(args: &Args) -> Result<(), Failure> {
         }
     }
     let ok = latencies.len() as u64;
-    let report = Report {
-        concurrency: args.concurrency,
+    Ok(Report {
+        concurrency,
         requests: ok + errors.values().sum::<u64>(),
         ok,
         errors,
@@ -301,11 +324,15 @@ async fn bench(args: &Args) -> Result<(), Failure> {
                 latencies.iter().sum::<Duration>().as_secs_f64() * 1000.0 / latencies.len() as f64
             },
         },
-    };
-    if args.json {
+    })
+}
+
+/// Prints the report: one JSON object with `--json`, else three lines.
+fn print_report(report: &Report, json: bool) -> Result<(), Failure> {
+    if json {
         println!(
             "{}",
-            serde_json::to_string(&report).map_err(|e| Failure::Usage(e.to_string()))?
+            serde_json::to_string(report).map_err(|e| Failure::Usage(e.to_string()))?
         );
     } else {
         println!(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cloister_cli::magika::{Analysis, MagikaConfig};
 use cloister_devnet::{Deployment, DeploymentOptions};
-use cloister_kserve::{InferRequest, InferTensor, TensorData};
+use cloister_kserve::{InferRequest, InferResponse, InferTensor, TensorData};
 use cloister_session::{AttestedSession, SessionConfig};
 
 use super::{exit, runtime, Failure};
@@ -107,18 +107,7 @@ async fn demo(args: &Args) -> Result<(), String> {
         }
     };
     // The files to classify, read up front: a missing file is an error before anything starts.
-    let inputs: Vec<(String, Vec<u8>)> = if args.files.is_empty() {
-        samples()
-    } else {
-        args.files
-            .iter()
-            .map(|p| {
-                std::fs::read(p)
-                    .map(|b| (p.display().to_string(), b))
-                    .map_err(|e| format!("cannot read {}: {e}", p.display()))
-            })
-            .collect::<Result<_, _>>()?
-    };
+    let inputs = read_inputs(&args.files)?;
 
     std::fs::create_dir_all(&workdir).map_err(|e| e.to_string())?;
     if args.serve {
@@ -144,34 +133,7 @@ async fn demo(args: &Args) -> Result<(), String> {
     let deployment = Deployment::start(&options)
         .await
         .map_err(|e| e.to_string())?;
-    say(
-        start,
-        &format!(
-            "platform: simulated Genoa AMD-SP in {}",
-            deployment.sim_dir.display()
-        ),
-    );
-    say(
-        start,
-        &format!(
-            "model owner: sealed Magika ({}), key in the keystore",
-            deployment.model_digest
-        ),
-    );
-    say(
-        start,
-        &format!(
-            "model owner: key broker pins measurement {}",
-            hex::encode(deployment.measurement)
-        ),
-    );
-    say(
-        start,
-        &format!(
-            "host: cloister-host relays on {} and launched cloister-enclave",
-            deployment.endpoint
-        ),
-    );
+    say_deployment(&deployment, start);
 
     let result = run_client(&deployment, &inputs, start).await;
     say(start, "shutting down host, enclave and key broker");
@@ -204,6 +166,54 @@ async fn demo(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// The files to classify (`files`, or the built-in samples when there are none): (name, bytes).
+fn read_inputs(files: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    Ok(if files.is_empty() {
+        samples()
+    } else {
+        files
+            .iter()
+            .map(|p| {
+                std::fs::read(p)
+                    .map(|b| (p.display().to_string(), b))
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))
+            })
+            .collect::<Result<_, _>>()?
+    })
+}
+
+/// Prints what each party set up: the platform, the model owner's sealed model and broker, the host.
+fn say_deployment(deployment: &Deployment, start: Instant) {
+    say(
+        start,
+        &format!(
+            "platform: simulated Genoa AMD-SP in {}",
+            deployment.sim_dir.display()
+        ),
+    );
+    say(
+        start,
+        &format!(
+            "model owner: sealed Magika ({}), key in the keystore",
+            deployment.model_digest
+        ),
+    );
+    say(
+        start,
+        &format!(
+            "model owner: key broker pins measurement {}",
+            hex::encode(deployment.measurement)
+        ),
+    );
+    say(
+        start,
+        &format!(
+            "host: cloister-host relays on {} and launched cloister-enclave",
+            deployment.endpoint
+        ),
+    );
+}
+
 /// Runs the client side; returns the enclave's record key (from its attested claims), to check its audit log.
 async fn run_client(
     deployment: &Deployment,
@@ -225,6 +235,39 @@ async fn run_client(
     for line in super::infer::describe_session(&session) {
         println!("          {line}");
     }
+    let last = classify(&mut session, deployment, inputs, start).await?;
+
+    // The last answer's receipt, checked offline as an auditor would: the evidence under the client's
+    // policy, the enclave's signature, and the request and response it names.
+    if let (Some((request, response)), Some(file)) = (&last, session.receipt_file()) {
+        verify_receipt_offline(deployment, &file, request, response, start)?;
+    }
+
+    // The budget (measured configuration: requests per minute per client): spent on purpose.
+    let request = last
+        .as_ref()
+        .map(|(r, _)| r.clone())
+        .ok_or("no input reached the model")?;
+    spend_budget(&mut session, deployment, &request, start).await?;
+
+    // What a client that expects another build sees: a refusal before any input is sent.
+    check_other_measurement_refused(deployment, start).await?;
+    session
+        .evidence()
+        .claims()
+        .receipt_key
+        .clone()
+        .ok_or_else(|| "the enclave's claims carry no record key".to_owned())
+}
+
+/// Classifies each input (through the attested session when Magika needs its model) and prints the
+/// prediction; returns the last request the model answered, with its answer.
+async fn classify(
+    session: &mut AttestedSession,
+    deployment: &Deployment,
+    inputs: &[(String, Vec<u8>)],
+    start: Instant,
+) -> Result<Option<(InferRequest, InferResponse)>, String> {
     let meta = session
         .attested_model(&deployment.model_name)
         .await
@@ -235,7 +278,7 @@ async fn run_client(
         .first()
         .map(|i| i.name.clone())
         .ok_or("the model has no inputs")?;
-    let mut last: Option<(InferRequest, cloister_kserve::InferResponse)> = None;
+    let mut last: Option<(InferRequest, InferResponse)> = None;
     for (name, bytes) in inputs {
         let prediction = match config.analyze(bytes) {
             Analysis::Decided(p) => *p,
@@ -272,37 +315,47 @@ async fn run_client(
             ),
         );
     }
+    Ok(last)
+}
 
-    // The last answer's receipt, checked offline as an auditor would: the evidence under the client's
-    // policy, the enclave's signature, and the request and response it names.
-    if let (Some((request, response)), Some(file)) = (&last, session.receipt_file()) {
-        let trust = deployment.session_config().map_err(|e| e.to_string())?;
-        let v = cloister_governance::receipt::verify_receipt(
-            &file,
-            trust.policy(),
-            &trust.verify_options(super::now_unix()),
-            Some(&request.inputs),
-            Some(&response.outputs),
-        )
-        .map_err(|e| format!("the receipt does not verify: {e}"))?;
-        say(
-            start,
-            &format!(
-                "receipt #{} verified offline: signed by the attested enclave, names model {} and this request and response",
-                v.payload.seq, v.payload.model
-            ),
-        );
-    }
+/// Verifies a receipt offline under the client's policy, against the request and response it names.
+fn verify_receipt_offline(
+    deployment: &Deployment,
+    file: &cloister_governance::ReceiptFile,
+    request: &InferRequest,
+    response: &InferResponse,
+    start: Instant,
+) -> Result<(), String> {
+    let trust = deployment.session_config().map_err(|e| e.to_string())?;
+    let v = cloister_governance::receipt::verify_receipt(
+        file,
+        trust.policy(),
+        &trust.verify_options(super::now_unix()),
+        Some(&request.inputs),
+        Some(&response.outputs),
+    )
+    .map_err(|e| format!("the receipt does not verify: {e}"))?;
+    say(
+        start,
+        &format!(
+            "receipt #{} verified offline: signed by the attested enclave, names model {} and this request and response",
+            v.payload.seq, v.payload.model
+        ),
+    );
+    Ok(())
+}
 
-    // The budget (measured configuration: requests per minute per client): spent on purpose.
-    let request = last
-        .as_ref()
-        .map(|(r, _)| r.clone())
-        .ok_or("no input reached the model")?;
+/// Sends `request` until the per-client budget answers 429 (at most 64 times).
+async fn spend_budget(
+    session: &mut AttestedSession,
+    deployment: &Deployment,
+    request: &InferRequest,
+    start: Instant,
+) -> Result<(), String> {
     let mut hit = None;
     for _ in 0..64 {
         match session
-            .infer_attested(&deployment.model_name, &request, true)
+            .infer_attested(&deployment.model_name, request, true)
             .await
         {
             Ok(_) => {}
@@ -317,8 +370,14 @@ async fn run_client(
     }
     let message = hit.ok_or("the per-client budget was never hit")?;
     say(start, &format!("client: budget hit, HTTP 429: {message}"));
+    Ok(())
+}
 
-    // What a client that expects another build sees: a refusal before any input is sent.
+/// A client whose policy pins another measurement must refuse the enclave.
+async fn check_other_measurement_refused(
+    deployment: &Deployment,
+    start: Instant,
+) -> Result<(), String> {
     let trust = SessionConfig::builder_from_file(&deployment.client_policy)
         .map_err(|e| e.to_string())?
         .with_policy(|p| {
@@ -329,16 +388,13 @@ async fn run_client(
         .build()
         .map_err(|e| e.to_string())?;
     match AttestedSession::connect(&deployment.endpoint, &trust).await {
-        Ok(_) => return Err("a client pinning another measurement was not refused".into()),
-        Err(e) => say(
-            start,
-            &format!("client pinning another measurement refuses to send anything: {e}"),
-        ),
+        Ok(_) => Err("a client pinning another measurement was not refused".into()),
+        Err(e) => {
+            say(
+                start,
+                &format!("client pinning another measurement refuses to send anything: {e}"),
+            );
+            Ok(())
+        }
     }
-    session
-        .evidence()
-        .claims()
-        .receipt_key
-        .clone()
-        .ok_or_else(|| "the enclave's claims carry no record key".to_owned())
 }

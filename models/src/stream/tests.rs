@@ -4,8 +4,10 @@ use proptest::prelude::*;
 use ring::rand::SystemRandom;
 
 use super::*;
+use crate::error::Part;
 use crate::header::{read_header, FIXED_HEADER_LEN, MIN_CHUNK_SIZE};
 use crate::key::KEY_LEN;
+use crate::open::{open, open_expecting, HASH_PIECE_LEN};
 
 const CS: u32 = MIN_CHUNK_SIZE;
 const CSU: usize = CS as usize;
