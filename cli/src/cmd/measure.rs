@@ -5,7 +5,7 @@
 //!   writes an ID block and its ID_AUTH_INFO (base64, the form QEMU's `id-block=`/`id-auth=` take), so the
 //!   AMD-SP refuses to launch anything else and reports carry the key digests a policy can pin.
 //! - `--simulated`: the measurement of the simulated platform, from the enclave binary and its measured
-//!   configuration (`cloister_sim::simulated_launch_measurement`).
+//!   configuration (`cloister_devnet::sim::simulated_launch_measurement`).
 //!
 //! Output: the digest as lower-case hex on the last line of stdout (key digests before it).
 //! Exit codes: 0 done; 2 usage or I/O error, or inputs that cannot be measured.
@@ -131,7 +131,7 @@ fn measure_cmd(a: &Args) -> anyhow::Result<()> {
         let (Some(bin), Some(config)) = (&a.enclave_bin, &a.config) else {
             bail!("--simulated needs --enclave-bin and --config");
         };
-        let m = cloister_sim::simulated_launch_measurement(&read(bin)?, &read(config)?);
+        let m = cloister_devnet::sim::simulated_launch_measurement(&read(bin)?, &read(config)?);
         eprintln!(
             "SIMULATED platform measurement (no hardware protection; see docs/simulation.md)"
         );

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use cloister_attestation::snp::report::TcbVersion;
 use cloister_attestation::snp::Product;
-use cloister_sim::{
+use cloister_devnet::sim::{
     default_tcb, ReportRequest, SimConfig, SimPlatform, SimSigningKey, SystemRandom,
 };
 
