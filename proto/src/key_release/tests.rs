@@ -44,7 +44,7 @@ pub(crate) fn sim() -> &'static SimPlatform {
 
 /// Evidence the simulated enclave makes for a challenge.
 fn evidence(nonce: [u8; 32], exporter: [u8; 32], key: [u8; 32], digest: Sha384) -> Evidence {
-    let claims = Claims {
+    evidence_for(Claims {
         version: CLAIMS_VERSION,
         nonce,
         tls_exporter: exporter,
@@ -52,7 +52,11 @@ fn evidence(nonce: [u8; 32], exporter: [u8; 32], key: [u8; 32], digest: Sha384) 
         model_digests: vec![digest],
         config_digest: Sha384([7; 48]),
         receipt_key: None,
-    };
+    })
+}
+
+/// Evidence for `claims` from the simulated AMD-SP, measurement `42…42` (what [`policy`] pins).
+pub(crate) fn evidence_for(claims: Claims) -> Evidence {
     let report = sim()
         .report(&ReportRequest {
             report_data: claims.report_data().unwrap(),
@@ -69,7 +73,8 @@ fn evidence(nonce: [u8; 32], exporter: [u8; 32], key: [u8; 32], digest: Sha384) 
     }
 }
 
-fn policy() -> Policy {
+/// A policy pinning the simulated enclave's measurement.
+pub(crate) fn policy() -> Policy {
     Policy::from_toml(&format!(
         "workload_identity = \"measurement\"\nmeasurements = [\"{}\"]",
         "42".repeat(48)

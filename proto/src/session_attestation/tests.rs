@@ -2,20 +2,20 @@
 //! verifier: what each refuses, and why.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cloister_attestation::evidence::{Claims, Evidence, Platform, Sha384, CLAIMS_VERSION};
-use cloister_attestation::{Policy, VerifyOptions};
-use cloister_sim::{ReportRequest, SimSigningKey};
+use cloister_attestation::evidence::{Claims, Evidence, Sha384, CLAIMS_VERSION};
+use cloister_attestation::VerifyOptions;
+use cloister_sim::ReportRequest;
 use ring::rand::SystemRandom;
 
 use super::*;
-use crate::key_release::tests::{sim, ISSUED};
+use crate::key_release::tests::{evidence_for, policy, sim, ISSUED};
 use crate::Error;
 
 const EXPORTER: [u8; 32] = [5; 32];
 
-/// Evidence the simulated enclave makes for `to_attest` (claims: its nonce and exporter).
+/// Evidence the simulated enclave makes for a nonce and an exporter.
 fn evidence(nonce: [u8; 32], exporter: [u8; 32]) -> Evidence {
-    let claims = Claims {
+    evidence_for(Claims {
         version: CLAIMS_VERSION,
         nonce,
         tls_exporter: exporter,
@@ -23,29 +23,7 @@ fn evidence(nonce: [u8; 32], exporter: [u8; 32]) -> Evidence {
         model_digests: vec![Sha384([1; 48])],
         config_digest: Sha384([7; 48]),
         receipt_key: None,
-    };
-    let report = sim()
-        .report(&ReportRequest {
-            report_data: claims.report_data().unwrap(),
-            measurement: [0x42; 48],
-            ..ReportRequest::default()
-        })
-        .unwrap();
-    Evidence {
-        platform: Platform::SnpSimulated,
-        report: report.to_vec(),
-        cert_chain: sim().certificate_chain(SimSigningKey::Vcek).unwrap(),
-        claims,
-        vtpm: None,
-    }
-}
-
-fn policy() -> Policy {
-    Policy::from_toml(&format!(
-        "workload_identity = \"measurement\"\nmeasurements = [\"{}\"]",
-        "42".repeat(48)
-    ))
-    .unwrap()
+    })
 }
 
 fn options() -> VerifyOptions<'static> {
