@@ -270,4 +270,43 @@ pub enum Error {
         #[source]
         source: TractError,
     },
+    /// The model is not a decoder this engine drives (the Hugging Face layout with a KV cache).
+    #[error("not a decoder LLM this engine runs: {0}")]
+    NotADecoder(String),
+    /// An LLM bundle that does not parse (`llm::LlmBundle`).
+    #[error("LLM bundle: {0}")]
+    Bundle(String),
+    /// The tokenizer could not be loaded, or failed on a text.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template failed to render (a template error, or it ran out of fuel).
+    #[error("chat template: {0}")]
+    Template(String),
+    /// A prompt the engine refuses (a control token inside a message, nothing to generate from, …).
+    #[error("prompt refused: {0}")]
+    Prompt(String),
+    /// A sampling parameter is out of range.
+    #[error("`{field}`: {reason}")]
+    Sampling {
+        /// The parameter (`temperature`, `top_p`).
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The prompt plus the completion would not fit the context this completion may use.
+    #[error(
+        "the prompt has {prompt_tokens} tokens and max_tokens asks for {max_tokens} more; this deployment \
+         allows at most {limit} tokens of context per completion"
+    )]
+    ContextTooLong {
+        /// Tokens of the rendered prompt.
+        prompt_tokens: usize,
+        /// Completion tokens asked for.
+        max_tokens: usize,
+        /// The context limit (the model's, or the memory budget's if smaller).
+        limit: usize,
+    },
+    /// The model produced logits no token can be chosen from (empty, NaN, infinite).
+    #[error("model output: {0}")]
+    Logits(String),
 }

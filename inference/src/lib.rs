@@ -39,6 +39,7 @@ mod convert;
 mod decoded;
 mod error;
 mod footprint;
+pub mod llm;
 mod model;
 mod planning;
 mod tensors;

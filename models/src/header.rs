@@ -313,7 +313,8 @@ pub(crate) fn read_header_raw<R: Read>(
 }
 
 /// The whole header's length, from its fixed part (at least [`FIXED_HEADER_LEN`] bytes): the fixed part
-/// and the name it announces.
+/// and the name it announces. Only the opener (feature `sealing`) reads headers piecewise.
+#[cfg(feature = "sealing")]
 pub(crate) fn header_len_from_fixed(fixed: &[u8]) -> usize {
     FIXED_HEADER_LEN + fixed.get(OFF_NAME_LEN).map_or(0, |n| usize::from(*n))
 }

@@ -236,7 +236,10 @@ class GraphBuilder:
         return name
 
     def init(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), self._fresh(name)))
+        # Not np.ascontiguousarray: it turns a 0-d array into shape [1], and ONNX scalars (Range's bounds, the
+        # index that makes Gather return a scalar) must stay rank 0 (onnxruntime tolerates [1]; tract does not).
+        array = np.array(array, order="C", copy=True)
+        self.initializers.append(numpy_helper.from_array(array, self._fresh(name)))
         return name
 
     def const(self, values, dtype) -> str:

@@ -8,6 +8,7 @@ mod edges;
 mod fleet;
 mod governance;
 mod kubernetes;
+mod llm;
 mod models;
 mod proxy;
 mod vm;
