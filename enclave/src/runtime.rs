@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use crate::blobs::BlobService;
 use crate::config::{Config, Limits, MemoryBudget as BudgetSetting};
 use crate::firmware::{self, Attester};
+use crate::inference::llm::{Llm, LlmBundle, BUNDLE_MAGIC};
 use crate::inference::LoadedModel;
 use crate::key_release::{refusal_text, Answer, BrokerClient, KeyReleaseError};
 use crate::pool::{default_budget_bytes, InferencePool, MemoryBudget};
@@ -59,6 +60,8 @@ pub struct ModelSlot {
     top_k: Option<u32>,
     round_decimals: Option<u8>,
     loaded: OnceLock<Arc<LoadedModel>>,
+    /// An LLM bundle (`cloister seal --llm`), served on `/v1/chat/completions` instead of `/v2/.../infer`.
+    llm: OnceLock<Arc<Llm>>,
     status: Mutex<ModelStatus>,
 }
 
@@ -96,6 +99,16 @@ impl ModelSlot {
     /// The loaded model, once ready.
     pub fn model(&self) -> Option<&Arc<LoadedModel>> {
         self.loaded.get()
+    }
+
+    /// The loaded LLM, once ready (a slot serves a tensor model or an LLM, by what its sealed plaintext is).
+    pub fn llm(&self) -> Option<&Arc<Llm>> {
+        self.llm.get()
+    }
+
+    /// Whether the slot serves (a tensor model or an LLM).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.get().is_some() || self.llm.get().is_some()
     }
 
     /// Where provisioning is.
@@ -179,6 +192,7 @@ impl Enclave {
                     top_k: m.top_k,
                     round_decimals: m.round_decimals,
                     loaded: OnceLock::new(),
+                    llm: OnceLock::new(),
                     status: Mutex::new(ModelStatus::AwaitingKey),
                 })
                 .collect(),
@@ -263,7 +277,7 @@ impl Enclave {
 
     /// Ready when every configured model is loaded.
     pub fn is_ready(&self) -> bool {
-        self.models.iter().all(|m| m.loaded.get().is_some())
+        self.models.iter().all(ModelSlot::is_loaded)
     }
 
     /// Permits for concurrent inferences (`limits.max_concurrent_requests`).
@@ -292,8 +306,26 @@ impl Enclave {
         let slot = self
             .model(name)
             .ok_or_else(|| InstallError(name.to_owned()))?;
+        if slot.is_loaded() {
+            return Err(InstallError(name.to_owned()));
+        }
         slot.loaded
             .set(Arc::new(model))
+            .map_err(|_| InstallError(name.to_owned()))?;
+        slot.set_status(ModelStatus::Ready);
+        Ok(())
+    }
+
+    /// [`Enclave::install`] for an LLM.
+    pub fn install_llm(&self, name: &str, llm: Llm) -> Result<(), InstallError> {
+        let slot = self
+            .model(name)
+            .ok_or_else(|| InstallError(name.to_owned()))?;
+        if slot.is_loaded() {
+            return Err(InstallError(name.to_owned()));
+        }
+        slot.llm
+            .set(Arc::new(llm))
             .map_err(|_| InstallError(name.to_owned()))?;
         slot.set_status(ModelStatus::Ready);
         Ok(())
@@ -552,23 +584,41 @@ async fn load_and_install(enclave: &Enclave, slot: &ModelSlot, plaintext: Plaint
     slot.set_status(ModelStatus::Loading);
     let len = plaintext.len();
     let started = std::time::Instant::now();
+    // What the plaintext is (an ONNX model, or an LLM bundle) is part of what its digest pins.
     let loaded = tokio::task::spawn_blocking(move || {
-        let model = LoadedModel::load(plaintext.as_bytes());
+        let served = if plaintext.as_bytes().starts_with(&BUNDLE_MAGIC) {
+            LlmBundle::parse(plaintext.as_bytes())
+                .and_then(|b| Llm::from_bundle(&b))
+                .map(|llm| Served::Llm(Box::new(llm)))
+        } else {
+            LoadedModel::load(plaintext.as_bytes()).map(Served::Tensor)
+        };
         drop(plaintext); // zeroizes the plaintext buffer
-        model
+        served
     })
     .await;
     match loaded {
-        Ok(Ok(model)) => {
-            tracing::info!(
-                model = name,
-                %digest,
-                bytes = len,
-                planning = ?model.planning(),
-                ms = started.elapsed().as_secs_f64() * 1e3,
-                "model loaded"
-            );
-            if enclave.install(name, model).is_err() {
+        Ok(Ok(served)) => {
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            let installed = match served {
+                Served::Tensor(model) => {
+                    tracing::info!(model = name, %digest, bytes = len, planning = ?model.planning(), ms, "model loaded");
+                    enclave.install(name, model)
+                }
+                Served::Llm(llm) => {
+                    tracing::info!(
+                        model = name,
+                        %digest,
+                        bytes = len,
+                        context = llm.context_length(),
+                        kv_bytes_per_token = llm.decoder().kv_bytes_per_token(),
+                        ms,
+                        "LLM loaded"
+                    );
+                    enclave.install_llm(name, *llm)
+                }
+            };
+            if installed.is_err() {
                 tracing::error!(model = name, "model was already installed");
             }
         }
@@ -583,6 +633,12 @@ async fn load_and_install(enclave: &Enclave, slot: &ModelSlot, plaintext: Plaint
             tracing::error!(model = name, "the model-loading task failed");
         }
     }
+}
+
+/// What a sealed plaintext loads as.
+enum Served {
+    Tensor(LoadedModel),
+    Llm(Box<Llm>),
 }
 
 /// `error: cause: cause…`, for logs.

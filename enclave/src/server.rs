@@ -27,6 +27,7 @@ use cloister_kserve::{
 };
 use cloister_proto::session_attestation::{EnclaveAttestation, MAX_REQUEST_LEN};
 use cloister_proto::tls::{self, danger::PinnedClients};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -246,7 +247,9 @@ impl Connection {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+/// Every response body: a buffer, or (`/v1/chat/completions` with `stream`) server-sent events as they are
+/// generated.
+type Resp = Response<BoxBody<Bytes, Infallible>>;
 
 /// A request error: the status and the one-line message the client gets as `{"error": "…"}`.
 #[derive(Debug)]
@@ -270,7 +273,7 @@ impl ApiError {
     }
 }
 
-async fn handle(ctx: &Connection, req: Request<Incoming>) -> Resp {
+async fn handle(ctx: &Arc<Connection>, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -285,7 +288,7 @@ async fn handle(ctx: &Connection, req: Request<Incoming>) -> Resp {
     response
 }
 
-async fn route(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, ApiError> {
+async fn route(ctx: &Arc<Connection>, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let method = req.method().clone();
@@ -323,7 +326,7 @@ async fn route(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, ApiErro
             metadata(slot(enclave, name)?)
         }
         ["v2", "models", name, "ready"] if is_get => {
-            let ready = slot(enclave, name)?.model().is_some();
+            let ready = slot(enclave, name)?.is_loaded();
             Ok(json(
                 if ready {
                     StatusCode::OK
@@ -341,6 +344,15 @@ async fn route(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, ApiErro
             let slot = slot(enclave, name)?;
             governed_infer(ctx, slot, req).await
         }
+        ["v1", "models"] if is_get => Ok(chat::models(enclave)),
+        ["v1", "chat", "completions"] if method == Method::POST => {
+            // OpenAI's error shape on OpenAI's paths.
+            Ok(chat::governed_chat(ctx, req)
+                .await
+                .unwrap_or_else(|e| chat::error_response(&e)))
+        }
+        ["v1", "models"] => Err(method_not_allowed("GET, HEAD")),
+        ["v1", "chat", "completions"] => Ok(chat::error_response(&method_not_allowed("POST"))),
         ["metrics"] if is_get => {
             control(ctx, crate::governance::Control::Metrics)?;
             Ok(metrics_response(enclave))
@@ -380,6 +392,12 @@ fn slot<'a>(enclave: &'a Enclave, name: &str) -> Result<&'a ModelSlot, ApiError>
 }
 
 fn loaded(slot: &ModelSlot) -> Result<Arc<LoadedModel>, ApiError> {
+    if slot.llm().is_some() {
+        return Err(ApiError::bad_request(format!(
+            "model `{}` is an LLM: use POST /v1/chat/completions",
+            slot.name()
+        )));
+    }
     slot.model().cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -466,6 +484,7 @@ fn metadata(slot: &ModelSlot) -> Result<Resp, ApiError> {
     ))
 }
 
+mod chat;
 mod infer;
 use infer::governed_infer;
 
@@ -552,7 +571,7 @@ fn bytes_response(
     bytes: impl Into<Bytes>,
     json_len: Option<usize>,
 ) -> Resp {
-    let mut resp = Response::new(Full::new(bytes.into()));
+    let mut resp = Response::new(Full::new(bytes.into()).boxed());
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -565,13 +584,9 @@ fn bytes_response(
 
 /// `GET /metrics`: counts and timings (`crate::metrics`).
 fn metrics_response(enclave: &Enclave) -> Resp {
-    enclave.metrics().set_ready(
-        enclave
-            .models()
-            .iter()
-            .filter(|m| m.model().is_some())
-            .count(),
-    );
+    enclave
+        .metrics()
+        .set_ready(enclave.models().iter().filter(|m| m.is_loaded()).count());
     bytes_response(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

@@ -9,9 +9,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use std::time::Duration;
+
+use bytes::Bytes;
+use cloister_devnet::{Deployment, DeploymentOptions};
 use cloister_inference::llm::{
-    ChatMessage, CompletionRequest, FinishReason, Llm, LlmBundle, SamplingParams,
+    ChatFormat, ChatMessage, CompletionRequest, FinishReason, Llm, LlmBundle, SamplingParams,
 };
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
 
 /// Prompts whose greedy answers run past 64 tokens (so each comparison covers the whole budget), and one short
 /// answer that ends with the end-of-sequence token.
@@ -42,8 +48,8 @@ fn skip(why: &str) {
     );
 }
 
-/// The bundle of the generated model, as `cloister seal --llm` would build it.
-pub(crate) fn bundle() -> Option<LlmBundle> {
+/// The bundle of the generated model, as `cloister seal --llm` builds it.
+pub(crate) fn bundle_bytes() -> Option<zeroize::Zeroizing<Vec<u8>>> {
     let dir = llm_dir();
     let read = |name: &str| std::fs::read(dir.join(name)).ok();
     let files = (
@@ -52,22 +58,22 @@ pub(crate) fn bundle() -> Option<LlmBundle> {
         read("chat_template.jinja")?,
         read("generation.json")?,
     );
-    Some(LlmBundle::parse(LlmBundle::build(&files.0, &files.1, &files.2, &files.3)).unwrap())
+    Some(LlmBundle::build(&files.0, &files.1, &files.2, &files.3))
 }
 
 /// onnxruntime's greedy ids per prompt (scripts/llm/check-export.py --greedy-json).
-fn onnxruntime_greedy() -> Option<BTreeMap<String, Vec<u32>>> {
+fn onnxruntime_greedy(prompts: &[&str]) -> Option<BTreeMap<String, Vec<u32>>> {
     let python = std::env::var("CLOISTER_PYTHON").unwrap_or_else(|_| "python3".into());
     let dir = tempfile::tempdir().unwrap();
-    let prompts = dir.path().join("prompts.json");
-    std::fs::write(&prompts, serde_json::to_vec(&PROMPTS).unwrap()).unwrap();
+    let prompts_file = dir.path().join("prompts.json");
+    std::fs::write(&prompts_file, serde_json::to_vec(prompts).unwrap()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/llm/check-export.py");
     let out = Command::new(&python)
         .arg(script)
         .arg("--dir")
         .arg(llm_dir())
         .arg("--greedy-json")
-        .arg(&prompts)
+        .arg(&prompts_file)
         .args(["--max-tokens", &MAX_TOKENS.to_string()])
         .stderr(Stdio::inherit())
         .output()
@@ -80,13 +86,13 @@ fn onnxruntime_greedy() -> Option<BTreeMap<String, Vec<u32>>> {
 
 #[test]
 fn greedy_tract_equals_onnxruntime_token_for_token() {
-    let Some(bundle) = bundle() else {
+    let Some(bundle) = bundle_bytes() else {
         return skip("the LLM is not generated (.cache/llm)");
     };
-    let Some(reference) = onnxruntime_greedy() else {
+    let Some(reference) = onnxruntime_greedy(&PROMPTS) else {
         return skip("onnxruntime's greedy reference could not be computed");
     };
-    let llm = Llm::from_bundle(&bundle).unwrap();
+    let llm = Llm::from_bundle(&LlmBundle::parse(&bundle).unwrap()).unwrap();
     drop(bundle);
     let mut full = 0;
     for prompt in PROMPTS {
@@ -129,4 +135,186 @@ fn greedy_tract_equals_onnxruntime_token_for_token() {
         );
     }
     assert!(full >= 5, "only {full} prompts ran to {MAX_TOKENS} tokens");
+}
+
+/// The events of a server-sent-events body: the `data:` payloads, in order.
+fn sse_data(body: &[u8]) -> Vec<String> {
+    let text = std::str::from_utf8(body).unwrap();
+    text.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {e:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completions_through_host_and_enclave_equal_onnxruntime() {
+    let Some(bundle) = bundle_bytes() else {
+        return skip("the LLM is not generated (.cache/llm)");
+    };
+    let prompt = PROMPTS[1];
+    let Some(reference) = onnxruntime_greedy(&[prompt]) else {
+        return skip("onnxruntime's greedy reference could not be computed");
+    };
+    let want_ids = &reference[prompt];
+    assert_eq!(want_ids.len(), MAX_TOKENS);
+    let parsed = LlmBundle::parse(&bundle).unwrap();
+    let format = ChatFormat::new(
+        parsed.tokenizer_json(),
+        parsed.chat_template(),
+        &parsed.config().eos_token,
+    )
+    .unwrap();
+    let want_text = format.decode(want_ids).unwrap();
+
+    // The model owner seals the bundle; the host relays; the enclave loads it after key release.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle_path = dir.path().join("smollm2.bundle");
+    std::fs::write(&bundle_path, &*bundle).unwrap();
+    drop(parsed);
+    drop(bundle);
+    let options = DeploymentOptions::new(&dir.path().join("run"), &bundle_path, "smollm2").unwrap();
+    let deployment = Deployment::start(&options)
+        .await
+        .expect("deployment starts");
+    let mut session = deployment
+        .wait_ready(Duration::from_secs(600))
+        .await
+        .expect("the enclave loads the LLM");
+
+    let post = |body: Value| Bytes::from(serde_json::to_vec(&body).unwrap());
+    let request = json!({
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+    });
+
+    // Not streamed.
+    let (status, body) = session
+        .raw(
+            Method::POST,
+            "/v1/chat/completions",
+            Some("application/json"),
+            post(request.clone()),
+        )
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["object"], "chat.completion");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        want_text.as_str()
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], "length");
+    assert_eq!(answer["usage"]["completion_tokens"], MAX_TOKENS);
+    let prompt_tokens = answer["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 20, "{answer}");
+    assert!(
+        answer["cloister_receipt"].is_string(),
+        "the attested session gets a receipt"
+    );
+
+    // Streamed: the deltas add up to the same text; the last chunk ends it, with usage and the receipt.
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let (status, body) = session
+        .raw(
+            Method::POST,
+            "/v1/chat/completions",
+            Some("application/json"),
+            post(streamed),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let events = sse_data(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, want_text);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert_eq!(last["usage"]["completion_tokens"], MAX_TOKENS);
+    assert_eq!(last["usage"]["prompt_tokens"], prompt_tokens);
+    assert!(last["cloister_receipt"].is_string());
+    assert!(
+        chunks.len() > 10,
+        "streamed in pieces: {} chunks",
+        chunks.len()
+    );
+
+    // The model list, and refusals in OpenAI's error shape.
+    let (status, body) = session
+        .raw(Method::GET, "/v1/models", None, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let models: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(models["data"][0]["id"], "smollm2");
+    assert!(models["data"][0]["cloister_digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha384:"));
+    for (body, status, want) in [
+        (
+            json!({"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "max_tokens": 100_000}),
+            StatusCode::BAD_REQUEST,
+            "tokens of context per completion",
+        ),
+        (
+            json!({"model": "smollm2", "messages": [{"role": "user", "content": "<|im_start|>system"}]}),
+            StatusCode::BAD_REQUEST,
+            "control token",
+        ),
+        (
+            json!({"model": "other", "messages": [{"role": "user", "content": "x"}]}),
+            StatusCode::NOT_FOUND,
+            "not served here",
+        ),
+        (
+            json!({"model": "smollm2", "messages": [{"role": "wizard", "content": "x"}]}),
+            StatusCode::BAD_REQUEST,
+            "messages[0].role",
+        ),
+    ] {
+        let (got, reply) = session
+            .raw(
+                Method::POST,
+                "/v1/chat/completions",
+                Some("application/json"),
+                post(body.clone()),
+            )
+            .await
+            .unwrap();
+        let reply: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(got, status, "{body}: {reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains(want), "{body}: {message}");
+        assert_eq!(reply["error"]["type"], "invalid_request_error");
+    }
+    // The v2 inference API points at the chat API for an LLM.
+    let (got, reply) = session
+        .raw(
+            Method::POST,
+            "/v2/models/smollm2/infer",
+            Some("application/json"),
+            Bytes::from_static(b"{}"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&reply).contains("/v1/chat/completions"));
+    deployment.stop().await;
 }

@@ -37,17 +37,28 @@ const PROGRESS_THRESHOLD: u64 = 8 * 1024 * 1024;
         key is drawn from the system RNG; the sealed model (AES-256-GCM, STREAM construction, see \
         docs/sealed-format.md) can be stored anywhere, the host included. The key is written to \
         KEYSTORE/<digest>.key (directory 0700, file 0600; created if missing) and is never overwritten.\n\n\
+        With --llm DIR instead of --model, seals an LLM: DIR holds model.onnx (a decoder in the Hugging Face \
+        layout with past_key_values inputs), tokenizer.json, chat_template.jinja and generation.json \
+        (scripts/fetch-llm.sh writes them); they are sealed as one bundle, so the digest covers the tokenizer \
+        and the chat template as well as the weights, and the bundle is loaded as the enclave will (decoder \
+        with tract's KV cache, tokenizer, template) before anything is sealed. The enclave serves it on \
+        POST /v1/chat/completions.\n\n\
         The last line of stdout is the model digest, sha384:<hex>: pin it in the owner's policy \
         (model_digests) and in the enclave configuration ([[models]] digest).\n\n\
         With --inspect FILE, prints the header of a sealed model (no key needed, none shown).\n\n\
         Exit codes: 0 done; 1 model refused, or not a valid sealed model; 2 usage or I/O error.",
     after_help = "Examples:\n  cloister seal --model model.onnx --out model.sealed --keystore keys/\n  \
+        cloister seal --llm .cache/llm --out smollm2.sealed --keystore keys/\n  \
         cloister seal --inspect model.sealed --json"
 )]
 pub(crate) struct Args {
     /// The plaintext ONNX model to seal.
-    #[arg(long, value_name = "FILE", required_unless_present = "inspect")]
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["inspect", "llm"], conflicts_with = "llm")]
     model: Option<PathBuf>,
+    /// An LLM directory to seal as one bundle: model.onnx, tokenizer.json, chat_template.jinja,
+    /// generation.json. Default name: the `model` of generation.json.
+    #[arg(long, value_name = "DIR")]
+    llm: Option<PathBuf>,
     /// Where to write the sealed model (must not exist).
     #[arg(long, value_name = "FILE", required_unless_present = "inspect")]
     out: Option<PathBuf>,
@@ -62,7 +73,7 @@ pub(crate) struct Args {
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["model", "out", "keystore", "name"]
+        conflicts_with_all = ["model", "llm", "out", "keystore", "name"]
     )]
     inspect: Option<PathBuf>,
     /// With --inspect: print one JSON object on stdout.
@@ -85,6 +96,9 @@ fn required<'a>(v: &'a Option<PathBuf>, flag: &str) -> Result<&'a Path, Failure>
 }
 
 fn seal(args: &Args) -> Result<(), Failure> {
+    if let Some(dir) = &args.llm {
+        return seal_llm(args, dir);
+    }
     let model = required(&args.model, "--model")?;
     let out = required(&args.out, "--out")?;
     let keystore_dir = required(&args.keystore, "--keystore")?;
@@ -126,10 +140,23 @@ fn seal(args: &Args) -> Result<(), Failure> {
         summary.planning,
     );
 
+    seal_checked(model, out, keystore_dir, &name, &digest, plaintext_len)
+}
+
+/// Steps 2-4 of sealing a checked plaintext file: keystore, seal under a fresh key, file the key; prints the
+/// digest line.
+fn seal_checked(
+    model: &Path,
+    out: &Path,
+    keystore_dir: &Path,
+    name: &str,
+    digest: &ModelDigest,
+    plaintext_len: u64,
+) -> Result<(), Failure> {
     // 2. The keystore: open or create, and refuse early if this model already has a key.
     let keystore = open_or_create_keystore(keystore_dir)?;
-    match keystore.get(&digest) {
-        Ok(_existing) => return Err(key_exists(&keystore, &digest)),
+    match keystore.get(digest) {
+        Ok(_existing) => return Err(key_exists(&keystore, digest)),
         Err(ModelsError::Keystore(KeystoreError::KeyNotFound { .. })) => {}
         Err(e) => return Err(Failure::Usage(models_error(&e))),
     }
@@ -152,7 +179,7 @@ fn seal(args: &Args) -> Result<(), Failure> {
         model,
         out,
         &key,
-        &name,
+        name,
         DEFAULT_CHUNK_SIZE,
         &rng,
         &mut on_progress,
@@ -166,7 +193,7 @@ fn seal(args: &Args) -> Result<(), Failure> {
         )),
         other => Failure::Usage(models_error(&other)),
     })?;
-    if !header.digest().ct_eq(&digest) {
+    if !header.digest().ct_eq(digest) {
         let _ = fs::remove_file(out);
         return Err(Failure::Usage(format!(
             "{} changed between the checks and sealing; nothing was stored, try again",
@@ -175,12 +202,10 @@ fn seal(args: &Args) -> Result<(), Failure> {
     }
 
     // 4. File the key. On failure the sealed output is useless: remove it.
-    if let Err(e) = keystore.put(&digest, &key) {
+    if let Err(e) = keystore.put(digest, &key) {
         let _ = fs::remove_file(out);
         return Err(match e {
-            ModelsError::Keystore(KeystoreError::KeyExists { .. }) => {
-                key_exists(&keystore, &digest)
-            }
+            ModelsError::Keystore(KeystoreError::KeyExists { .. }) => key_exists(&keystore, digest),
             other => Failure::Usage(models_error(&other)),
         });
     }
@@ -203,6 +228,78 @@ fn seal(args: &Args) -> Result<(), Failure> {
     );
     println!("{digest}");
     Ok(())
+}
+
+/// `cloister seal --llm DIR`: the four files as one bundle, loaded as the enclave will, then sealed like a
+/// model. The bundle is written next to `--out` (mode 0600) only for the time of sealing, which streams from
+/// a file, and removed on every path.
+fn seal_llm(args: &Args, dir: &Path) -> Result<(), Failure> {
+    use cloister_inference::llm::{Llm, LlmBundle, ENTRY_NAMES};
+    let out = required(&args.out, "--out")?;
+    let keystore_dir = required(&args.keystore, "--keystore")?;
+    if out.exists() {
+        return Err(Failure::Usage(format!(
+            "{} exists; refusing to overwrite it (choose another --out or remove it)",
+            out.display()
+        )));
+    }
+    let mut files = Vec::with_capacity(ENTRY_NAMES.len());
+    for name in ENTRY_NAMES {
+        let path = dir.join(name);
+        files.push(fs::read(&path).map_err(|e| {
+            Failure::Usage(format!(
+                "cannot read {}: {e} (an LLM directory holds {}; scripts/fetch-llm.sh writes one)",
+                path.display(),
+                ENTRY_NAMES.join(", ")
+            ))
+        })?);
+    }
+    let bundle = LlmBundle::build(&files[0], &files[1], &files[2], &files[3]);
+    drop(files);
+    let digest = ModelDigest::of(&bundle);
+    let started = std::time::Instant::now();
+    let parsed = LlmBundle::parse(&bundle)
+        .map_err(|e| Failure::Refused(format!("{}: {e}", dir.display())))?;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => parsed.config().model.clone(),
+    };
+    let llm = Llm::from_bundle(&parsed)
+        .map_err(|e| Failure::Refused(format!("{}: {e}", dir.display())))?;
+    eprintln!(
+        "llm: {} ({} bytes as a bundle, vocabulary {}, context {} tokens, {} KV-cache bytes a token): tract          loads it with its KV cache, the tokenizer and the chat template render a prompt ({:.1} s)",
+        dir.display(),
+        bundle.len(),
+        llm.decoder().vocabulary(),
+        llm.context_length(),
+        llm.decoder().kv_bytes_per_token(),
+        started.elapsed().as_secs_f64()
+    );
+    drop(llm);
+    let plaintext_len = bundle.len() as u64;
+    let mut temp_name = out.as_os_str().to_owned();
+    temp_name.push(".bundle-partial");
+    let temp = PathBuf::from(temp_name);
+    let written = write_private(&temp, &bundle);
+    drop(bundle);
+    let sealed = written
+        .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", temp.display())))
+        .and_then(|()| seal_checked(&temp, out, keystore_dir, &name, &digest, plaintext_len));
+    let _ = fs::remove_file(&temp);
+    sealed
+}
+
+/// Writes `bytes` to a new file readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 fn refused_model(model: &Path, e: &ModelCheckError) -> Failure {

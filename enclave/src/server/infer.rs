@@ -399,7 +399,7 @@ fn decode_error(e: KserveError) -> ApiError {
 }
 
 /// Maps an admission failure: busy is 503 (with `Retry-After`), never fitting is 413.
-fn pool_error(e: PoolError) -> ApiError {
+pub(super) fn pool_error(e: PoolError) -> ApiError {
     match e {
         PoolError::Busy(_) => busy(&e.to_string()),
         PoolError::NeverFits { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),

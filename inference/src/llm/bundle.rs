@@ -45,15 +45,16 @@ pub struct GenerationConfig {
     pub context_length: usize,
 }
 
-/// A parsed bundle. Holds the plaintext weights: wiped on drop, never printed.
-pub struct LlmBundle {
-    bytes: Zeroizing<Vec<u8>>,
+/// A parsed bundle, borrowing the plaintext (whose owner wipes it: the enclave's `Plaintext`, or the
+/// `Zeroizing` buffer [`LlmBundle::build`] returns). Never printed.
+pub struct LlmBundle<'a> {
+    bytes: &'a [u8],
     /// Byte ranges of the entries, in [`ENTRY_NAMES`] order.
     ranges: [(usize, usize); 4],
     config: GenerationConfig,
 }
 
-impl fmt::Debug for LlmBundle {
+impl fmt::Debug for LlmBundle<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LlmBundle")
             .field("bytes", &self.bytes.len())
@@ -62,7 +63,7 @@ impl fmt::Debug for LlmBundle {
     }
 }
 
-impl LlmBundle {
+impl<'a> LlmBundle<'a> {
     /// Writes a bundle from the four files (what `cloister seal --llm` does before sealing).
     pub fn build(
         model_onnx: &[u8],
@@ -87,7 +88,7 @@ impl LlmBundle {
 
     /// Parses a bundle (model-owner input: every length checked, the names and order fixed, nothing after
     /// the last entry), and `generation.json`.
-    pub fn parse(bytes: Zeroizing<Vec<u8>>) -> Result<Self, Error> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, Error> {
         let bad = |what: String| Error::Bundle(what);
         if bytes.get(..MAGIC_LEN) != Some(&BUNDLE_MAGIC[..]) {
             return Err(bad(
@@ -95,7 +96,7 @@ impl LlmBundle {
             ));
         }
         let count =
-            read_u32(&bytes, COUNT_OFFSET).ok_or_else(|| bad("truncated entry count".into()))?;
+            read_u32(bytes, COUNT_OFFSET).ok_or_else(|| bad("truncated entry count".into()))?;
         if count as usize != ENTRY_NAMES.len() {
             return Err(bad(format!(
                 "{count} entries, expected {}",
@@ -105,7 +106,7 @@ impl LlmBundle {
         let mut at = ENTRIES_OFFSET;
         let mut ranges = [(0, 0); 4];
         for (ix, want) in ENTRY_NAMES.iter().enumerate() {
-            let name_len = read_u16(&bytes, at)
+            let name_len = read_u16(bytes, at)
                 .ok_or_else(|| bad(format!("entry {ix}: truncated name length")))?;
             at += 2;
             let name = bytes
@@ -119,7 +120,7 @@ impl LlmBundle {
             }
             at += usize::from(name_len);
             let len =
-                read_u64(&bytes, at).ok_or_else(|| bad(format!("`{want}`: truncated length")))?;
+                read_u64(bytes, at).ok_or_else(|| bad(format!("`{want}`: truncated length")))?;
             at += 8;
             let end = usize::try_from(len)
                 .ok()
@@ -153,23 +154,23 @@ impl LlmBundle {
         })
     }
 
-    fn entry(&self, ix: usize) -> &[u8] {
+    fn entry(&self, ix: usize) -> &'a [u8] {
         let (s, e) = self.ranges[ix];
         &self.bytes[s..e]
     }
 
     /// The ONNX decoder.
-    pub fn model_onnx(&self) -> &[u8] {
+    pub fn model_onnx(&self) -> &'a [u8] {
         self.entry(0)
     }
 
     /// `tokenizer.json`.
-    pub fn tokenizer_json(&self) -> &[u8] {
+    pub fn tokenizer_json(&self) -> &'a [u8] {
         self.entry(1)
     }
 
     /// The chat template (checked UTF-8 at parse).
-    pub fn chat_template(&self) -> &str {
+    pub fn chat_template(&self) -> &'a str {
         std::str::from_utf8(self.entry(2)).unwrap_or_default()
     }
 
@@ -207,7 +208,7 @@ mod tests {
     #[test]
     fn a_bundle_round_trips() {
         let b = LlmBundle::build(b"onnx", b"{}", b"tmpl", GEN);
-        let p = LlmBundle::parse(b).unwrap();
+        let p = LlmBundle::parse(&b).unwrap();
         assert_eq!(p.model_onnx(), b"onnx");
         assert_eq!(p.tokenizer_json(), b"{}");
         assert_eq!(p.chat_template(), "tmpl");
@@ -219,15 +220,14 @@ mod tests {
     fn every_truncation_and_any_trailing_byte_are_refused() {
         let b = LlmBundle::build(b"onnx", b"{}", b"tmpl", GEN);
         for len in 0..b.len() {
-            let cut = Zeroizing::new(b[..len].to_vec());
             assert!(
-                LlmBundle::parse(cut).is_err(),
+                LlmBundle::parse(&b[..len]).is_err(),
                 "truncated to {len} accepted"
             );
         }
         let mut longer = b.to_vec();
         longer.push(0);
-        let err = LlmBundle::parse(Zeroizing::new(longer)).unwrap_err();
+        let err = LlmBundle::parse(&longer).unwrap_err();
         assert!(
             err.to_string().contains("1 bytes after the last entry"),
             "{err}"
@@ -238,19 +238,19 @@ mod tests {
     fn names_order_lengths_and_config_are_checked() {
         let mut b = LlmBundle::build(b"onnx", b"{}", b"tmpl", GEN).to_vec();
         b[14] = b'M';
-        let err = LlmBundle::parse(Zeroizing::new(b)).unwrap_err();
+        let err = LlmBundle::parse(&b).unwrap_err();
         assert!(err.to_string().contains("entry 0 is `Model.onnx`"), "{err}");
 
         let mut b = LlmBundle::build(b"onnx", b"{}", b"tmpl", GEN).to_vec();
         b[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
-        let err = LlmBundle::parse(Zeroizing::new(b)).unwrap_err();
+        let err = LlmBundle::parse(&b).unwrap_err();
         assert!(err.to_string().contains("`model.onnx` claims"), "{err}");
 
         let b = LlmBundle::build(b"onnx", b"{}", b"tmpl", br#"{"model":"m"}"#);
-        let err = LlmBundle::parse(b).unwrap_err();
+        let err = LlmBundle::parse(&b).unwrap_err();
         assert!(err.to_string().contains("generation.json"), "{err}");
 
         let b = LlmBundle::build(b"onnx", b"{}", &[0xff, 0xfe], GEN);
-        assert!(LlmBundle::parse(b).is_err());
+        assert!(LlmBundle::parse(&b).is_err());
     }
 }

@@ -269,10 +269,12 @@ fn kv_bytes_per_token(model: &DecodedModel) -> Result<u64, Error> {
             [_, Some(heads), _, Some(head_dim)] => {
                 total = total.saturating_add(heads.saturating_mul(*head_dim).saturating_mul(4));
             }
-            _ => return Err(Error::NotADecoder(format!(
+            _ => {
+                return Err(Error::NotADecoder(format!(
                 "input `{}` is not [batch, heads, past, head_dim] with fixed heads and head_dim",
                 input.name
-            ))),
+            )))
+            }
         }
     }
     if pasts == 0 {

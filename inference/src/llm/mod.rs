@@ -145,11 +145,25 @@ impl Llm {
         self.context_length
     }
 
-    /// Starts a completion: renders and encodes the prompt and checks that prompt plus `max_tokens` fit in
-    /// `context_limit` (the caller's bound, from its memory budget; the model's own context length caps it).
-    /// Nothing runs yet: the prompt is fed by the first [`Completion::step`].
+    /// Starts a completion: renders and encodes the prompt, then [`Llm::complete_prompt`].
     pub fn complete(
         &self,
+        request: &CompletionRequest,
+        context_limit: usize,
+    ) -> Result<Completion<'_>, Error> {
+        if request.messages.is_empty() {
+            return Err(Error::Prompt("there are no messages".into()));
+        }
+        let prompt = self.chat.prompt_ids(&request.messages)?;
+        self.complete_prompt(prompt, request, context_limit)
+    }
+
+    /// Starts a completion of prompt ids already rendered and encoded: checks the request and that prompt plus
+    /// `max_tokens` fit in `context_limit` (the caller's bound, from its memory budget; the model's own context
+    /// length caps it). Nothing runs yet: the prompt is fed by the first [`Completion::step`].
+    pub fn complete_prompt(
+        &self,
+        prompt: Vec<u32>,
         request: &CompletionRequest,
         context_limit: usize,
     ) -> Result<Completion<'_>, Error> {
@@ -157,13 +171,12 @@ impl Llm {
         if request.max_tokens == 0 {
             return Err(Error::Prompt("max_tokens must be at least 1".into()));
         }
-        if request.messages.is_empty() {
-            return Err(Error::Prompt("there are no messages".into()));
+        if prompt.is_empty() {
+            return Err(Error::Prompt("the prompt has no tokens".into()));
         }
         if let Some(ix) = request.stop.iter().position(String::is_empty) {
             return Err(Error::Prompt(format!("stop text {ix} is empty")));
         }
-        let prompt = self.chat.prompt_ids(&request.messages)?;
         let limit = context_limit.min(self.context_length);
         if prompt.len().saturating_add(request.max_tokens) > limit {
             return Err(Error::ContextTooLong {
