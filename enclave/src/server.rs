@@ -59,6 +59,8 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Largest `POST /v2/attestation` body.
 pub const MAX_ATTESTATION_BODY: u64 = MAX_REQUEST_LEN as u64;
+/// The `platform` of an LLM's v2 metadata (its API is `/v1/chat/completions`).
+pub const LLM_PLATFORM: &str = "cloister-llm";
 /// The version every model is served as.
 pub const MODEL_VERSION: &str = "1";
 
@@ -459,6 +461,21 @@ async fn attestation(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, A
 // ---- metadata ------------------------------------------------------------------------------------------
 
 fn metadata(slot: &ModelSlot) -> Result<Resp, ApiError> {
+    if slot.llm().is_some() {
+        // An LLM has no tensors to describe; its metadata still names its digest, which is how a client checks
+        // that the model it is about to send a conversation to is one the evidence attests.
+        return Ok(json(
+            StatusCode::OK,
+            &ModelMetadataResponse {
+                name: slot.name().to_owned(),
+                versions: vec![MODEL_VERSION.to_owned()],
+                platform: LLM_PLATFORM.to_owned(),
+                inputs: vec![],
+                outputs: vec![],
+                digest: *slot.digest(),
+            },
+        ));
+    }
     let model = loaded(slot)?;
     let meta = model.metadata();
     let convert = |specs: &[TensorSpec]| -> Vec<MetadataTensor> {

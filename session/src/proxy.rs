@@ -18,7 +18,11 @@
 //! connections are capped (503 beyond the cap) and must send their headers within a timeout.
 //!
 //! Routes: `GET /v2/health/live`, `GET /v2/health/ready`, `GET /v2/models/{m}`, `GET /v2/models/{m}/ready`,
-//! `POST /v2/models/{m}/infer`; anything else is 404 (nothing is forwarded that was not asked for).
+//! `POST /v2/models/{m}/infer`, and OpenAI's `GET /v1/models` and `POST /v1/chat/completions` (the model named
+//! in the body is checked against the evidence first, like an inference's); anything else is 404 (nothing is
+//! forwarded that was not asked for). A chat completion's answer is passed on as it arrives (server-sent
+//! events stream through); its upstream session goes back to the pool when the answer has been read to its end,
+//! and is closed if the client leaves before, which stops the generation in the enclave.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -26,8 +30,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -152,9 +157,75 @@ impl Proxy {
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+impl Proxy {
+    /// Forwards a request whose answer is passed on as it arrives ([`Passing`]), after checking that `model`
+    /// is attested on the session.
+    async fn forward_streaming(
+        self: Arc<Self>,
+        method: Method,
+        path: &str,
+        model: &str,
+        headers: Vec<(&'static str, String)>,
+        body: Bytes,
+    ) -> Result<Response<ProxyBody>, SessionError> {
+        let permit = Arc::clone(&self.sessions)
+            .acquire_owned()
+            .await
+            .map_err(|_| SessionError::Http("the proxy is shutting down".into()))?;
+        let mut upstream = match self.take() {
+            Some(u) => u,
+            None => {
+                let session = AttestedSession::connect(&self.endpoint, &self.trust).await?;
+                (self.on_attested)(&session);
+                Upstream {
+                    session,
+                    models: HashSet::new(),
+                }
+            }
+        };
+        if !upstream.models.contains(model) {
+            upstream.session.attested_model(model).await?;
+            upstream.models.insert(model.to_owned());
+        }
+        let response = upstream
+            .session
+            .send_streaming(method, path, &headers, body)
+            .await?;
+        let (parts, inner) = response.into_parts();
+        let mut r = Response::new(
+            Passing {
+                inner,
+                upstream: Some(upstream),
+                proxy: Arc::clone(&self),
+                _permit: permit,
+            }
+            .boxed(),
+        );
+        *r.status_mut() = parts.status;
+        for name in [
+            header::CONTENT_TYPE,
+            header::CACHE_CONTROL,
+            header::RETRY_AFTER,
+            header::HeaderName::from_static(cloister_governance::receipt::RECEIPT_HEADER),
+        ] {
+            if let Some(v) = parts.headers.get(&name) {
+                r.headers_mut().insert(name, v.clone());
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// Every answer of the proxy: a buffer, or a chat completion's body as it arrives.
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+fn error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({ "error": message }).to_string();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -175,6 +246,9 @@ fn route(method: &Method, path: &str) -> Option<(String, Option<String>)> {
         (&Method::POST, ["v2", "models", m, "infer"]) if valid(m) => {
             Some((path.to_owned(), Some((*m).to_owned())))
         }
+        (&Method::GET, ["v1", "models"]) | (&Method::POST, ["v1", "chat", "completions"]) => {
+            Some((path.to_owned(), None))
+        }
         _ => None,
     }
 }
@@ -189,7 +263,7 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Checks who is asking (`admission`), then answers: a CORS preflight for an allowed origin, or the forwarded
 /// request. Nothing reaches the enclave, and no session is attested, for a refused request.
-async fn handle(proxy: &Proxy, gate: &Gate, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(proxy: &Arc<Proxy>, gate: &Gate, req: Request<Incoming>) -> Response<ProxyBody> {
     let origin = match gate.check(&req) {
         Ok(origin) => origin,
         Err(refusal) => {
@@ -219,8 +293,8 @@ async fn handle(proxy: &Proxy, gate: &Gate, req: Request<Incoming>) -> Response<
 }
 
 /// The answer to a CORS preflight from an allowed origin: the methods and request headers the routes use.
-fn preflight() -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+fn preflight() -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
     let h = r.headers_mut();
     h.insert(
@@ -238,13 +312,14 @@ fn preflight() -> Response<Full<Bytes>> {
     r
 }
 
-async fn forward_request(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn forward_request(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let Some((upstream_path, model)) = route(&method, &path) else {
         return error(
             StatusCode::NOT_FOUND,
-            "not an endpoint this proxy forwards (health, model metadata and readiness, infer)",
+            "not an endpoint this proxy forwards (health, model metadata and readiness, infer, \
+             /v1/models, /v1/chat/completions)",
         );
     };
     let mut headers: Vec<(&'static str, String)> = Vec::new();
@@ -275,12 +350,31 @@ async fn forward_request(proxy: &Proxy, req: Request<Incoming>) -> Response<Full
             return r;
         }
     };
+    if upstream_path == CHAT_PATH {
+        // The model is named in the body: checked against the evidence before the conversation is sent.
+        let model = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_owned));
+        let Some(model) = model.filter(|m| crate::is_valid_model_name(m)) else {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON object whose `model` is a model name",
+            );
+        };
+        return match Arc::clone(proxy)
+            .forward_streaming(method, &upstream_path, &model, headers, body)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => session_error(&e, true),
+        };
+    }
     match proxy
         .forward(method, &upstream_path, model.as_deref(), headers, body)
         .await
     {
         Ok(reply) => {
-            let mut r = Response::new(Full::new(reply.body));
+            let mut r = Response::new(full(reply.body));
             *r.status_mut() = reply.status;
             let h = r.headers_mut();
             let mut set = |name: &'static str, value: Option<String>| {
@@ -296,21 +390,88 @@ async fn forward_request(proxy: &Proxy, req: Request<Incoming>) -> Response<Full
             set(cloister_governance::receipt::RECEIPT_HEADER, reply.receipt);
             r
         }
-        Err(
-            e @ (SessionError::Attestation(_)
-            | SessionError::ModelNotAttested { .. }
-            | SessionError::NoWorkloadPin(_)
-            | SessionError::Collateral(_)),
-        ) => error(
+        Err(e) => session_error(&e, upstream_path.starts_with("/v1/")),
+    }
+}
+
+/// The path of OpenAI's chat completions.
+const CHAT_PATH: &str = "/v1/chat/completions";
+
+/// 503 when the enclave does not satisfy the policy (nothing was forwarded), 502 when it cannot be reached;
+/// in OpenAI's error shape on its routes.
+fn session_error(e: &SessionError, openai: bool) -> Response<ProxyBody> {
+    let error = |status, message: &str| {
+        if openai {
+            openai_error(status, message)
+        } else {
+            error(status, message)
+        }
+    };
+    match e {
+        SessionError::Attestation(_)
+        | SessionError::ModelNotAttested { .. }
+        | SessionError::NoWorkloadPin(_)
+        | SessionError::Collateral(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!(
                 "the enclave does not satisfy this proxy's policy; nothing was forwarded: {e}"
             ),
         ),
-        Err(e) => error(
+        _ => error(
             StatusCode::BAD_GATEWAY,
             &format!("the attested enclave could not be reached: {e}"),
         ),
+    }
+}
+
+/// A refusal in OpenAI's error shape, for the `/v1` routes.
+fn openai_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    let body = serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": null }
+    });
+    let mut r = error(status, "");
+    *r.body_mut() = full(Bytes::from(body.to_string()));
+    r
+}
+
+/// A chat completion's answer on its way to the client. Holds the upstream session, which goes back to the
+/// pool once the answer has been read to its end; dropped before (the client left), it closes the connection
+/// to the enclave, and the enclave stops generating.
+struct Passing {
+    inner: Incoming,
+    upstream: Option<Upstream>,
+    proxy: Arc<Proxy>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Body for Passing {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => {
+                if let Some(upstream) = self.upstream.take() {
+                    self.proxy.put(upstream);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_))) => self.upstream = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
 }
 

@@ -257,25 +257,7 @@ impl AttestedSession {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> Result<Reply, SessionError> {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "cloister-enclave");
-        for (name, value) in headers {
-            builder = builder.header(*name, value.as_str());
-        }
-        let request = builder
-            .body(Full::new(body))
-            .map_err(|e| SessionError::Http(e.to_string()))?;
-        self.sender
-            .ready()
-            .await
-            .map_err(|e| SessionError::Http(e.to_string()))?;
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .map_err(|e| SessionError::Http(e.to_string()))?;
+        let response = self.send_streaming(method, path, headers, body).await?;
         let json_len = match response.headers().get(INFERENCE_HEADER_CONTENT_LENGTH) {
             None => None,
             Some(v) => Some(
@@ -405,6 +387,37 @@ impl AttestedSession {
         body: Bytes,
     ) -> Result<Reply, SessionError> {
         self.exchange(method, path, headers, body).await
+    }
+
+    /// Sends a request on the attested connection and returns the response with its body still arriving
+    /// (server-sent events of `/v1/chat/completions`). Nothing is checked beyond what
+    /// [`AttestedSession::connect`] verified: call [`AttestedSession::attested_model`] first. The session can
+    /// send its next request once this body has been read to its end.
+    pub async fn send_streaming(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, SessionError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "cloister-enclave");
+        for (name, value) in headers {
+            builder = builder.header(*name, value.as_str());
+        }
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| SessionError::Http(e.to_string()))?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| SessionError::Http(e.to_string()))?;
+        self.sender
+            .send_request(request)
+            .await
+            .map_err(|e| SessionError::Http(e.to_string()))
     }
 
     /// Sends a raw request on the attested connection (tests, benchmarks, endpoints without a typed

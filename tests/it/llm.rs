@@ -316,5 +316,131 @@ async fn chat_completions_through_host_and_enclave_equal_onnxruntime() {
         .unwrap();
     assert_eq!(got, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&reply).contains("/v1/chat/completions"));
+
+    // The official openai Python client, unchanged, through `cloister proxy`: streamed and not.
+    if let Some(python) = python_with("openai") {
+        let (mut good, url) = proxy(&deployment.endpoint, &deployment.client_policy);
+        let out = openai_client(&python, &url, prompt);
+        let _ = good.kill();
+        let _ = good.wait();
+        let lines: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        for (line, mode) in lines.iter().zip(["whole", "stream"]) {
+            assert_eq!(line["text"], want_text.as_str(), "{mode}: {line}");
+            assert_eq!(line["finish"], "length", "{mode}: {line}");
+        }
+        assert_eq!(lines[0]["completion_tokens"], MAX_TOKENS);
+        assert!(lines[1]["chunks"].as_u64().unwrap() > 10, "{}", lines[1]);
+
+        // A proxy whose policy pins another measurement refuses before anything reaches the enclave.
+        let bad_policy = dir.path().join("bad-policy.toml");
+        let text = std::fs::read_to_string(&deployment.client_policy).unwrap();
+        let pinned: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("measurements") {
+                    format!("measurements = [\"{}\"]", "00".repeat(48))
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&bad_policy, pinned.join("\n")).unwrap();
+        let (mut bad, bad_url) = proxy(&deployment.endpoint, &bad_policy);
+        let out = openai_client(&python, &bad_url, prompt);
+        let _ = bad.kill();
+        let _ = bad.wait();
+        let refusal: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(refusal["status"], 503, "{refusal}");
+        assert!(
+            refusal["message"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was forwarded"),
+            "{refusal}"
+        );
+    }
     deployment.stop().await;
+}
+
+/// A Python that imports `module` (`$CLOISTER_PYTHON`, else `python3`); `None` after a loud skip.
+fn python_with(module: &str) -> Option<String> {
+    let python = std::env::var("CLOISTER_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        skip(&format!("{python} cannot import {module}"));
+        return None;
+    }
+    Some(python)
+}
+
+/// Starts `cloister proxy` on a free loopback port; returns it and its address.
+fn proxy(endpoint: &str, policy: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let cloister = cloister_devnet::sibling_bin_dir().unwrap().join("cloister");
+    let mut child = Command::new(cloister)
+        .args([
+            "proxy",
+            "--listen",
+            &listen,
+            "--endpoint",
+            endpoint,
+            "--policy",
+        ])
+        .arg(policy)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("OpenAI /v1"), "{line}");
+    (child, listen)
+}
+
+/// The openai client against the proxy at `addr`: one JSON line for a whole completion and one for a streamed
+/// one (text, finish reason, counts), or one line with the status and message of the error it raised.
+fn openai_client(python: &str, addr: &str, prompt: &str) -> String {
+    const SCRIPT: &str = r#"
+import json, sys, openai
+addr, prompt = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(base_url=f"http://{addr}/v1", api_key="not-used", max_retries=0)
+args = dict(model="smollm2", messages=[{"role": "user", "content": prompt}], max_tokens=64, temperature=0)
+try:
+    r = client.chat.completions.create(**args)
+    print(json.dumps({"text": r.choices[0].message.content, "finish": r.choices[0].finish_reason,
+                      "completion_tokens": r.usage.completion_tokens}))
+    parts, finish, chunks = [], None, 0
+    for chunk in client.chat.completions.create(stream=True, **args):
+        chunks += 1
+        for choice in chunk.choices:
+            if choice.delta.content:
+                parts.append(choice.delta.content)
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    print(json.dumps({"text": "".join(parts), "finish": finish, "chunks": chunks}))
+except openai.APIStatusError as e:
+    print(json.dumps({"status": e.status_code, "message": str(e)}))
+"#;
+    let out = Command::new(python)
+        .args(["-c", SCRIPT, addr, prompt])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the openai client failed");
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -22,7 +22,7 @@ use super::{exit, runtime, Failure};
 #[derive(clap::Args)]
 #[command(
     about = "Serve plain OIP v2 on loopback for any KServe/Triton client, forwarding over attested sessions",
-    long_about = "Serve the Open Inference Protocol v2 (HTTP/1.1, JSON and the binary tensor extension) on a loopback address for clients that cannot attest an enclave (tritonclient, the KServe client, curl, perf_analyzer), and forward each request over a pool of TLS sessions to the enclave, each attested against the policy before anything is forwarded on it. Answers come back unchanged, with the receipt header when the enclave sends one. When the enclave does not satisfy the policy, every request gets 503 with the reason and no byte is forwarded.\n\nThe hop from your client to the proxy is plaintext: keep it on this machine (loopback). --allow-remote listens elsewhere, and says why that is dangerous.\n\nBrowsers on this machine can reach loopback too, so requests are checked before anything is forwarded: a Host header that does not name this proxy (its listen address, localhost or 127.0.0.1/[::1] with its port, or an --allow-host name) gets 421 (DNS rebinding); a request with an Origin header not given with --allow-origin, or marked Sec-Fetch-Site: cross-site/same-site, gets 403 (cross-site requests). Clients that are not browsers (curl, tritonclient) send neither and pass. At most --max-connections client connections are served at once; more get 503 and are closed."
+    long_about = "Serve the Open Inference Protocol v2 (HTTP/1.1, JSON and the binary tensor extension) on a loopback address for clients that cannot attest an enclave (tritonclient, the KServe client, curl, perf_analyzer), and OpenAI's chat API (GET /v1/models, POST /v1/chat/completions, streamed or not) for the official openai clients pointed at http://LISTEN/v1, and forward each request over a pool of TLS sessions to the enclave, each attested against the policy before anything is forwarded on it. Answers come back unchanged, with the receipt header when the enclave sends one; a chat completion streams through as the enclave generates it, and a client that disconnects stops the generation. When the enclave does not satisfy the policy, every request gets 503 with the reason and no byte is forwarded.\n\nThe hop from your client to the proxy is plaintext: keep it on this machine (loopback). --allow-remote listens elsewhere, and says why that is dangerous.\n\nBrowsers on this machine can reach loopback too, so requests are checked before anything is forwarded: a Host header that does not name this proxy (its listen address, localhost or 127.0.0.1/[::1] with its port, or an --allow-host name) gets 421 (DNS rebinding); a request with an Origin header not given with --allow-origin, or marked Sec-Fetch-Site: cross-site/same-site, gets 403 (cross-site requests). Clients that are not browsers (curl, tritonclient) send neither and pass. At most --max-connections client connections are served at once; more get 503 and are closed."
 )]
 pub(crate) struct Args {
     /// Where to serve plain HTTP, e.g. 127.0.0.1:8000.
@@ -104,7 +104,7 @@ async fn proxy(args: &Args) -> Result<(), Failure> {
         );
     }
     println!(
-        "cloister proxy: serving OIP v2 on http://{} for {}",
+        "cloister proxy: serving OIP v2 and OpenAI /v1 on http://{} for {}",
         listener
             .local_addr()
             .map_err(|e| Failure::Usage(e.to_string()))?,
