@@ -176,7 +176,10 @@ async fn chat_completions_through_host_and_enclave_equal_onnxruntime() {
     std::fs::write(&bundle_path, &*bundle).unwrap();
     drop(parsed);
     drop(bundle);
-    let options = DeploymentOptions::new(&dir.path().join("run"), &bundle_path, "smollm2").unwrap();
+    let mut options =
+        DeploymentOptions::new(&dir.path().join("run"), &bundle_path, "smollm2").unwrap();
+    let audit = dir.path().join("enclave-audit.jsonl");
+    options.host_args = vec!["--audit-log".into(), audit.clone().into()];
     let deployment = Deployment::start(&options)
         .await
         .expect("deployment starts");
@@ -316,6 +319,34 @@ async fn chat_completions_through_host_and_enclave_equal_onnxruntime() {
         .unwrap();
     assert_eq!(got, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&reply).contains("/v1/chat/completions"));
+
+    // A client that leaves mid-stream stops the generation: asked for 2000 tokens, it reads two events and
+    // hangs up; the audit line of that completion counts a handful of tokens, not 2000.
+    {
+        use http_body_util::BodyExt;
+        let mut leaving = deployment.session().await.unwrap();
+        leaving.attested_model("smollm2").await.unwrap();
+        let mut long = request.clone();
+        long["stream"] = json!(true);
+        long["max_tokens"] = json!(2000);
+        long["messages"][0]["content"] = json!(PROMPTS[0]);
+        let response = leaving
+            .send_streaming(
+                Method::POST,
+                "/v1/chat/completions",
+                &[("content-type", "application/json".to_owned())],
+                post(long),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        for _ in 0..2 {
+            body.frame().await.unwrap().unwrap();
+        }
+        drop(body);
+        drop(leaving);
+    }
 
     // The official openai Python client, unchanged, through `cloister proxy`: streamed and not.
     if let Some(python) = python_with("openai") {

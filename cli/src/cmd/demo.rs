@@ -44,6 +44,18 @@ pub(crate) struct Args {
     /// With --serve: the ONNX model to seal and serve instead of Magika.
     #[arg(long, value_name = "FILE", requires = "serve")]
     model: Option<PathBuf>,
+    /// With --serve: seal and serve the LLM in DIR instead of Magika (model.onnx, tokenizer.json,
+    /// chat_template.jinja, generation.json: scripts/fetch-llm.sh writes them to .cache/llm, the default), for
+    /// `cloister chat` and OpenAI's API through `cloister proxy`.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "serve",
+        conflicts_with = "model",
+        num_args = 0..=1,
+        default_missing_value = ".cache/llm"
+    )]
+    llm: Option<PathBuf>,
     /// With --serve: the name the model is served under (default: the file's stem, or `magika`).
     #[arg(long, value_name = "NAME", requires = "serve")]
     model_name: Option<String>,

@@ -1,6 +1,6 @@
 //! `cloister demo --serve`: a simulated deployment that stays up for `cloister infer`, `proxy` and `bench`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cloister_cli::magika::{Analysis, MagikaConfig};
@@ -12,8 +12,9 @@ use super::{say, Args, MAGIKA_ONNX};
 /// Starts the deployment, prints how to use it, serves until Ctrl-C or SIGTERM, then stops and checks the
 /// enclave's audit log.
 pub(super) async fn serve(args: &Args, workdir: &Path, start: Instant) -> Result<(), String> {
-    let (model_path, name) = match &args.model {
-        Some(path) => {
+    let (model_path, name) = match (&args.model, &args.llm) {
+        (_, Some(dir)) => llm_bundle(dir, workdir, args.model_name.as_deref())?,
+        (Some(path), None) => {
             let stem = path
                 .file_stem()
                 .and_then(|s| s.to_str())
@@ -21,7 +22,7 @@ pub(super) async fn serve(args: &Args, workdir: &Path, start: Instant) -> Result
                 .to_owned();
             (path.clone(), args.model_name.clone().unwrap_or(stem))
         }
-        None => {
+        (None, None) => {
             let path = workdir.join("magika.onnx");
             std::fs::write(&path, MAGIKA_ONNX).map_err(|e| e.to_string())?;
             (path, args.model_name.clone().unwrap_or("magika".into()))
@@ -38,7 +39,9 @@ pub(super) async fn serve(args: &Args, workdir: &Path, start: Instant) -> Result
     let deployment = Deployment::start(&options)
         .await
         .map_err(|e| e.to_string())?;
-    let session = match deployment.wait_ready(Duration::from_secs(120)).await {
+    // An LLM takes longer to load (540 MB of weights for SmolLM2, optimized by tract).
+    let ready_within = Duration::from_secs(if args.llm.is_some() { 600 } else { 120 });
+    let session = match deployment.wait_ready(ready_within).await {
         Ok(s) => s,
         Err(e) => {
             deployment.stop().await;
@@ -52,7 +55,7 @@ pub(super) async fn serve(args: &Args, workdir: &Path, start: Instant) -> Result
     let receipt_key = session.evidence().claims().receipt_key.clone();
     drop(session);
 
-    let request = if args.model.is_none() {
+    let request = if args.model.is_none() && args.llm.is_none() {
         let path = workdir.join("request.json");
         std::fs::write(&path, magika_request()?).map_err(|e| e.to_string())?;
         Some(path)
@@ -71,6 +74,15 @@ pub(super) async fn serve(args: &Args, workdir: &Path, start: Instant) -> Result
         .as_ref()
         .map_or("REQUEST.json".to_owned(), |r| r.display().to_string());
     println!("try:");
+    if args.llm.is_some() {
+        println!("  cloister chat --endpoint {endpoint} --policy {policy} --model {name} \"What is the capital of France?\"");
+        println!("  cloister proxy --endpoint {endpoint} --policy {policy}    # then, with the openai package:");
+        println!("    python3 -c 'import openai; c = openai.OpenAI(base_url=\"http://127.0.0.1:8000/v1\", api_key=\"-\"); print(c.chat.completions.create(model=\"{name}\", messages=[{{\"role\": \"user\", \"content\": \"Hi\"}}]).choices[0].message.content)'");
+        wait_for_stop().await;
+        say(start, "stopping host, enclave and key broker");
+        deployment.stop().await;
+        return verify_audit(start, receipt_key, &enclave_audit);
+    }
     println!(
         "  cloister infer --endpoint {endpoint} --policy {policy} --model {name} --input {input}"
     );
@@ -79,8 +91,17 @@ pub(super) async fn serve(args: &Args, workdir: &Path, start: Instant) -> Result
     wait_for_stop().await;
     say(start, "stopping host, enclave and key broker");
     deployment.stop().await;
+    verify_audit(start, receipt_key, &enclave_audit)
+}
+
+/// Checks the enclave's audit log against the receipt key of its evidence, and says so.
+fn verify_audit(
+    start: Instant,
+    receipt_key: Option<Vec<u8>>,
+    enclave_audit: &Path,
+) -> Result<(), String> {
     if let Some(key) = receipt_key {
-        let log = std::fs::read_to_string(&enclave_audit)
+        let log = std::fs::read_to_string(enclave_audit)
             .map_err(|e| format!("the enclave's audit log: {e}"))?;
         let report = cloister_governance::audit::verify_log(&log, &key)
             .map_err(|e| format!("the enclave's audit log does not verify: {e}"))?;
@@ -93,6 +114,30 @@ pub(super) async fn serve(args: &Args, workdir: &Path, start: Instant) -> Result
         );
     }
     Ok(())
+}
+
+/// The LLM directory as one bundle file in `workdir` (what `cloister seal --llm` seals), and its name: `name`,
+/// else the `model` of its generation.json.
+fn llm_bundle(dir: &Path, workdir: &Path, name: Option<&str>) -> Result<(PathBuf, String), String> {
+    use cloister_inference::llm::{LlmBundle, ENTRY_NAMES};
+    let mut files = Vec::with_capacity(ENTRY_NAMES.len());
+    for entry in ENTRY_NAMES {
+        let path = dir.join(entry);
+        files.push(std::fs::read(&path).map_err(|e| {
+            format!(
+                "cannot read {}: {e}. The LLM is generated, never committed: run scripts/fetch-llm.sh (it writes \
+                 .cache/llm), or pass --llm DIR",
+                path.display()
+            )
+        })?);
+    }
+    let bundle = LlmBundle::build(&files[0], &files[1], &files[2], &files[3]);
+    drop(files);
+    let parsed = LlmBundle::parse(&bundle).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let name = name.map_or_else(|| parsed.config().model.clone(), str::to_owned);
+    let path = workdir.join("llm.bundle");
+    std::fs::write(&path, &*bundle).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((path, name))
 }
 
 /// A Magika request (features of a small Python file), in the Open Inference Protocol's JSON.
