@@ -24,26 +24,41 @@ use super::{exit, runtime, Failure};
 #[derive(clap::Args)]
 #[command(
     about = "Load an attested enclave: N attested sessions, then throughput, latency percentiles and errors",
-    long_about = "Load an attested enclave the way Triton's perf_analyzer loads a server: --concurrency workers, each with its own attested session (the policy must hold for every one), send the same request until --duration or --requests is reached. Prints throughput, p50/p90/p99/max latency and errors by kind (HTTP status, transport, wrong_answer: an answer that differs from the first); --json for scripts.\n\nExit codes: 0 the run completed (errors are reported, not fatal); 1 no session could be attested; 2 usage."
+    long_about = "Load an attested enclave the way Triton's perf_analyzer loads a server: --concurrency workers, each with its own attested session (the policy must hold for every one), send the same request until --duration or --requests is reached. Prints throughput, p50/p90/p99/max latency and errors by kind (HTTP status, transport, wrong_answer: an answer that differs from the first); --json for scripts.\n\nWith --chat, an LLM instead: each worker streams greedy chat completions (--prompt, --max-tokens) and the run reports time to first token, decode ms/token and tokens/s per stream, and the aggregate token rate; --llm DIR adds the same completion run in this process by the same engine, for comparison. --requests is then the number of measured streams in all (default: 2 per worker; one more per worker warms up).\n\nExit codes: 0 the run completed (errors are reported, not fatal); 1 no session could be attested; 2 usage.",
+    after_help = "Examples:\n  cloister bench --endpoint E --policy P --model magika --input request.json --concurrency 2 --duration 10\n  \
+        cloister bench --endpoint E --policy P --model SmolLM2-135M-Instruct --chat --concurrency 4 --llm .cache/llm"
 )]
 pub(crate) struct Args {
     #[command(flatten)]
-    session: super::session_args::SessionArgs,
+    pub(crate) session: super::session_args::SessionArgs,
     /// The model's name.
     #[arg(long, value_name = "NAME")]
-    model: String,
+    pub(crate) model: String,
     /// The v2 request body (JSON) to send.
-    #[arg(long, value_name = "FILE")]
-    input: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "chat")]
+    input: Option<PathBuf>,
+    /// Benchmark an LLM: streamed chat completions (`POST /v1/chat/completions`), greedy.
+    #[arg(long, conflicts_with_all = ["input", "binary", "duration"])]
+    pub(crate) chat: bool,
+    /// With --chat: the user message [default: a short-story request whose answer is long].
+    #[arg(long, value_name = "TEXT", requires = "chat")]
+    pub(crate) prompt: Option<String>,
+    /// With --chat: completion tokens per stream.
+    #[arg(long, value_name = "N", default_value_t = 64, requires = "chat")]
+    pub(crate) max_tokens: usize,
+    /// With --chat: also run the completion in this process from this LLM directory (model.onnx,
+    /// tokenizer.json, chat_template.jinja, generation.json), with the same engine, for comparison.
+    #[arg(long, value_name = "DIR", requires = "chat")]
+    pub(crate) llm: Option<PathBuf>,
     /// Concurrent workers, each with its own attested session.
     #[arg(long, value_name = "N", default_value_t = 1)]
-    concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Run for this many seconds.
     #[arg(long, value_name = "S", conflicts_with = "requests")]
     duration: Option<f64>,
     /// Send this many requests in all [default: 100 when --duration is not given].
     #[arg(long, value_name = "N")]
-    requests: Option<u64>,
+    pub(crate) requests: Option<u64>,
     /// Requests each worker sends first, not measured.
     #[arg(long, value_name = "N", default_value_t = 5)]
     warmup: u64,
@@ -52,7 +67,7 @@ pub(crate) struct Args {
     binary: bool,
     /// Print one JSON object on stdout.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// What a run measured.
@@ -199,8 +214,15 @@ async fn bench(args: &Args) -> Result<(), Failure> {
     if args.concurrency == 0 {
         return Err(Failure::Usage("--concurrency must be at least 1".into()));
     }
+    if args.chat {
+        return super::bench_chat::bench_chat(args).await;
+    }
     let trust = args.session.trust()?;
-    let request = read_request(&args.input)?;
+    let input = args
+        .input
+        .as_deref()
+        .ok_or_else(|| Failure::Usage("--input is required (or --chat)".into()))?;
+    let request = read_request(input)?;
     let requests = args.requests.or(args.duration.is_none().then_some(100));
     let bar = progress_bar(requests, args.duration, args.json);
     let shared = Arc::new(Shared {

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod bench;
+pub(crate) mod bench_chat;
 pub(crate) mod chat;
 pub(crate) mod collateral;
 pub(crate) mod demo;
