@@ -42,6 +42,11 @@ enum Command {
     Initdata(cmd::initdata::Args),
 }
 
+/// mimalloc, as in the enclave: the in-process comparison of `bench --chat --llm` runs the same engine with the
+/// same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -109,6 +109,10 @@ fn log_filter(level: LogLevel) -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::builder().parse_lossy(directives.join(","))
 }
 
+/// mimalloc, not glibc's malloc: see the dependency's note in Cargo.toml (inference threads and large buffers).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.log.is_some() {
