@@ -174,6 +174,11 @@ impl<'a> LlmBundle<'a> {
         std::str::from_utf8(self.entry(2)).unwrap_or_default()
     }
 
+    /// `generation.json`, as sealed.
+    pub fn generation_json(&self) -> &'a [u8] {
+        self.entry(3)
+    }
+
     /// `generation.json`, parsed.
     pub fn config(&self) -> &GenerationConfig {
         &self.config
