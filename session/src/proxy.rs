@@ -118,16 +118,13 @@ impl Proxy {
             .push(upstream);
     }
 
-    /// Forwards one request; `model` is the model an inference is for (checked against the evidence).
-    async fn forward(
+    /// A place under `--max-sessions` and an attested upstream session (an idle one, or a new one attested now)
+    /// on which `model`, if given, is checked against the evidence.
+    async fn upstream(
         &self,
-        method: Method,
-        path: &str,
         model: Option<&str>,
-        headers: Vec<(&'static str, String)>,
-        body: Bytes,
-    ) -> Result<crate::Reply, SessionError> {
-        let _permit = Arc::clone(&self.sessions)
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, Upstream), SessionError> {
+        let permit = Arc::clone(&self.sessions)
             .acquire_owned()
             .await
             .map_err(|_| SessionError::Http("the proxy is shutting down".into()))?;
@@ -148,6 +145,19 @@ impl Proxy {
                 upstream.models.insert(m.to_owned());
             }
         }
+        Ok((permit, upstream))
+    }
+
+    /// Forwards one request; `model` is the model an inference is for (checked against the evidence).
+    async fn forward(
+        &self,
+        method: Method,
+        path: &str,
+        model: Option<&str>,
+        headers: Vec<(&'static str, String)>,
+        body: Bytes,
+    ) -> Result<crate::Reply, SessionError> {
+        let (_permit, mut upstream) = self.upstream(model).await?;
         let reply = upstream.session.forward(method, path, &headers, body).await;
         // A session whose connection failed is dropped; the next request attests a new one.
         if !matches!(reply, Err(SessionError::Http(_) | SessionError::Tls(_))) {
@@ -168,25 +178,7 @@ impl Proxy {
         headers: Vec<(&'static str, String)>,
         body: Bytes,
     ) -> Result<Response<ProxyBody>, SessionError> {
-        let permit = Arc::clone(&self.sessions)
-            .acquire_owned()
-            .await
-            .map_err(|_| SessionError::Http("the proxy is shutting down".into()))?;
-        let mut upstream = match self.take() {
-            Some(u) => u,
-            None => {
-                let session = AttestedSession::connect(&self.endpoint, &self.trust).await?;
-                (self.on_attested)(&session);
-                Upstream {
-                    session,
-                    models: HashSet::new(),
-                }
-            }
-        };
-        if !upstream.models.contains(model) {
-            upstream.session.attested_model(model).await?;
-            upstream.models.insert(model.to_owned());
-        }
+        let (permit, mut upstream) = self.upstream(Some(model)).await?;
         let response = upstream
             .session
             .send_streaming(method, path, &headers, body)

@@ -17,6 +17,8 @@ use cloister_inference::llm::{
     ChatFormat, ChatMessage, CompletionRequest, FinishReason, Llm, LlmBundle, SamplingParams,
 };
 use hyper::{Method, StatusCode};
+
+use crate::proxy::proxy;
 use serde_json::{json, Value};
 
 /// Prompts whose greedy answers run past 64 tokens (so each comparison covers the whole budget), and one short
@@ -450,38 +452,6 @@ fn python_with(module: &str) -> Option<String> {
         return None;
     }
     Some(python)
-}
-
-/// Starts `cloister proxy` on a free loopback port; returns it and its address.
-fn proxy(endpoint: &str, policy: &Path) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let cloister = cloister_devnet::sibling_bin_dir().unwrap().join("cloister");
-    let mut child = Command::new(cloister)
-        .args([
-            "proxy",
-            "--listen",
-            &listen,
-            "--endpoint",
-            endpoint,
-            "--policy",
-        ])
-        .arg(policy)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("OpenAI /v1"), "{line}");
-    (child, listen)
 }
 
 /// The openai client against the proxy at `addr`: one JSON line for a whole completion and one for a streamed

@@ -21,7 +21,7 @@ fn cloister() -> std::path::PathBuf {
 }
 
 /// Starts `cloister proxy` on a free loopback port; returns it and its URL (HOST:PORT).
-fn proxy(endpoint: &str, policy: &Path) -> (Child, String) {
+pub(crate) fn proxy(endpoint: &str, policy: &Path) -> (Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

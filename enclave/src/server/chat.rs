@@ -329,16 +329,7 @@ pub(super) async fn governed_chat(
             .metrics()
             .request(what, status.as_u16(), started.elapsed());
     };
-    let budget = match governance.budgets().durability_problem() {
-        Some(why) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("budgets cannot be made durable now ({why}); try again later"),
-        )),
-        None => governance
-            .budgets()
-            .admit(&ctx.client)
-            .map_err(|over| over_budget(&over)),
-    };
+    let budget = infer::admit_client(ctx);
     let budget = budget.inspect_err(|e| refused(e.status, "-"))?;
     let limits = *enclave.limits();
     let Ok(permit) = Arc::clone(enclave.inference_permits()).try_acquire_owned() else {

@@ -26,16 +26,7 @@ pub(super) async fn governed_infer(
     let started = Instant::now();
     let governance = ctx.enclave.governance();
     let mut stats = Stats::default();
-    let admitted = match governance.budgets().durability_problem() {
-        Some(why) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("budgets cannot be made durable now ({why}); try again later"),
-        )),
-        None => governance
-            .budgets()
-            .admit(&ctx.client)
-            .map_err(|over| over_budget(&over)),
-    };
+    let admitted = admit_client(ctx);
     let result = match admitted {
         Err(e) => Err(e),
         Ok(state) => {
@@ -72,6 +63,21 @@ pub(super) async fn governed_infer(
         .metrics()
         .request(slot.name(), status.as_u16(), started.elapsed());
     result
+}
+
+/// The client's request budget: its state for the audit line, or 429 when over (503 while budgets cannot be
+/// made durable).
+pub(super) fn admit_client(ctx: &Connection) -> Result<Option<String>, ApiError> {
+    let budgets = ctx.enclave.governance().budgets();
+    match budgets.durability_problem() {
+        Some(why) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("budgets cannot be made durable now ({why}); try again later"),
+        )),
+        None => budgets
+            .admit(&ctx.client)
+            .map_err(|over| over_budget(&over)),
+    }
 }
 
 pub(super) fn over_budget(over: &OverBudget) -> ApiError {
