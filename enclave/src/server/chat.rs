@@ -11,7 +11,9 @@
 //! Streaming (`"stream": true`): server-sent events as OpenAI sends them, `data: {chunk}` then `data: [DONE]`.
 //! The HTTP status is decided before the first event (a refused request is a 4xx, not a broken stream). The
 //! generation thread hands events to the connection through a small queue; when the client goes away, the
-//! queue's receiver is dropped with the response body and generation stops at the next token.
+//! queue's receiver is dropped with the response body and generation stops at the next token. A client that
+//! stays connected but stops reading is taken as gone after 30 s of a full queue (`STALLED_READER`): a stream
+//! holds an inference thread, which a slow reader must not keep.
 //!
 //! Receipts: when the session attested, the last chunk (the one with `finish_reason`) carries
 //! `cloister_receipt`, a receipt signed when the completion ended over the SHA-256 of the request body, the model
@@ -607,7 +609,7 @@ impl Generate {
                         Some(s) if s.text.is_empty() => return !events.is_closed(),
                         Some(s) => chunk(&head, json!({ "content": s.text }), None),
                     };
-                    events.blocking_send(Ok(Reply::Event(chunk))).is_ok()
+                    send_or_give_up(&events, chunk, STALLED_READER)
                 })
             })
             .await
@@ -671,6 +673,35 @@ impl Generate {
                 .await;
         }
         Ok(generated)
+    }
+}
+
+/// How long a client may leave [`EVENT_QUEUE`] events unread before the enclave takes it as gone: generation
+/// holds an inference thread, which a client reading a byte a second must not keep for ever.
+const STALLED_READER: Duration = Duration::from_secs(30);
+
+/// Queues one event for the connection, waiting while the queue is full; false when the client is gone or has
+/// not read for `stalled` ([`STALLED_READER`]; generation then stops, as for a disconnect).
+fn send_or_give_up(
+    events: &mpsc::Sender<Result<Reply, ApiError>>,
+    chunk: Bytes,
+    stalled: Duration,
+) -> bool {
+    let deadline = Instant::now() + stalled;
+    let mut reply = Ok(Reply::Event(chunk));
+    loop {
+        match events.try_send(reply) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                if Instant::now() >= deadline {
+                    tracing::info!("a chat client stopped reading its stream: generation stopped");
+                    return false;
+                }
+                reply = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }
 

@@ -211,3 +211,27 @@ fn errors_have_openais_shape() {
     let resp = error_response(&e);
     assert_eq!(resp.headers()[RETRY_AFTER], "7");
 }
+
+#[test]
+fn a_reader_that_stops_reading_is_given_up_on_and_a_gone_one_at_once() {
+    let (tx, mut rx) = mpsc::channel::<Result<Reply, ApiError>>(2);
+    let stalled = Duration::from_millis(50);
+    assert!(send_or_give_up(&tx, Bytes::from_static(b"a"), stalled));
+    assert!(send_or_give_up(&tx, Bytes::from_static(b"b"), stalled));
+    // Full and nobody reads: false after the stall time, not before.
+    let started = Instant::now();
+    assert!(!send_or_give_up(&tx, Bytes::from_static(b"c"), stalled));
+    assert!(started.elapsed() >= stalled);
+    // A reader that frees a place in time: true.
+    assert!(rx.try_recv().is_ok());
+    assert!(send_or_give_up(&tx, Bytes::from_static(b"d"), stalled));
+    // Gone: false at once.
+    drop(rx);
+    let started = Instant::now();
+    assert!(!send_or_give_up(
+        &tx,
+        Bytes::from_static(b"e"),
+        Duration::from_secs(60)
+    ));
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
