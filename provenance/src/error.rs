@@ -1,0 +1,88 @@
+//! The crate's one error type. Every variant says which field or file failed, and what was expected
+//! against what was found, where both are public (digests, names, key fingerprints).
+
+/// Why a model signature or a signed model was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bundle is larger than [`crate::MAX_BUNDLE_LEN`].
+    #[error("signature bundle: {len} bytes, more than the {max}-byte limit")]
+    BundleTooLarge {
+        /// Bytes received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bundle (or the statement it carries) is not the JSON the format says.
+    #[error("signature bundle: {what}: {detail}")]
+    Malformed {
+        /// Which part.
+        what: &'static str,
+        /// The parser's message (public bytes only).
+        detail: String,
+    },
+    /// A field holds a value this verifier does not accept.
+    #[error("signature bundle: {field} is {found:?}, expected {expected}")]
+    Unsupported {
+        /// The JSON path of the field.
+        field: &'static str,
+        /// What is accepted.
+        expected: &'static str,
+        /// What the bundle holds.
+        found: String,
+    },
+    /// The bundle carries a certificate or a transparency-log entry instead of naming a pinned key:
+    /// keyless verification is not implemented, and such a bundle is refused rather than half-checked.
+    #[error("signature bundle: keyless (certificate) bundles are not supported yet; sign with a key (model_signing sign key)")]
+    KeylessUnsupported,
+    /// The public key is not an ECDSA P-256 or P-384 key in PEM SubjectPublicKeyInfo form.
+    #[error("signer key: {0}")]
+    BadKey(String),
+    /// The bundle's key hint names another key than every pinned one.
+    #[error("signature bundle: key hint {hint} matches none of the {pinned} pinned signer key(s)")]
+    UnknownSigner {
+        /// The bundle's `verificationMaterial.publicKey.hint`.
+        hint: String,
+        /// How many keys were pinned.
+        pinned: usize,
+    },
+    /// No pinned key verifies the DSSE signature.
+    #[error("signature bundle: the DSSE signature does not verify under any of the {pinned} pinned signer key(s)")]
+    BadSignature {
+        /// How many keys were tried.
+        pinned: usize,
+    },
+    /// The statement's root digest is not SHA-256 over its file digests.
+    #[error("signed statement: root digest is {claimed}, but the listed files hash to {computed}")]
+    RootDigestMismatch {
+        /// The subject's digest.
+        claimed: String,
+        /// What the resources hash to.
+        computed: String,
+    },
+    /// A file of the model differs from its signed digest.
+    #[error("model file {name:?}: SHA-256 is {found}, the signature says {expected}")]
+    FileDigestMismatch {
+        /// The file's name as the statement lists it.
+        name: String,
+        /// The signed digest.
+        expected: String,
+        /// The digest of the bytes presented.
+        found: String,
+    },
+    /// The signature lists a file the model does not have.
+    #[error("model file {name:?}: signed, but missing from the model")]
+    FileMissing {
+        /// The name.
+        name: String,
+    },
+    /// The model has a file the signature does not cover.
+    #[error("model file {name:?}: present in the model, but not covered by the signature")]
+    FileUnsigned {
+        /// The name.
+        name: String,
+    },
+    /// A signed-model container is truncated or inconsistent.
+    #[error("signed model: {0}")]
+    Container(&'static str),
+}

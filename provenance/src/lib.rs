@@ -1,0 +1,27 @@
+//! Model provenance: who produced a model, checked before it is sealed and again before the enclave
+//! loads it.
+//!
+//! Producers sign models with the OpenSSF model-signing format (`model_signing` on PyPI): a Sigstore
+//! bundle (JSON, media type `application/vnd.dev.sigstore.bundle.v0.3+json`) whose DSSE envelope carries
+//! an in-toto statement. The statement's predicate lists every file of the model with its SHA-256; its
+//! one subject carries the *root digest*, SHA-256 over the file digests in (sorted) order.
+//!
+//! This crate verifies such a bundle against the signer keys a policy pins ([`SignerKey`], ECDSA P-256
+//! or P-384, the curves `ring` verifies), and then checks the model's actual bytes against the signed
+//! digests, naming the first file that differs ([`VerifiedManifest::check_files`]). It has no I/O and
+//! holds no secret: a signature and a public key are public values, and file bytes are only hashed.
+//!
+//! What is not here yet (docs/provenance.md says why): keyless bundles (Fulcio certificate and Rekor
+//! inclusion proof) and the release log.
+
+mod bundle;
+mod error;
+mod key;
+mod manifest;
+mod signed_model;
+
+pub use bundle::{verify_bundle, MAX_BUNDLE_LEN};
+pub use error::Error;
+pub use key::{SignerId, SignerKey};
+pub use manifest::VerifiedManifest;
+pub use signed_model::{SignedModel, SIGNED_MODEL_MAGIC};
