@@ -1,6 +1,7 @@
 //! Bundles written by the reference signer (`model_signing` 1.1.1, tests/data/README.md), and
 //! variants of them, each refused for its own reason.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ring::digest::{digest, SHA256};
