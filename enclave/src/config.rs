@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use cloister_attestation::evidence::Sha384;
 use cloister_models::ModelDigest;
+use cloister_provenance::SignerKey;
 use ring::digest::{digest, SHA384};
 use serde::Deserialize;
 
@@ -108,6 +109,14 @@ pub enum ConfigError {
     ModelDigest {
         /// Index in `[[models]]`.
         index: usize,
+    },
+    /// A `signer_keys` entry is not a P-256 or P-384 public key in PEM.
+    #[error("configuration: models[{index}].signer_keys: {reason}")]
+    SignerKey {
+        /// Index in `[[models]]`.
+        index: usize,
+        /// Why the key was refused.
+        reason: String,
     },
     /// A limit is zero.
     #[error("configuration: limits.{field} must be at least 1")]
@@ -232,6 +241,11 @@ pub struct ModelConfig {
     pub top_k: Option<u32>,
     /// Output hardening: round floating-point outputs to this many decimals.
     pub round_decimals: Option<u8>,
+    /// Provenance: when not empty, the model must be a signed model (`cloister seal --signature`) whose
+    /// OpenSSF model-signing bundle verifies under one of these keys, and whose files match the signed
+    /// digests; the enclave checks both before loading (docs/provenance.md). Part of the measured
+    /// configuration, so a client that pins the configuration pins the signers too.
+    pub signer_keys: Vec<SignerKey>,
 }
 
 /// Request limits (`[limits]`).
@@ -438,6 +452,8 @@ struct RawModel {
     max_batch: Option<u64>,
     top_k: Option<u32>,
     round_decimals: Option<u8>,
+    #[serde(default)]
+    signer_keys: Vec<String>,
 }
 
 impl Config {
@@ -535,12 +551,22 @@ fn model_configs(raw: Vec<RawModel>) -> Result<Vec<ModelConfig>, ConfigError> {
                 "round_decimals (of a model) must be 0 to 9",
             ));
         }
+        let signer_keys = m
+            .signer_keys
+            .iter()
+            .map(|pem| SignerKey::from_pem(pem))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::SignerKey {
+                index,
+                reason: e.to_string(),
+            })?;
         models.push(ModelConfig {
             name: m.name,
             digest,
             max_batch: m.max_batch,
             top_k: m.top_k,
             round_decimals: m.round_decimals,
+            signer_keys,
         });
     }
     Ok(models)

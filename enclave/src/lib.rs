@@ -27,6 +27,7 @@ pub mod governance;
 pub mod key_release;
 pub mod metrics;
 pub mod pool;
+pub mod provenance;
 pub mod runtime;
 pub mod server;
 pub mod state;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use cloister_attestation::evidence::Sha384;
 use cloister_models::{ModelDigest, ModelKey, Plaintext};
 use cloister_proto::key_release::{RefusalCode, StateAnchor, StateRequest};
+use cloister_provenance::SignerKey;
 use tokio::sync::Semaphore;
 
 use crate::blobs::BlobService;
@@ -27,6 +28,7 @@ use crate::inference::llm::{Llm, LlmBundle, BUNDLE_MAGIC};
 use crate::inference::LoadedModel;
 use crate::key_release::{refusal_text, Answer, BrokerClient, KeyReleaseError};
 use crate::pool::{default_budget_bytes, InferencePool, MemoryBudget};
+use crate::provenance::{self, Provenance};
 
 /// At most this many `POST /v2/attestation` are signed at once (each is a firmware call).
 pub const MAX_CONCURRENT_ATTESTATIONS: usize = 8;
@@ -62,6 +64,10 @@ pub struct ModelSlot {
     loaded: OnceLock<Arc<LoadedModel>>,
     /// An LLM bundle (`cloister seal --llm`), served on `/v1/chat/completions` instead of `/v2/.../infer`.
     llm: OnceLock<Arc<Llm>>,
+    /// Producers whose signature the model must carry (`signer_keys`); empty: none required.
+    signer_keys: Vec<SignerKey>,
+    /// What the model's verified signature established, once loaded.
+    provenance: OnceLock<Provenance>,
     status: Mutex<ModelStatus>,
 }
 
@@ -89,6 +95,12 @@ impl ModelSlot {
     /// The configured `max_batch`.
     pub fn max_batch(&self) -> Option<u64> {
         self.max_batch
+    }
+
+    /// The verified signer and signed root digest of the loaded model, when its configuration required a
+    /// signature.
+    pub fn provenance(&self) -> Option<Provenance> {
+        self.provenance.get().copied()
     }
 
     /// The configured output hardening: `top_k` and `round_decimals`.
@@ -193,6 +205,8 @@ impl Enclave {
                     round_decimals: m.round_decimals,
                     loaded: OnceLock::new(),
                     llm: OnceLock::new(),
+                    signer_keys: m.signer_keys.clone(),
+                    provenance: OnceLock::new(),
                     status: Mutex::new(ModelStatus::AwaitingKey),
                 })
                 .collect(),
@@ -584,22 +598,39 @@ async fn load_and_install(enclave: &Enclave, slot: &ModelSlot, plaintext: Plaint
     slot.set_status(ModelStatus::Loading);
     let len = plaintext.len();
     let started = std::time::Instant::now();
+    // Provenance first: a signed model is checked against the configured signers before tract parses it.
     // What the plaintext is (an ONNX model, or an LLM bundle) is part of what its digest pins.
+    let signers = slot.signer_keys.clone();
     let loaded = tokio::task::spawn_blocking(move || {
-        let served = if plaintext.as_bytes().starts_with(&BUNDLE_MAGIC) {
-            LlmBundle::parse(plaintext.as_bytes())
-                .and_then(|b| Llm::from_bundle(&b))
-                .map(|llm| Served::Llm(Box::new(llm)))
-        } else {
-            LoadedModel::load(plaintext.as_bytes()).map(Served::Tensor)
+        let served = match provenance::check(plaintext.as_bytes(), &signers) {
+            Err(e) => Err(LoadFailure::Provenance(e)),
+            Ok((model, verified)) => {
+                let served = if model.starts_with(&BUNDLE_MAGIC) {
+                    LlmBundle::parse(model)
+                        .and_then(|b| Llm::from_bundle(&b))
+                        .map(|llm| Served::Llm(Box::new(llm)))
+                } else {
+                    LoadedModel::load(model).map(Served::Tensor)
+                };
+                served.map(|s| (s, verified)).map_err(LoadFailure::Model)
+            }
         };
         drop(plaintext); // zeroizes the plaintext buffer
         served
     })
     .await;
     match loaded {
-        Ok(Ok(served)) => {
+        Ok(Ok((served, verified))) => {
             let ms = started.elapsed().as_secs_f64() * 1e3;
+            if let Some(p) = verified {
+                tracing::info!(
+                    model = name,
+                    signer = %p.signer,
+                    root_digest = %hex::encode(p.root_digest),
+                    "model signature verified"
+                );
+                let _ = slot.provenance.set(p);
+            }
             let installed = match served {
                 Served::Tensor(model) => {
                     tracing::info!(model = name, %digest, bytes = len, planning = ?model.planning(), ms, "model loaded");
@@ -633,6 +664,15 @@ async fn load_and_install(enclave: &Enclave, slot: &ModelSlot, plaintext: Plaint
             tracing::error!(model = name, "the model-loading task failed");
         }
     }
+}
+
+/// Why a plaintext did not load.
+#[derive(Debug, thiserror::Error)]
+enum LoadFailure {
+    #[error(transparent)]
+    Provenance(provenance::ProvenanceError),
+    #[error(transparent)]
+    Model(crate::inference::Error),
 }
 
 /// What a sealed plaintext loads as.

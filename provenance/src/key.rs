@@ -63,6 +63,15 @@ impl fmt::Debug for SignerKey {
     }
 }
 
+/// Two keys are the same key when their SubjectPublicKeyInfo is.
+impl PartialEq for SignerKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for SignerKey {}
+
 impl SignerKey {
     /// Reads a PEM `PUBLIC KEY` (SubjectPublicKeyInfo).
     pub fn from_pem(pem: &str) -> Result<Self, Error> {

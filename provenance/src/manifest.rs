@@ -82,12 +82,14 @@ impl VerifiedManifest {
 
     /// Checks the model's files against the signed digests: the same names, each with its signed
     /// SHA-256. A signature over a single file (model_signing lists it as `"."`) matches a model made of
-    /// exactly one file, whatever that file is called. The error names the first file that differs.
+    /// exactly one file, whatever either calls it. The error names the first file that differs.
     pub fn check_files(&self, files: &[(&str, &[u8])]) -> Result<(), Error> {
-        if let (Some(expected), [(_, bytes)]) = (self.files.get("."), files) {
-            if self.files.len() == 1 {
-                return compare(".", expected, bytes);
-            }
+        // A one-file signature (model_signing names a signed single file ".") and a one-file model: the
+        // file is the model, whatever either side calls it.
+        if let ([(name, expected)], [(_, bytes)]) =
+            (self.files.iter().collect::<Vec<_>>().as_slice(), files)
+        {
+            return compare(name, expected, bytes);
         }
         for (name, bytes) in files {
             let expected = self.files.get(*name).ok_or_else(|| Error::FileUnsigned {

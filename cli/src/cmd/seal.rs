@@ -45,6 +45,11 @@ const PROGRESS_THRESHOLD: u64 = 8 * 1024 * 1024;
         POST /v1/chat/completions.\n\n\
         The last line of stdout is the model digest, sha384:<hex>: pin it in the owner's policy \
         (model_digests) and in the enclave configuration ([[models]] digest).\n\n\
+        With --signature FILE --signer-key PEM, the model's OpenSSF model-signing bundle (as the reference \
+        `model_signing` package writes it) is verified against the producer's key, every file is checked \
+        against its signed digest (the first that differs is named), and the bundle is sealed with the \
+        model: the digest then covers both, and an enclave whose [[models]] entry lists signer_keys refuses \
+        a model without a valid signature by one of them.\n\n\
         With --inspect FILE, prints the header of a sealed model (no key needed, none shown).\n\n\
         Exit codes: 0 done; 1 model refused, or not a valid sealed model; 2 usage or I/O error.",
     after_help = "Examples:\n  cloister seal --model model.onnx --out model.sealed --keystore keys/\n  \
@@ -69,11 +74,20 @@ pub(crate) struct Args {
     /// Default: the model file's stem.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// An OpenSSF model-signing bundle over the model (`model_signing sign key`, or a directory signature
+    /// for --llm): checked here against --signer-key, then sealed with the model, so that the enclave
+    /// checks it again before loading (docs/provenance.md).
+    #[arg(long, value_name = "FILE")]
+    signature: Option<PathBuf>,
+    /// The producer's public key (PEM, ECDSA P-256 or P-384) that must have made --signature; repeat to
+    /// accept any of several.
+    #[arg(long, value_name = "PEM", requires = "signature")]
+    signer_key: Vec<PathBuf>,
     /// Print the header of a sealed model instead of sealing.
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["model", "llm", "out", "keystore", "name"]
+        conflicts_with_all = ["model", "llm", "out", "keystore", "name", "signature"]
     )]
     inspect: Option<PathBuf>,
     /// With --inspect: print one JSON object on stdout.
@@ -128,6 +142,11 @@ fn seal(args: &Args) -> Result<(), Failure> {
     let digest = ModelDigest::of(&bytes);
     let summary = seal_check::check_model(&bytes).map_err(|e| refused_model(model, &e))?;
     let plaintext_len = bytes.len() as u64;
+    let file_name = model
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("model.onnx");
+    let signed = signed_plaintext(args, &[(file_name, &bytes)], &bytes)?;
     drop(bytes); // sealing streams from the file
     eprintln!(
         "model: {} ({} bytes, opset {}, {} nodes, inputs [{}], outputs [{}]): tract loads and optimises it ({})",
@@ -140,7 +159,82 @@ fn seal(args: &Args) -> Result<(), Failure> {
         summary.planning,
     );
 
-    seal_checked(model, out, keystore_dir, &name, &digest, plaintext_len)
+    match signed {
+        Some(container) => seal_via_temp(&container, out, keystore_dir, &name),
+        None => seal_checked(model, out, keystore_dir, &name, &digest, plaintext_len),
+    }
+}
+
+/// With `--signature`: verifies the bundle against `--signer-key` and the model's `files` against the
+/// signed digests, and returns the signed-model container (bundle, then `model`) to seal.
+fn signed_plaintext(
+    args: &Args,
+    files: &[(&str, &[u8])],
+    model: &[u8],
+) -> Result<Option<Vec<u8>>, Failure> {
+    use cloister_provenance::{verify_bundle, SignedModel, SignerKey};
+    let Some(sig_path) = &args.signature else {
+        return Ok(None);
+    };
+    if args.signer_key.is_empty() {
+        return Err(Failure::Usage(
+            "--signature needs --signer-key: the producer's public key (PEM) to check it against"
+                .into(),
+        ));
+    }
+    let mut keys = Vec::with_capacity(args.signer_key.len());
+    for path in &args.signer_key {
+        let pem = fs::read_to_string(path)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+        keys.push(
+            SignerKey::from_pem(&pem)
+                .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?,
+        );
+    }
+    let bundle = fs::read(sig_path)
+        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", sig_path.display())))?;
+    let manifest = verify_bundle(&bundle, &keys)
+        .and_then(|m| m.check_files(files).map(|()| m))
+        .map_err(|e| Failure::Refused(format!("{}: {e}", sig_path.display())))?;
+    eprintln!(
+        "signature: {} verifies: signer {}, root digest sha256:{}, {} file{} as signed",
+        sig_path.display(),
+        manifest.signer(),
+        hex::encode(manifest.root_digest()),
+        manifest.files().len(),
+        if manifest.files().len() == 1 { "" } else { "s" },
+    );
+    SignedModel::build(&bundle, model)
+        .map(Some)
+        .map_err(|e| Failure::Refused(format!("{}: {e}", sig_path.display())))
+}
+
+/// Seals bytes held in memory: written next to `--out` (mode 0600) only for the time of sealing, which
+/// streams from a file, and removed on every path.
+fn seal_via_temp(
+    plaintext: &[u8],
+    out: &Path,
+    keystore_dir: &Path,
+    name: &str,
+) -> Result<(), Failure> {
+    let digest = ModelDigest::of(plaintext);
+    let mut temp_name = out.as_os_str().to_owned();
+    temp_name.push(".bundle-partial");
+    let temp = PathBuf::from(temp_name);
+    let sealed = write_private(&temp, plaintext)
+        .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", temp.display())))
+        .and_then(|()| {
+            seal_checked(
+                &temp,
+                out,
+                keystore_dir,
+                name,
+                &digest,
+                plaintext.len() as u64,
+            )
+        });
+    let _ = fs::remove_file(&temp);
+    sealed
 }
 
 /// Steps 2-4 of sealing a checked plaintext file: keystore, seal under a fresh key, file the key; prints the
@@ -255,8 +349,14 @@ fn seal_llm(args: &Args, dir: &Path) -> Result<(), Failure> {
         })?);
     }
     let bundle = LlmBundle::build(&files[0], &files[1], &files[2], &files[3]);
+    let named: Vec<(&str, &[u8])> = ENTRY_NAMES
+        .iter()
+        .copied()
+        .zip(files.iter().map(Vec::as_slice))
+        .collect();
+    let signed = signed_plaintext(args, &named, &bundle)?;
+    drop(named);
     drop(files);
-    let digest = ModelDigest::of(&bundle);
     let started = std::time::Instant::now();
     let parsed = LlmBundle::parse(&bundle)
         .map_err(|e| Failure::Refused(format!("{}: {e}", dir.display())))?;
@@ -276,17 +376,12 @@ fn seal_llm(args: &Args, dir: &Path) -> Result<(), Failure> {
         started.elapsed().as_secs_f64()
     );
     drop(llm);
-    let plaintext_len = bundle.len() as u64;
-    let mut temp_name = out.as_os_str().to_owned();
-    temp_name.push(".bundle-partial");
-    let temp = PathBuf::from(temp_name);
-    let written = write_private(&temp, &bundle);
-    drop(bundle);
-    let sealed = written
-        .map_err(|e| Failure::Usage(format!("cannot write {}: {e}", temp.display())))
-        .and_then(|()| seal_checked(&temp, out, keystore_dir, &name, &digest, plaintext_len));
-    let _ = fs::remove_file(&temp);
-    sealed
+    seal_via_temp(
+        signed.as_deref().unwrap_or(&bundle),
+        out,
+        keystore_dir,
+        &name,
+    )
 }
 
 /// Writes `bytes` to a new file readable by its owner only.
