@@ -86,10 +86,15 @@ impl VerifiedManifest {
     pub fn check_files(&self, files: &[(&str, &[u8])]) -> Result<(), Error> {
         // A one-file signature (model_signing names a signed single file ".") and a one-file model: the
         // file is the model, whatever either side calls it.
-        if let ([(name, expected)], [(_, bytes)]) =
+        if let ([(signed_name, expected)], [(name, bytes)]) =
             (self.files.iter().collect::<Vec<_>>().as_slice(), files)
         {
-            return compare(name, expected, bytes);
+            let named = if signed_name.as_str() == "." {
+                name
+            } else {
+                signed_name.as_str()
+            };
+            return compare(named, expected, bytes);
         }
         for (name, bytes) in files {
             let expected = self.files.get(*name).ok_or_else(|| Error::FileUnsigned {

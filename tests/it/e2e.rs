@@ -25,6 +25,10 @@ fn magika() -> PathBuf {
     repo().join("models/sample/magika/model.onnx")
 }
 
+pub(crate) fn mixed() -> PathBuf {
+    repo().join("models/sample/mixed/model.onnx")
+}
+
 pub(crate) fn mlp() -> PathBuf {
     repo().join("models/sample/mlp/model.onnx")
 }

@@ -10,5 +10,6 @@ mod governance;
 mod kubernetes;
 mod llm;
 mod models;
+mod provenance;
 mod proxy;
 mod vm;

@@ -1,0 +1,250 @@
+//! Model provenance with bundles the reference signer writes: `model_signing` (PyPI, in the CI venv)
+//! signs a real model, `cloister seal --signature` checks and seals it, and the enclave checks it again
+//! against the `signer_keys` of its configuration before loading.
+//!
+//! Needs `$CLOISTER_PYTHON` (default `python3`) to import `model_signing`; without it the tests print a
+//! loud SKIP line and pass, and fail under CLOISTER_REQUIRE_ALL_TESTS=1 (CI).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::e2e::{deploy, mlp, READY};
+
+fn python_with_model_signing(test: &str) -> Option<String> {
+    let python = std::env::var("CLOISTER_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = Command::new(&python)
+        .args(["-c", "import model_signing, cryptography"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if has {
+        return Some(python);
+    }
+    let required = std::env::var("CLOISTER_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "{python} cannot import model_signing; CLOISTER_REQUIRE_ALL_TESTS=1"
+    );
+    eprintln!(
+        "\n\n*** SKIPPED {test}: {python} cannot import model_signing (pip install model_signing==1.1.1 \
+         pyopenssl, or set CLOISTER_PYTHON). CI installs it and sets CLOISTER_REQUIRE_ALL_TESTS=1. ***\n"
+    );
+    None
+}
+
+/// A fresh ECDSA key pair (`curve`: SECP256R1 or SECP384R1) as PEM files `<name>.key` and `<name>.pub`.
+fn keypair(python: &str, dir: &Path, name: &str, curve: &str) -> PathBuf {
+    let script = format!(
+        "import sys\nfrom cryptography.hazmat.primitives.asymmetric import ec\n\
+         from cryptography.hazmat.primitives import serialization as s\n\
+         k = ec.generate_private_key(ec.{curve}())\n\
+         open(sys.argv[1] + '.key', 'wb').write(k.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()))\n\
+         open(sys.argv[1] + '.pub', 'wb').write(k.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))\n"
+    );
+    let base = dir.join(name);
+    let out = Command::new(python)
+        .args(["-c", &script])
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    base.with_extension("pub")
+}
+
+/// `model_signing sign key MODEL --private_key KEY --signature SIG`, the reference signer's CLI.
+fn sign(python: &str, model: &Path, key_pub: &Path, sig: &Path) {
+    let out = Command::new(python)
+        .args(["-m", "model_signing", "sign", "key"])
+        .arg(model)
+        .arg("--private_key")
+        .arg(key_pub.with_extension("key"))
+        .arg("--signature")
+        .arg(sig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "model_signing: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn cloister(args: &[&std::ffi::OsStr]) -> Output {
+    let bin = cloister_devnet::sibling_bin_dir().unwrap().join("cloister");
+    Command::new(bin).args(args).output().unwrap()
+}
+
+fn seal(model: &Path, out: &Path, keystore: &Path, sig: &Path, keys: &[&Path]) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "seal".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--keystore".as_ref(),
+        keystore.as_os_str(),
+        "--signature".as_ref(),
+        sig.as_os_str(),
+    ];
+    for k in keys {
+        args.push("--signer-key".as_ref());
+        args.push(k.as_os_str());
+    }
+    cloister(&args)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn cloister_seal_accepts_a_model_signing_bundle_and_refuses_each_bad_one_for_its_reason() {
+    let Some(python) = python_with_model_signing("cloister_seal_accepts_a_model_signing_bundle")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let producer = keypair(&python, d, "producer", "SECP256R1");
+    let producer384 = keypair(&python, d, "producer384", "SECP384R1");
+    let stranger = keypair(&python, d, "stranger", "SECP256R1");
+    std::fs::create_dir(d.join("mlp")).unwrap();
+    let model = d.join("mlp/model.onnx");
+    std::fs::copy(mlp(), &model).unwrap();
+    let sig = d.join("model.sig");
+    sign(&python, &model, &producer, &sig);
+    let sig384 = d.join("model384.sig");
+    sign(&python, &model, &producer384, &sig384);
+    let ks = d.join("keys");
+
+    // Valid, P-256 and P-384: sealed, the signer named.
+    let ok = seal(
+        &model,
+        &d.join("a.sealed"),
+        &ks,
+        &sig,
+        &[&stranger, &producer],
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("sha384:"));
+    assert!(
+        stderr(&ok).contains("signature: ") && stderr(&ok).contains("1 file as signed"),
+        "{}",
+        stderr(&ok)
+    );
+    std::fs::remove_dir_all(&ks).unwrap();
+    let ok = seal(&model, &d.join("b.sealed"), &ks, &sig384, &[&producer384]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+
+    // Wrong signer: exit 1, the hint matches no pinned key.
+    let wrong = seal(&model, &d.join("c.sealed"), &ks, &sig, &[&stranger]);
+    assert_eq!(wrong.status.code(), Some(1), "{}", stderr(&wrong));
+    assert!(
+        stderr(&wrong).contains("matches none of the 1 pinned signer key"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    // Tampered model: the same name, other bytes; the file is named.
+    std::fs::create_dir(d.join("other")).unwrap();
+    let other = d.join("other/model.onnx");
+    std::fs::copy(crate::e2e::mixed(), &other).unwrap();
+    let tampered = seal(&other, &d.join("d.sealed"), &ks, &sig, &[&producer]);
+    assert_eq!(tampered.status.code(), Some(1), "{}", stderr(&tampered));
+    assert!(
+        stderr(&tampered).contains("model file \"model.onnx\": SHA-256 is"),
+        "{}",
+        stderr(&tampered)
+    );
+
+    // A signature without a key to check it: usage error, nothing sealed.
+    let bare = cloister(&[
+        "seal".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--out".as_ref(),
+        d.join("e.sealed").as_os_str(),
+        "--keystore".as_ref(),
+        ks.as_os_str(),
+        "--signature".as_ref(),
+        sig.as_os_str(),
+    ]);
+    assert_eq!(bare.status.code(), Some(2), "{}", stderr(&bare));
+    for f in ["c.sealed", "d.sealed", "e.sealed"] {
+        assert!(!d.join(f).exists(), "{f} was written");
+    }
+}
+
+/// The signed-model container `cloister seal --signature` seals, built from model_signing's bundle.
+fn signed_container(python: &str, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let producer = keypair(python, dir, "producer", "SECP256R1");
+    let stranger = keypair(python, dir, "stranger", "SECP256R1");
+    let sig = dir.join("model.sig");
+    sign(python, &mlp(), &producer, &sig);
+    let container = cloister_provenance::SignedModel::build(
+        &std::fs::read(&sig).unwrap(),
+        &std::fs::read(mlp()).unwrap(),
+    )
+    .unwrap();
+    let path = dir.join("signed-mlp.bin");
+    std::fs::write(&path, container).unwrap();
+    (path, producer, stranger)
+}
+
+fn signer_keys_toml(pem: &Path) -> String {
+    format!(
+        "signer_keys = ['''\n{}''']\n",
+        std::fs::read_to_string(pem).unwrap()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enclave_loads_a_signed_model_only_under_a_configured_signer() {
+    let Some(python) = python_with_model_signing("the_enclave_loads_a_signed_model") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (container, producer, stranger) = signed_container(&python, dir.path());
+
+    let good = dir.path().join("good");
+    let d = deploy(&good, &container, "mlp", |o| {
+        o.model_config_extra = signer_keys_toml(&producer)
+    })
+    .await;
+    d.wait_ready(READY)
+        .await
+        .expect("a model signed by the configured producer loads");
+    let log = std::fs::read_to_string(&d.host_log).unwrap();
+    let fingerprint =
+        cloister_provenance::SignerKey::from_pem(&std::fs::read_to_string(&producer).unwrap())
+            .unwrap()
+            .id()
+            .to_string();
+    assert!(
+        log.contains("model signature verified") && log.contains(&fingerprint),
+        "{log}"
+    );
+    d.stop().await;
+
+    let bad = dir.path().join("bad");
+    let d = deploy(&bad, &container, "mlp", |o| {
+        o.model_config_extra = signer_keys_toml(&stranger)
+    })
+    .await;
+    assert!(
+        d.wait_ready(Duration::from_secs(15)).await.is_err(),
+        "a model signed by another key loaded"
+    );
+    let log = std::fs::read_to_string(&d.host_log).unwrap();
+    assert!(
+        log.contains("provenance: signature bundle: key hint"),
+        "{log}"
+    );
+    d.stop().await;
+}
