@@ -239,6 +239,12 @@ impl Connection {
             time: crate::governance::unix_now(),
             session: cloister_governance::session_id(&self.exporter),
             seq: self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+            provenance: slot
+                .provenance()
+                .map(|p| cloister_governance::ReceiptProvenance {
+                    signer: p.signer.0,
+                    root_digest: p.root_digest,
+                }),
         };
         cloister_governance::Receipt::sign(self.enclave.governance().signer(), &payload)
             .map(Some)

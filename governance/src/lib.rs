@@ -13,7 +13,7 @@ pub mod digest;
 pub mod receipt;
 pub mod signer;
 
-pub use receipt::{Receipt, ReceiptFile, ReceiptPayload};
+pub use receipt::{Receipt, ReceiptFile, ReceiptPayload, ReceiptProvenance};
 pub use signer::RecordSigner;
 
 /// Why a record was not accepted (each message names the field or check first).

@@ -6,7 +6,10 @@
 //! payload    { "v": 1, "evidence": bstr(48) SHA-384 of the session's evidence bytes,
 //!              "model": tstr, "model_digest": bstr(48), "request": bstr(32), "response": bstr(32)
 //!              (canonical tensor digests, crate::digest), "time": uint (unix seconds),
-//!              "session": bstr(16) (crate::session_id), "seq": uint (the session's request counter) }
+//!              "session": bstr(16) (crate::session_id), "seq": uint (the session's request counter),
+//!              and, for a model whose signature the enclave verified at load (docs/provenance.md):
+//!              "signer": bstr(32) (SHA-256 of the producer's SubjectPublicKeyInfo),
+//!              "signed_root": bstr(32) (the model-signing root digest) }
 //! signature  Ed25519, 64 bytes
 //! ```
 //!
@@ -53,6 +56,17 @@ pub struct ReceiptPayload {
     pub session: [u8; 16],
     /// The request's number in the session (from 1).
     pub seq: u64,
+    /// Who signed the model, when the enclave verified a signature at load.
+    pub provenance: Option<ReceiptProvenance>,
+}
+
+/// The verified provenance of the model a receipt names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiptProvenance {
+    /// SHA-256 of the producer's DER SubjectPublicKeyInfo (`cloister_provenance::SignerId`).
+    pub signer: [u8; 32],
+    /// The signed root digest (SHA-256 over the signed file digests).
+    pub root_digest: [u8; 32],
 }
 
 fn text(s: &str) -> Value {
@@ -62,7 +76,7 @@ fn text(s: &str) -> Value {
 impl ReceiptPayload {
     /// The CBOR map.
     pub fn to_cbor(&self) -> Result<Vec<u8>, Error> {
-        let map = Value::Map(vec![
+        let mut entries = vec![
             (text("v"), Value::Integer(RECEIPT_VERSION.into())),
             (text("evidence"), Value::Bytes(self.evidence.to_vec())),
             (text("model"), text(&self.model)),
@@ -75,7 +89,12 @@ impl ReceiptPayload {
             (text("time"), Value::Integer(self.time.into())),
             (text("session"), Value::Bytes(self.session.to_vec())),
             (text("seq"), Value::Integer(self.seq.into())),
-        ]);
+        ];
+        if let Some(p) = &self.provenance {
+            entries.push((text("signer"), Value::Bytes(p.signer.to_vec())));
+            entries.push((text("signed_root"), Value::Bytes(p.root_digest.to_vec())));
+        }
+        let map = Value::Map(entries);
         let mut out = Vec::new();
         ciborium::into_writer(&map, &mut out)
             .map_err(|e| Error::malformed("receipt", format!("cannot encode: {e}")))?;
@@ -90,8 +109,11 @@ impl ReceiptPayload {
         let Value::Map(entries) = value else {
             return Err(bad("not a map".into()));
         };
-        if entries.len() != 9 {
-            return Err(bad(format!("{} entries, expected 9", entries.len())));
+        if entries.len() != 9 && entries.len() != 11 {
+            return Err(bad(format!(
+                "{} entries, expected 9 (or 11 with provenance)",
+                entries.len()
+            )));
         }
         let get = |key: &str| -> Result<&Value, Error> {
             entries
@@ -141,6 +163,14 @@ impl ReceiptPayload {
             time: uint("time")?,
             session: fixed(get("session")?, "session")?,
             seq: uint("seq")?,
+            provenance: if entries.len() == 11 {
+                Some(ReceiptProvenance {
+                    signer: fixed(get("signer")?, "signer")?,
+                    root_digest: fixed(get("signed_root")?, "signed_root")?,
+                })
+            } else {
+                None
+            },
         })
     }
 }
@@ -389,7 +419,31 @@ mod tests {
             time: 1_700_000_000,
             session: [5; 16],
             seq: 7,
+            provenance: None,
         }
+    }
+
+    #[test]
+    fn a_receipt_of_a_signed_model_carries_its_signer() {
+        let signer = RecordSigner::generate().unwrap();
+        let with = ReceiptPayload {
+            provenance: Some(ReceiptProvenance {
+                signer: [8; 32],
+                root_digest: [9; 32],
+            }),
+            ..payload()
+        };
+        let receipt = Receipt::sign(&signer, &with).unwrap();
+        assert_eq!(receipt.open(&signer.public_key()).unwrap(), with);
+        // Half the provenance is no provenance: refused.
+        let value: Value = ciborium::from_reader(with.to_cbor().unwrap().as_slice()).unwrap();
+        let Value::Map(mut entries) = value else {
+            panic!("not a map")
+        };
+        entries.pop();
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&Value::Map(entries), &mut bytes).unwrap();
+        assert!(ReceiptPayload::from_cbor(&bytes).is_err());
     }
 
     #[test]

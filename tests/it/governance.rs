@@ -189,6 +189,11 @@ async fn receipts_budgets_client_certificates_hardening_audit_and_metrics() {
         (true.into(), true.into())
     );
     assert_eq!(v["seq"], 1);
+    assert_eq!(
+        v["model_signer"],
+        Value::Null,
+        "an unsigned model names no signer"
+    );
 
     // Output hardening: at most two values kept per row, rounded to two decimals.
     let r: Value = serde_json::from_str(&stdout).unwrap();

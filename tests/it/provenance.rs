@@ -217,15 +217,45 @@ async fn the_enclave_loads_a_signed_model_only_under_a_configured_signer() {
         o.model_config_extra = signer_keys_toml(&producer)
     })
     .await;
-    d.wait_ready(READY)
+    let mut session = d
+        .wait_ready(READY)
         .await
         .expect("a model signed by the configured producer loads");
     let log = std::fs::read_to_string(&d.host_log).unwrap();
-    let fingerprint =
+    let signer =
         cloister_provenance::SignerKey::from_pem(&std::fs::read_to_string(&producer).unwrap())
             .unwrap()
-            .id()
-            .to_string();
+            .id();
+    let fingerprint = signer.to_string();
+    // The receipt of an inference names the signer the enclave checked.
+    session
+        .infer("mlp", &crate::e2e::mlp_input(), false)
+        .await
+        .unwrap();
+    let receipt_key = session.evidence().claims().receipt_key.clone().unwrap();
+    let receipt = session.receipt_file().expect("a receipt");
+    let payload = receipt.receipt.open(&receipt_key).unwrap();
+    let provenance = payload.provenance.expect("the receipt carries the signer");
+    assert_eq!(provenance.signer, signer.0);
+    // And `cloister receipt verify` reports it, offline, to whoever holds the receipt.
+    let receipt_path = dir.path().join("receipt.json");
+    std::fs::write(&receipt_path, receipt.to_json()).unwrap();
+    let out = cloister(&[
+        "receipt".as_ref(),
+        "verify".as_ref(),
+        "--receipt".as_ref(),
+        receipt_path.as_os_str(),
+        "--policy".as_ref(),
+        d.client_policy.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["model_signer"], fingerprint.as_str());
+    assert_eq!(
+        v["signed_root"],
+        format!("sha256:{}", hex::encode(provenance.root_digest)).as_str()
+    );
     assert!(
         log.contains("model signature verified") && log.contains(&fingerprint),
         "{log}"

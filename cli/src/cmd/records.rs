@@ -224,6 +224,13 @@ pub(crate) fn run_receipt(args: ReceiptArgs) -> ExitCode {
                     ""
                 }
             );
+            if let Some(prov) = &p.provenance {
+                println!(
+                    "  model signed by sha256:{} (root digest sha256:{}), verified by the enclave at load",
+                    hex::encode(prov.signer),
+                    hex::encode(prov.root_digest)
+                );
+            }
             println!("  signed by the enclave whose evidence satisfies the policy");
         }
         Ok(json!({
@@ -236,6 +243,8 @@ pub(crate) fn run_receipt(args: ReceiptArgs) -> ExitCode {
             "response": hex::encode(p.response),
             "request_checked": verified.request_checked,
             "response_checked": verified.response_checked,
+            "model_signer": p.provenance.map(|v| format!("sha256:{}", hex::encode(v.signer))),
+            "signed_root": p.provenance.map(|v| format!("sha256:{}", hex::encode(v.root_digest))),
         }))
     })();
     finish(json, result)

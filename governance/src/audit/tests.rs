@@ -587,6 +587,7 @@ fn write_fuzz_seeds() {
         time: 1_700_000_000 + u64::from(i),
         session: [i + 4; 16],
         seq: u64::from(i),
+        provenance: None,
     };
     for (i, model) in [(1u8, "mlp"), (2, "magika")] {
         let signed = Receipt::sign(&signer, &payload(i, model)).unwrap();
