@@ -138,6 +138,14 @@ pub enum Error {
         /// Version found.
         found: u16,
     },
+    /// A `claims.model_signers` entry that no honest enclave writes.
+    #[error("claims.model_signers[{index}]: {reason}")]
+    ClaimsModelSigner {
+        /// Its index.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// REPORT_DATA is not the hash of the claims: the claims were changed after the report was made.
     #[error("report_data: does not commit to the claims (expected {expected}, found {found})")]
     ReportDataMismatch {

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! Claims      { version, nonce[32], tls_exporter[32], enclave_key (optional), model_digests[sha384; n],
-//!               config_digest[sha384], receipt_key (optional: Ed25519, the key of receipts and audit) }
+//!               config_digest[sha384], receipt_key (optional: Ed25519, the key of receipts and audit),
+//!               model_signers[{ model_digest[sha384], signer[sha256], root_digest[sha256] }; m] }
 //! REPORT_DATA = SHA-512("cloister-evidence-v1" || postcard(Claims))       // all 64 bytes
 //! Evidence    { platform: snp | snp-simulated, report[1184], cert_chain { ark, intermediate, leaf } (DER),
 //!               claims }
@@ -26,8 +27,9 @@ use crate::Error;
 
 /// Domain separator hashed before the claims.
 pub const EVIDENCE_DOMAIN: &[u8] = b"cloister-evidence-v1";
-/// The claims format version this code writes and accepts (2: with `receipt_key`).
-pub const CLAIMS_VERSION: u16 = 2;
+/// The claims format version this code writes and accepts (2: with `receipt_key`; 3: with
+/// `model_signers`).
+pub const CLAIMS_VERSION: u16 = 3;
 /// Length of a `receipt_key` (an Ed25519 public key).
 pub const RECEIPT_KEY_LEN: usize = 32;
 /// Label of the TLS exporter (RFC 8446 §7.5) that binds evidence to a session. Labels outside the IANA
@@ -94,10 +96,46 @@ pub struct Claims {
     pub model_digests: Vec<Sha384>,
     /// SHA-384 of the enclave's measured configuration.
     pub config_digest: Sha384,
-    /// The enclave's record-signing key (ECDSA P-384, SEC1 uncompressed): what signs its inference receipts
-    /// and audit checkpoints. Attested here, so a record verifies only with the key of an enclave the verifier
+    /// The enclave's record-signing key (Ed25519, 32 bytes): what signs its inference receipts and audit
+    /// checkpoints. Attested here, so a record verifies only with the key of an enclave the verifier
     /// accepted.
     pub receipt_key: Option<Vec<u8>>,
+    /// For each loaded model whose signature the enclave verified before loading it (its `[[models]]`
+    /// entry names `signer_keys`), who signed it. The enclave asserts it, so it is worth what the
+    /// measurement is worth; a policy's `model_signers` accepts a model on it.
+    pub model_signers: Vec<ModelSigner>,
+}
+
+/// A verified model signature, as the claims carry it.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSigner {
+    /// The model (one of the claims' `model_digests`).
+    pub model_digest: Sha384,
+    /// SHA-256 of the producer's DER SubjectPublicKeyInfo.
+    pub signer: [u8; 32],
+    /// The signed root digest (model_signing's subject: SHA-256 over the signed file digests).
+    pub root_digest: [u8; 32],
+}
+
+impl core::fmt::Debug for ModelSigner {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{:?} signed by sha256:{} (root sha256:{})",
+            self.model_digest,
+            hex::encode(self.signer),
+            hex::encode(self.root_digest)
+        )
+    }
+}
+
+impl Claims {
+    /// The verified signer of the model `digest`, if the enclave checked one.
+    pub fn signer_of(&self, digest: &[u8; 48]) -> Option<&ModelSigner> {
+        self.model_signers
+            .iter()
+            .find(|s| s.model_digest.0 == *digest)
+    }
 }
 
 impl Claims {
@@ -295,6 +333,7 @@ fn verify_inner(
             what: "model_digests",
         });
     }
+    check_model_signers(claims)?;
     if claims
         .receipt_key
         .as_ref()
@@ -380,9 +419,37 @@ fn check_session(claims: &Claims, expected: &ExpectedSession<'_>) -> Result<(), 
     Ok(())
 }
 
+/// Each signer entry names a model of the claims, once: a signer for a model the enclave does not
+/// serve, or two for one model, is not something an honest enclave writes.
+fn check_model_signers(claims: &Claims) -> Result<(), Error> {
+    if claims.model_signers.len() > claims.model_digests.len() {
+        return Err(Error::EvidenceTooLarge {
+            what: "model_signers",
+        });
+    }
+    for (i, s) in claims.model_signers.iter().enumerate() {
+        if !claims.model_digests.contains(&s.model_digest) {
+            return Err(Error::ClaimsModelSigner {
+                index: i,
+                reason: format!("{:?} is not among claims.model_digests", s.model_digest),
+            });
+        }
+        if claims.model_signers[..i]
+            .iter()
+            .any(|t| t.model_digest == s.model_digest)
+        {
+            return Err(Error::ClaimsModelSigner {
+                index: i,
+                reason: format!("a second signer for {:?}", s.model_digest),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_claims_policy(claims: &Claims, policy: &Policy) -> Result<(), Error> {
     for d in &claims.model_digests {
-        policy.check_model_digest(&d.0)?;
+        policy.check_model(&d.0, claims.signer_of(&d.0).map(|s| &s.signer))?;
     }
     policy.check_config_digest(&claims.config_digest.0)?;
     Ok(())
@@ -454,6 +521,7 @@ mod tests {
             model_digests: vec![Sha384([4; 48])],
             config_digest: Sha384([5; 48]),
             receipt_key: None,
+            model_signers: Vec::new(),
         }
     }
 
@@ -475,6 +543,86 @@ mod tests {
         let mut c = claims();
         c.config_digest.0[47] ^= 1;
         assert_ne!(c.report_data().unwrap(), base);
+        let mut c = claims();
+        c.model_signers.push(signer([4; 48]));
+        assert_ne!(c.report_data().unwrap(), base);
+        let mut d = c.clone();
+        d.model_signers[0].signer[0] ^= 1;
+        assert_ne!(d.report_data().unwrap(), c.report_data().unwrap());
+        d = c.clone();
+        d.model_signers[0].root_digest[0] ^= 1;
+        assert_ne!(d.report_data().unwrap(), c.report_data().unwrap());
+    }
+
+    fn signer(model: [u8; 48]) -> ModelSigner {
+        ModelSigner {
+            model_digest: Sha384(model),
+            signer: [6; 32],
+            root_digest: [7; 32],
+        }
+    }
+
+    #[test]
+    fn a_model_signer_names_a_claimed_model_once() {
+        let mut c = claims();
+        c.model_signers.push(signer([4; 48]));
+        check_model_signers(&c).unwrap();
+        assert_eq!(c.signer_of(&[4; 48]).unwrap().signer, [6; 32]);
+        assert!(c.signer_of(&[9; 48]).is_none());
+
+        c.model_signers[0].model_digest = Sha384([9; 48]);
+        let e = check_model_signers(&c).unwrap_err().to_string();
+        assert!(e.starts_with("claims.model_signers[0]: sha384:0909"), "{e}");
+        assert!(e.ends_with("is not among claims.model_digests"), "{e}");
+
+        c.model_digests.push(Sha384([9; 48]));
+        c.model_signers.push(signer([9; 48]));
+        let e = check_model_signers(&c).unwrap_err().to_string();
+        assert!(
+            e.starts_with("claims.model_signers[1]: a second signer for sha384:09"),
+            "{e}"
+        );
+
+        c.model_signers = vec![signer([4; 48]); 3];
+        let e = check_model_signers(&c).unwrap_err().to_string();
+        assert_eq!(e, "evidence: too large (model_signers)");
+    }
+
+    #[test]
+    fn a_signer_pin_accepts_only_the_models_its_signer_signed() {
+        let signer_pin = format!("sha256:{}", hex::encode([6u8; 32]));
+        let only_signers =
+            Policy::from_toml(&format!("model_signers = [\"{signer_pin}\"]")).unwrap();
+        let mut c = claims();
+        // No verified signer for the model: refused, naming the field.
+        let e = check_claims_policy(&c, &only_signers)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model_signers") && e.contains("no verified signer"),
+            "{e}"
+        );
+        c.model_signers.push(signer([4; 48]));
+        check_claims_policy(&c, &only_signers).unwrap();
+        c.model_signers[0].signer = [8; 32];
+        let e = check_claims_policy(&c, &only_signers)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("signed by sha256:{}", hex::encode([8u8; 32]))),
+            "{e}"
+        );
+        // With a digest pin as well, either admits the model.
+        let both = Policy::from_toml(&format!(
+            "model_signers = [\"{signer_pin}\"]\nmodel_digests = [\"sha384:{}\"]",
+            hex::encode([4u8; 48])
+        ))
+        .unwrap();
+        check_claims_policy(&c, &both).unwrap();
+        c.model_digests = vec![Sha384([5; 48])];
+        c.model_signers.clear();
+        let e = check_claims_policy(&c, &both).unwrap_err().to_string();
+        assert!(e.contains("model_digests/model_signers"), "{e}");
     }
 
     #[test]

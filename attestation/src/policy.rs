@@ -39,7 +39,7 @@ mod values;
 mod workload;
 
 pub use tpm::{PcrBank, TpmPolicy};
-pub use values::{DurationText, HexBytes, ModelDigestPin, ProductName, VersionPin};
+pub use values::{DurationText, HexBytes, ModelDigestPin, ProductName, SignerPin, VersionPin};
 pub use workload::{NoWorkloadPin, WorkloadIdentity, WORKLOAD_PINS};
 
 /// A failed policy check: which field, what the policy expected, what the report holds.
@@ -192,6 +192,11 @@ pub struct Policy {
     pub signing_key: Option<KeyRequirement>,
     /// Allowed model digests (`sha384:<hex>`); checked against evidence claims by session code.
     pub model_digests: Option<BTreeSet<ModelDigestPin>>,
+    /// Allowed model producers (`sha256:<hex>` of the producer's public key): a model is also allowed
+    /// when the claims say the enclave verified its signature by one of them at load
+    /// (`claims.model_signers`, docs/provenance.md). With `model_digests` too, a model passes when
+    /// either allows it; with neither, any model does.
+    pub model_signers: Option<BTreeSet<SignerPin>>,
     /// Allowed configuration digests (`sha384:<hex>`, SHA-384 of the enclave's measured configuration file,
     /// the `config_digest` of its claims). Where the launch measurement does not cover the configuration
     /// (cloud firmware-only measurements), this is how the configuration is pinned.
@@ -661,15 +666,43 @@ impl Policy {
         self.crl.iter().chain(self.crls.iter().flatten())
     }
 
-    /// Checks that `digest` is allowed by `model_digests` (absent: any model).
+    /// Checks that a model is allowed by its digest alone (no verified signer known): by `model_digests`,
+    /// or by nothing pinned at all. A policy that pins only `model_signers` refuses it.
     pub fn check_model_digest(&self, digest: &[u8; 48]) -> Result<(), PolicyViolation> {
-        match &self.model_digests {
-            Some(set) if !set.contains(&ModelDigestPin(*digest)) => Err(violation(
-                "model_digests",
-                list(set),
-                ModelDigestPin(*digest),
+        self.check_model(digest, None)
+    }
+
+    /// Checks that a model is allowed: its digest is in `model_digests`, or `signer` (the producer the
+    /// enclave verified, from the claims) is in `model_signers`. Absent both: any model.
+    pub fn check_model(
+        &self,
+        digest: &[u8; 48],
+        signer: Option<&[u8; 32]>,
+    ) -> Result<(), PolicyViolation> {
+        let (digests, signers) = (&self.model_digests, &self.model_signers);
+        let by_digest = digests
+            .as_ref()
+            .is_some_and(|set| set.contains(&ModelDigestPin(*digest)));
+        let by_signer =
+            matches!((signers, signer), (Some(set), Some(id)) if set.contains(&SignerPin(*id)));
+        let found = match signer {
+            Some(id) => format!("{} signed by {}", ModelDigestPin(*digest), SignerPin(*id)),
+            None => format!("{} (no verified signer)", ModelDigestPin(*digest)),
+        };
+        match (digests, signers) {
+            _ if by_digest || by_signer => Ok(()),
+            (None, None) => Ok(()),
+            (Some(d), None) => Err(violation("model_digests", list(d), ModelDigestPin(*digest))),
+            (None, Some(s)) => Err(violation(
+                "model_signers",
+                format!("signed by {}", list(s)),
+                found,
             )),
-            _ => Ok(()),
+            (Some(d), Some(s)) => Err(violation(
+                "model_digests/model_signers",
+                format!("{} or signed by {}", list(d), list(s)),
+                found,
+            )),
         }
     }
 }

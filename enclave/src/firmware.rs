@@ -381,7 +381,7 @@ pub fn open(
     }
 }
 
-/// Claims for one piece of evidence (always [`CLAIMS_VERSION`]).
+/// Claims for one piece of evidence (always [`CLAIMS_VERSION`]), with no `model_signers`.
 pub fn claims(
     nonce: [u8; 32],
     tls_exporter: [u8; 32],
@@ -397,6 +397,9 @@ pub fn claims(
         model_digests,
         config_digest,
         receipt_key: None,
+        // Set by the session-attestation handler once models are loaded (key release happens before
+        // any model is decrypted, so its evidence has no signature to speak for).
+        model_signers: Vec::new(),
     }
 }
 

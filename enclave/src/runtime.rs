@@ -15,7 +15,7 @@
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use cloister_attestation::evidence::Sha384;
+use cloister_attestation::evidence::{ModelSigner, Sha384};
 use cloister_models::{ModelDigest, ModelKey, Plaintext};
 use cloister_proto::key_release::{RefusalCode, StateAnchor, StateRequest};
 use cloister_provenance::SignerKey;
@@ -286,6 +286,21 @@ impl Enclave {
         self.models
             .iter()
             .map(|m| Sha384(*m.digest.as_bytes()))
+            .collect()
+    }
+
+    /// The verified signatures of the loaded models, for the claims (`model_signers`): one per model
+    /// whose signature this enclave checked at load, in configuration order.
+    pub fn model_signers(&self) -> Vec<ModelSigner> {
+        self.models
+            .iter()
+            .filter_map(|m| {
+                m.provenance().map(|p| ModelSigner {
+                    model_digest: Sha384(*m.digest.as_bytes()),
+                    signer: p.signer.0,
+                    root_digest: p.root_digest,
+                })
+            })
             .collect()
     }
 

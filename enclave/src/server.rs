@@ -436,13 +436,14 @@ async fn attestation(ctx: &Connection, req: Request<Incoming>) -> Result<Resp, A
             wait.as_secs()
         )));
     };
-    let claims = firmware::claims(
+    let mut claims = firmware::claims(
         to_attest.nonce(),
         to_attest.exporter(),
         None,
         enclave.model_digests(),
         enclave.config_digest(),
     );
+    claims.model_signers = enclave.model_signers();
     let evidence = enclave.attester().evidence(claims).await.map_err(|e| {
         tracing::error!("attestation failed: {}", error_chain(&e));
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "attestation failed")

@@ -379,6 +379,28 @@ pub fn verify_receipt(
             format!("sha384:{}", hex::encode(payload.model_digest)),
         ));
     }
+    // The signer a receipt names is the one the evidence attests for that model: an enclave that
+    // checked no signature cannot have a receipt claim one, and the two never disagree.
+    let attested = claims
+        .signer_of(&payload.model_digest)
+        .map(|s| (s.signer, s.root_digest));
+    let named = payload.provenance.map(|p| (p.signer, p.root_digest));
+    if attested != named {
+        let show = |v: Option<([u8; 32], [u8; 32])>| {
+            v.map_or("no signer".to_owned(), |(s, r)| {
+                format!(
+                    "signer sha256:{}, root sha256:{}",
+                    hex::encode(s),
+                    hex::encode(r)
+                )
+            })
+        };
+        return Err(Error::mismatch(
+            "receipt.signer",
+            format!("{} (the evidence's claims.model_signers)", show(attested)),
+            show(named),
+        ));
+    }
     let check = |field, side, tensors: Option<&[InferTensor]>, named: &[u8; 32]| {
         let Some(t) = tensors else {
             return Ok(false);

@@ -310,8 +310,9 @@ impl AttestedSession {
             .map(|d| format!("sha384:{}", hex::encode(d.0)))
             .collect::<Vec<_>>()
             .join(", ");
+        let signer = claims.signer_of(&digest).map(|s| &s.signer);
         let ok = claims.model_digests.iter().any(|c| c.0 == digest)
-            && self.policy.check_model_digest(&digest).is_ok();
+            && self.policy.check_model(&digest, signer).is_ok();
         if !ok {
             return Err(SessionError::ModelNotAttested {
                 model: name.to_string(),

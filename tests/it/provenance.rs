@@ -256,6 +256,57 @@ async fn the_enclave_loads_a_signed_model_only_under_a_configured_signer() {
         v["signed_root"],
         format!("sha256:{}", hex::encode(provenance.root_digest)).as_str()
     );
+
+    // A client can pin the producer instead of the digest: `model_signers` in its policy admits the
+    // model on the signer the enclave's claims attest, and refuses it under another producer's pin.
+    let stranger_id =
+        cloister_provenance::SignerKey::from_pem(&std::fs::read_to_string(&stranger).unwrap())
+            .unwrap()
+            .id()
+            .to_string();
+    let request = dir.path().join("request.json");
+    std::fs::write(
+        &request,
+        serde_json::to_vec(&crate::e2e::mlp_input()).unwrap(),
+    )
+    .unwrap();
+    let pinned_policy = std::fs::read_to_string(&d.client_policy).unwrap();
+    assert!(pinned_policy.contains("model_digests"));
+    let infer_signed_by = |pin: &str| {
+        let text: String = pinned_policy
+            .lines()
+            .map(|l| {
+                if l.starts_with("model_digests") {
+                    format!("model_signers = [\"{pin}\"]\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        let policy = dir.path().join(format!("signed-by-{}.toml", &pin[7..15]));
+        std::fs::write(&policy, text).unwrap();
+        cloister(&[
+            "infer".as_ref(),
+            "--endpoint".as_ref(),
+            d.endpoint.as_ref(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "--model".as_ref(),
+            "mlp".as_ref(),
+            "--input".as_ref(),
+            request.as_os_str(),
+            "--json".as_ref(),
+        ])
+    };
+    let out = infer_signed_by(&fingerprint);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = infer_signed_by(&stranger_id);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("model_signers") && stderr(&out).contains(&fingerprint),
+        "{}",
+        stderr(&out)
+    );
     assert!(
         log.contains("model signature verified") && log.contains(&fingerprint),
         "{log}"

@@ -443,3 +443,31 @@ fn model_digests() {
     );
     Policy::baseline().check_model_digest(&[8; 48]).unwrap();
 }
+
+#[test]
+fn model_signers() {
+    let (d, s) = ([7u8; 48], [9u8; 32]);
+    let pin = format!("sha256:{}", hex::encode(s));
+    let p = Policy::from_toml(&format!("model_signers = [\"{pin}\"]")).unwrap();
+    p.check_model(&d, Some(&s)).unwrap();
+    let other = p.check_model(&d, Some(&[1; 32])).unwrap_err();
+    assert_eq!(other.field, "model_signers");
+    assert_eq!(other.expected, format!("signed by one of [{pin}]"));
+    // Pinning a signer makes the digest alone insufficient (key release knows no signer).
+    assert!(p
+        .check_model_digest(&d)
+        .unwrap_err()
+        .found
+        .contains("no verified signer"));
+    // Written like every digest pin: prefix and length checked.
+    for bad in [
+        "sha384:00",
+        "09",
+        &format!("sha256:{}", hex::encode([9u8; 31])),
+    ] {
+        assert!(
+            Policy::from_toml(&format!("model_signers = [\"{bad}\"]")).is_err(),
+            "{bad}"
+        );
+    }
+}

@@ -77,6 +77,44 @@ impl serde::Serialize for ModelDigestPin {
     }
 }
 
+/// A model producer's key as written in policies: `sha256:<64 hex digits>`, SHA-256 of the producer's DER
+/// SubjectPublicKeyInfo (what `cloister seal --signature` prints as the signer, and
+/// `cloister_provenance::SignerId`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SignerPin(pub [u8; 32]);
+
+impl fmt::Debug for SignerPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+impl fmt::Display for SignerPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+impl std::str::FromStr for SignerPin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hexpart = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| format!("signer {s:?} must start with \"sha256:\""))?;
+        Ok(SignerPin(hexpart.parse::<HexBytes<32>>()?.0))
+    }
+}
+impl<'de> Deserialize<'de> for SignerPin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+impl serde::Serialize for SignerPin {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// A firmware version written `major.minor` or `major.minor.build`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub struct VersionPin {

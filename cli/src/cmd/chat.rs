@@ -258,5 +258,11 @@ fn check_receipt(
     {
         return Err(mismatch("the model digest"));
     }
+    let attested = claims
+        .signer_of(&payload.model_digest)
+        .map(|s| (s.signer, s.root_digest));
+    if payload.provenance.map(|p| (p.signer, p.root_digest)) != attested {
+        return Err(mismatch("the model's signer"));
+    }
     Ok(())
 }

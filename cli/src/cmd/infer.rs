@@ -81,6 +81,12 @@ pub(crate) fn describe_session(session: &AttestedSession) -> Vec<String> {
     ];
     for d in &ev.claims().model_digests {
         lines.push(format!("  model digest:  sha384:{}", hex::encode(d.0)));
+        if let Some(s) = ev.claims().signer_of(&d.0) {
+            lines.push(format!(
+                "    signed by:   sha256:{} (signature verified by the enclave at load)",
+                hex::encode(s.signer)
+            ));
+        }
     }
     lines.push("  bound to: this TLS session (exporter) and a fresh nonce".into());
     lines

@@ -249,6 +249,7 @@ pub(crate) fn evidence_from(
         model_digests,
         config_digest: Sha384([7; 48]),
         receipt_key: None,
+        model_signers: Vec::new(),
     };
     let report = platform
         .report(&ReportRequest {

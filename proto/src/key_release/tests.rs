@@ -52,6 +52,7 @@ fn evidence(nonce: [u8; 32], exporter: [u8; 32], key: [u8; 32], digest: Sha384) 
         model_digests: vec![digest],
         config_digest: Sha384([7; 48]),
         receipt_key: None,
+        model_signers: Vec::new(),
     })
 }
 

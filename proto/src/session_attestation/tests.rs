@@ -23,6 +23,7 @@ fn evidence(nonce: [u8; 32], exporter: [u8; 32]) -> Evidence {
         model_digests: vec![Sha384([1; 48])],
         config_digest: Sha384([7; 48]),
         receipt_key: None,
+        model_signers: Vec::new(),
     })
 }
 
