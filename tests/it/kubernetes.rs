@@ -322,25 +322,13 @@ async fn an_enclave_without_cloister_host_fetches_from_a_plain_web_server() {
 /// The manifests rendered from the committed values validate (`deploy/kubernetes/check.py`).
 #[test]
 fn rendered_manifests_validate() {
-    let python = std::env::var("CLOISTER_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = Command::new(&python)
-        .args(["-c", "import kubernetes_validate, yaml"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has {
-        let required = std::env::var("CLOISTER_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "{python} cannot import kubernetes_validate; CLOISTER_REQUIRE_ALL_TESTS=1"
-        );
-        eprintln!(
-            "\n\n*** SKIPPED rendered_manifests_validate: {python} cannot import kubernetes_validate (pip \
-             install kubernetes-validate pyyaml, or set CLOISTER_PYTHON). CI installs it and sets \
-             CLOISTER_REQUIRE_ALL_TESTS=1. ***\n"
-        );
+    let Some(python) = crate::python_importing(
+        "kubernetes_validate, yaml",
+        "rendered_manifests_validate",
+        "kubernetes-validate pyyaml",
+    ) else {
         return;
-    }
+    };
     for extra in [&[][..], &["--self-test"][..]] {
         let run = Command::new(&python)
             .arg(repo().join("deploy/kubernetes/check.py"))

@@ -7,31 +7,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::e2e::{deploy, mlp, READY};
 
 fn python_with_model_signing(test: &str) -> Option<String> {
-    let python = std::env::var("CLOISTER_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = Command::new(&python)
-        .args(["-c", "import model_signing, cryptography"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if has {
-        return Some(python);
-    }
-    let required = std::env::var("CLOISTER_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "{python} cannot import model_signing; CLOISTER_REQUIRE_ALL_TESTS=1"
-    );
-    eprintln!(
-        "\n\n*** SKIPPED {test}: {python} cannot import model_signing (pip install model_signing==1.1.1 \
-         pyopenssl, or set CLOISTER_PYTHON). CI installs it and sets CLOISTER_REQUIRE_ALL_TESTS=1. ***\n"
-    );
-    None
+    crate::python_importing(
+        "model_signing, cryptography",
+        test,
+        "model_signing==1.1.1 pyopenssl",
+    )
 }
 
 /// A fresh ECDSA key pair (`curve`: SECP256R1 or SECP384R1) as PEM files `<name>.key` and `<name>.pub`.

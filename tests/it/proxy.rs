@@ -96,25 +96,11 @@ fn curl(url: &str) -> Option<(u16, String)> {
 }
 
 fn python_with_tritonclient() -> Option<String> {
-    let python = std::env::var("CLOISTER_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-c", "import tritonclient.http, numpy"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(python);
-    }
-    let required = std::env::var("CLOISTER_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "{python} cannot import tritonclient.http; CLOISTER_REQUIRE_ALL_TESTS=1"
-    );
-    eprintln!(
-        "\n\n*** SKIPPED the tritonclient part: {python} cannot import tritonclient.http (pip install \
-         'tritonclient[http]', or set CLOISTER_PYTHON). CI installs it and sets CLOISTER_REQUIRE_ALL_TESTS=1. ***\n"
-    );
-    None
+    crate::python_importing(
+        "tritonclient.http, numpy",
+        "the tritonclient part",
+        "'tritonclient[http]'",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
