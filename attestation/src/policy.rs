@@ -216,6 +216,11 @@ pub struct Policy {
     pub allow_any_workload: bool,
     /// Path of a simulated ARK to trust (simulated platform only). Absent: simulated evidence is rejected.
     pub simulated_root: Option<PathBuf>,
+    /// Require the enclave's measurement and every model used to appear in a release log
+    /// (docs/provenance.md): inclusion proofs checked offline against the log's pinned key. Enforced by
+    /// attested sessions (`infer`, `chat`, `proxy`, `bench`), which load the proof file; verifiers that do
+    /// not load it refuse a policy that sets it ([`Policy::refuse_release_log`]) rather than ignore it.
+    pub release_log: Option<ReleaseLogRequirement>,
     /// Path of an ARK-signed CRL (DER or PEM) to apply: it must be signed by the chain's ARK, be current at
     /// the verification instant, and not revoke the ASK/ASVK. Absent: no revocation check. Same as a
     /// one-element `crls`.
@@ -340,7 +345,31 @@ fn expect_in<const N: usize>(
     }
 }
 
+/// `[release_log]`: which log, and where its proofs are.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseLogRequirement {
+    /// The log's verifier key, `<name>+<hash>+<base64 key>` (C2SP signed-note form; `cloister log init`
+    /// prints it and writes it to the log's `log.vkey`).
+    pub key: String,
+    /// The proof file (`cloister log prove`), relative to the policy file's directory.
+    pub proofs: PathBuf,
+}
+
 impl Policy {
+    /// For verifiers that do not load release-log proofs (the key broker, `cloister verify`, `cloister
+    /// receipt verify`): a policy that requires the log is refused, never applied without it.
+    pub fn refuse_release_log(&self, verifier: &str) -> Result<(), String> {
+        match &self.release_log {
+            None => Ok(()),
+            Some(_) => Err(format!(
+                "release_log: {verifier} does not check release-log inclusion (attested sessions do: \
+                 cloister infer, chat, proxy, bench); remove [release_log] from this policy rather than \
+                 have it ignored"
+            )),
+        }
+    }
+
     /// Parses a TOML policy. Unknown fields are errors.
     pub fn from_toml(text: &str) -> Result<Self, crate::Error> {
         Ok(toml::from_str(text)?)

@@ -40,6 +40,8 @@ enum Command {
     Proxy(cmd::proxy::Args),
     Audit(cmd::records::AuditArgs),
     Initdata(cmd::initdata::Args),
+    Sign(cmd::sign::Args),
+    Log(cmd::log::Args),
 }
 
 /// mimalloc, as in the enclave: the in-process comparison of `bench --chat --llm` runs the same engine with the
@@ -84,5 +86,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::Audit(args) => cmd::records::run_audit(args),
         Command::Initdata(args) => cmd::initdata::run(args),
+        Command::Sign(args) => cmd::sign::run(args),
+        Command::Log(args) => cmd::log::run(args),
     }
 }

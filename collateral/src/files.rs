@@ -173,7 +173,7 @@ pub fn read_crl(path: &Path) -> Result<AmdCrl, Error> {
     })
 }
 
-/// Reads a TOML policy. Relative `simulated_root`, `crl` and `crls` paths are resolved against the policy
+/// Reads a TOML policy. Relative `simulated_root`, `crl`, `crls` and `release_log.proofs` paths are resolved against the policy
 /// file's directory, so that a policy and its files can be moved together.
 pub fn read_policy(path: &Path) -> Result<Policy, Error> {
     let text = String::from_utf8_lossy(&read_limited(path, MAX_POLICY_BYTES)?).into_owned();
@@ -182,6 +182,11 @@ pub fn read_policy(path: &Path) -> Result<Policy, Error> {
         source: Box::new(source),
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
+    if let Some(log) = policy.release_log.as_mut() {
+        if log.proofs.is_relative() {
+            log.proofs = base.join(&log.proofs);
+        }
+    }
     for file in [&mut policy.simulated_root, &mut policy.crl]
         .into_iter()
         .flatten()

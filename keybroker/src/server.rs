@@ -51,6 +51,13 @@ impl std::fmt::Debug for KeyBroker {
 /// `allow_any_workload = true` (returned, for the warning).
 fn load_policy(path: &std::path::Path) -> Result<(LoadedPolicy, bool), Error> {
     let policy = files::read_policy(path)?;
+    // The broker has no release-log proofs to check: a policy asking for them is refused, not half-applied.
+    policy
+        .refuse_release_log("the key broker")
+        .map_err(|reason| Error::Config {
+            path: path.to_path_buf(),
+            reason,
+        })?;
     // A key for any code is not a policy: refuse to start unless the owner said so explicitly.
     let any_workload = policy
         .require_workload_pin()

@@ -17,12 +17,14 @@ use crate::{Error, SignerKey};
 /// thousands of files still fits. Bounds what the enclave parses from a sealed plaintext.
 pub const MAX_BUNDLE_LEN: usize = 4 * 1024 * 1024;
 
-const MEDIA_TYPES: [&str; 3] = [
+/// The bundle media types accepted; the first is what `model_signing` 1.x (and `cloister sign`) writes.
+pub const MEDIA_TYPES: [&str; 3] = [
     "application/vnd.dev.sigstore.bundle.v0.3+json",
     "application/vnd.dev.sigstore.bundle+json;version=0.3",
     "application/vnd.dev.sigstore.bundle+json;version=0.2",
 ];
-const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+/// The DSSE payload type of an in-toto statement.
+pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -162,7 +164,7 @@ pub fn verify_bundle(bundle: &[u8], pinned: &[SignerKey]) -> Result<VerifiedMani
 
 /// DSSE's pre-authentication encoding: `DSSEv1 SP len(type) SP type SP len(body) SP body`, lengths in
 /// ASCII decimal. What is signed, so that a payload cannot be reinterpreted under another type.
-fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + payload_type.len() + 32);
     out.extend_from_slice(
         format!(

@@ -82,6 +82,19 @@ pub enum Error {
         /// The name.
         name: String,
     },
+    /// A transparency-log proof, checkpoint or verifier key does not check out.
+    #[error("release log: {0}")]
+    Log(String),
+    /// What the client attests is not in the release log.
+    #[error("release log: {what} {value} is not in the log (checkpoint of {size} entries)")]
+    NotLogged {
+        /// What was looked for ("enclave measurement", "model").
+        what: &'static str,
+        /// Its value.
+        value: String,
+        /// The size of the tree the proofs are against.
+        size: u64,
+    },
     /// A signed-model container is truncated or inconsistent.
     #[error("signed model: {0}")]
     Container(&'static str),

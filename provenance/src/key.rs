@@ -55,6 +55,8 @@ pub struct SignerKey {
     id: SignerId,
     /// SHA-256 of the key's PEM text, hex: model_signing's `publicKey.hint`.
     hint: String,
+    /// The key as PEM (LF line endings, 64 columns: the text the hint hashes).
+    pem: String,
 }
 
 impl fmt::Debug for SignerKey {
@@ -123,6 +125,7 @@ impl SignerKey {
             algorithm,
             id: SignerId(id),
             hint,
+            pem,
         })
     }
 
@@ -131,8 +134,13 @@ impl SignerKey {
         self.id
     }
 
+    /// The key as a PEM `PUBLIC KEY`.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
     /// model_signing's key hint: SHA-256 of the PEM text, hex.
-    pub(crate) fn hint(&self) -> &str {
+    pub fn hint(&self) -> &str {
         &self.hint
     }
 

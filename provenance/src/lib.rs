@@ -11,17 +11,23 @@
 //! digests, naming the first file that differs ([`VerifiedManifest::check_files`]). It has no I/O and
 //! holds no secret: a signature and a public key are public values, and file bytes are only hashed.
 //!
+//! The release log ([`release`]) is an append-only Merkle log of what was released (enclave
+//! measurements, models with their signers, broker policies); [`tlog`] holds its RFC 6962 proofs and C2SP
+//! signed checkpoints, the formats Rekor speaks, so a client checks inclusion offline against a pinned key.
+//!
 //! What is not here yet (docs/provenance.md says why): keyless bundles (Fulcio certificate and Rekor
-//! inclusion proof) and the release log.
+//! inclusion proof).
 
 mod bundle;
 mod error;
 mod key;
 mod manifest;
+pub mod release;
 mod signed_model;
+pub mod tlog;
 
-pub use bundle::{verify_bundle, MAX_BUNDLE_LEN};
+pub use bundle::{pae, verify_bundle, IN_TOTO_PAYLOAD_TYPE, MAX_BUNDLE_LEN, MEDIA_TYPES};
 pub use error::Error;
 pub use key::{SignerId, SignerKey};
-pub use manifest::VerifiedManifest;
+pub use manifest::{VerifiedManifest, PREDICATE_TYPE, STATEMENT_TYPE};
 pub use signed_model::{SignedModel, SIGNED_MODEL_MAGIC};

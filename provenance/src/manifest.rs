@@ -7,8 +7,10 @@ use serde::Deserialize;
 
 use crate::{Error, SignerId};
 
-const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
-const PREDICATE_TYPE: &str = "https://model_signing/signature/v1.0";
+/// The in-toto statement type model signatures use.
+pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
+/// model_signing's predicate type.
+pub const PREDICATE_TYPE: &str = "https://model_signing/signature/v1.0";
 
 #[derive(Deserialize)]
 struct Statement {

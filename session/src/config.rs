@@ -13,6 +13,8 @@ use cloister_attestation::snp::crl::AmdCrl;
 use cloister_attestation::{Policy, VerifyOptions};
 use cloister_collateral::files as chain_files;
 use cloister_collateral::{Collateral, Error as InputError};
+use cloister_provenance::release::{ReleaseProofs, VerifiedReleases, MAX_PROOFS_LEN};
+use cloister_provenance::tlog::NoteVerifier;
 
 use crate::SessionError;
 
@@ -53,6 +55,8 @@ pub struct SessionConfig {
     crls: Vec<AmdCrl>,
     collateral: Option<Arc<Collateral>>,
     tls: Arc<rustls::ClientConfig>,
+    /// The release log's proven entries, when the policy requires the log (`[release_log]`).
+    releases: Option<VerifiedReleases>,
 }
 
 impl std::fmt::Debug for SessionConfig {
@@ -112,6 +116,11 @@ impl SessionConfig {
 
     pub(crate) fn collateral(&self) -> Option<&Collateral> {
         self.collateral.as_deref()
+    }
+
+    /// The release-log entries the policy's proof file proved, when it requires the log.
+    pub fn releases(&self) -> Option<&VerifiedReleases> {
+        self.releases.as_ref()
     }
 
     pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
@@ -179,10 +188,17 @@ impl SessionConfigBuilder {
     }
 
     /// The configuration; refused when the policy pins no workload identity and does not say
-    /// `allow_any_workload = true` ([`SessionError::NoWorkloadPin`]), or when the client certificate does
-    /// not fit TLS.
+    /// `allow_any_workload = true` ([`SessionError::NoWorkloadPin`]), when the client certificate does
+    /// not fit TLS, or when the policy requires a release log and its proof file does not verify under the
+    /// pinned log key ([`SessionError::ReleaseLog`]).
     pub fn build(self) -> Result<Arc<SessionConfig>, SessionError> {
         self.policy.require_workload_pin()?;
+        let releases = self
+            .policy
+            .release_log
+            .as_ref()
+            .map(load_release_proofs)
+            .transpose()?;
         let identity = self
             .identity
             .as_deref()
@@ -195,10 +211,29 @@ impl SessionConfigBuilder {
             crls: self.crls,
             collateral: self.collateral,
             tls: Arc::new(tls),
+            releases,
         }))
     }
 
     pub(crate) fn set_simulated_root(&mut self, root: AmdCertificate) {
         self.simulated_root = Some(root);
     }
+}
+
+/// Reads and verifies the proof file a `[release_log]` names: the checkpoint under the pinned key, every
+/// inclusion proof against it. Done once per configuration; each session then only looks entries up.
+fn load_release_proofs(
+    requirement: &cloister_attestation::policy::ReleaseLogRequirement,
+) -> Result<VerifiedReleases, SessionError> {
+    let path = &requirement.proofs;
+    let fail = |why: String| SessionError::ReleaseLog(format!("{}: {why}", path.display()));
+    let key = NoteVerifier::parse(&requirement.key).map_err(|e| fail(e.to_string()))?;
+    let len = std::fs::metadata(path)
+        .map_err(|e| fail(e.to_string()))?
+        .len();
+    if len > MAX_PROOFS_LEN as u64 {
+        return Err(fail(format!("{len} bytes, over {MAX_PROOFS_LEN}")));
+    }
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    ReleaseProofs::verify(&bytes, &key).map_err(|e| fail(e.to_string()))
 }

@@ -403,6 +403,7 @@ fn session_error(e: &SessionError, openai: bool) -> Response<ProxyBody> {
         SessionError::Attestation(_)
         | SessionError::ModelNotAttested { .. }
         | SessionError::NoWorkloadPin(_)
+        | SessionError::ReleaseLog(_)
         | SessionError::Collateral(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!(

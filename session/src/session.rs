@@ -91,6 +91,10 @@ pub enum SessionError {
     /// The policy pins no workload identity (and does not say `allow_any_workload = true`): nothing is sent.
     #[error("policy: {0}")]
     NoWorkloadPin(#[from] NoWorkloadPin),
+    /// The policy requires a release log, and its proofs do not verify, or do not include the attested
+    /// measurement or model: nothing is sent.
+    #[error("release log: {0}")]
+    ReleaseLog(String),
     /// The evidence carries no VCEK and it could not be had from the collateral sources.
     #[error("the evidence carries no VCEK: {0}")]
     Collateral(String),
@@ -117,6 +121,8 @@ pub struct AttestedSession {
     /// The proof: verified evidence bound to this connection (and the bytes receipts point to).
     attested: Attested,
     policy: Policy,
+    /// The release log's proven entries, when the policy requires the log.
+    releases: Option<cloister_provenance::release::VerifiedReleases>,
     /// The receipt of the last inference.
     last_receipt: Option<cloister_governance::Receipt>,
 }
@@ -217,9 +223,17 @@ impl AttestedSession {
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let attested = received.verify(config.policy(), &config.verify_options(now))?;
+        // A policy that requires the release log: the attested code must be a logged release.
+        if let Some(releases) = config.releases() {
+            let measurement = attested.evidence().report().report().measurement;
+            releases
+                .require_enclave(&measurement)
+                .map_err(|e| SessionError::ReleaseLog(e.to_string()))?;
+        }
         Ok(AttestedSession {
             sender,
             attested,
+            releases: config.releases().cloned(),
             policy: config.policy().clone(),
             last_receipt: None,
         })
@@ -319,6 +333,12 @@ impl AttestedSession {
                 digest: meta.digest.to_string(),
                 attested,
             });
+        }
+        // The model, with the signer the enclave attests for it, must be a logged release too.
+        if let Some(releases) = &self.releases {
+            releases
+                .require_model(&digest, signer)
+                .map_err(|e| SessionError::ReleaseLog(e.to_string()))?;
         }
         Ok(meta)
     }

@@ -167,6 +167,138 @@ fn cloister_seal_accepts_a_model_signing_bundle_and_refuses_each_bad_one_for_its
     }
 }
 
+/// `model_signing verify key MODEL --signature SIG --public_key PUB`: the reference verifier's answer.
+fn reference_verify(python: &str, model: &Path, sig: &Path, public: &Path) -> Output {
+    Command::new(python)
+        .args(["-m", "model_signing", "verify", "key"])
+        .arg(model)
+        .arg("--signature")
+        .arg(sig)
+        .arg("--public_key")
+        .arg(public)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+#[test]
+fn cloister_sign_writes_bundles_the_reference_verifier_accepts() {
+    let Some(python) = python_with_model_signing("cloister_sign_writes_bundles") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model_dir = d.join("model");
+    std::fs::create_dir_all(model_dir.join("assets")).unwrap();
+    let model = model_dir.join("model.onnx");
+    std::fs::copy(mlp(), &model).unwrap();
+    std::fs::write(model_dir.join("assets/labels.txt"), "cat\ndog\n").unwrap();
+    let ks = d.join("keys");
+    for curve in ["p256", "p384"] {
+        let key = d.join(format!("{curve}.key"));
+        let made = cloister(&[
+            "sign".as_ref(),
+            "--generate-key".as_ref(),
+            key.as_os_str(),
+            "--curve".as_ref(),
+            curve.as_ref(),
+        ]);
+        assert!(made.status.success(), "{}", stderr(&made));
+        let public = d.join(format!("{curve}.key.pub"));
+        let id =
+            cloister_provenance::SignerKey::from_pem(&std::fs::read_to_string(&public).unwrap())
+                .unwrap()
+                .id()
+                .to_string();
+        assert_eq!(stdout(&made), id);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        // A directory and a single file, each accepted by model_signing's own verifier.
+        let dir_sig = d.join(format!("dir.{curve}.sig"));
+        let one_sig = d.join(format!("one.{curve}.sig"));
+        for (target, sig) in [(&model_dir, &dir_sig), (&model, &one_sig)] {
+            let out = cloister(&[
+                "sign".as_ref(),
+                target.as_os_str(),
+                "--key".as_ref(),
+                key.as_os_str(),
+                "--signature".as_ref(),
+                sig.as_os_str(),
+            ]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(stdout(&out), id);
+            let v = reference_verify(&python, target, sig, &public);
+            assert!(
+                v.status.success(),
+                "model_signing refused {}: {}",
+                sig.display(),
+                stderr(&v)
+            );
+        }
+        // Under another key, the reference verifier refuses it.
+        let other = keypair(&python, d, &format!("other-{curve}"), "SECP256R1");
+        assert!(!reference_verify(&python, &model_dir, &dir_sig, &other)
+            .status
+            .success());
+
+        // `cloister seal` takes the single-file signature like model_signing's.
+        let sealed = seal(
+            &model,
+            &d.join(format!("{curve}.sealed")),
+            &ks,
+            &one_sig,
+            &[&public],
+        );
+        assert!(sealed.status.success(), "{}", stderr(&sealed));
+        assert!(stderr(&sealed).contains(&id), "{}", stderr(&sealed));
+
+        // Never overwrites a signature.
+        let again = cloister(&[
+            "sign".as_ref(),
+            model.as_os_str(),
+            "--key".as_ref(),
+            key.as_os_str(),
+            "--signature".as_ref(),
+            one_sig.as_os_str(),
+        ]);
+        assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    }
+    // A file changed after signing: the reference verifier names it.
+    std::fs::write(model_dir.join("assets/labels.txt"), "cat\nfox\n").unwrap();
+    let v = reference_verify(
+        &python,
+        &model_dir,
+        &d.join("dir.p256.sig"),
+        &d.join("p256.key.pub"),
+    );
+    assert!(!v.status.success());
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("assets/labels.txt")
+            || stderr(&v).contains("assets/labels.txt"),
+        "{}{}",
+        stdout(&v),
+        stderr(&v)
+    );
+    // A public key is not a signing key.
+    let bad = cloister(&[
+        "sign".as_ref(),
+        model.as_os_str(),
+        "--key".as_ref(),
+        d.join("p256.key.pub").as_os_str(),
+        "--signature".as_ref(),
+        d.join("x.sig").as_os_str(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(!d.join("x.sig").exists());
+}
+
 /// The signed-model container `cloister seal --signature` seals, built from model_signing's bundle.
 fn signed_container(python: &str, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let producer = keypair(python, dir, "producer", "SECP256R1");
@@ -297,6 +429,16 @@ async fn the_enclave_loads_a_signed_model_only_under_a_configured_signer() {
         log.contains("model signature verified") && log.contains(&fingerprint),
         "{log}"
     );
+
+    release_log_is_required_when_the_policy_says_so(
+        dir.path(),
+        &d,
+        &pinned_policy,
+        &request,
+        &session,
+        &fingerprint,
+        &stranger_id,
+    );
     d.stop().await;
 
     let bad = dir.path().join("bad");
@@ -314,4 +456,206 @@ async fn the_enclave_loads_a_signed_model_only_under_a_configured_signer() {
         "{log}"
     );
     d.stop().await;
+}
+
+fn log_cmd(args: &[&std::ffi::OsStr]) -> Output {
+    let mut all: Vec<&std::ffi::OsStr> = vec!["log".as_ref()];
+    all.extend_from_slice(args);
+    cloister(&all)
+}
+
+/// A release log with the entries given (`--enclave`/`--model` argument lists), its proofs, and the
+/// client policy `base` plus `[release_log]` pinning it.
+fn logged_policy(dir: &Path, name: &str, base: &str, appends: &[Vec<String>]) -> PathBuf {
+    let log = dir.join(format!("{name}.log"));
+    let key = dir.join(format!("{name}.log.key"));
+    let out = log_cmd(&[
+        "init".as_ref(),
+        "--dir".as_ref(),
+        log.as_os_str(),
+        "--origin".as_ref(),
+        format!("test.example/{name}").as_ref(),
+        "--key-out".as_ref(),
+        key.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let vkey = stdout(&out);
+    assert!(vkey.starts_with(&format!("test.example/{name}+")), "{vkey}");
+    for entry in appends {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "append".as_ref(),
+            "--dir".as_ref(),
+            log.as_os_str(),
+            "--key".as_ref(),
+            key.as_os_str(),
+        ];
+        args.extend(entry.iter().map(|a| -> &std::ffi::OsStr { a.as_ref() }));
+        let out = log_cmd(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let proofs = dir.join(format!("{name}.proofs.json"));
+    let out = log_cmd(&[
+        "prove".as_ref(),
+        "--dir".as_ref(),
+        log.as_os_str(),
+        "--out".as_ref(),
+        proofs.as_os_str(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let policy = dir.join(format!("{name}.policy.toml"));
+    std::fs::write(
+        &policy,
+        format!(
+            "{base}\n[release_log]\nkey = \"{vkey}\"\nproofs = \"{}\"\n",
+            proofs.file_name().unwrap().to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    policy
+}
+
+/// The release log, end to end: a client whose policy requires the log talks to the enclave only when
+/// its measurement and the model (with the signer its claims attest) are logged under the pinned key.
+fn release_log_is_required_when_the_policy_says_so(
+    dir: &Path,
+    d: &cloister_devnet::Deployment,
+    base: &str,
+    request: &Path,
+    session: &cloister_session::AttestedSession,
+    signer: &str,
+    stranger: &str,
+) {
+    let measurement = hex::encode(session.evidence().report().report().measurement);
+    let digest = format!(
+        "sha384:{}",
+        hex::encode(session.evidence().claims().model_digests[0].0)
+    );
+    let infer = |policy: &Path| {
+        cloister(&[
+            "infer".as_ref(),
+            "--endpoint".as_ref(),
+            d.endpoint.as_ref(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "--model".as_ref(),
+            "mlp".as_ref(),
+            "--input".as_ref(),
+            request.as_os_str(),
+            "--json".as_ref(),
+        ])
+    };
+    let enclave = vec![
+        "--enclave".to_owned(),
+        measurement.clone(),
+        "--label".into(),
+        "test".into(),
+    ];
+    let model = |s: &str| {
+        vec![
+            "--model".to_owned(),
+            digest.clone(),
+            "--signer".into(),
+            s.to_owned(),
+        ]
+    };
+
+    // Both logged (with a broker policy entry between them): served.
+    let broker_policy = dir.join("broker-policy.toml");
+    std::fs::write(&broker_policy, base).unwrap();
+    let full = logged_policy(
+        dir,
+        "full",
+        base,
+        &[
+            enclave.clone(),
+            vec![
+                "--broker-policy".into(),
+                broker_policy.to_str().unwrap().into(),
+            ],
+            model(signer),
+        ],
+    );
+    let out = infer(&full);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The model missing, the enclave missing, the model logged under another signer: refused, each
+    // for its reason, with exit 1.
+    for (name, entries, reason) in [
+        ("no-model", vec![enclave.clone()], "model sha384:"),
+        ("no-enclave", vec![model(signer)], "enclave measurement"),
+        (
+            "other-signer",
+            vec![enclave, model(stranger)],
+            "logged as signed by",
+        ),
+    ] {
+        let policy = logged_policy(dir, name, base, &entries);
+        let out = infer(&policy);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("release log") && stderr(&out).contains(reason),
+            "{name}: {}",
+            stderr(&out)
+        );
+    }
+
+    // Proofs of one log under another log's key: refused before connecting (exit 2, the checkpoint).
+    let text = std::fs::read_to_string(&full).unwrap();
+    let other_key = std::fs::read_to_string(dir.join("no-model.log/log.vkey")).unwrap();
+    let full_key = std::fs::read_to_string(dir.join("full.log/log.vkey")).unwrap();
+    let swapped = dir.join("swapped.policy.toml");
+    std::fs::write(&swapped, text.replace(full_key.trim(), other_key.trim())).unwrap();
+    let out = infer(&swapped);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("checkpoint"), "{}", stderr(&out));
+
+    // A verifier that cannot check the log refuses the policy instead of ignoring it.
+    let out = cloister(&[
+        "receipt".as_ref(),
+        "verify".as_ref(),
+        "--receipt".as_ref(),
+        dir.join("receipt.json").as_os_str(),
+        "--policy".as_ref(),
+        full.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("release_log"), "{}", stderr(&out));
+
+    // The log only grew since an older checkpoint; a rewritten log does not pass that check.
+    let old = dir.join("full.checkpoint.old");
+    std::fs::copy(dir.join("full.log/checkpoint"), &old).unwrap();
+    let out = log_cmd(&[
+        "append".as_ref(),
+        "--dir".as_ref(),
+        dir.join("full.log").as_os_str(),
+        "--key".as_ref(),
+        dir.join("full.log.key").as_os_str(),
+        "--enclave".as_ref(),
+        "ab".repeat(48).as_ref(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let verify = |old: &Path| {
+        log_cmd(&[
+            "verify".as_ref(),
+            "--dir".as_ref(),
+            dir.join("full.log").as_os_str(),
+            "--old".as_ref(),
+            old.as_os_str(),
+        ])
+    };
+    let out = verify(&old);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("the log only grew"),
+        "{}",
+        stdout(&out)
+    );
+    let entries = std::fs::read_to_string(dir.join("full.log/entries")).unwrap();
+    std::fs::write(
+        dir.join("full.log/entries"),
+        entries.replacen(&measurement, &"cd".repeat(48), 1),
+    )
+    .unwrap();
+    let out = verify(&old);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }

@@ -111,6 +111,9 @@ fn trust(
         )
     })?;
     let policy = chain_files::read_policy(path)?;
+    policy
+        .refuse_release_log("cloister receipt/audit verify")
+        .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
     match policy.require_workload_pin() {
         Ok(false) => {}
         Ok(true) => super::warn_any_workload(path),

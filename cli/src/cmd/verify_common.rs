@@ -165,6 +165,9 @@ pub(crate) fn load_with(
         Some(p) => chain_files::read_policy(p)?,
         None => Policy::baseline(),
     };
+    policy
+        .refuse_release_log("cloister verify")
+        .map_err(Failure::Usage)?;
     let at_unix = match &args.at {
         Some(s) => super::parse_rfc3339(s).map_err(Failure::Usage)?,
         None => super::now_unix(),
