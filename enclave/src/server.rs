@@ -512,6 +512,13 @@ mod chat;
 mod infer;
 use infer::governed_infer;
 
+/// Checks a `POST /v1/chat/completions` body as the route does, before any model is touched: `Ok` with
+/// the bounded `max_tokens` it would generate at most, or the HTTP status and message of the refusal.
+/// For the `chat_request` fuzz target (a client's bytes, untrusted by the enclave).
+pub fn check_chat_request(body: &[u8]) -> Result<usize, (u16, String)> {
+    chat::check_request(body)
+}
+
 // ---- HTTP plumbing -------------------------------------------------------------------------------------
 
 /// Reads a body of at most `max` bytes (413 above, decided from Content-Length when there is one).

@@ -479,11 +479,16 @@ fn release_log_requirement_parses_strictly_and_other_verifiers_refuse_it() {
     )
     .unwrap();
     let log = p.release_log.as_ref().unwrap();
-    assert_eq!(log.proofs, std::path::PathBuf::from("proofs.json"));
+    assert_eq!(log.proofs, PathBuf::from("proofs.json"));
     let err = p.refuse_release_log("the key broker").unwrap_err();
-    assert!(err.contains("the key broker") && err.contains("release_log"), "{err}");
+    assert!(
+        err.contains("the key broker") && err.contains("release_log"),
+        "{err}"
+    );
     assert!(Policy::baseline().refuse_release_log("x").is_ok());
     // Both fields are required, and nothing else is accepted.
     assert!(Policy::from_toml("[release_log]\nkey = \"k\"\n").is_err());
-    assert!(Policy::from_toml("[release_log]\nkey = \"k\"\nproofs = \"p\"\nwitness = 1\n").is_err());
+    assert!(
+        Policy::from_toml("[release_log]\nkey = \"k\"\nproofs = \"p\"\nwitness = 1\n").is_err()
+    );
 }

@@ -178,6 +178,13 @@ struct ChatRequest {
     stream: bool,
 }
 
+/// [`parse_request`] for [`super::check_chat_request`].
+pub(super) fn check_request(body: &[u8]) -> Result<usize, (u16, String)> {
+    parse_request(body)
+        .map(|r| r.completion.max_tokens)
+        .map_err(|e| (e.status.as_u16(), e.message))
+}
+
 fn parse_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let wire: WireRequest = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid chat request: {e}")))?;
