@@ -14,7 +14,8 @@ use std::str::FromStr;
 
 use cloister_attestation::evidence::Sha384;
 use cloister_models::ModelDigest;
-use cloister_provenance::SignerKey;
+use cloister_provenance::keyless::{KeylessPolicy, SignerIdentity, TrustedRoot};
+use cloister_provenance::{SignerKey, Trust};
 use ring::digest::{digest, SHA384};
 use serde::Deserialize;
 
@@ -118,6 +119,9 @@ pub enum ConfigError {
         /// Why the key was refused.
         reason: String,
     },
+    /// `sigstore_trusted_root` is not a usable Sigstore trusted root.
+    #[error("configuration: sigstore_trusted_root: {0}")]
+    TrustedRoot(String),
     /// A limit is zero.
     #[error("configuration: limits.{field} must be at least 1")]
     ZeroLimit {
@@ -242,10 +246,11 @@ pub struct ModelConfig {
     /// Output hardening: round floating-point outputs to this many decimals.
     pub round_decimals: Option<u8>,
     /// Provenance: when not empty, the model must be a signed model (`cloister seal --signature`) whose
-    /// OpenSSF model-signing bundle verifies under one of these keys, and whose files match the signed
+    /// OpenSSF model-signing bundle verifies under one of these keys (`signer_keys`), and whose files match the signed
     /// digests; the enclave checks both before loading (docs/provenance.md). Part of the measured
-    /// configuration, so a client that pins the configuration pins the signers too.
-    pub signer_keys: Vec<SignerKey>,
+    /// configuration, so a client that pins the configuration pins the signers too. Keyless signers
+    /// (`signer_identities`, checked against the top-level `sigstore_trusted_root`) are allowed the same way.
+    pub signers: Trust,
 }
 
 /// Request limits (`[limits]`).
@@ -421,6 +426,9 @@ struct RawConfig {
     budgets: BudgetsConfig,
     #[serde(default)]
     state: StateConfig,
+    /// Sigstore's trusted_root.json (inline, so it is measured with the rest): what keyless model
+    /// signatures (`signer_identities`) are checked against.
+    sigstore_trusted_root: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -454,6 +462,8 @@ struct RawModel {
     round_decimals: Option<u8>,
     #[serde(default)]
     signer_keys: Vec<String>,
+    #[serde(default)]
+    signer_identities: Vec<SignerIdentity>,
 }
 
 impl Config {
@@ -468,7 +478,13 @@ impl Config {
         backend::check_backend_only_keys(&raw, collateral)?;
         let firmware = backend::firmware_config(&raw, collateral)?;
         let key_broker = key_broker_config(&raw.key_broker)?;
-        let models = model_configs(raw.models)?;
+        let trusted_root = raw
+            .sigstore_trusted_root
+            .as_deref()
+            .map(|json| TrustedRoot::from_json(json.as_bytes()))
+            .transpose()
+            .map_err(|e| ConfigError::TrustedRoot(e.to_string()))?;
+        let models = model_configs(raw.models, trusted_root.as_ref())?;
         let limits = raw.limits;
         check_limits(&limits)?;
         let client_pins = check_governance(&raw.clients, &raw.audit, &raw.state)?;
@@ -514,7 +530,10 @@ fn key_broker_config(raw: &RawKeyBroker) -> Result<KeyBrokerConfig, ConfigError>
 }
 
 /// `[[models]]`: 1 to [`MAX_MODELS`], each with a valid name and digest (both unique) and valid hardening.
-fn model_configs(raw: Vec<RawModel>) -> Result<Vec<ModelConfig>, ConfigError> {
+fn model_configs(
+    raw: Vec<RawModel>,
+    trusted_root: Option<&TrustedRoot>,
+) -> Result<Vec<ModelConfig>, ConfigError> {
     if raw.is_empty() {
         return Err(ConfigError::NoModels);
     }
@@ -560,13 +579,29 @@ fn model_configs(raw: Vec<RawModel>) -> Result<Vec<ModelConfig>, ConfigError> {
                 index,
                 reason: e.to_string(),
             })?;
+        let keyless = match (m.signer_identities.is_empty(), trusted_root) {
+            (true, _) => None,
+            (false, Some(root)) => Some(KeylessPolicy {
+                root: root.clone(),
+                identities: m.signer_identities,
+            }),
+            (false, None) => {
+                return Err(ConfigError::SignerKey {
+                    index,
+                    reason: "signer_identities needs the top-level sigstore_trusted_root to check them against".into(),
+                })
+            }
+        };
         models.push(ModelConfig {
             name: m.name,
             digest,
             max_batch: m.max_batch,
             top_k: m.top_k,
             round_decimals: m.round_decimals,
-            signer_keys,
+            signers: Trust {
+                keys: signer_keys,
+                keyless,
+            },
         });
     }
     Ok(models)

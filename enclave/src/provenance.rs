@@ -7,7 +7,7 @@
 //! error naming the file. What was verified (signer, root digest) is kept on the model's slot and logged.
 
 use cloister_inference::llm::{LlmBundle, BUNDLE_MAGIC, ENTRY_NAMES};
-use cloister_provenance::{verify_bundle, SignedModel, SignerId, SignerKey};
+use cloister_provenance::{verify_bundle_with, SignedModel, SignerId, Trust};
 
 /// What a verified signature established about a loaded model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct Provenance {
 #[derive(Debug, thiserror::Error)]
 pub enum ProvenanceError {
     /// The configuration requires a signature and the sealed model carries none.
-    #[error("provenance: the configuration requires a model signed by one of {0} key(s), and this model is not signed (seal it with --signature)")]
+    #[error("provenance: the configuration requires a model signed by one of {0} signer(s), and this model is not signed (seal it with --signature)")]
     Unsigned(usize),
     /// The signature or the files were refused.
     #[error("provenance: {0}")]
@@ -37,7 +37,7 @@ pub enum ProvenanceError {
 /// signer configured loads on its digest pin alone (nothing to check the signature against).
 pub fn check<'a>(
     plaintext: &'a [u8],
-    signers: &[SignerKey],
+    signers: &Trust,
 ) -> Result<(&'a [u8], Option<Provenance>), ProvenanceError> {
     if !SignedModel::is_signed(plaintext) {
         if signers.is_empty() {
@@ -49,7 +49,7 @@ pub fn check<'a>(
     if signers.is_empty() {
         return Ok((signed.model, None));
     }
-    let manifest = verify_bundle(signed.bundle, signers)?;
+    let manifest = verify_bundle_with(signed.bundle, signers)?;
     if signed.model.starts_with(&BUNDLE_MAGIC) {
         let bundle =
             LlmBundle::parse(signed.model).map_err(|e| ProvenanceError::Bundle(e.to_string()))?;
@@ -83,25 +83,32 @@ mod tests {
         std::fs::read(format!("{DATA}/{name}")).unwrap()
     }
 
-    fn key(name: &str) -> SignerKey {
-        SignerKey::from_pem(std::str::from_utf8(&read(name)).unwrap()).unwrap()
+    fn key(name: &str) -> cloister_provenance::SignerKey {
+        cloister_provenance::SignerKey::from_pem(std::str::from_utf8(&read(name)).unwrap()).unwrap()
+    }
+
+    fn keys(names: &[&str]) -> Trust {
+        Trust {
+            keys: names.iter().map(|n| key(n)).collect(),
+            keyless: None,
+        }
     }
 
     #[test]
     fn a_signed_single_file_model_loads_only_under_its_signer_and_unaltered() {
         let model = read("model/model.onnx");
         let container = SignedModel::build(&read("single.p256.sig"), &model).unwrap();
-        let (inner, prov) = check(&container, &[key("p256.pub.pem")]).unwrap();
+        let (inner, prov) = check(&container, &keys(&["p256.pub.pem"])).unwrap();
         assert_eq!(inner, model.as_slice());
         assert_eq!(prov.unwrap().signer, key("p256.pub.pem").id());
 
-        let err = check(&container, &[key("other.pub.pem")]).unwrap_err();
+        let err = check(&container, &keys(&["other.pub.pem"])).unwrap_err();
         assert!(err.to_string().contains("matches none"), "{err}");
 
         let mut altered = model;
         altered[0] ^= 1;
         let container = SignedModel::build(&read("single.p256.sig"), &altered).unwrap();
-        let err = check(&container, &[key("p256.pub.pem")]).unwrap_err();
+        let err = check(&container, &keys(&["p256.pub.pem"])).unwrap_err();
         assert!(err.to_string().contains("SHA-256 is"), "{err}");
     }
 
@@ -109,17 +116,20 @@ mod tests {
     fn an_unsigned_model_is_refused_when_signers_are_required() {
         let model = read("model/model.onnx");
         assert!(matches!(
-            check(&model, &[key("p256.pub.pem")]),
+            check(&model, &keys(&["p256.pub.pem"])),
             Err(ProvenanceError::Unsigned(1))
         ));
-        assert_eq!(check(&model, &[]).unwrap(), (model.as_slice(), None));
+        assert_eq!(
+            check(&model, &Trust::default()).unwrap(),
+            (model.as_slice(), None)
+        );
     }
 
     #[test]
     fn a_two_file_signature_does_not_cover_a_one_file_model() {
         let container =
             SignedModel::build(&read("model.p256.sig"), &read("model/model.onnx")).unwrap();
-        let err = check(&container, &[key("p256.pub.pem")]).unwrap_err();
+        let err = check(&container, &keys(&["p256.pub.pem"])).unwrap_err();
         assert!(err.to_string().contains("\"tokenizer.json\""), "{err}");
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use cloister_attestation::evidence::{ModelSigner, Sha384};
 use cloister_models::{ModelDigest, ModelKey, Plaintext};
 use cloister_proto::key_release::{RefusalCode, StateAnchor, StateRequest};
-use cloister_provenance::SignerKey;
+use cloister_provenance::Trust;
 use tokio::sync::Semaphore;
 
 use crate::blobs::BlobService;
@@ -64,8 +64,9 @@ pub struct ModelSlot {
     loaded: OnceLock<Arc<LoadedModel>>,
     /// An LLM bundle (`cloister seal --llm`), served on `/v1/chat/completions` instead of `/v2/.../infer`.
     llm: OnceLock<Arc<Llm>>,
-    /// Producers whose signature the model must carry (`signer_keys`); empty: none required.
-    signer_keys: Vec<SignerKey>,
+    /// Producers whose signature the model must carry (`signer_keys`, `signer_identities`); empty: none
+    /// required.
+    signers: Trust,
     /// What the model's verified signature established, once loaded.
     provenance: OnceLock<Provenance>,
     status: Mutex<ModelStatus>,
@@ -205,7 +206,7 @@ impl Enclave {
                     round_decimals: m.round_decimals,
                     loaded: OnceLock::new(),
                     llm: OnceLock::new(),
-                    signer_keys: m.signer_keys.clone(),
+                    signers: m.signers.clone(),
                     provenance: OnceLock::new(),
                     status: Mutex::new(ModelStatus::AwaitingKey),
                 })
@@ -615,7 +616,7 @@ async fn load_and_install(enclave: &Enclave, slot: &ModelSlot, plaintext: Plaint
     let started = std::time::Instant::now();
     // Provenance first: a signed model is checked against the configured signers before tract parses it.
     // What the plaintext is (an ONNX model, or an LLM bundle) is part of what its digest pins.
-    let signers = slot.signer_keys.clone();
+    let signers = slot.signers.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         let served = match provenance::check(plaintext.as_bytes(), &signers) {
             Err(e) => Err(LoadFailure::Provenance(e)),

@@ -1,15 +1,21 @@
 //! The Sigstore bundle around a model signature, and the DSSE signature check.
 //!
-//! Accepted shape (what `model_signing sign key` writes): media type v0.3 (or v0.2) JSON,
-//! `verificationMaterial.publicKey` (with or without a key hint), no certificate, no transparency-log
-//! entry, and a `dsseEnvelope` with payload type `application/vnd.in-toto+json` and exactly one
-//! signature. Anything else is refused with the field that differs: a verifier that skipped evidence
-//! it cannot check would let a reader believe it had been checked.
+//! Accepted shapes: media type v0.3 (or v0.2) JSON and a `dsseEnvelope` with payload type
+//! `application/vnd.in-toto+json` and exactly one signature, with either
+//! - key-based material (what `model_signing sign key` writes): `verificationMaterial.publicKey` (with or
+//!   without a key hint), no certificate, no transparency-log entry; checked against pinned keys; or
+//! - keyless material (Sigstore): a `certificate` (or an `x509CertificateChain`, its first certificate
+//!   the signer's) and one `tlogEntries` entry with its inclusion proof and promise; checked against a
+//!   trusted root and allowed identities (`crate::keyless`).
+//!
+//! Anything else is refused with the field that differs: a verifier that skipped evidence it cannot check
+//! would let a reader believe it had been checked.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Deserialize;
 
+use crate::keyless::{self, KeylessPolicy};
 use crate::manifest::{self, VerifiedManifest};
 use crate::{Error, SignerKey};
 
@@ -39,10 +45,47 @@ struct Bundle {
 #[serde(rename_all = "camelCase")]
 struct VerificationMaterial {
     public_key: Option<PublicKeyIdentifier>,
-    certificate: Option<serde::de::IgnoredAny>,
-    x509_certificate_chain: Option<serde::de::IgnoredAny>,
+    certificate: Option<RawCertificate>,
+    x509_certificate_chain: Option<CertificateChain>,
     #[serde(default)]
-    tlog_entries: Vec<serde::de::IgnoredAny>,
+    tlog_entries: Vec<keyless::TlogEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawCertificate {
+    raw_bytes: String,
+}
+
+#[derive(Deserialize)]
+struct CertificateChain {
+    certificates: Vec<RawCertificate>,
+}
+
+/// What a bundle may be signed by: pinned keys, and (for keyless bundles) a trusted root with the
+/// identities allowed to sign under it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trust {
+    /// Producers' public keys (key-based bundles).
+    pub keys: Vec<SignerKey>,
+    /// The trusted root and allowed identities (keyless bundles); `None`: keyless bundles are refused.
+    pub keyless: Option<KeylessPolicy>,
+}
+
+impl Trust {
+    /// Whether anything is trusted at all (a configuration that names no signer requires none).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+            && self
+                .keyless
+                .as_ref()
+                .is_none_or(|k| k.identities.is_empty())
+    }
+
+    /// How many signers are allowed (keys and identities), for messages.
+    pub fn len(&self) -> usize {
+        self.keys.len() + self.keyless.as_ref().map_or(0, |k| k.identities.len())
+    }
 }
 
 #[derive(Deserialize)]
@@ -69,6 +112,19 @@ struct EnvelopeSignature {
 /// hint). The signed statement is then parsed and its root digest recomputed; the model's files are not
 /// looked at here (see [`VerifiedManifest::check_files`]).
 pub fn verify_bundle(bundle: &[u8], pinned: &[SignerKey]) -> Result<VerifiedManifest, Error> {
+    verify_bundle_with(
+        bundle,
+        &Trust {
+            keys: pinned.to_vec(),
+            keyless: None,
+        },
+    )
+}
+
+/// Verifies a bundle, key-based or keyless, against `trust`, and returns what it signs. A keyless
+/// bundle's signer is its identity ([`crate::keyless::SignerIdentity::id`]).
+pub fn verify_bundle_with(bundle: &[u8], trust: &Trust) -> Result<VerifiedManifest, Error> {
+    let pinned = trust.keys.as_slice();
     if bundle.len() > MAX_BUNDLE_LEN {
         return Err(Error::BundleTooLarge {
             len: bundle.len(),
@@ -87,10 +143,30 @@ pub fn verify_bundle(bundle: &[u8], pinned: &[SignerKey]) -> Result<VerifiedMani
         });
     }
     let material = parsed.verification_material;
-    if material.certificate.is_some() || material.x509_certificate_chain.is_some() {
-        return Err(Error::KeylessUnsupported);
+    let leaf = match (&material.certificate, &material.x509_certificate_chain) {
+        (Some(c), None) => Some(c),
+        (None, Some(chain)) => Some(chain.certificates.first().ok_or(Error::Unsupported {
+            field: "verificationMaterial.x509CertificateChain",
+            expected: "at least the signing certificate",
+            found: "no certificate".into(),
+        })?),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err(Error::Unsupported {
+                field: "verificationMaterial",
+                expected: "one of certificate, x509CertificateChain",
+                found: "both".into(),
+            })
+        }
+    };
+    if leaf.is_some() && material.public_key.is_some() {
+        return Err(Error::Unsupported {
+            field: "verificationMaterial",
+            expected: "a public key or a certificate",
+            found: "both".into(),
+        });
     }
-    if !material.tlog_entries.is_empty() {
+    if leaf.is_none() && !material.tlog_entries.is_empty() {
         return Err(Error::Unsupported {
             field: "verificationMaterial.tlogEntries",
             expected: "none (key-based bundles carry no log entry this verifier could check)",
@@ -136,6 +212,31 @@ pub fn verify_bundle(bundle: &[u8], pinned: &[SignerKey]) -> Result<VerifiedMani
             detail: e.to_string(),
         })?;
 
+    if let Some(leaf) = leaf {
+        let policy = trust.keyless.as_ref().ok_or(Error::KeylessUnsupported)?;
+        let leaf_der = STANDARD
+            .decode(&leaf.raw_bytes)
+            .map_err(|e| Error::Malformed {
+                what: "verificationMaterial.certificate (base64)",
+                detail: e.to_string(),
+            })?;
+        let (identity, key) = keyless::verify(
+            &leaf_der,
+            &material.tlog_entries,
+            &payload,
+            &sig,
+            &signature.sig,
+            policy,
+        )?;
+        if !key.verifies(&pae(IN_TOTO_PAYLOAD_TYPE, &payload), &sig) {
+            return Err(Error::Keyless {
+                field: "dsseEnvelope.signatures[0]",
+                reason: "the DSSE signature does not verify under the certificate's key".into(),
+            });
+        }
+        return manifest::from_statement(&payload, identity.id())
+            .map(|m| m.with_identity(identity));
+    }
     // With a hint, only the key it names may verify; without one (model_signing before 1.0), each pinned
     // key is tried.
     let hint = material

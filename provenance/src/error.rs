@@ -31,10 +31,38 @@ pub enum Error {
         /// What the bundle holds.
         found: String,
     },
-    /// The bundle carries a certificate or a transparency-log entry instead of naming a pinned key:
-    /// keyless verification is not implemented, and such a bundle is refused rather than half-checked.
-    #[error("signature bundle: keyless (certificate) bundles are not supported yet; sign with a key (model_signing sign key)")]
+    /// The bundle is keyless (a certificate and a log entry), and no trusted root and signer
+    /// identities were given to check it against.
+    #[error("signature bundle: keyless (certificate) bundle, but no trusted root and signer identities are configured to check it (or sign with a key: model_signing sign key)")]
     KeylessUnsupported,
+    /// A keyless bundle's certificate or log entry does not check out.
+    #[error("keyless signature: {field}: {reason}")]
+    Keyless {
+        /// The part that failed.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The signing certificate was not valid when the log says the signature was made.
+    #[error("keyless signature: the certificate is valid from {not_before} to {not_after} (Unix seconds), but the signature was logged at {integrated_time}: expired or not yet valid")]
+    CertificateNotValidAt {
+        /// Certificate notBefore.
+        not_before: i64,
+        /// Certificate notAfter.
+        not_after: i64,
+        /// The log's authenticated integrated time.
+        integrated_time: i64,
+    },
+    /// The certificate names an identity the policy does not allow.
+    #[error(
+        "keyless signature: signed by {found}, which is none of the allowed signers [{allowed}]"
+    )]
+    UnknownIdentity {
+        /// The certificate's identity and issuer.
+        found: String,
+        /// The allowed ones.
+        allowed: String,
+    },
     /// The public key is not an ECDSA P-256 or P-384 key in PEM SubjectPublicKeyInfo form.
     #[error("signer key: {0}")]
     BadKey(String),

@@ -15,18 +15,22 @@
 //! measurements, models with their signers, broker policies); [`tlog`] holds its RFC 6962 proofs and C2SP
 //! signed checkpoints, the formats Rekor speaks, so a client checks inclusion offline against a pinned key.
 //!
-//! What is not here yet (docs/provenance.md says why): keyless bundles (Fulcio certificate and Rekor
-//! inclusion proof).
+//! Keyless bundles ([`keyless`]: a Fulcio certificate naming an identity, and a Rekor entry with its
+//! inclusion proof) are verified offline against a pinned Sigstore trusted root and allowed identities.
 
 mod bundle;
 mod error;
 mod key;
+pub mod keyless;
 mod manifest;
 pub mod release;
 mod signed_model;
 pub mod tlog;
 
-pub use bundle::{pae, verify_bundle, IN_TOTO_PAYLOAD_TYPE, MAX_BUNDLE_LEN, MEDIA_TYPES};
+pub use bundle::{
+    pae, verify_bundle, verify_bundle_with, Trust, IN_TOTO_PAYLOAD_TYPE, MAX_BUNDLE_LEN,
+    MEDIA_TYPES,
+};
 pub use error::Error;
 pub use key::{SignerId, SignerKey};
 pub use manifest::{VerifiedManifest, PREDICATE_TYPE, STATEMENT_TYPE};

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use ring::digest::{digest, Context, SHA256};
 use serde::Deserialize;
 
+use crate::keyless::SignerIdentity;
 use crate::{Error, SignerId};
 
 /// The in-toto statement type model signatures use.
@@ -56,15 +57,26 @@ struct Resource {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedManifest {
     signer: SignerId,
+    identity: Option<SignerIdentity>,
     root_digest: [u8; 32],
     model_name: String,
     files: BTreeMap<String, [u8; 32]>,
 }
 
 impl VerifiedManifest {
-    /// The key that signed.
+    /// Who signed: the key's id, or for a keyless signature the identity's ([`SignerIdentity::id`]).
     pub fn signer(&self) -> SignerId {
         self.signer
+    }
+
+    /// For a keyless signature, the verified identity and its issuer.
+    pub fn identity(&self) -> Option<&SignerIdentity> {
+        self.identity.as_ref()
+    }
+
+    pub(crate) fn with_identity(mut self, identity: SignerIdentity) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     /// The signed root digest (SHA-256 over the file digests), model_signing's subject digest.
@@ -227,6 +239,7 @@ pub(crate) fn from_statement(payload: &[u8], signer: SignerId) -> Result<Verifie
     }
     Ok(VerifiedManifest {
         signer,
+        identity: None,
         root_digest: claimed,
         model_name: subject.name.clone(),
         files,

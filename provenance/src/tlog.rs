@@ -362,6 +362,45 @@ impl Checkpoint {
     /// witnesses) are allowed and not checked. The origin must be the verifier's name, so a checkpoint
     /// of one log cannot be replayed as another's.
     pub fn verify(note: &str, verifier: &NoteVerifier) -> Result<Self, Error> {
+        let cp = Self::verify_signature(
+            note,
+            &verifier.name,
+            Some(&verifier.name),
+            &verifier.key_hash,
+            |body, sig| {
+                UnparsedPublicKey::new(&ED25519, verifier.public_key)
+                    .verify(body, sig)
+                    .is_ok()
+            },
+        )?;
+        if cp.origin != verifier.name {
+            return Err(Error::Log(format!(
+                "checkpoint: origin is {:?}, expected {:?} (the pinned key's name)",
+                cp.origin, verifier.name
+            )));
+        }
+        Ok(cp)
+    }
+
+    /// Verifies a checkpoint signed by a key known by its 4-byte key hash only (a Sigstore log: Rekor
+    /// names its signature lines after the log, and its key hash is the first four bytes of the log id,
+    /// SHA-256 of the key's DER), with `verify(body, signature)`. The origin is not checked: a Rekor
+    /// origin carries the tree's id, and the key is what is pinned.
+    pub fn verify_with(
+        note: &str,
+        key_hash: &[u8; 4],
+        verify: impl Fn(&[u8], &[u8]) -> bool,
+    ) -> Result<Self, Error> {
+        Self::verify_signature(note, "the log's key", None, key_hash, verify)
+    }
+
+    fn verify_signature(
+        note: &str,
+        key_label: &str,
+        name_filter: Option<&str>,
+        key_hash: &[u8; 4],
+        verify: impl Fn(&[u8], &[u8]) -> bool,
+    ) -> Result<Self, Error> {
         let bad = |why: String| Error::Log(format!("checkpoint: {why}"));
         if note.len() > MAX_NOTE_LEN {
             return Err(bad(format!("{} bytes, over {MAX_NOTE_LEN}", note.len())));
@@ -381,36 +420,31 @@ impl Checkpoint {
                 ))
             })?;
             let (name, sig) = rest
-                .split_once(' ')
+                .rsplit_once(' ')
                 .ok_or_else(|| bad(format!("signature line {line:?} has no signature")))?;
             let sig = STANDARD
                 .decode(sig)
                 .map_err(|e| bad(format!("signature of {name:?} is not base64: {e}")))?;
-            if name != verifier.name || sig.len() < 4 || sig[..4] != verifier.key_hash {
+            let line_name = name;
+            if name_filter.is_some_and(|n| n != line_name)
+                || sig.len() < 4
+                || sig[..4] != key_hash[..]
+            {
                 continue;
             }
-            UnparsedPublicKey::new(&ED25519, verifier.public_key)
-                .verify(body.as_bytes(), &sig[4..])
-                .map_err(|_| bad(format!("the signature of {name} does not verify")))?;
+            if !verify(body.as_bytes(), &sig[4..]) {
+                return Err(bad(format!("the signature of {line_name} does not verify")));
+            }
             verified = true;
         }
         if !verified {
-            return Err(bad(format!(
-                "no signature by the pinned key {}",
-                verifier.name
-            )));
+            return Err(bad(format!("no signature by the pinned key {key_label}")));
         }
         let mut lines = body.lines();
         let (Some(origin), Some(size), Some(root)) = (lines.next(), lines.next(), lines.next())
         else {
             return Err(bad("the body has fewer than three lines".into()));
         };
-        if origin != verifier.name {
-            return Err(bad(format!(
-                "origin is {origin:?}, expected {:?} (the pinned key's name)",
-                verifier.name
-            )));
-        }
         if size.is_empty() || size.starts_with('0') && size != "0" {
             return Err(bad(format!("size {size:?} is not a canonical decimal")));
         }

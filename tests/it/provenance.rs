@@ -659,3 +659,135 @@ fn release_log_is_required_when_the_policy_says_so(
     let out = verify(&old);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
+
+const KEYLESS_IDENTITY: &str = "producer@example.com";
+const KEYLESS_ISSUER: &str = "https://accounts.example.com";
+
+/// A keyless bundle for `model`, made fresh: the reference signer (`model_signing sign certificate`)
+/// signs with a certificate from a local test CA, and a local test log adds its entry
+/// (provenance/tests/keyless/make_keyless.py). Returns the directory holding model.sig and
+/// trusted_root.json.
+fn keyless_bundle(python: &str, dir: &Path, name: &str, model: &Path, flags: &[&str]) -> PathBuf {
+    let out_dir = dir.join(name);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../provenance/tests/keyless/make_keyless.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(&out_dir)
+        .arg(model)
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "make_keyless.py: {}", stderr(&out));
+    out_dir
+}
+
+fn seal_keyless(
+    model: &Path,
+    out: &Path,
+    keystore: &Path,
+    material: &Path,
+    identity: &str,
+) -> Output {
+    cloister(&[
+        "seal".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--keystore".as_ref(),
+        keystore.as_os_str(),
+        "--signature".as_ref(),
+        material.join("model.sig").as_os_str(),
+        "--signer-identity".as_ref(),
+        identity.as_ref(),
+        "--signer-issuer".as_ref(),
+        KEYLESS_ISSUER.as_ref(),
+        "--trusted-root".as_ref(),
+        material.join("trusted_root.json").as_os_str(),
+    ])
+}
+
+/// Keyless signatures end to end: sealed under the identity and trusted root, refused for another
+/// identity, an expired certificate or a missing inclusion proof, and checked again by the enclave,
+/// which attests the identity's signer id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_signatures_are_checked_at_seal_and_in_the_enclave() {
+    let Some(python) = python_with_model_signing("keyless_signatures_are_checked") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ks = d.join("keys");
+    let valid = keyless_bundle(&python, d, "valid", &mlp(), &[]);
+    let ok = seal_keyless(&mlp(), &d.join("a.sealed"), &ks, &valid, KEYLESS_IDENTITY);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let identity = cloister_provenance::keyless::SignerIdentity {
+        identity: KEYLESS_IDENTITY.into(),
+        issuer: KEYLESS_ISSUER.into(),
+    };
+    let id = identity.id().to_string();
+    assert!(
+        stderr(&ok).contains(&id) && stderr(&ok).contains(KEYLESS_IDENTITY),
+        "{}",
+        stderr(&ok)
+    );
+    for (name, flags, identity, reason) in [
+        (
+            "other",
+            &[][..],
+            "someone@example.com",
+            "none of the allowed signers",
+        ),
+        ("expired", &["--expired"][..], KEYLESS_IDENTITY, "expired"),
+        (
+            "no-proof",
+            &["--no-inclusion-proof"][..],
+            KEYLESS_IDENTITY,
+            "inclusionProof: absent",
+        ),
+    ] {
+        let material = if name == "other" {
+            valid.clone()
+        } else {
+            keyless_bundle(&python, d, name, &mlp(), flags)
+        };
+        let out = seal_keyless(
+            &mlp(),
+            &d.join(format!("{name}.sealed")),
+            &ks,
+            &material,
+            identity,
+        );
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(reason), "{name}: {}", stderr(&out));
+        assert!(!d.join(format!("{name}.sealed")).exists());
+    }
+
+    // The enclave: the trusted root in its measured configuration, the identity on the model.
+    let container = cloister_provenance::SignedModel::build(
+        &std::fs::read(valid.join("model.sig")).unwrap(),
+        &std::fs::read(mlp()).unwrap(),
+    )
+    .unwrap();
+    let container_path = d.join("keyless-mlp.bin");
+    std::fs::write(&container_path, container).unwrap();
+    let root = std::fs::read_to_string(valid.join("trusted_root.json")).unwrap();
+    let deployment = deploy(&d.join("deploy"), &container_path, "mlp", |o| {
+        o.enclave_config_extra = format!("sigstore_trusted_root = '''{root}'''\n");
+        o.model_config_extra = format!(
+            "signer_identities = [{{ identity = \"{KEYLESS_IDENTITY}\", issuer = \"{KEYLESS_ISSUER}\" }}]\n"
+        );
+    })
+    .await;
+    let session = deployment
+        .wait_ready(READY)
+        .await
+        .expect("a model signed by the configured identity loads");
+    let claims = session.evidence().claims();
+    let signer = claims
+        .signer_of(&claims.model_digests[0].0)
+        .expect("a verified signer");
+    assert_eq!(signer.signer, identity.id().0);
+    deployment.stop().await;
+}

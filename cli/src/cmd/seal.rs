@@ -45,6 +45,10 @@ const PROGRESS_THRESHOLD: u64 = 8 * 1024 * 1024;
         POST /v1/chat/completions.\n\n\
         The last line of stdout is the model digest, sha384:<hex>: pin it in the owner's policy \
         (model_digests) and in the enclave configuration ([[models]] digest).\n\n\
+        With --signature FILE --signer-identity ID --signer-issuer URL --trusted-root FILE, the bundle is \
+        a keyless (Sigstore) one: its certificate must chain to a certificate authority of the trusted root, \
+        name that identity and issuer, and be valid when the transparency log (whose inclusion proof and \
+        signed timestamp are checked offline against the trusted root) recorded the signature.\n\n\
         With --signature FILE --signer-key PEM, the model's OpenSSF model-signing bundle (as the reference \
         `model_signing` package writes it) is verified against the producer's key, every file is checked \
         against its signed digest (the first that differs is named), and the bundle is sealed with the \
@@ -83,6 +87,17 @@ pub(crate) struct Args {
     /// accept any of several.
     #[arg(long, value_name = "PEM", requires = "signature")]
     signer_key: Vec<PathBuf>,
+    /// A keyless signer allowed to have made --signature: its certificate identity (an e-mail address or
+    /// a URI), with --signer-issuer; repeat the pair to accept several. Needs --trusted-root.
+    #[arg(long, value_name = "IDENTITY", requires_all = ["signature", "signer_issuer", "trusted_root"])]
+    signer_identity: Vec<String>,
+    /// The OIDC issuer of the --signer-identity at the same position.
+    #[arg(long, value_name = "URL", requires = "signer_identity")]
+    signer_issuer: Vec<String>,
+    /// Sigstore's trusted_root.json (certificate authorities and transparency logs) that keyless
+    /// signatures are checked against, offline.
+    #[arg(long, value_name = "FILE", requires = "signer_identity")]
+    trusted_root: Option<PathBuf>,
     /// Print the header of a sealed model instead of sealing.
     #[arg(
         long,
@@ -172,16 +187,46 @@ fn signed_plaintext(
     files: &[(&str, &[u8])],
     model: &[u8],
 ) -> Result<Option<Vec<u8>>, Failure> {
-    use cloister_provenance::{verify_bundle, SignedModel, SignerKey};
+    use cloister_provenance::keyless::{KeylessPolicy, SignerIdentity, TrustedRoot};
+    use cloister_provenance::{verify_bundle_with, SignedModel, SignerKey, Trust};
     let Some(sig_path) = &args.signature else {
         return Ok(None);
     };
-    if args.signer_key.is_empty() {
+    if args.signer_key.is_empty() && args.signer_identity.is_empty() {
         return Err(Failure::Usage(
-            "--signature needs --signer-key: the producer's public key (PEM) to check it against"
+            "--signature needs --signer-key (the producer's public key, PEM) or --signer-identity with \
+             --signer-issuer and --trusted-root (a keyless signer) to check it against"
                 .into(),
         ));
     }
+    if args.signer_identity.len() != args.signer_issuer.len() {
+        return Err(Failure::Usage(format!(
+            "{} --signer-identity but {} --signer-issuer: give one issuer per identity",
+            args.signer_identity.len(),
+            args.signer_issuer.len()
+        )));
+    }
+    let keyless = match &args.trusted_root {
+        None => None,
+        Some(path) => {
+            let json = fs::read(path)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+            let root = TrustedRoot::from_json(&json)
+                .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
+            Some(KeylessPolicy {
+                root,
+                identities: args
+                    .signer_identity
+                    .iter()
+                    .zip(&args.signer_issuer)
+                    .map(|(identity, issuer)| SignerIdentity {
+                        identity: identity.clone(),
+                        issuer: issuer.clone(),
+                    })
+                    .collect(),
+            })
+        }
+    };
     let mut keys = Vec::with_capacity(args.signer_key.len());
     for path in &args.signer_key {
         let pem = fs::read_to_string(path)
@@ -193,13 +238,17 @@ fn signed_plaintext(
     }
     let bundle = fs::read(sig_path)
         .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", sig_path.display())))?;
-    let manifest = verify_bundle(&bundle, &keys)
+    let trust = Trust { keys, keyless };
+    let manifest = verify_bundle_with(&bundle, &trust)
         .and_then(|m| m.check_files(files).map(|()| m))
         .map_err(|e| Failure::Refused(format!("{}: {e}", sig_path.display())))?;
+    let signer = match manifest.identity() {
+        Some(identity) => format!("{} = {identity}", manifest.signer()),
+        None => manifest.signer().to_string(),
+    };
     eprintln!(
-        "signature: {} verifies: signer {}, root digest sha256:{}, {} file{} as signed",
+        "signature: {} verifies: signer {signer}, root digest sha256:{}, {} file{} as signed",
         sig_path.display(),
-        manifest.signer(),
         hex::encode(manifest.root_digest()),
         manifest.files().len(),
         if manifest.files().len() == 1 { "" } else { "s" },

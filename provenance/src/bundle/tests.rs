@@ -138,19 +138,30 @@ fn keyless_logged_and_odd_bundles_are_refused_for_their_reason() {
             edit(P256_SIG, |v| {
                 v["verificationMaterial"]["certificate"] = serde_json::json!({"rawBytes": "AA=="})
             }),
-            "keyless",
+            "a public key or a certificate",
+        ),
+        (
+            edit(P256_SIG, |v| {
+                let m = v["verificationMaterial"].as_object_mut().unwrap();
+                m.remove("publicKey");
+                m.insert(
+                    "certificate".into(),
+                    serde_json::json!({"rawBytes": "AA=="}),
+                );
+            }),
+            "no trusted root and signer identities",
         ),
         (
             edit(P256_SIG, |v| {
                 v["verificationMaterial"]["x509CertificateChain"] = serde_json::json!({})
             }),
-            "keyless",
+            "certificates",
         ),
         (
             edit(P256_SIG, |v| {
                 v["verificationMaterial"]["tlogEntries"] = serde_json::json!([{}])
             }),
-            "tlogEntries",
+            "logIndex",
         ),
         (
             edit(P256_SIG, |v| v["mediaType"] = "application/json".into()),
