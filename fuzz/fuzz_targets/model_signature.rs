@@ -1,8 +1,9 @@
 //! Model-signature parsing on arbitrary bytes: the OpenSSF model-signing bundle (`verify_bundle`, which
 //! `cloister seal` runs on the owner's input and the enclave on the sealed plaintext) and the signed-model
 //! container. Never panics, and:
-//! - nothing verifies under the fixture keys unless it is a genuine signature (the fuzzer cannot forge
-//!   ECDSA; a bundle that verifies must carry a statement whose root digest is the hash of its files);
+//! - nothing verifies under the fixture keys or the keyless fixtures' trusted root unless it is a genuine
+//!   signature (the fuzzer cannot forge ECDSA; a bundle that verifies must carry a statement whose root
+//!   digest is the hash of its files);
 //! - a container that parses rebuilds to the same bytes.
 //!
 //! The first byte picks the parser.
@@ -10,19 +11,32 @@
 
 use std::sync::OnceLock;
 
-use cloister_provenance::{verify_bundle, SignedModel, SignerKey};
+use cloister_provenance::keyless::{KeylessPolicy, SignerIdentity, TrustedRoot};
+use cloister_provenance::{verify_bundle_with, SignedModel, SignerKey, Trust};
 use libfuzzer_sys::fuzz_target;
 
-fn keys() -> &'static [SignerKey] {
-    static KEYS: OnceLock<Vec<SignerKey>> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        [
+/// The fixture keys, and the keyless fixtures' trusted root with their identity: key-based and keyless
+/// bundles both reach their full checks.
+fn trust() -> &'static Trust {
+    static TRUST: OnceLock<Trust> = OnceLock::new();
+    TRUST.get_or_init(|| Trust {
+        keys: [
             include_str!("../../provenance/tests/data/p256.pub.pem"),
             include_str!("../../provenance/tests/data/p384.pub.pem"),
         ]
         .iter()
         .map(|pem| SignerKey::from_pem(pem).expect("fixture key"))
-        .collect()
+        .collect(),
+        keyless: Some(KeylessPolicy {
+            root: TrustedRoot::from_json(include_bytes!(
+                "../../provenance/tests/data/keyless/valid/trusted_root.json"
+            ))
+            .expect("fixture root"),
+            identities: vec![SignerIdentity {
+                identity: "producer@example.com".into(),
+                issuer: "https://accounts.example.com".into(),
+            }],
+        }),
     })
 }
 
@@ -31,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if control & 1 == 0 {
-        if let Ok(manifest) = verify_bundle(rest, keys()) {
+        if let Ok(manifest) = verify_bundle_with(rest, trust()) {
             let mut root = ring::digest::Context::new(&ring::digest::SHA256);
             for digest in manifest.files().values() {
                 root.update(digest);

@@ -615,95 +615,9 @@ pub(crate) fn verify(
             &format!("{} {}", entry.kind_version.kind, entry.kind_version.version),
         ));
     }
-    let integrated_time = int("tlogEntries[0].integratedTime", &entry.integrated_time)?;
-    let log_index = int("tlogEntries[0].logIndex", &entry.log_index)?;
-    let log_id = b64("tlogEntries[0].logId.keyId", &entry.log_id.key_id)?;
-    let log = policy
-        .root
-        .logs
-        .iter()
-        .find(|l| l.log_id[..] == log_id[..])
-        .ok_or_else(|| {
-            keyless(
-                "tlogEntries[0].logId",
-                format!("log {} is not in the trusted root", hex::encode(&log_id)),
-            )
-        })?;
-    if !log.valid.contains(integrated_time) {
-        return Err(keyless(
-            "tlogEntries[0].integratedTime",
-            format!("{integrated_time} is outside the log key's validity in the trusted root"),
-        ));
-    }
-    let promise = entry.inclusion_promise.as_ref().ok_or_else(|| {
-        keyless(
-            "tlogEntries[0].inclusionPromise",
-            "absent: without the log's signed entry timestamp the signing time is not authenticated".into(),
-        )
-    })?;
-    // The signed entry timestamp: the log's signature over the canonical JSON of body, time, log and index.
-    let set_message = format!(
-        "{{\"body\":\"{}\",\"integratedTime\":{integrated_time},\"logID\":\"{}\",\"logIndex\":{log_index}}}",
-        entry.canonicalized_body,
-        hex::encode(log.log_id)
-    );
-    let set = b64(
-        "tlogEntries[0].inclusionPromise.signedEntryTimestamp",
-        &promise.signed_entry_timestamp,
-    )?;
-    if !log.key.verifies(set_message.as_bytes(), &set) {
-        return Err(keyless(
-            "tlogEntries[0].inclusionPromise",
-            "the signed entry timestamp does not verify under the log's key".into(),
-        ));
-    }
-    let proof = entry.inclusion_proof.as_ref().ok_or_else(|| {
-        keyless(
-            "tlogEntries[0].inclusionProof",
-            "absent: the entry is not proven to be in the log".into(),
-        )
-    })?;
-    let body = b64(
-        "tlogEntries[0].canonicalizedBody",
-        &entry.canonicalized_body,
-    )?;
-    let index = int("inclusionProof.logIndex", &proof.log_index)?;
-    let size = int("inclusionProof.treeSize", &proof.tree_size)?;
-    let root: Hash = b64("inclusionProof.rootHash", &proof.root_hash)?
-        .try_into()
-        .map_err(|_| malformed("inclusionProof.rootHash", "not 32 bytes".into()))?;
-    let path = proof
-        .hashes
-        .iter()
-        .map(|h| {
-            b64("inclusionProof.hashes", h)?
-                .try_into()
-                .map_err(|_| malformed("inclusionProof.hashes", "not 32 bytes".into()))
-        })
-        .collect::<Result<Vec<Hash>, Error>>()?;
-    tlog::verify_inclusion(
-        index as u64,
-        size as u64,
-        &tlog::leaf_hash(&body),
-        &path,
-        &root,
-    )?;
-    let key_hash: [u8; 4] = [log.log_id[0], log.log_id[1], log.log_id[2], log.log_id[3]];
-    let checkpoint =
-        tlog::Checkpoint::verify_with(&proof.checkpoint.envelope, &key_hash, |body, sig| {
-            log.key.verifies(body, sig)
-        })?;
-    if checkpoint.size != size as u64 || checkpoint.root != root {
-        return Err(keyless(
-            "inclusionProof.checkpoint",
-            format!(
-                "commits to {} entries with root {}, the proof to {size} with root {}",
-                checkpoint.size,
-                hex::encode(checkpoint.root),
-                hex::encode(root)
-            ),
-        ));
-    }
+    let logged = verify_log_entry(entry, &policy.root)?;
+    let integrated_time = logged.integrated_time;
+    let body = logged.body;
     // The body must be this signature's: payload hash, signature, certificate.
     let body: DsseBody =
         serde_json::from_slice(&body).map_err(|e| malformed("canonicalizedBody", e.to_string()))?;
@@ -756,7 +670,139 @@ pub(crate) fn verify(
         ));
     }
 
-    // 2. The certificate, at the authenticated time.
+    let (found, key) = verify_certificate(leaf_der, &policy.root, integrated_time)?;
+    // 3. The identity.
+    if !policy.identities.contains(&found) {
+        return Err(Error::UnknownIdentity {
+            found: found.to_string(),
+            allowed: policy
+                .identities
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    // 4. The caller checks the DSSE signature under this key.
+    Ok((found, key))
+}
+
+/// A log entry whose signed timestamp, inclusion proof and checkpoint verified.
+pub(crate) struct LoggedEntry {
+    /// When the log says it integrated the entry (authenticated by the signed entry timestamp).
+    pub(crate) integrated_time: i64,
+    /// The logged body (the Merkle leaf).
+    pub(crate) body: Vec<u8>,
+}
+
+/// Step 1 without the kind: the entry is from a log of `root` valid at its integrated time, its signed
+/// entry timestamp verifies, and its inclusion proof leads to a checkpoint the log signed.
+pub(crate) fn verify_log_entry(
+    entry: &TlogEntry,
+    root: &TrustedRoot,
+) -> Result<LoggedEntry, Error> {
+    let integrated_time = int("tlogEntries[0].integratedTime", &entry.integrated_time)?;
+    let log_index = int("tlogEntries[0].logIndex", &entry.log_index)?;
+    let log_id = b64("tlogEntries[0].logId.keyId", &entry.log_id.key_id)?;
+    let log = root
+        .logs
+        .iter()
+        .find(|l| l.log_id[..] == log_id[..])
+        .ok_or_else(|| {
+            keyless(
+                "tlogEntries[0].logId",
+                format!("log {} is not in the trusted root", hex::encode(&log_id)),
+            )
+        })?;
+    if !log.valid.contains(integrated_time) {
+        return Err(keyless(
+            "tlogEntries[0].integratedTime",
+            format!("{integrated_time} is outside the log key's validity in the trusted root"),
+        ));
+    }
+    let promise = entry.inclusion_promise.as_ref().ok_or_else(|| {
+        keyless(
+            "tlogEntries[0].inclusionPromise",
+            "absent: without the log's signed entry timestamp the signing time is not authenticated".into(),
+        )
+    })?;
+    // The signed entry timestamp: the log's signature over the canonical JSON of body, time, log and index.
+    let set_message = format!(
+        "{{\"body\":\"{}\",\"integratedTime\":{integrated_time},\"logID\":\"{}\",\"logIndex\":{log_index}}}",
+        entry.canonicalized_body,
+        hex::encode(log.log_id)
+    );
+    let set = b64(
+        "tlogEntries[0].inclusionPromise.signedEntryTimestamp",
+        &promise.signed_entry_timestamp,
+    )?;
+    if !log.key.verifies(set_message.as_bytes(), &set) {
+        return Err(keyless(
+            "tlogEntries[0].inclusionPromise",
+            "the signed entry timestamp does not verify under the log's key".into(),
+        ));
+    }
+    let proof = entry.inclusion_proof.as_ref().ok_or_else(|| {
+        keyless(
+            "tlogEntries[0].inclusionProof",
+            "absent: the entry is not proven to be in the log".into(),
+        )
+    })?;
+    let body = b64(
+        "tlogEntries[0].canonicalizedBody",
+        &entry.canonicalized_body,
+    )?;
+    let index = int("inclusionProof.logIndex", &proof.log_index)?;
+    let size = int("inclusionProof.treeSize", &proof.tree_size)?;
+    let tree_root: Hash = b64("inclusionProof.rootHash", &proof.root_hash)?
+        .try_into()
+        .map_err(|_| malformed("inclusionProof.rootHash", "not 32 bytes".into()))?;
+    let path = proof
+        .hashes
+        .iter()
+        .map(|h| {
+            b64("inclusionProof.hashes", h)?
+                .try_into()
+                .map_err(|_| malformed("inclusionProof.hashes", "not 32 bytes".into()))
+        })
+        .collect::<Result<Vec<Hash>, Error>>()?;
+    tlog::verify_inclusion(
+        index as u64,
+        size as u64,
+        &tlog::leaf_hash(&body),
+        &path,
+        &tree_root,
+    )?;
+    let key_hash: [u8; 4] = [log.log_id[0], log.log_id[1], log.log_id[2], log.log_id[3]];
+    let checkpoint =
+        tlog::Checkpoint::verify_with(&proof.checkpoint.envelope, &key_hash, |body, sig| {
+            log.key.verifies(body, sig)
+        })?;
+    if checkpoint.size != size as u64 || checkpoint.root != tree_root {
+        return Err(keyless(
+            "inclusionProof.checkpoint",
+            format!(
+                "commits to {} entries with root {}, the proof to {size} with root {}",
+                checkpoint.size,
+                hex::encode(checkpoint.root),
+                hex::encode(tree_root)
+            ),
+        ));
+    }
+    Ok(LoggedEntry {
+        integrated_time,
+        body,
+    })
+}
+
+/// Step 2: the certificate chains to a certificate authority of `root` valid at `integrated_time`, is
+/// valid itself then, and may sign code; returns the identity it names (not yet checked against any
+/// policy) and its key.
+pub(crate) fn verify_certificate(
+    leaf_der: &[u8],
+    root: &TrustedRoot,
+    integrated_time: i64,
+) -> Result<(SignerIdentity, SignerKey), Error> {
     let leaf = ParsedCert::from_der(leaf_der)?;
     let (not_before, not_after) = leaf.validity();
     if !(not_before..=not_after).contains(&integrated_time) {
@@ -766,7 +812,7 @@ pub(crate) fn verify(
             integrated_time,
         });
     }
-    let chained = policy.root.cas.iter().any(|ca| {
+    let chained = root.cas.iter().any(|ca| {
         ca.valid.contains(integrated_time)
             && leaf.issued_by(&ca.chain[0])
             && ca
@@ -838,19 +884,6 @@ pub(crate) fn verify(
         identity: san,
         issuer,
     };
-    if !policy.identities.contains(&found) {
-        return Err(Error::UnknownIdentity {
-            found: found.to_string(),
-            allowed: policy
-                .identities
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
-
-    // 4. The caller checks the DSSE signature under this key.
     let key = SignerKey::from_spki_der(&leaf.spki_der())?;
     Ok((found, key))
 }

@@ -203,3 +203,51 @@ fn trusted_roots_are_parsed_strictly() {
     assert!(TrustedRoot::from_json(b"{}").is_err());
     assert!(TrustedRoot::from_json(b"\xff").is_err());
 }
+
+/// The log and certificate steps against real public-good Sigstore evidence (tests/data/sigstore-public-good):
+/// Rekor's key, signed entry timestamp, inclusion proof and checkpoint format, and Fulcio's chain and
+/// extensions, as the production services write them.
+#[test]
+fn real_public_good_evidence_passes_the_log_and_certificate_steps() {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/sigstore-public-good"
+    );
+    let root = TrustedRoot::from_json(&std::fs::read(format!("{dir}/trusted_root.json")).unwrap())
+        .unwrap();
+    let bundle: Value = serde_json::from_slice(
+        &std::fs::read(format!("{dir}/sigstore-js-2.0.0-provenance.sigstore.json")).unwrap(),
+    )
+    .unwrap();
+    let material = &bundle["verificationMaterial"];
+    let entry: TlogEntry = serde_json::from_value(material["tlogEntries"][0].clone()).unwrap();
+    let logged = verify_log_entry(&entry, &root).unwrap();
+    assert_eq!(logged.integrated_time, 1692374735);
+    let leaf = STANDARD
+        .decode(
+            material["x509CertificateChain"]["certificates"][0]["rawBytes"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let (identity, _key) = verify_certificate(&leaf, &root, logged.integrated_time).unwrap();
+    assert_eq!(
+        identity,
+        SignerIdentity {
+            identity: "https://github.com/sigstore/sigstore-js/.github/workflows/release.yml@refs/heads/main".into(),
+            issuer: "https://token.actions.githubusercontent.com".into(),
+        }
+    );
+    // Ten minutes later the certificate had expired; a day earlier it did not exist.
+    let err = verify_certificate(&leaf, &root, logged.integrated_time + 3600).unwrap_err();
+    assert!(matches!(err, Error::CertificateNotValidAt { .. }), "{err}");
+    // A log entry with its body altered no longer proves inclusion, nor its promise.
+    let mut altered = material["tlogEntries"][0].clone();
+    let mut body = STANDARD
+        .decode(altered["canonicalizedBody"].as_str().unwrap())
+        .unwrap();
+    body[10] ^= 1;
+    altered["canonicalizedBody"] = Value::String(STANDARD.encode(body));
+    let altered: TlogEntry = serde_json::from_value(altered).unwrap();
+    assert!(verify_log_entry(&altered, &root).is_err());
+}
