@@ -42,7 +42,7 @@ GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 # Pins: export output -> SHA-256 (export-smollm2.py, numpy 2.4.6, gguf 0.19.0, onnx 1.23.2, protobuf 7.36.2).
 OUTPUTS=(
-  "model.onnx 93ad888d31d22aef94b469afa7d28f29a5394e853435d81c913f90dd358ece08"
+  "model.onnx 8cdab85e36c5437a556ab4b2616f7107d0848a974413751e755c021557fe735b"
   "tokenizer.json 1793f703e5efbc7b88d049f635a2797aeddd72990d7e0653823d9fbbb1191e9e"
   "chat_template.jinja 872be49dbb638044ad01b60388f48d469ff2980e5f0dccdc22ec907db54d0788"
   "generation.json 436d315eabe92329edbe87ab8728ff70d1afe4a7c12cac216c519d46698c5201"

@@ -3,7 +3,8 @@
 
 Default mode (checks; exits non-zero on a failure):
   * model.onnx: one self-contained file, default-domain ops only, opset <= 17; every past_key_values input feeds
-    exactly one node, a Concat; the output layer is a MatMul with a pre-transposed [hidden, vocab] initializer.
+    exactly one node, a Concat; the output layer is the Concat of MatMuls with pre-transposed [hidden, columns]
+    initializers, each small enough for tract to pack once (4 MiB).
   * tokenizer.json: exact encode/decode round trips of varied text (unicode, digits, whitespace, code) and the
     chat template's special tokens, each of which must be one token.
   * KV cache, causal mask and positions: logits of the chat-templated prompt computed at once (prefill),
@@ -139,15 +140,27 @@ def check_graph(d: Path, gen: dict) -> None:
             if len(c) != 1 or c[0].op_type != "Concat" or list(c[0].output) != [f"present.{n}.{kv}"]:
                 raise Failure(f"{name} must feed exactly one Concat producing present.{n}.{kv}, feeds {c}")
     inits = {i.name: i for i in m.graph.initializer}
-    lm = [node for node in m.graph.node if "logits" in node.output]
-    if len(lm) != 1 or lm[0].op_type != "MatMul" or lm[0].input[1] not in inits:
-        raise Failure("logits must come from a MatMul with an initializer")
-    w = inits[lm[0].input[1]]
-    if list(w.dims) != [gen["hidden_size"], gen["vocab_size"]]:
-        raise Failure(f"output layer weight has dims {list(w.dims)}, expected [hidden, vocab]")
+    producers = {o: node for node in m.graph.node for o in node.output}
+    lm = producers.get("logits")
+    if lm is None or lm.op_type != "Concat":
+        raise Failure("logits must be the Concat of the output layer's column blocks")
+    hidden, columns = gen["hidden_size"], 0
+    for part in lm.input:
+        mm = producers.get(part)
+        if mm is None or mm.op_type != "MatMul" or mm.input[1] not in inits:
+            raise Failure(f"logits block {part} must come from a MatMul with an initializer")
+        w = inits[mm.input[1]]
+        if len(w.dims) != 2 or w.dims[0] != hidden:
+            raise Failure(f"output block {w.name} has dims {list(w.dims)}, expected [hidden, columns]")
+        # tract packs a constant operand once only when its packed copy ((hidden + 1) rows) fits 4 MiB.
+        if (hidden + 1) * w.dims[1] * 4 > 4 << 20:
+            raise Failure(f"output block {w.name} {list(w.dims)} packs to more than tract's 4 MiB folding budget")
+        columns += w.dims[1]
+    if columns != gen["vocab_size"]:
+        raise Failure(f"output blocks cover {columns} columns, expected the vocabulary's {gen['vocab_size']}")
     ops = sorted({node.op_type for node in m.graph.node})
     log(f"graph: {len(m.graph.node)} nodes, ops {', '.join(ops)}; past inputs feed only their Concat; "
-        f"lm_head {list(w.dims)} MatMul")
+        f"lm_head {len(lm.input)} blocks [{hidden}, <=block] MatMul, Concat")
 
 
 def check_tokenizer(llm: Llm) -> None:
