@@ -51,7 +51,9 @@ fn main() -> TractResult<()> {
             let t: Tensor = match n.as_str() {
                 "input_ids" => tract_ndarray::Array2::from_shape_vec((1, s), ids.to_vec())?.into(),
                 "attention_mask" => tract_ndarray::Array2::<i64>::ones((1, total)).into(),
-                "position_ids" => tract_ndarray::Array2::from_shape_fn((1, s), |(_, j)| (start + j) as i64).into(),
+                "position_ids" => {
+                    tract_ndarray::Array2::from_shape_fn((1, s), |(_, j)| (start + j) as i64).into()
+                }
                 other => panic!("input {other}"),
             };
             values.push(t.into_tvalue());

@@ -49,3 +49,25 @@ pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error
         source,
     }
 }
+
+/// Reads a PEM `PRIVATE KEY` (PKCS#8) file: its DER, wiped when dropped. The text read is wiped too. Errors
+/// name the file and never hold key bytes.
+pub(crate) fn read_pkcs8_pem(
+    path: &std::path::Path,
+    hint: &str,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(io(path))?);
+    let bad = |reason: String| Error::Key {
+        path: path.to_owned(),
+        reason,
+    };
+    let (label, der) = pem_rfc7468::decode_vec(text.trim().as_bytes())
+        .map_err(|e| bad(format!("not PEM: {e}")))?;
+    let der = zeroize::Zeroizing::new(der);
+    if label != "PRIVATE KEY" {
+        return Err(bad(format!(
+            "PEM label is {label:?}, expected \"PRIVATE KEY\"{hint}"
+        )));
+    }
+    Ok(der)
+}

@@ -21,7 +21,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use zeroize::Zeroizing;
 
-use crate::error::io;
+use crate::error::{io, read_pkcs8_pem};
 use crate::Error;
 
 const ORIGIN: &str = "origin";
@@ -46,21 +46,11 @@ impl std::fmt::Debug for LogKey {
 impl LogKey {
     /// Reads the PKCS#8 PEM key for the log named `origin`.
     pub fn from_pem_file(path: &Path, origin: &str) -> Result<Self, Error> {
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(io(path))?);
-        let bad = |reason: String| Error::Key {
+        let der = read_pkcs8_pem(path, "")?;
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| Error::Key {
             path: path.to_owned(),
-            reason,
-        };
-        let (label, der) = pem_rfc7468::decode_vec(text.trim().as_bytes())
-            .map_err(|e| bad(format!("not PEM: {e}")))?;
-        let der = Zeroizing::new(der);
-        if label != "PRIVATE KEY" {
-            return Err(bad(format!(
-                "PEM label is {label:?}, expected \"PRIVATE KEY\""
-            )));
-        }
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
-            .map_err(|e| bad(format!("not an Ed25519 PKCS#8 key: {e}")))?;
+            reason: format!("not an Ed25519 PKCS#8 key: {e}"),
+        })?;
         Self::from_pair(pair, origin)
     }
 

@@ -18,7 +18,7 @@ use ring::signature::{
 };
 use zeroize::Zeroizing;
 
-use crate::error::io;
+use crate::error::{io, read_pkcs8_pem};
 use crate::Error;
 
 /// Paths `model_signing` leaves out of a directory's signature by default (relative to the model's
@@ -73,19 +73,14 @@ impl ProducerKey {
     /// Reads a PEM `PRIVATE KEY` (PKCS#8, unencrypted: `openssl genpkey -algorithm EC -pkeyopt
     /// ec_paramgen_curve:P-256`, or what [`ProducerKey::generate`] writes), P-256 or P-384.
     pub fn from_pem_file(path: &Path) -> Result<Self, Error> {
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(io(path))?);
+        let der = read_pkcs8_pem(
+            path,
+            " (PKCS#8; convert with `openssl pkcs8 -topk8 -nocrypt`)",
+        )?;
         let bad = |reason: String| Error::Key {
             path: path.to_owned(),
             reason,
         };
-        let (label, der) = pem_rfc7468::decode_vec(text.trim().as_bytes())
-            .map_err(|e| bad(format!("not PEM: {e}")))?;
-        let der = Zeroizing::new(der);
-        if label != "PRIVATE KEY" {
-            return Err(bad(format!(
-                "PEM label is {label:?}, expected \"PRIVATE KEY\" (PKCS#8; convert with `openssl pkcs8 -topk8 -nocrypt`)"
-            )));
-        }
         let rng = SystemRandom::new();
         for curve in [Curve::P256, Curve::P384] {
             if let Ok(pair) = EcdsaKeyPair::from_pkcs8(curve.algorithm(), &der, &rng) {

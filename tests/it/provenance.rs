@@ -85,6 +85,22 @@ fn seal(model: &Path, out: &Path, keystore: &Path, sig: &Path, keys: &[&Path]) -
     cloister(&args)
 }
 
+/// `cloister infer` of the MLP request under `policy`.
+fn infer_mlp(endpoint: &str, policy: &Path, request: &Path) -> Output {
+    cloister(&[
+        "infer".as_ref(),
+        "--endpoint".as_ref(),
+        endpoint.as_ref(),
+        "--policy".as_ref(),
+        policy.as_os_str(),
+        "--model".as_ref(),
+        "mlp".as_ref(),
+        "--input".as_ref(),
+        request.as_os_str(),
+        "--json".as_ref(),
+    ])
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -403,18 +419,7 @@ async fn the_enclave_loads_a_signed_model_only_under_a_configured_signer() {
             .collect();
         let policy = dir.path().join(format!("signed-by-{}.toml", &pin[7..15]));
         std::fs::write(&policy, text).unwrap();
-        cloister(&[
-            "infer".as_ref(),
-            "--endpoint".as_ref(),
-            d.endpoint.as_ref(),
-            "--policy".as_ref(),
-            policy.as_os_str(),
-            "--model".as_ref(),
-            "mlp".as_ref(),
-            "--input".as_ref(),
-            request.as_os_str(),
-            "--json".as_ref(),
-        ])
+        infer_mlp(&d.endpoint, &policy, &request)
     };
     let out = infer_signed_by(&fingerprint);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -530,20 +535,7 @@ fn release_log_is_required_when_the_policy_says_so(
         "sha384:{}",
         hex::encode(session.evidence().claims().model_digests[0].0)
     );
-    let infer = |policy: &Path| {
-        cloister(&[
-            "infer".as_ref(),
-            "--endpoint".as_ref(),
-            d.endpoint.as_ref(),
-            "--policy".as_ref(),
-            policy.as_os_str(),
-            "--model".as_ref(),
-            "mlp".as_ref(),
-            "--input".as_ref(),
-            request.as_os_str(),
-            "--json".as_ref(),
-        ])
-    };
+    let infer = |policy: &Path| infer_mlp(&d.endpoint, policy, request);
     let enclave = vec![
         "--enclave".to_owned(),
         measurement.clone(),
