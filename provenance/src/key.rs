@@ -44,6 +44,18 @@ impl fmt::Debug for SignerId {
     }
 }
 
+/// The curves verified here: the ones `ring` verifies, and model_signing and Sigstore sign with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Curve {
+    /// NIST P-256 (signs with SHA-256).
+    P256,
+    /// NIST P-384 (signs with SHA-384).
+    P384,
+}
+
+const ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+const ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+
 /// A pinned ECDSA public key (P-256 with SHA-256, or P-384 with SHA-384, as model_signing pairs them).
 ///
 /// P-521, which model_signing also offers, is refused here with a clear error: `ring` does not verify
@@ -51,7 +63,7 @@ impl fmt::Debug for SignerId {
 #[derive(Clone)]
 pub struct SignerKey {
     point: Vec<u8>,
-    algorithm: &'static dyn VerificationAlgorithm,
+    curve: Curve,
     id: SignerId,
     /// SHA-256 of the key's PEM text, hex: model_signing's `publicKey.hint`.
     hint: String,
@@ -101,9 +113,9 @@ impl SignerKey {
             .algorithm
             .parameters_oid()
             .map_err(|e| Error::BadKey(format!("EC parameters are not a named curve: {e}")))?;
-        let algorithm: &'static dyn VerificationAlgorithm = match curve {
-            SECP256R1 => &signature::ECDSA_P256_SHA256_ASN1,
-            SECP384R1 => &signature::ECDSA_P384_SHA384_ASN1,
+        let curve = match curve {
+            SECP256R1 => Curve::P256,
+            SECP384R1 => Curve::P384,
             other => {
                 return Err(Error::BadKey(format!(
                     "curve {other} is not supported (P-256 and P-384 are)"
@@ -122,7 +134,7 @@ impl SignerKey {
         let hint = hex::encode(digest(&SHA256, pem.as_bytes()));
         Ok(Self {
             point,
-            algorithm,
+            curve,
             id: SignerId(id),
             hint,
             pem,
@@ -144,9 +156,38 @@ impl SignerKey {
         &self.hint
     }
 
-    /// Verifies a DER-encoded ECDSA signature over `message`.
+    /// The key's curve.
+    pub fn curve(&self) -> Curve {
+        self.curve
+    }
+
+    /// Verifies a DER-encoded ECDSA signature over `message`, hashed as the curve pairs it.
     pub(crate) fn verifies(&self, message: &[u8], sig: &[u8]) -> bool {
-        UnparsedPublicKey::new(self.algorithm, &self.point)
+        let alg: &'static dyn VerificationAlgorithm = match self.curve {
+            Curve::P256 => &signature::ECDSA_P256_SHA256_ASN1,
+            Curve::P384 => &signature::ECDSA_P384_SHA384_ASN1,
+        };
+        UnparsedPublicKey::new(alg, &self.point)
+            .verify(message, sig)
+            .is_ok()
+    }
+
+    /// Verifies an X.509 signature by this key, hashed as its algorithm (`ecdsa-with-SHA256` or
+    /// `-SHA384`) says; any other algorithm does not verify.
+    pub(crate) fn verifies_with(
+        &self,
+        algorithm: ObjectIdentifier,
+        message: &[u8],
+        sig: &[u8],
+    ) -> bool {
+        let alg: &'static dyn VerificationAlgorithm = match (self.curve, algorithm) {
+            (Curve::P256, ECDSA_SHA256) => &signature::ECDSA_P256_SHA256_ASN1,
+            (Curve::P256, ECDSA_SHA384) => &signature::ECDSA_P256_SHA384_ASN1,
+            (Curve::P384, ECDSA_SHA256) => &signature::ECDSA_P384_SHA256_ASN1,
+            (Curve::P384, ECDSA_SHA384) => &signature::ECDSA_P384_SHA384_ASN1,
+            _ => return false,
+        };
+        UnparsedPublicKey::new(alg, &self.point)
             .verify(message, sig)
             .is_ok()
     }

@@ -32,6 +32,6 @@ pub use bundle::{
     MEDIA_TYPES,
 };
 pub use error::Error;
-pub use key::{SignerId, SignerKey};
+pub use key::{Curve, SignerId, SignerKey};
 pub use manifest::{VerifiedManifest, PREDICATE_TYPE, STATEMENT_TYPE};
 pub use signed_model::{SignedModel, SIGNED_MODEL_MAGIC};

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use cloister_provenance::{SignerId, SignerKey};
+use cloister_provenance::{Curve, SignerId, SignerKey};
 use ring::digest::{Context, SHA256};
 use ring::rand::SystemRandom;
 use ring::signature::{
@@ -30,27 +30,18 @@ pub const IGNORED_PATHS: [&str; 4] = [".git", ".gitattributes", ".github", ".git
 const SPKI_P256_PREFIX: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200";
 const SPKI_P384_PREFIX: &str = "3076301006072a8648ce3d020106052b81040022036200";
 
-/// The curves a producer key may use: the ones `model_signing` and the enclave's verifier share.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Curve {
-    /// ECDSA P-256 with SHA-256.
-    P256,
-    /// ECDSA P-384 with SHA-384.
-    P384,
+/// The signing algorithm of a producer key: the curve's own hash, as model_signing pairs them.
+fn signing_algorithm(curve: Curve) -> &'static EcdsaSigningAlgorithm {
+    match curve {
+        Curve::P256 => &ECDSA_P256_SHA256_ASN1_SIGNING,
+        Curve::P384 => &ECDSA_P384_SHA384_ASN1_SIGNING,
+    }
 }
 
-impl Curve {
-    fn algorithm(self) -> &'static EcdsaSigningAlgorithm {
-        match self {
-            Curve::P256 => &ECDSA_P256_SHA256_ASN1_SIGNING,
-            Curve::P384 => &ECDSA_P384_SHA384_ASN1_SIGNING,
-        }
-    }
-    fn spki_prefix(self) -> &'static str {
-        match self {
-            Curve::P256 => SPKI_P256_PREFIX,
-            Curve::P384 => SPKI_P384_PREFIX,
-        }
+fn spki_prefix(curve: Curve) -> &'static str {
+    match curve {
+        Curve::P256 => SPKI_P256_PREFIX,
+        Curve::P384 => SPKI_P384_PREFIX,
     }
 }
 
@@ -83,7 +74,7 @@ impl ProducerKey {
         };
         let rng = SystemRandom::new();
         for curve in [Curve::P256, Curve::P384] {
-            if let Ok(pair) = EcdsaKeyPair::from_pkcs8(curve.algorithm(), &der, &rng) {
+            if let Ok(pair) = EcdsaKeyPair::from_pkcs8(signing_algorithm(curve), &der, &rng) {
                 return Self::from_pair(pair, curve).map_err(|e| bad(e.to_string()));
             }
         }
@@ -94,7 +85,7 @@ impl ProducerKey {
     }
 
     fn from_pair(pair: EcdsaKeyPair, curve: Curve) -> Result<Self, Error> {
-        let mut spki = hex::decode(curve.spki_prefix()).unwrap_or_default();
+        let mut spki = hex::decode(spki_prefix(curve)).unwrap_or_default();
         spki.extend_from_slice(pair.public_key().as_ref());
         let public = SignerKey::from_spki_der(&spki)?;
         Ok(Self { pair, public })
@@ -107,12 +98,12 @@ impl ProducerKey {
             path: PathBuf::from("(new key)"),
             reason: reason.to_owned(),
         };
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(curve.algorithm(), &rng)
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(signing_algorithm(curve), &rng)
             .map_err(|_| fail("the system RNG failed"))?;
         let pem =
             pem_rfc7468::encode_string("PRIVATE KEY", pem_rfc7468::LineEnding::LF, pkcs8.as_ref())
                 .map_err(|e| fail(&e.to_string()))?;
-        let pair = EcdsaKeyPair::from_pkcs8(curve.algorithm(), pkcs8.as_ref(), &rng)
+        let pair = EcdsaKeyPair::from_pkcs8(signing_algorithm(curve), pkcs8.as_ref(), &rng)
             .map_err(|_| fail("ring refused the key it generated"))?;
         Ok((Zeroizing::new(pem), Self::from_pair(pair, curve)?))
     }

@@ -10,7 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use cloister_publisher::sign::{sign_model, Curve, ProducerKey};
+use cloister_provenance::Curve;
+use cloister_publisher::sign::{sign_model, ProducerKey};
 
 use super::{exit, Failure};
 
